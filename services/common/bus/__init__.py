@@ -1,0 +1,14 @@
+"""The message bus: one interface, on Kafka in production or in-process for one machine.
+
+Handlers receive batches of parsed messages and never know which bus they are on.
+"""
+
+from services.common.bus.base import (
+    Bus,
+    Envelope,
+    Handler,
+    PermanentError,
+    Topic,
+)
+
+__all__ = ["Bus", "Envelope", "Handler", "PermanentError", "Topic"]

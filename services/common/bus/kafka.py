@@ -1,0 +1,149 @@
+"""The Kafka bus (aiokafka): idempotent producer with acks=all, consumer groups that
+commit offsets only after their handler's work is durable."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from services.common.bus.base import Backoff, Bus, Envelope, Subscription, Topic
+from services.common.metrics import CONSUMER_LAG
+from services.common.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+# Large enough for a full ingest batch of fixes in one request.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+
+class KafkaBus(Bus):
+    def __init__(
+        self, settings: KafkaSettings, dead_letter: Topic[Any], topics: Sequence[Topic[Any]]
+    ) -> None:
+        super().__init__(dead_letter)
+        self.settings = settings
+        self.topics = list(topics)
+        self._producer: AIOKafkaProducer | None = None
+        self._consumers: list[AIOKafkaConsumer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def physical(self, topic: Topic[Any]) -> str:
+        return self.settings.topic_prefix + topic.name
+
+    async def ensure_topics(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap)
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            missing = [
+                NewTopic(self.physical(t), self.settings.partitions, 1)
+                for t in self.topics
+                if self.physical(t) not in existing
+            ]
+            if missing:
+                # Another process may create the same topics at the same moment; the
+                # broker then answers "already exists" for those, which is fine.
+                await admin.create_topics(missing)
+        finally:
+            await admin.close()
+
+    async def start(self) -> None:
+        await self.ensure_topics()
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=2,
+            max_request_size=MAX_REQUEST_BYTES,
+        )
+        await self._producer.start()
+        for sub in self.subscriptions:
+            consumer = AIOKafkaConsumer(
+                self.physical(sub.topic),
+                bootstrap_servers=self.settings.bootstrap,
+                group_id=sub.group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_partition_fetch_bytes=MAX_REQUEST_BYTES,
+                fetch_max_bytes=4 * MAX_REQUEST_BYTES,
+            )
+            await consumer.start()
+            self._consumers.append(consumer)
+            self._tasks.append(asyncio.create_task(self._consume(sub, consumer), name=sub.group))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for consumer in self._consumers:
+            await consumer.stop()
+        self._consumers.clear()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def ping(self) -> bool:
+        if self._producer is None:
+            return False
+        try:
+            async with asyncio.timeout(2):
+                await self._producer.partitions_for(self.physical(self.dead_letter))
+        except (TimeoutError, KafkaError):
+            return False
+        return all(not t.done() for t in self._tasks)
+
+    async def publish_raw(self, topic: Topic[Any], envelopes: Sequence[Envelope]) -> None:
+        if self._producer is None:
+            raise RuntimeError("the Kafka bus is not started")
+        name = self.physical(topic)
+        sends = [await self._producer.send(name, e.value, key=e.key) for e in envelopes]
+        # acks=all: each future resolves once every in-sync replica has the record.
+        await asyncio.gather(*sends)
+
+    async def _consume(self, sub: Subscription, consumer: AIOKafkaConsumer) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=500, max_records=sub.max_batch)
+            except KafkaError as exc:
+                log.warning("%s: fetch failed, retrying: %r", sub.group, exc)
+                await backoff.wait()
+                continue
+            if not batches:
+                await self._record_lag(sub, consumer)
+                continue
+            # Records of one partition stay in order, and one key lives in one partition,
+            # so per-tag order survives joining the partitions' lists.
+            envelopes = [
+                Envelope(r.key or b"", r.value or b"") for records in batches.values() for r in records
+            ]
+            await self.deliver(sub, envelopes)
+            offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
+            try:
+                await consumer.commit(offsets)
+            except CommitFailedError:
+                # A rebalance moved the partitions away; their new owner re-reads from the
+                # last commit, and every handler is idempotent, so nothing is lost or doubled.
+                log.warning("%s: commit failed after a rebalance", sub.group)
+            await self._record_lag(sub, consumer)
+
+    async def _record_lag(self, sub: Subscription, consumer: AIOKafkaConsumer) -> None:
+        total = 0
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            with contextlib.suppress(KafkaError, AssertionError):
+                total += max(0, high - await consumer.position(tp))
+        CONSUMER_LAG.labels(sub.group, sub.topic.name).set(total)
+

@@ -1,0 +1,84 @@
+"""The in-process bus: the embedded default for one machine (`tagtrail run`).
+
+Nothing here survives the process, so "durable on the bus" is defined the only honest
+way: publish returns when every subscribed group has finished handling the message
+(stored, checked, alerted). An ingest request therefore answers 202 only after its fixes
+are in PostGIS; if the process dies first, the supplier gets no 202 and re-sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.bus.base import Bus, Envelope, Subscription, Topic
+from services.common.metrics import CONSUMER_LAG
+
+
+@dataclass
+class _Item:
+    envelope: Envelope
+    done: asyncio.Future[None]
+
+
+class MemoryBus(Bus):
+    def __init__(self, dead_letter: Topic[Any]) -> None:
+        super().__init__(dead_letter)
+        self._queues: dict[str, list[tuple[Subscription, asyncio.Queue[_Item]]]] = defaultdict(
+            list
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
+
+    async def start(self) -> None:
+        for sub in self.subscriptions:
+            queue: asyncio.Queue[_Item] = asyncio.Queue()
+            self._queues[sub.topic.name].append((sub, queue))
+            self._tasks.append(asyncio.create_task(self._consume(sub, queue), name=sub.group))
+        self._running = True
+
+    async def stop(self) -> None:
+        self._running = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self._queues.clear()
+
+    async def ping(self) -> bool:
+        return self._running and all(not t.done() for t in self._tasks)
+
+    async def publish_raw(self, topic: Topic[Any], envelopes: Sequence[Envelope]) -> None:
+        loop = asyncio.get_running_loop()
+        waits: list[asyncio.Future[None]] = []
+        for _, queue in self._queues.get(topic.name, []):
+            for env in envelopes:
+                item = _Item(env, loop.create_future())
+                queue.put_nowait(item)
+                waits.append(item.done)
+        if waits:
+            await asyncio.gather(*waits)
+
+    async def _consume(self, sub: Subscription, queue: asyncio.Queue[_Item]) -> None:
+        lag = CONSUMER_LAG.labels(sub.group, sub.topic.name)
+        while True:
+            items = [await queue.get()]
+            while len(items) < sub.max_batch and not queue.empty():
+                items.append(queue.get_nowait())
+            lag.set(queue.qsize())
+            try:
+                await self.deliver(sub, [i.envelope for i in items])
+            except Exception as exc:  # only a dead-letter publish can get here
+                for i in items:
+                    if not i.done.done():
+                        i.done.set_exception(exc)
+                continue
+            for i in items:
+                if not i.done.done():
+                    i.done.set_result(None)

@@ -1,0 +1,16 @@
+"""Bus messages that belong to no single service."""
+
+from __future__ import annotations
+
+from pydantic import AwareDatetime, BaseModel
+
+
+class DeadLetter(BaseModel):
+    """A message a handler could not process, kept with the reason for a person to look at."""
+
+    group: str
+    topic: str
+    key: str
+    payload: str
+    error: str
+    failed_at: AwareDatetime

@@ -1,0 +1,69 @@
+"""Database engine, session factory and asyncpg pool, created at start-up and closed on shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+from sqlalchemy import MetaData
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase
+
+from services.common.settings import DatabaseSettings
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+@dataclass
+class Database:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    # Raw asyncpg for the hot paths (COPY of trail points).
+    pool: asyncpg.Pool
+
+    @classmethod
+    async def connect(cls, settings: DatabaseSettings, database: str | None = None) -> Database:
+        engine = create_async_engine(
+            settings.sqlalchemy_url(database),
+            pool_size=settings.pool_size,
+            pool_pre_ping=True,
+        )
+        pool = await asyncpg.create_pool(
+            settings.asyncpg_dsn(database), min_size=1, max_size=settings.pool_size
+        )
+        return cls(engine, async_sessionmaker(engine, expire_on_commit=False), pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """One unit of work: commits when the block ends cleanly, rolls back otherwise."""
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    async def ping(self) -> bool:
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.fetchval("select 1")
+        except (OSError, asyncpg.PostgresError):
+            return False
+        return True

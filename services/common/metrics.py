@@ -1,0 +1,25 @@
+"""Prometheus metrics shared by every role of the process."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+FIXES_ACCEPTED = Counter("tagtrail_fixes_accepted_total", "Fixes accepted by the ingest API")
+FIXES_DUPLICATE = Counter("tagtrail_fixes_duplicate_total", "Fixes re-sent identically")
+FIXES_REJECTED = Counter(
+    "tagtrail_fixes_rejected_total", "Fixes rejected by the ingest API", ["field"]
+)
+FIXES_STORED = Counter("tagtrail_fixes_stored_total", "Fixes written to trail_points")
+FIX_CONFLICTS = Counter(
+    "tagtrail_fix_conflicts_total", "Fixes with a known (tag, time) but another position"
+)
+ALERTS_OPENED = Counter("tagtrail_alerts_opened_total", "Alerts opened", ["kind"])
+CONSUMER_LAG = Gauge(
+    "tagtrail_consumer_lag", "Messages not yet handled by a consumer group", ["group", "topic"]
+)
+HANDLER_SECONDS = Histogram(
+    "tagtrail_handler_seconds", "Time to handle one batch from the bus", ["group"]
+)
+DEAD_LETTERS = Counter(
+    "tagtrail_dead_letters_total", "Messages a handler could not process", ["group", "topic"]
+)

@@ -1,0 +1,117 @@
+"""Runtime settings, one pydantic-settings class per concern, read from TAGTRAIL_* variables."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Written by deploy/local/*.sh so that `make run` and `make test` find the local services.
+LOCAL_ENV_FILE = ".local/services.env"
+DEV_DB_PASSWORD = "tagtrail-dev"
+
+
+class Environment(StrEnum):
+    development = "development"
+    production = "production"
+
+
+def _config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, env_file=LOCAL_ENV_FILE, extra="ignore")
+
+
+class DatabaseSettings(BaseSettings):
+    model_config = _config("TAGTRAIL_DB_")
+
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "tagtrail"
+    password: SecretStr = SecretStr(DEV_DB_PASSWORD)
+    name: str = "tagtrail"
+    pool_size: int = Field(default=10, ge=1, le=100)
+
+    def sqlalchemy_url(self, database: str | None = None) -> str:
+        return (
+            f"postgresql+asyncpg://{self.user}:{self.password.get_secret_value()}"
+            f"@{self.host}:{self.port}/{database or self.name}"
+        )
+
+    def asyncpg_dsn(self, database: str | None = None) -> str:
+        return (
+            f"postgresql://{self.user}:{self.password.get_secret_value()}"
+            f"@{self.host}:{self.port}/{database or self.name}"
+        )
+
+
+class KafkaSettings(BaseSettings):
+    model_config = _config("TAGTRAIL_KAFKA_")
+
+    bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = "tagtrail."
+    partitions: int = Field(default=8, ge=1, le=1024)
+    # How many messages one handler call may receive; larger batches make COPY cheaper.
+    max_batch: int = Field(default=2000, ge=1, le=100_000)
+
+
+class IngestSettings(BaseSettings):
+    model_config = _config("TAGTRAIL_INGEST_")
+
+    max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    max_stream_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_fixes_per_batch: int = Field(default=5000, ge=1)
+    max_stream_lines: int = Field(default=50_000, ge=1)
+    # Tags' clocks drift a little; anything further in the future is a broken clock.
+    max_clock_skew_s: float = Field(default=120.0, ge=0)
+    # Buffered fixes are welcome, but a fix older than this is a device fault (GPS week
+    # rollover, reset clock), not a late upload.
+    max_fix_age_days: int = Field(default=365, ge=1)
+    max_accuracy_m: float = Field(default=10_000.0, gt=0)
+
+
+class CheckSettings(BaseSettings):
+    model_config = _config("TAGTRAIL_CHECK_")
+
+    crime_radius_m: float = Field(default=100.0, gt=0, le=10_000)
+    # A fix vaguer than this cannot place anyone at a crime scene (cell fixes are often
+    # 500 m to several km); it is ignored for matching, not counted as a match.
+    crime_max_accuracy_m: float = Field(default=250.0, gt=0)
+    # A fix received this long after it was taken makes its alert "late".
+    late_after_s: float = Field(default=300.0, ge=0)
+
+
+class AppSettings(BaseSettings):
+    model_config = _config("TAGTRAIL_")
+
+    env: Environment = Environment.development
+    bus: str = Field(default="memory", pattern="^(memory|kafka)$")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @model_validator(mode="after")
+    def _refuse_dev_defaults(self) -> AppSettings:
+        if self.env is Environment.production:
+            db = DatabaseSettings()
+            if db.password.get_secret_value() == DEV_DB_PASSWORD:
+                raise ValueError(
+                    "TAGTRAIL_DB_PASSWORD is the development default; set a real one "
+                    "before running with TAGTRAIL_ENV=production"
+                )
+        return self
+
+
+class Settings:
+    """All settings, read once per process."""
+
+    def __init__(self) -> None:
+        self.app = AppSettings()
+        self.db = DatabaseSettings()
+        self.kafka = KafkaSettings()
+        self.ingest = IngestSettings()
+        self.check = CheckSettings()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

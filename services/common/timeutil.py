@@ -1,0 +1,9 @@
+"""Time helpers: everything stored and compared in UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,67 @@
+"""Ingest tables: the time-partitioned trail of fixes, and conflicting duplicates set aside.
+
+trail_points is partitioned by day of fix time (created by the migration with raw DDL;
+partitions are created ahead of time by the store worker, see repository.py).
+"""
+
+from __future__ import annotations
+
+from geoalchemy2 import Geometry
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    Table,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import UUID
+
+from services.common.database import Base
+
+trail_points = Table(
+    "trail_points",
+    Base.metadata,
+    Column("tag_id", String(64), nullable=False),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("subject_id", UUID(as_uuid=True), nullable=False),
+    Column("lat", Float, nullable=False),
+    Column("lon", Float, nullable=False),
+    Column("accuracy_m", Float, nullable=False),
+    Column("speed_mps", Float),
+    Column("heading_deg", Float),
+    Column("source", String(8), nullable=False),
+    Column("sats", SmallInteger),
+    Column("hdop", Float),
+    Column("geom", Geometry("POINT", srid=4326, spatial_index=False), nullable=False),
+    PrimaryKeyConstraint("tag_id", "ts"),
+    Index("ix_trail_points_geom", "geom", postgresql_using="gist"),
+    Index("ix_trail_points_subject_ts", "subject_id", "ts"),
+    postgresql_partition_by="RANGE (ts)",
+)
+
+fix_conflicts = Table(
+    "fix_conflicts",
+    Base.metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("tag_id", String(64), nullable=False),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("subject_id", UUID(as_uuid=True), nullable=False),
+    Column("lat", Float, nullable=False),
+    Column("lon", Float, nullable=False),
+    Column("accuracy_m", Float, nullable=False),
+    Column("stored_lat", Float, nullable=False),
+    Column("stored_lon", Float, nullable=False),
+    Column("stored_accuracy_m", Float, nullable=False),
+    Column("detected_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("occurrences", Integer, nullable=False, server_default="1"),
+    UniqueConstraint("tag_id", "ts", "lat", "lon", "accuracy_m", name="uq_fix_conflicts_fix"),
+)

@@ -1,0 +1,208 @@
+"""All SQL of ingest: COPY of fixes into trail_points, partitions, and trail look-ups."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+import asyncpg
+
+from services.common.geo import degree_margin
+from services.ingest.schemas import FixMessage
+
+STAGING_COLUMNS = (
+    "tag_id",
+    "ts",
+    "received_at",
+    "subject_id",
+    "lat",
+    "lon",
+    "accuracy_m",
+    "speed_mps",
+    "heading_deg",
+    "source",
+    "sats",
+    "hdop",
+)
+
+
+def partition_name(day: date) -> str:
+    return f"trail_points_p{day:%Y%m%d}"
+
+
+class Partitions:
+    """Creates daily partitions of trail_points before any fix needs them."""
+
+    def __init__(self) -> None:
+        self._known: set[date] = set()
+
+    async def ensure(self, conn: asyncpg.Connection, days: Iterable[date]) -> None:
+        missing = sorted(set(days) - self._known)
+        for day in missing:
+            name = partition_name(day)
+            if await conn.fetchval("select to_regclass($1)", name) is None:
+                start = datetime.combine(day, time(), UTC)
+                end = start + timedelta(days=1)
+                async with conn.transaction():
+                    # Workers race to create the same partition; the lock makes one wait.
+                    await conn.execute("select pg_advisory_xact_lock(hashtext($1))", name)
+                    await conn.execute(
+                        f"create table if not exists {name} partition of trail_points "
+                        f"for values from ('{start.isoformat()}') to ('{end.isoformat()}')"
+                    )
+            self._known.add(day)
+
+    async def ensure_ahead(self, conn: asyncpg.Connection, today: date, days: int) -> None:
+        await self.ensure(conn, (today + timedelta(days=i) for i in range(-1, days + 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    inserted: int
+    conflicts: int
+
+
+async def store_fixes(
+    conn: asyncpg.Connection, partitions: Partitions, fixes: Sequence[FixMessage]
+) -> StoreResult:
+    """Writes fixes idempotently: a known (tag, ts) is skipped when identical and set aside
+    in fix_conflicts when its position differs. One transaction for the whole batch."""
+    await partitions.ensure(conn, {f.ts.astimezone(UTC).date() for f in fixes})
+    records = [
+        (
+            f.tag_id,
+            f.ts,
+            f.received_at,
+            f.subject_id,
+            f.lat,
+            f.lon,
+            f.accuracy_m,
+            f.speed_mps,
+            f.heading_deg,
+            f.source.value,
+            f.sats,
+            f.hdop,
+        )
+        for f in fixes
+    ]
+    async with conn.transaction():
+        await conn.execute(
+            """
+            create temp table if not exists fix_staging (
+                tag_id text, ts timestamptz, received_at timestamptz, subject_id uuid,
+                lat float8, lon float8, accuracy_m float8, speed_mps float8,
+                heading_deg float8, source text, sats int2, hdop float8
+            ) on commit delete rows
+            """
+        )
+        await conn.copy_records_to_table("fix_staging", records=records, columns=STAGING_COLUMNS)
+        inserted = await conn.fetchval(
+            """
+            with ins as (
+                insert into trail_points (tag_id, ts, received_at, subject_id, lat, lon,
+                    accuracy_m, speed_mps, heading_deg, source, sats, hdop, geom)
+                select tag_id, ts, received_at, subject_id, lat, lon, accuracy_m, speed_mps,
+                    heading_deg, source, sats, hdop, st_setsrid(st_makepoint(lon, lat), 4326)
+                from fix_staging
+                on conflict (tag_id, ts) do nothing
+                returning 1
+            )
+            select count(*) from ins
+            """
+        )
+        conflicts = await conn.fetchval(
+            """
+            with c as (
+                insert into fix_conflicts (tag_id, ts, received_at, subject_id, lat, lon,
+                    accuracy_m, stored_lat, stored_lon, stored_accuracy_m)
+                select distinct on (s.tag_id, s.ts, s.lat, s.lon, s.accuracy_m)
+                    s.tag_id, s.ts, s.received_at, s.subject_id, s.lat, s.lon, s.accuracy_m,
+                    t.lat, t.lon, t.accuracy_m
+                from fix_staging s
+                join trail_points t on t.tag_id = s.tag_id and t.ts = s.ts
+                where (s.lat, s.lon, s.accuracy_m) is distinct from (t.lat, t.lon, t.accuracy_m)
+                on conflict on constraint uq_fix_conflicts_fix
+                    do update set occurrences = fix_conflicts.occurrences + 1
+                returning 1
+            )
+            select count(*) from c
+            """
+        )
+    return StoreResult(int(inserted), int(conflicts))
+
+
+async def stored_positions(
+    conn: asyncpg.Connection, keys: Sequence[tuple[str, datetime]]
+) -> dict[tuple[str, datetime], tuple[float, float, float]]:
+    """The stored (lat, lon, accuracy) of whichever of these (tag, ts) are already stored."""
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        """
+        select t.tag_id, t.ts, t.lat, t.lon, t.accuracy_m
+        from unnest($1::text[], $2::timestamptz[]) as k(tag_id, ts)
+        join trail_points t on t.tag_id = k.tag_id and t.ts = k.ts
+        """,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return {(r["tag_id"], r["ts"]): (r["lat"], r["lon"], r["accuracy_m"]) for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class NearbyFix:
+    subject_id: uuid.UUID
+    tag_id: str
+    ts: datetime
+    received_at: datetime
+    lat: float
+    lon: float
+    accuracy_m: float
+    distance_m: float
+
+
+async def fixes_near(
+    conn: asyncpg.Connection,
+    lat: float,
+    lon: float,
+    radius_m: float,
+    start: datetime,
+    end: datetime,
+    max_accuracy_m: float,
+) -> list[NearbyFix]:
+    """Fixes whose accuracy circle comes within radius_m of (lat, lon) between start and end.
+
+    Fixes less accurate than max_accuracy_m are too vague to place anyone anywhere.
+
+    The bounding box lets the GiST index do the work; the geodesic test is exact.
+    """
+    margin = degree_margin(lat, radius_m + max_accuracy_m)
+    rows = await conn.fetch(
+        """
+        select subject_id, tag_id, ts, received_at, lat, lon, accuracy_m, d from (
+            select subject_id, tag_id, ts, received_at, lat, lon, accuracy_m,
+                st_distance(geom::geography, st_setsrid(st_makepoint($2, $1), 4326)::geography) as d
+            from trail_points
+            where ts between $4 and $5
+              and accuracy_m <= $7
+              and geom && st_expand(st_setsrid(st_makepoint($2, $1), 4326), $6)
+        ) near
+        where d - accuracy_m <= $3
+        order by subject_id, ts
+        """,
+        lat,
+        lon,
+        radius_m,
+        start,
+        end,
+        margin,
+        max_accuracy_m,
+    )
+    return [
+        NearbyFix(
+            r["subject_id"], r["tag_id"], r["ts"], r["received_at"], r["lat"], r["lon"], r["accuracy_m"], r["d"]
+        )
+        for r in rows
+    ]

@@ -1,0 +1,110 @@
+"""Device-facing bodies and the fix message on the points topic."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+
+
+def _rfc3339_text(value: Any) -> Any:
+    # Numbers would be read as epoch seconds; devices must say what they mean, with an offset.
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an RFC 3339 date-time string with a UTC offset")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
+
+
+class FixSource(StrEnum):
+    gps = "gps"
+    wifi = "wifi"
+    cell = "cell"
+    rf = "rf"
+
+
+class Fix(BaseModel):
+    """One position from a tag, with its horizontal accuracy (a circle, not a point)."""
+
+    model_config = ConfigDict(allow_inf_nan=False, extra="ignore")
+
+    ts: Timestamp
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    accuracy_m: float = Field(gt=0)
+    speed_mps: float | None = Field(default=None, ge=0, le=150)
+    heading_deg: float | None = Field(default=None, ge=0, lt=360)
+    source: FixSource = FixSource.gps
+    sats: int | None = Field(default=None, ge=0, le=64)
+    hdop: float | None = Field(default=None, ge=0, le=100)
+
+
+class StreamedFix(Fix):
+    """One line of the NDJSON stream: a fix that names its own tag."""
+
+    tag_id: str = Field(min_length=1, max_length=64)
+
+
+class Rejection(BaseModel):
+    index: int
+    field: str
+    error: str
+
+
+class IngestResult(BaseModel):
+    accepted: int
+    duplicates: int
+    # Same tag and time as a stored fix but another position: kept aside, not overwritten.
+    conflicts: int = 0
+    rejected: list[Rejection] = []
+
+
+class FixMessage(BaseModel):
+    """A validated fix on the points topic, attributed to the subject wearing the tag."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    tag_id: str
+    subject_id: uuid.UUID
+    ts: AwareDatetime
+    received_at: AwareDatetime
+    lat: float
+    lon: float
+    accuracy_m: float
+    speed_mps: float | None = None
+    heading_deg: float | None = None
+    source: FixSource = FixSource.gps
+    sats: int | None = None
+    hdop: float | None = None
+
+
+class DeviceEventKind(StrEnum):
+    tamper = "tamper"
+    strap_restored = "strap_restored"
+    battery_low = "battery_low"
+    charging_started = "charging_started"
+    charging_stopped = "charging_stopped"
+    no_fix = "no_fix"
+
+
+class DeviceEventIn(BaseModel):
+    """A device condition reported by the tag (strap, battery, charging, no fix)."""
+
+    model_config = ConfigDict(allow_inf_nan=False, extra="ignore")
+
+    tag_id: str = Field(min_length=1, max_length=64)
+    ts: Timestamp
+    kind: DeviceEventKind
+    battery_pct: float | None = Field(default=None, ge=0, le=100)
+    detail: str | None = Field(default=None, max_length=500)
+
+
+class DeviceEvent(DeviceEventIn):
+    """A device event on the device-events topic, attributed like a fix."""
+
+    subject_id: uuid.UUID
+    received_at: AwareDatetime

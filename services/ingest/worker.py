@@ -1,0 +1,54 @@
+"""The store worker: writes fixes from the points topic into trail_points with COPY."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from services.common.database import Database
+from services.common.metrics import FIX_CONFLICTS, FIXES_STORED
+from services.common.timeutil import utcnow
+from services.ingest import repository
+from services.ingest.schemas import FixMessage
+
+log = logging.getLogger(__name__)
+
+GROUP = "tagtrail-store"
+# Partitions kept ready ahead of today, so live fixes never wait on DDL.
+DAYS_AHEAD = 7
+
+
+class StoreWorker:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.partitions = repository.Partitions()
+        self._maintenance: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        async with self.db.pool.acquire() as conn:
+            await self.partitions.ensure_ahead(conn, utcnow().date(), DAYS_AHEAD)
+        self._maintenance = asyncio.create_task(self._keep_ahead(), name="partitions")
+
+    async def stop(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+
+    async def handle(self, fixes: list[FixMessage]) -> None:
+        async with self.db.pool.acquire() as conn:
+            result = await repository.store_fixes(conn, self.partitions, fixes)
+        FIXES_STORED.inc(result.inserted)
+        FIX_CONFLICTS.inc(result.conflicts)
+        if result.conflicts:
+            log.warning("%d conflicting duplicate fix(es) set aside", result.conflicts)
+
+    async def _keep_ahead(self) -> None:
+        while True:
+            await asyncio.sleep(3600)
+            try:
+                async with self.db.pool.acquire() as conn:
+                    await self.partitions.ensure_ahead(conn, utcnow().date(), DAYS_AHEAD)
+            except Exception:
+                log.exception("could not create partitions ahead; will retry in an hour")

@@ -1,0 +1,12 @@
+"""Every service's tables on one metadata, for Alembic."""
+
+from services.alerts import models as _alerts
+from services.common import auth as _auth
+from services.common.database import Base
+from services.ingest import models as _ingest
+from services.registry import models as _registry
+from services.zones import models as _zones
+
+metadata = Base.metadata
+
+__all__ = ["_alerts", "_auth", "_ingest", "_registry", "_zones", "metadata"]

@@ -1,0 +1,77 @@
+"""Admin API: enrol suppliers, tags and subjects; say who wears and who manages what."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from services.common.deps import Admin, SessionDep
+from services.registry import service
+from services.registry.schemas import (
+    ManagerAssignmentIn,
+    ManagerAssignmentOut,
+    SubjectIn,
+    SubjectOut,
+    SupplierCreated,
+    SupplierIn,
+    TagAssignmentIn,
+    TagAssignmentOut,
+    TagIn,
+    TagOut,
+)
+
+router = APIRouter(prefix="/v1", tags=["registry"])
+
+
+@router.post("/suppliers", status_code=status.HTTP_201_CREATED)
+async def create_supplier(body: SupplierIn, session: SessionDep, _: Admin) -> SupplierCreated:
+    supplier, token = await service.create_supplier(session, body)
+    await session.commit()
+    return SupplierCreated(
+        id=supplier.id, name=supplier.name, created_at=supplier.created_at, token=token
+    )
+
+
+@router.post("/tags", status_code=status.HTTP_201_CREATED)
+async def create_tag(body: TagIn, session: SessionDep, _: Admin) -> TagOut:
+    tag = await service.create_tag(session, body)
+    await session.commit()
+    return TagOut(tag_id=tag.id, supplier_id=tag.supplier_id, created_at=tag.created_at)
+
+
+@router.post("/subjects", status_code=status.HTTP_201_CREATED)
+async def create_subject(body: SubjectIn, session: SessionDep, _: Admin) -> SubjectOut:
+    subject = await service.create_subject(session, body)
+    await session.commit()
+    return SubjectOut.model_validate(subject)
+
+
+@router.get("/subjects")
+async def list_subjects(
+    session: SessionDep,
+    _: Admin,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[SubjectOut]:
+    rows = await service.list_subjects(session, limit, offset)
+    return [SubjectOut.model_validate(s) for s in rows]
+
+
+@router.post("/subjects/{subject_id}/tags", status_code=status.HTTP_201_CREATED)
+async def assign_tag(
+    subject_id: uuid.UUID, body: TagAssignmentIn, session: SessionDep, _: Admin
+) -> TagAssignmentOut:
+    assignment = await service.assign_tag(session, subject_id, body)
+    await session.commit()
+    return TagAssignmentOut.model_validate(assignment)
+
+
+@router.post("/subjects/{subject_id}/managers", status_code=status.HTTP_201_CREATED)
+async def assign_manager(
+    subject_id: uuid.UUID, body: ManagerAssignmentIn, session: SessionDep, _: Admin
+) -> ManagerAssignmentOut:
+    assignment = await service.assign_manager(session, subject_id, body)
+    await session.commit()
+    return ManagerAssignmentOut.model_validate(assignment)

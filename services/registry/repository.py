@@ -1,0 +1,70 @@
+"""All SQL of the registry."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.registry.models import (
+    ManagerAssignment,
+    Subject,
+    Supplier,
+    Tag,
+    TagAssignment,
+    User,
+)
+
+
+async def get_supplier(session: AsyncSession, supplier_id: uuid.UUID) -> Supplier | None:
+    return await session.get(Supplier, supplier_id)
+
+
+async def get_subject(session: AsyncSession, subject_id: uuid.UUID) -> Subject | None:
+    return await session.get(Subject, subject_id)
+
+
+async def get_tag(session: AsyncSession, tag_id: str) -> Tag | None:
+    return await session.get(Tag, tag_id)
+
+
+async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    return await session.get(User, user_id)
+
+
+async def find_user(session: AsyncSession, name: str, role: str) -> User | None:
+    return await session.scalar(select(User).where(User.name == name, User.role == role))
+
+
+async def list_subjects(session: AsyncSession, limit: int, offset: int) -> Sequence[Subject]:
+    rows = await session.scalars(
+        select(Subject).order_by(Subject.reference).limit(limit).offset(offset)
+    )
+    return rows.all()
+
+
+async def tags_with_assignments(
+    session: AsyncSession, tag_ids: Sequence[str]
+) -> list[tuple[Tag, TagAssignment | None]]:
+    rows = await session.execute(
+        select(Tag, TagAssignment)
+        .outerjoin(TagAssignment, TagAssignment.tag_id == Tag.id)
+        .where(Tag.id.in_(tag_ids))
+    )
+    return [(tag, assignment) for tag, assignment in rows.tuples()]
+
+
+async def subjects_managed_at(
+    session: AsyncSession, manager_id: uuid.UUID, at: datetime
+) -> Sequence[uuid.UUID]:
+    rows = await session.scalars(
+        select(ManagerAssignment.subject_id).where(
+            ManagerAssignment.manager_id == manager_id,
+            ManagerAssignment.valid_from <= at,
+            or_(ManagerAssignment.valid_to.is_(None), ManagerAssignment.valid_to > at),
+        )
+    )
+    return rows.all()

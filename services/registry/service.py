@@ -1,0 +1,158 @@
+"""Registry decisions: enrolment, and which subject wears a tag at a given moment."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.common.auth import Principal, Role, issue_token
+from services.common.errors import Conflict, NotFound, Unprocessable
+from services.registry import repository
+from services.registry.models import (
+    ManagerAssignment,
+    Subject,
+    Supplier,
+    Tag,
+    TagAssignment,
+    User,
+)
+from services.registry.schemas import (
+    ManagerAssignmentIn,
+    SubjectIn,
+    SupplierIn,
+    TagAssignmentIn,
+    TagIn,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Wearing:
+    subject_id: uuid.UUID
+    valid_from: datetime
+    valid_to: datetime | None
+
+
+@dataclass(slots=True)
+class TagInfo:
+    tag_id: str
+    supplier_id: uuid.UUID
+    wearings: list[Wearing] = field(default_factory=list)
+
+    def subject_at(self, ts: datetime) -> uuid.UUID | None:
+        """The subject wearing this tag at ts (periods never overlap: a constraint says so)."""
+        for w in self.wearings:
+            if w.valid_from <= ts and (w.valid_to is None or ts < w.valid_to):
+                return w.subject_id
+        return None
+
+
+async def resolve_tags(session: AsyncSession, tag_ids: Sequence[str]) -> dict[str, TagInfo]:
+    infos: dict[str, TagInfo] = {}
+    for tag, assignment in await repository.tags_with_assignments(session, list(set(tag_ids))):
+        info = infos.setdefault(tag.id, TagInfo(tag.id, tag.supplier_id))
+        if assignment is not None:
+            info.wearings.append(
+                Wearing(assignment.subject_id, assignment.valid_from, assignment.valid_to)
+            )
+    return infos
+
+
+async def list_subjects(session: AsyncSession, limit: int, offset: int) -> Sequence[Subject]:
+    return await repository.list_subjects(session, limit, offset)
+
+
+async def managed_subjects(
+    session: AsyncSession, manager_id: uuid.UUID, at: datetime
+) -> Sequence[uuid.UUID]:
+    return await repository.subjects_managed_at(session, manager_id, at)
+
+
+async def create_supplier(session: AsyncSession, body: SupplierIn) -> tuple[Supplier, str]:
+    supplier = Supplier(name=body.name)
+    session.add(supplier)
+    await _flush(session, f"a supplier named {body.name!r} already exists")
+    token = await issue_token(session, Principal(supplier.id, Role.supplier, supplier.name))
+    return supplier, token
+
+
+async def create_user_token(session: AsyncSession, role: Role, name: str) -> tuple[User, str]:
+    """Finds or creates the user (name, role) and gives them a new token."""
+    if role is Role.supplier:
+        raise Unprocessable("supplier tokens come with the supplier (POST /v1/suppliers)")
+    user = await repository.find_user(session, name, role.value)
+    if user is None:
+        user = User(name=name, role=role.value)
+        session.add(user)
+        await session.flush()
+    token = await issue_token(session, Principal(user.id, role, name))
+    return user, token
+
+
+async def create_tag(session: AsyncSession, body: TagIn) -> Tag:
+    if await repository.get_supplier(session, body.supplier_id) is None:
+        raise NotFound(f"supplier {body.supplier_id} does not exist")
+    tag = Tag(id=body.tag_id, supplier_id=body.supplier_id)
+    session.add(tag)
+    await _flush(session, f"tag {body.tag_id} is already enrolled")
+    return tag
+
+
+async def create_subject(session: AsyncSession, body: SubjectIn) -> Subject:
+    subject = Subject(reference=body.reference, display_name=body.display_name)
+    session.add(subject)
+    await _flush(session, f"a subject with reference {body.reference!r} already exists")
+    return subject
+
+
+async def assign_tag(
+    session: AsyncSession, subject_id: uuid.UUID, body: TagAssignmentIn
+) -> TagAssignment:
+    await require_subject(session, subject_id)
+    if await repository.get_tag(session, body.tag_id) is None:
+        raise NotFound(f"tag {body.tag_id} is not enrolled")
+    assignment = TagAssignment(
+        tag_id=body.tag_id,
+        subject_id=subject_id,
+        valid_from=body.valid_from,
+        valid_to=body.valid_to,
+    )
+    session.add(assignment)
+    await _flush(session, f"tag {body.tag_id} is already worn by a subject during that period")
+    return assignment
+
+
+async def assign_manager(
+    session: AsyncSession, subject_id: uuid.UUID, body: ManagerAssignmentIn
+) -> ManagerAssignment:
+    await require_subject(session, subject_id)
+    manager = await repository.get_user(session, body.manager_id)
+    if manager is None or manager.role != Role.manager.value:
+        raise NotFound(f"manager {body.manager_id} does not exist")
+    assignment = ManagerAssignment(
+        subject_id=subject_id,
+        manager_id=body.manager_id,
+        valid_from=body.valid_from,
+        valid_to=body.valid_to,
+    )
+    session.add(assignment)
+    await session.flush()
+    return assignment
+
+
+async def require_subject(session: AsyncSession, subject_id: uuid.UUID) -> Subject:
+    subject = await repository.get_subject(session, subject_id)
+    if subject is None:
+        raise NotFound(f"subject {subject_id} does not exist")
+    return subject
+
+
+async def _flush(session: AsyncSession, conflict_message: str) -> None:
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise Conflict(conflict_message) from exc

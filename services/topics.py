@@ -1,0 +1,19 @@
+"""The bus topics and the message model each carries; keys are tag ids (or subject ids)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.alerts.schemas import AlertMessage
+from services.common.bus import Topic
+from services.common.bus.messages import DeadLetter
+from services.ingest.schemas import DeviceEvent, FixMessage
+from services.zones.schemas import CrimeMessage
+
+POINTS = Topic("points", FixMessage)
+DEVICE_EVENTS = Topic("device-events", DeviceEvent)
+CRIMES = Topic("crimes", CrimeMessage)
+ALERTS = Topic("alerts", AlertMessage)
+DEAD_LETTER = Topic("dead-letter", DeadLetter)
+
+ALL: tuple[Topic[Any], ...] = (POINTS, DEVICE_EVENTS, CRIMES, ALERTS, DEAD_LETTER)
