@@ -18,7 +18,9 @@ def _url() -> str:
     return config.get_main_option("sqlalchemy.url") or DatabaseSettings().sqlalchemy_url()
 
 
-def _include(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+def _include(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
     # PostGIS owns these, and daily partitions of trail_points are made at run time.
     if type_ == "table" and name is not None:
         return not (name == "spatial_ref_sys" or name.startswith("trail_points_p"))

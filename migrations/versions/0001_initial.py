@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = '0001'
+revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -22,197 +22,354 @@ def upgrade() -> None:
     op.execute("create extension if not exists postgis")
     # For the exclusion constraint that keeps one tag on one subject at a time.
     op.execute("create extension if not exists btree_gist")
-    op.create_table('alerts',
-    sa.Column('id', sa.UUID(), nullable=False),
-    sa.Column('kind', sa.String(length=32), nullable=False),
-    sa.Column('state', sa.String(length=16), nullable=False),
-    sa.Column('subject_id', sa.UUID(), nullable=False),
-    sa.Column('zone_id', sa.UUID(), nullable=True),
-    sa.Column('crime_id', sa.UUID(), nullable=True),
-    sa.Column('opened_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('closed_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('late', sa.Boolean(), nullable=False),
-    sa.Column('delay_s', sa.Float(), nullable=False),
-    sa.Column('details', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
-    sa.Column('evidence', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_alerts'))
+    op.create_table(
+        "alerts",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("subject_id", sa.UUID(), nullable=False),
+        sa.Column("zone_id", sa.UUID(), nullable=True),
+        sa.Column("crime_id", sa.UUID(), nullable=True),
+        sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("late", sa.Boolean(), nullable=False),
+        sa.Column("delay_s", sa.Float(), nullable=False),
+        sa.Column("details", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("evidence", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_alerts")),
     )
-    op.create_index(op.f('ix_alerts_kind'), 'alerts', ['kind'], unique=False)
-    op.create_index(op.f('ix_alerts_opened_at'), 'alerts', ['opened_at'], unique=False)
-    op.create_index(op.f('ix_alerts_state'), 'alerts', ['state'], unique=False)
-    op.create_index(op.f('ix_alerts_subject_id'), 'alerts', ['subject_id'], unique=False)
-    op.create_table('credentials',
-    sa.Column('token_hash', sa.String(length=64), nullable=False),
-    sa.Column('role', sa.String(length=16), nullable=False),
-    sa.Column('principal_id', sa.UUID(), nullable=False),
-    sa.Column('name', sa.String(length=200), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('token_hash', name=op.f('pk_credentials'))
+    op.create_index(op.f("ix_alerts_kind"), "alerts", ["kind"], unique=False)
+    op.create_index(op.f("ix_alerts_opened_at"), "alerts", ["opened_at"], unique=False)
+    op.create_index(op.f("ix_alerts_state"), "alerts", ["state"], unique=False)
+    op.create_index(op.f("ix_alerts_subject_id"), "alerts", ["subject_id"], unique=False)
+    op.create_table(
+        "credentials",
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("role", sa.String(length=16), nullable=False),
+        sa.Column("principal_id", sa.UUID(), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("token_hash", name=op.f("pk_credentials")),
     )
-    op.create_index(op.f('ix_credentials_principal_id'), 'credentials', ['principal_id'], unique=False)
-    op.create_table('crimes',
-    sa.Column('id', sa.UUID(), nullable=False),
-    sa.Column('category', sa.String(length=32), nullable=False),
-    sa.Column('reference', sa.String(length=100), nullable=True),
-    sa.Column('lat', sa.Float(), nullable=False),
-    sa.Column('lon', sa.Float(), nullable=False),
-    sa.Column('geom', geoalchemy2.types.Geometry(geometry_type='POINT', srid=4326, dimension=2, from_text='ST_GeomFromEWKT', name='geometry', nullable=False), nullable=False),
-    sa.Column('starts_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('ends_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_crimes'))
+    op.create_index(
+        op.f("ix_credentials_principal_id"), "credentials", ["principal_id"], unique=False
     )
-    op.create_index(op.f('ix_crimes_ends_at'), 'crimes', ['ends_at'], unique=False)
-    op.create_index(op.f('ix_crimes_starts_at'), 'crimes', ['starts_at'], unique=False)
-    op.create_table('fix_conflicts',
-    sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
-    sa.Column('tag_id', sa.String(length=64), nullable=False),
-    sa.Column('ts', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('subject_id', sa.UUID(), nullable=False),
-    sa.Column('lat', sa.Float(), nullable=False),
-    sa.Column('lon', sa.Float(), nullable=False),
-    sa.Column('accuracy_m', sa.Float(), nullable=False),
-    sa.Column('stored_lat', sa.Float(), nullable=False),
-    sa.Column('stored_lon', sa.Float(), nullable=False),
-    sa.Column('stored_accuracy_m', sa.Float(), nullable=False),
-    sa.Column('detected_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('occurrences', sa.Integer(), server_default='1', nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_fix_conflicts')),
-    sa.UniqueConstraint('tag_id', 'ts', 'lat', 'lon', 'accuracy_m', name='uq_fix_conflicts_fix')
+    op.create_table(
+        "crimes",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("category", sa.String(length=32), nullable=False),
+        sa.Column("reference", sa.String(length=100), nullable=True),
+        sa.Column("lat", sa.Float(), nullable=False),
+        sa.Column("lon", sa.Float(), nullable=False),
+        sa.Column(
+            "geom",
+            geoalchemy2.types.Geometry(
+                geometry_type="POINT",
+                srid=4326,
+                dimension=2,
+                from_text="ST_GeomFromEWKT",
+                name="geometry",
+                nullable=False,
+            ),
+            nullable=False,
+        ),
+        sa.Column("starts_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("ends_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_crimes")),
     )
-    op.create_table('subjects',
-    sa.Column('id', sa.UUID(), nullable=False),
-    sa.Column('reference', sa.String(length=100), nullable=False),
-    sa.Column('display_name', sa.String(length=200), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_subjects')),
-    sa.UniqueConstraint('reference', name=op.f('uq_subjects_reference'))
+    op.create_index(op.f("ix_crimes_ends_at"), "crimes", ["ends_at"], unique=False)
+    op.create_index(op.f("ix_crimes_starts_at"), "crimes", ["starts_at"], unique=False)
+    op.create_table(
+        "device_events",
+        sa.Column("tag_id", sa.String(length=64), nullable=False),
+        sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("subject_id", sa.UUID(), nullable=False),
+        sa.Column("battery_pct", sa.Float(), nullable=True),
+        sa.Column("detail", sa.String(length=500), nullable=True),
+        sa.PrimaryKeyConstraint("tag_id", "ts", "kind", name=op.f("pk_device_events")),
     )
-    op.create_table('suppliers',
-    sa.Column('id', sa.UUID(), nullable=False),
-    sa.Column('name', sa.String(length=200), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_suppliers')),
-    sa.UniqueConstraint('name', name=op.f('uq_suppliers_name'))
+    op.create_index(
+        op.f("ix_device_events_subject_id"), "device_events", ["subject_id"], unique=False
     )
-    op.create_table('trail_points',
-    sa.Column('tag_id', sa.String(length=64), nullable=False),
-    sa.Column('ts', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('subject_id', sa.UUID(), nullable=False),
-    sa.Column('lat', sa.Float(), nullable=False),
-    sa.Column('lon', sa.Float(), nullable=False),
-    sa.Column('accuracy_m', sa.Float(), nullable=False),
-    sa.Column('speed_mps', sa.Float(), nullable=True),
-    sa.Column('heading_deg', sa.Float(), nullable=True),
-    sa.Column('source', sa.String(length=8), nullable=False),
-    sa.Column('sats', sa.SmallInteger(), nullable=True),
-    sa.Column('hdop', sa.Float(), nullable=True),
-    sa.Column('geom', geoalchemy2.types.Geometry(geometry_type='POINT', srid=4326, dimension=2, spatial_index=False, from_text='ST_GeomFromEWKT', name='geometry', nullable=False), nullable=False),
-    sa.PrimaryKeyConstraint('tag_id', 'ts', name=op.f('pk_trail_points')),
-    postgresql_partition_by='RANGE (ts)'
+    op.create_table(
+        "fix_conflicts",
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
+        sa.Column("tag_id", sa.String(length=64), nullable=False),
+        sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("subject_id", sa.UUID(), nullable=False),
+        sa.Column("lat", sa.Float(), nullable=False),
+        sa.Column("lon", sa.Float(), nullable=False),
+        sa.Column("accuracy_m", sa.Float(), nullable=False),
+        sa.Column("stored_lat", sa.Float(), nullable=False),
+        sa.Column("stored_lon", sa.Float(), nullable=False),
+        sa.Column("stored_accuracy_m", sa.Float(), nullable=False),
+        sa.Column(
+            "detected_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column("occurrences", sa.Integer(), server_default="1", nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_fix_conflicts")),
+        sa.UniqueConstraint(
+            "tag_id", "ts", "lat", "lon", "accuracy_m", name="uq_fix_conflicts_fix"
+        ),
     )
-    op.create_index('ix_trail_points_geom', 'trail_points', ['geom'], unique=False, postgresql_using='gist')
-    op.create_index('ix_trail_points_subject_ts', 'trail_points', ['subject_id', 'ts'], unique=False)
-    op.create_table('users',
-    sa.Column('id', sa.UUID(), nullable=False),
-    sa.Column('name', sa.String(length=200), nullable=False),
-    sa.Column('role', sa.String(length=16), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_users')),
-    sa.UniqueConstraint('name', 'role', name=op.f('uq_users_name'))
+    op.create_table(
+        "subjects",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("reference", sa.String(length=100), nullable=False),
+        sa.Column("display_name", sa.String(length=200), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_subjects")),
+        sa.UniqueConstraint("reference", name=op.f("uq_subjects_reference")),
     )
-    op.create_table('manager_assignments',
-    sa.Column('id', sa.UUID(), nullable=False),
-    sa.Column('subject_id', sa.UUID(), nullable=False),
-    sa.Column('manager_id', sa.UUID(), nullable=False),
-    sa.Column('valid_from', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('valid_to', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.ForeignKeyConstraint(['manager_id'], ['users.id'], name=op.f('fk_manager_assignments_manager_id_users')),
-    sa.ForeignKeyConstraint(['subject_id'], ['subjects.id'], name=op.f('fk_manager_assignments_subject_id_subjects')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_manager_assignments'))
+    op.create_table(
+        "suppliers",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_suppliers")),
+        sa.UniqueConstraint("name", name=op.f("uq_suppliers_name")),
     )
-    op.create_index(op.f('ix_manager_assignments_manager_id'), 'manager_assignments', ['manager_id'], unique=False)
-    op.create_index(op.f('ix_manager_assignments_subject_id'), 'manager_assignments', ['subject_id'], unique=False)
-    op.create_table('tags',
-    sa.Column('id', sa.String(length=64), nullable=False),
-    sa.Column('supplier_id', sa.UUID(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.ForeignKeyConstraint(['supplier_id'], ['suppliers.id'], name=op.f('fk_tags_supplier_id_suppliers')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_tags'))
+    op.create_table(
+        "trail_points",
+        sa.Column("tag_id", sa.String(length=64), nullable=False),
+        sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("subject_id", sa.UUID(), nullable=False),
+        sa.Column("lat", sa.Float(), nullable=False),
+        sa.Column("lon", sa.Float(), nullable=False),
+        sa.Column("accuracy_m", sa.Float(), nullable=False),
+        sa.Column("speed_mps", sa.Float(), nullable=True),
+        sa.Column("heading_deg", sa.Float(), nullable=True),
+        sa.Column("source", sa.String(length=8), nullable=False),
+        sa.Column("sats", sa.SmallInteger(), nullable=True),
+        sa.Column("hdop", sa.Float(), nullable=True),
+        sa.Column(
+            "geom",
+            geoalchemy2.types.Geometry(
+                geometry_type="POINT",
+                srid=4326,
+                dimension=2,
+                spatial_index=False,
+                from_text="ST_GeomFromEWKT",
+                name="geometry",
+                nullable=False,
+            ),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("tag_id", "ts", name=op.f("pk_trail_points")),
+        postgresql_partition_by="RANGE (ts)",
     )
-    op.create_index(op.f('ix_tags_supplier_id'), 'tags', ['supplier_id'], unique=False)
-    op.create_table('zones',
-    sa.Column('id', sa.UUID(), nullable=False),
-    sa.Column('subject_id', sa.UUID(), nullable=False),
-    sa.Column('kind', sa.String(length=16), nullable=False),
-    sa.Column('name', sa.String(length=200), nullable=False),
-    sa.Column('geom', geoalchemy2.types.Geometry(geometry_type='POLYGON', srid=4326, dimension=2, from_text='ST_GeomFromEWKT', name='geometry', nullable=False), nullable=False),
-    sa.Column('version', sa.Integer(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.ForeignKeyConstraint(['subject_id'], ['subjects.id'], name=op.f('fk_zones_subject_id_subjects')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_zones'))
+    op.create_index(
+        "ix_trail_points_geom", "trail_points", ["geom"], unique=False, postgresql_using="gist"
     )
-    op.create_index(op.f('ix_zones_subject_id'), 'zones', ['subject_id'], unique=False)
-    op.create_table('tag_assignments',
-    sa.Column('id', sa.UUID(), nullable=False),
-    sa.Column('tag_id', sa.String(length=64), nullable=False),
-    sa.Column('subject_id', sa.UUID(), nullable=False),
-    sa.Column('valid_from', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('valid_to', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.ForeignKeyConstraint(['subject_id'], ['subjects.id'], name=op.f('fk_tag_assignments_subject_id_subjects')),
-    sa.ForeignKeyConstraint(['tag_id'], ['tags.id'], name=op.f('fk_tag_assignments_tag_id_tags')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_tag_assignments'))
+    op.create_index(
+        "ix_trail_points_subject_ts", "trail_points", ["subject_id", "ts"], unique=False
     )
-    op.create_index(op.f('ix_tag_assignments_subject_id'), 'tag_assignments', ['subject_id'], unique=False)
-    op.create_index(op.f('ix_tag_assignments_tag_id'), 'tag_assignments', ['tag_id'], unique=False)
+    op.create_table(
+        "users",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("role", sa.String(length=16), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
+        sa.UniqueConstraint("name", "role", name=op.f("uq_users_name")),
+    )
+    op.create_table(
+        "manager_assignments",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("subject_id", sa.UUID(), nullable=False),
+        sa.Column("manager_id", sa.UUID(), nullable=False),
+        sa.Column("valid_from", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("valid_to", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["manager_id"], ["users.id"], name=op.f("fk_manager_assignments_manager_id_users")
+        ),
+        sa.ForeignKeyConstraint(
+            ["subject_id"], ["subjects.id"], name=op.f("fk_manager_assignments_subject_id_subjects")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_manager_assignments")),
+    )
+    op.create_index(
+        op.f("ix_manager_assignments_manager_id"),
+        "manager_assignments",
+        ["manager_id"],
+        unique=False,
+    )
+    op.create_index(
+        op.f("ix_manager_assignments_subject_id"),
+        "manager_assignments",
+        ["subject_id"],
+        unique=False,
+    )
+    op.create_table(
+        "tags",
+        sa.Column("id", sa.String(length=64), nullable=False),
+        sa.Column("supplier_id", sa.UUID(), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["supplier_id"], ["suppliers.id"], name=op.f("fk_tags_supplier_id_suppliers")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_tags")),
+    )
+    op.create_index(op.f("ix_tags_supplier_id"), "tags", ["supplier_id"], unique=False)
+    op.create_table(
+        "zones",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("subject_id", sa.UUID(), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column(
+            "geom",
+            geoalchemy2.types.Geometry(
+                geometry_type="POLYGON",
+                srid=4326,
+                dimension=2,
+                from_text="ST_GeomFromEWKT",
+                name="geometry",
+                nullable=False,
+            ),
+            nullable=False,
+        ),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["subject_id"], ["subjects.id"], name=op.f("fk_zones_subject_id_subjects")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_zones")),
+    )
+    op.create_index(op.f("ix_zones_subject_id"), "zones", ["subject_id"], unique=False)
+    op.create_table(
+        "tag_assignments",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("tag_id", sa.String(length=64), nullable=False),
+        sa.Column("subject_id", sa.UUID(), nullable=False),
+        sa.Column("valid_from", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("valid_to", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["subject_id"], ["subjects.id"], name=op.f("fk_tag_assignments_subject_id_subjects")
+        ),
+        sa.ForeignKeyConstraint(
+            ["tag_id"], ["tags.id"], name=op.f("fk_tag_assignments_tag_id_tags")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_tag_assignments")),
+    )
+    op.create_index(
+        op.f("ix_tag_assignments_subject_id"), "tag_assignments", ["subject_id"], unique=False
+    )
+    op.create_index(op.f("ix_tag_assignments_tag_id"), "tag_assignments", ["tag_id"], unique=False)
     op.execute(
         "alter table tag_assignments add constraint ex_tag_assignments_one_wearer "
         "exclude using gist (tag_id with =, tstzrange(valid_from, valid_to) with &&)"
     )
-    op.create_table('zone_states',
-    sa.Column('subject_id', sa.UUID(), nullable=False),
-    sa.Column('zone_id', sa.UUID(), nullable=False),
-    sa.Column('episode_start', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('last_inside', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('last_seen', sa.DateTime(timezone=True), nullable=True),
-    sa.ForeignKeyConstraint(['zone_id'], ['zones.id'], name=op.f('fk_zone_states_zone_id_zones'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('subject_id', 'zone_id', name=op.f('pk_zone_states'))
+    op.create_table(
+        "zone_states",
+        sa.Column("subject_id", sa.UUID(), nullable=False),
+        sa.Column("zone_id", sa.UUID(), nullable=False),
+        sa.Column("episode_start", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_inside", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_seen", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["zone_id"], ["zones.id"], name=op.f("fk_zone_states_zone_id_zones"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("subject_id", "zone_id", name=op.f("pk_zone_states")),
     )
 
 
 def downgrade() -> None:
-    op.drop_table('zone_states')
-    op.drop_index(op.f('ix_tag_assignments_tag_id'), table_name='tag_assignments')
-    op.drop_index(op.f('ix_tag_assignments_subject_id'), table_name='tag_assignments')
-    op.drop_table('tag_assignments')
-    op.drop_index(op.f('ix_zones_subject_id'), table_name='zones')
-    op.drop_table('zones')
-    op.drop_index(op.f('ix_tags_supplier_id'), table_name='tags')
-    op.drop_table('tags')
-    op.drop_index(op.f('ix_manager_assignments_subject_id'), table_name='manager_assignments')
-    op.drop_index(op.f('ix_manager_assignments_manager_id'), table_name='manager_assignments')
-    op.drop_table('manager_assignments')
-    op.drop_table('users')
-    op.drop_index('ix_trail_points_subject_ts', table_name='trail_points')
-    op.drop_index('ix_trail_points_geom', table_name='trail_points', postgresql_using='gist')
-    op.drop_table('trail_points')
-    op.drop_table('suppliers')
-    op.drop_table('subjects')
-    op.drop_table('fix_conflicts')
-    op.drop_index(op.f('ix_crimes_starts_at'), table_name='crimes')
-    op.drop_index(op.f('ix_crimes_ends_at'), table_name='crimes')
-    op.drop_table('crimes')
-    op.drop_index(op.f('ix_credentials_principal_id'), table_name='credentials')
-    op.drop_table('credentials')
-    op.drop_index(op.f('ix_alerts_subject_id'), table_name='alerts')
-    op.drop_index(op.f('ix_alerts_state'), table_name='alerts')
-    op.drop_index(op.f('ix_alerts_opened_at'), table_name='alerts')
-    op.drop_index(op.f('ix_alerts_kind'), table_name='alerts')
-    op.drop_table('alerts')
+    op.drop_table("zone_states")
+    op.drop_index(op.f("ix_tag_assignments_tag_id"), table_name="tag_assignments")
+    op.drop_index(op.f("ix_tag_assignments_subject_id"), table_name="tag_assignments")
+    op.drop_table("tag_assignments")
+    op.drop_index(op.f("ix_zones_subject_id"), table_name="zones")
+    op.drop_table("zones")
+    op.drop_index(op.f("ix_tags_supplier_id"), table_name="tags")
+    op.drop_table("tags")
+    op.drop_index(op.f("ix_manager_assignments_subject_id"), table_name="manager_assignments")
+    op.drop_index(op.f("ix_manager_assignments_manager_id"), table_name="manager_assignments")
+    op.drop_table("manager_assignments")
+    op.drop_table("users")
+    op.drop_index("ix_trail_points_subject_ts", table_name="trail_points")
+    op.drop_index("ix_trail_points_geom", table_name="trail_points", postgresql_using="gist")
+    op.drop_table("trail_points")
+    op.drop_table("suppliers")
+    op.drop_table("subjects")
+    op.drop_table("fix_conflicts")
+    op.drop_index(op.f("ix_device_events_subject_id"), table_name="device_events")
+    op.drop_table("device_events")
+    op.drop_index(op.f("ix_crimes_starts_at"), table_name="crimes")
+    op.drop_index(op.f("ix_crimes_ends_at"), table_name="crimes")
+    op.drop_table("crimes")
+    op.drop_index(op.f("ix_credentials_principal_id"), table_name="credentials")
+    op.drop_table("credentials")
+    op.drop_index(op.f("ix_alerts_subject_id"), table_name="alerts")
+    op.drop_index(op.f("ix_alerts_state"), table_name="alerts")
+    op.drop_index(op.f("ix_alerts_opened_at"), table_name="alerts")
+    op.drop_index(op.f("ix_alerts_kind"), table_name="alerts")
+    op.drop_table("alerts")

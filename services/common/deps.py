@@ -1,4 +1,4 @@
-"""Shared FastAPI dependencies: the runtime, a per-request transaction, the caller and their role."""
+"""Shared FastAPI dependencies: the runtime, a per-request transaction, the caller, roles."""
 
 from __future__ import annotations
 

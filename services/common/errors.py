@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 
@@ -52,22 +52,22 @@ class Unavailable(TagtrailError):
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TagtrailError)
-    async def _domain(_: Request, exc: TagtrailError) -> ORJSONResponse:
+    async def _domain(_: Request, exc: TagtrailError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         body: dict[str, Any] = {"error": exc.message}
         if exc.details:
             body["details"] = exc.details
-        return ORJSONResponse(body, status_code=exc.status_code, headers=headers)
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(IntegrityError)
-    async def _integrity(_: Request, exc: IntegrityError) -> ORJSONResponse:
+    async def _integrity(_: Request, exc: IntegrityError) -> JSONResponse:
         # Constraint names are ours and safe to show; the SQL and values are not.
         constraint = getattr(getattr(exc.orig, "__cause__", None), "constraint_name", None)
-        return ORJSONResponse(
+        return JSONResponse(
             {"error": "conflicts with existing data", "details": {"constraint": constraint}},
             status_code=409,
         )
 
     @app.exception_handler(DBAPIError)
-    async def _database(_: Request, exc: DBAPIError) -> ORJSONResponse:
-        return ORJSONResponse({"error": "database unavailable"}, status_code=503)
+    async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
+        return JSONResponse({"error": "database unavailable"}, status_code=503)

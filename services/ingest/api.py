@@ -11,7 +11,7 @@ from services.common.deps import RuntimeDep, SessionDep, Supplier
 from services.common.errors import PayloadTooLarge, Unprocessable
 from services.common.timeutil import utcnow
 from services.ingest import service
-from services.ingest.schemas import IngestResult
+from services.ingest.schemas import EventsResult, IngestResult
 from services.ingest.service import Item
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
@@ -85,3 +85,26 @@ async def post_fix_stream(
     return await service.ingest(
         session, runtime.db, runtime.bus, supplier, items, utcnow(), settings
     )
+
+
+@router.post("/device-events", status_code=status.HTTP_202_ACCEPTED)
+async def post_device_events(
+    request: Request, runtime: RuntimeDep, session: SessionDep, supplier: Supplier
+) -> EventsResult:
+    """Device conditions: {"events": [{"tag_id", "ts", "kind", ...}, ...]}."""
+    settings = runtime.settings.ingest
+    body = await read_body(request, settings.max_body_bytes)
+    try:
+        doc: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Unprocessable(f"the body is not valid JSON: {exc}") from exc
+    events = doc.get("events") if isinstance(doc, dict) else None
+    if not isinstance(events, list):
+        raise Unprocessable("the body must be an object with a list of events", field="events")
+    if len(events) > settings.max_fixes_per_batch:
+        raise PayloadTooLarge(
+            f"{len(events)} events in one batch; at most {settings.max_fixes_per_batch}",
+            field="events",
+        )
+    items = [Item(i, raw) for i, raw in enumerate(events)]
+    return await service.ingest_events(session, runtime.bus, supplier, items, utcnow(), settings)

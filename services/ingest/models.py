@@ -65,3 +65,16 @@ fix_conflicts = Table(
     Column("occurrences", Integer, nullable=False, server_default="1"),
     UniqueConstraint("tag_id", "ts", "lat", "lon", "accuracy_m", name="uq_fix_conflicts_fix"),
 )
+
+device_events = Table(
+    "device_events",
+    Base.metadata,
+    Column("tag_id", String(64), nullable=False),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("subject_id", UUID(as_uuid=True), nullable=False, index=True),
+    Column("battery_pct", Float),
+    Column("detail", String(500)),
+    PrimaryKeyConstraint("tag_id", "ts", "kind"),
+)

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, time, timedelta
 import asyncpg
 
 from services.common.geo import degree_margin
-from services.ingest.schemas import FixMessage
+from services.ingest.schemas import DeviceEvent, FixMessage
 
 STAGING_COLUMNS = (
     "tag_id",
@@ -202,7 +202,35 @@ async def fixes_near(
     )
     return [
         NearbyFix(
-            r["subject_id"], r["tag_id"], r["ts"], r["received_at"], r["lat"], r["lon"], r["accuracy_m"], r["d"]
+            r["subject_id"],
+            r["tag_id"],
+            r["ts"],
+            r["received_at"],
+            r["lat"],
+            r["lon"],
+            r["accuracy_m"],
+            r["d"],
         )
         for r in rows
     ]
+
+
+async def store_device_events(conn: asyncpg.Connection, events: Sequence[DeviceEvent]) -> int:
+    """Writes device events; a re-sent event (same tag, time and kind) is skipped."""
+    rows = await conn.fetch(
+        """
+        insert into device_events (tag_id, ts, kind, received_at, subject_id, battery_pct, detail)
+        select * from unnest($1::text[], $2::timestamptz[], $3::text[], $4::timestamptz[],
+                             $5::uuid[], $6::float8[], $7::text[])
+        on conflict do nothing
+        returning 1
+        """,
+        [e.tag_id for e in events],
+        [e.ts for e in events],
+        [e.kind.value for e in events],
+        [e.received_at for e in events],
+        [e.subject_id for e in events],
+        [e.battery_pct for e in events],
+        [e.detail for e in events],
+    )
+    return len(rows)

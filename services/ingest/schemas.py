@@ -63,6 +63,11 @@ class IngestResult(BaseModel):
     rejected: list[Rejection] = []
 
 
+class EventsResult(BaseModel):
+    accepted: int
+    rejected: list[Rejection] = []
+
+
 class FixMessage(BaseModel):
     """A validated fix on the points topic, attributed to the subject wearing the tag."""
 

@@ -3,6 +3,7 @@ tag, separate re-sends from new fixes, and put the accepted ones on the bus."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,9 +22,18 @@ from services.common.metrics import (
 )
 from services.common.settings import IngestSettings
 from services.ingest import repository
-from services.ingest.schemas import FixMessage, IngestResult, Rejection, StreamedFix
+from services.ingest.schemas import (
+    DeviceEvent,
+    DeviceEventIn,
+    EventsResult,
+    FixMessage,
+    IngestResult,
+    Rejection,
+    StreamedFix,
+)
 from services.registry import service as registry
-from services.topics import POINTS
+from services.registry.service import TagInfo
+from services.topics import DEVICE_EVENTS, POINTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +55,7 @@ def describe(exc: ValidationError) -> tuple[str, str]:
     return field, err["msg"]
 
 
-def validate(
-    item: Item, now: datetime, settings: IngestSettings
-) -> StreamedFix | Rejection:
+def validate(item: Item, now: datetime, settings: IngestSettings) -> StreamedFix | Rejection:
     """Checks one fix against the schema and the bounds; pure."""
     if item.raw is NOT_JSON:
         return Rejection(index=item.index, field="line", error="is not valid JSON")
@@ -102,32 +110,11 @@ async def ingest(
     tags = await registry.resolve_tags(session, [f.tag_id for _, f in valid])
     attributed: list[FixMessage] = []
     for index, fix in valid:
-        info = tags.get(fix.tag_id)
-        if info is None:
-            rejected.append(Rejection(index=index, field="tag_id", error="unknown tag"))
-            continue
-        if info.supplier_id != supplier.id:
-            rejected.append(
-                Rejection(index=index, field="tag_id", error="tag is not registered to this supplier")
-            )
-            continue
-        subject_id = info.subject_at(fix.ts)
-        if subject_id is None:
-            rejected.append(
-                Rejection(
-                    index=index,
-                    field="ts",
-                    error=f"tag {fix.tag_id} is not assigned to a subject at this time",
-                )
-            )
-            continue
-        attributed.append(
-            FixMessage(
-                subject_id=subject_id,
-                received_at=now,
-                **fix.model_dump(),
-            )
-        )
+        subject = attribute(tags, supplier, index, fix.tag_id, fix.ts)
+        if isinstance(subject, Rejection):
+            rejected.append(subject)
+        else:
+            attributed.append(FixMessage(subject_id=subject, received_at=now, **fix.model_dump()))
 
     fresh, duplicates, conflicts = await _separate_resends(db, attributed)
     await bus.publish(POINTS, [(m.tag_id, m) for m in fresh])
@@ -143,6 +130,60 @@ async def ingest(
         conflicts=conflicts,
         rejected=rejected,
     )
+
+
+def attribute(
+    tags: dict[str, TagInfo], supplier: Principal, index: int, tag_id: str, ts: datetime
+) -> uuid.UUID | Rejection:
+    """The subject wearing this supplier's tag at ts, or why there is none."""
+    info = tags.get(tag_id)
+    if info is None:
+        return Rejection(index=index, field="tag_id", error="unknown tag")
+    if info.supplier_id != supplier.id:
+        return Rejection(
+            index=index, field="tag_id", error="tag is not registered to this supplier"
+        )
+    subject_id = info.subject_at(ts)
+    if subject_id is None:
+        return Rejection(
+            index=index, field="ts", error=f"tag {tag_id} is not assigned to a subject at this time"
+        )
+    return subject_id
+
+
+async def ingest_events(
+    session: AsyncSession,
+    bus: Bus,
+    supplier: Principal,
+    items: Sequence[Item],
+    now: datetime,
+    settings: IngestSettings,
+) -> EventsResult:
+    """Device events: validated and attributed like fixes, then put on the bus."""
+    rejected: list[Rejection] = []
+    valid: list[tuple[int, DeviceEventIn]] = []
+    for item in items:
+        try:
+            event = DeviceEventIn.model_validate(item.raw)
+        except ValidationError as exc:
+            field, reason = describe(exc)
+            rejected.append(Rejection(index=item.index, field=field, error=reason))
+            continue
+        if event.ts > now + timedelta(seconds=settings.max_clock_skew_s):
+            rejected.append(Rejection(index=item.index, field="ts", error="is in the future"))
+            continue
+        valid.append((item.index, event))
+    tags = await registry.resolve_tags(session, [e.tag_id for _, e in valid])
+    events: list[DeviceEvent] = []
+    for index, event in valid:
+        subject = attribute(tags, supplier, index, event.tag_id, event.ts)
+        if isinstance(subject, Rejection):
+            rejected.append(subject)
+        else:
+            events.append(DeviceEvent(subject_id=subject, received_at=now, **event.model_dump()))
+    await bus.publish(DEVICE_EVENTS, [(e.tag_id, e) for e in events])
+    rejected.sort(key=lambda r: r.index)
+    return EventsResult(accepted=len(events), rejected=rejected)
 
 
 def _position(m: FixMessage) -> tuple[float, float, float]:

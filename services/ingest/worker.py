@@ -10,7 +10,7 @@ from services.common.database import Database
 from services.common.metrics import FIX_CONFLICTS, FIXES_STORED
 from services.common.timeutil import utcnow
 from services.ingest import repository
-from services.ingest.schemas import FixMessage
+from services.ingest.schemas import DeviceEvent, FixMessage
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,10 @@ class StoreWorker:
         FIX_CONFLICTS.inc(result.conflicts)
         if result.conflicts:
             log.warning("%d conflicting duplicate fix(es) set aside", result.conflicts)
+
+    async def handle_events(self, events: list[DeviceEvent]) -> None:
+        async with self.db.pool.acquire() as conn:
+            await repository.store_device_events(conn, events)
 
     async def _keep_ahead(self) -> None:
         while True:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, status
 from services.common.deps import Admin, RuntimeDep, SessionDep
 from services.common.errors import NotFound
 from services.topics import CRIMES
-from services.zones import repository, records
+from services.zones import records, repository
 from services.zones.schemas import CrimeOut, CrimesIn, ZoneFeature, ZoneOut
 
 router = APIRouter(prefix="/v1", tags=["zones"])

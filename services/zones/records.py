@@ -9,6 +9,7 @@ from geoalchemy2 import WKTElement
 from shapely import Polygon, from_wkt, to_geojson
 from shapely.validation import explain_validity
 from sqlalchemy.ext.asyncio import AsyncSession
+
 from services.common.errors import Unprocessable
 from services.common.geo import LocalFrame
 from services.registry import service as registry

@@ -9,7 +9,7 @@ from datetime import datetime
 
 import asyncpg
 from geoalchemy2.functions import ST_AsText
-from sqlalchemy import select, tuple_
+from sqlalchemy import ColumnElement, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,17 +42,17 @@ async def get_zone(session: AsyncSession, zone_id: uuid.UUID) -> ZoneRow | None:
 async def zones_for_subjects(
     session: AsyncSession, subject_ids: Sequence[uuid.UUID], kind: str | None = None
 ) -> list[ZoneRow]:
-    conditions = [Zone.subject_id.in_(subject_ids)]
+    conditions: list[ColumnElement[bool]] = [Zone.subject_id.in_(subject_ids)]
     if kind is not None:
         conditions.append(Zone.kind == kind)
     return await _zone_rows(session, *conditions)
 
 
-async def _zone_rows(session: AsyncSession, *conditions: object) -> list[ZoneRow]:
+async def _zone_rows(session: AsyncSession, *conditions: ColumnElement[bool]) -> list[ZoneRow]:
     rows = await session.execute(
         select(
             Zone.id, Zone.subject_id, Zone.kind, Zone.name, Zone.version, ST_AsText(Zone.geom)
-        ).where(*conditions)  # type: ignore[arg-type]
+        ).where(*conditions)
     )
     return [ZoneRow(*r) for r in rows.tuples()]
 

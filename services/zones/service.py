@@ -53,8 +53,10 @@ class PreparedZone:
 
 def classify(zone: PreparedZone, lat: float, lon: float, accuracy_m: float) -> Containment:
     p = Point(zone.frame.point(lat, lon))
-    if zone.prepared.contains(p) and zone.shape.exterior.distance(p) >= accuracy_m and all(
-        hole.distance(p) >= accuracy_m for hole in zone.shape.interiors
+    if (
+        zone.prepared.contains(p)
+        and zone.shape.exterior.distance(p) >= accuracy_m
+        and all(hole.distance(p) >= accuracy_m for hole in zone.shape.interiors)
     ):
         return Containment.inside
     if zone.shape.distance(p) <= accuracy_m:
@@ -112,7 +114,9 @@ def crime_alert_id(crime_id: uuid.UUID, subject_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(ALERT_NAMESPACE, f"crime_match|{crime_id}|{subject_id}")
 
 
-def is_late(ts: datetime, received_at: datetime, last_seen: datetime | None, late_after_s: float) -> bool:
+def is_late(
+    ts: datetime, received_at: datetime, last_seen: datetime | None, late_after_s: float
+) -> bool:
     """Late: taken before fixes already decided on, or received long after it was taken."""
     behind = last_seen is not None and ts < last_seen
     return behind or (received_at - ts).total_seconds() > late_after_s

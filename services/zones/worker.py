@@ -26,7 +26,11 @@ CRIME_MATCHER_VERSION = "crime-match/1"
 
 def fix_ref(f: FixMessage) -> FixRef:
     return FixRef(
-        tag_id=f.tag_id, ts=f.ts, received_at=f.received_at, lat=f.lat, lon=f.lon,
+        tag_id=f.tag_id,
+        ts=f.ts,
+        received_at=f.received_at,
+        lat=f.lat,
+        lon=f.lon,
         accuracy_m=f.accuracy_m,
     )
 
@@ -173,12 +177,14 @@ class CrimeMatcher:
                     closest[n.subject_id] = n
             for n in closest.values():
                 fix = FixRef(
-                    tag_id=n.tag_id, ts=n.ts, received_at=n.received_at, lat=n.lat, lon=n.lon,
+                    tag_id=n.tag_id,
+                    ts=n.ts,
+                    received_at=n.received_at,
+                    lat=n.lat,
+                    lon=n.lon,
                     accuracy_m=n.accuracy_m,
                 )
-                alerts.append(
-                    self._match(crime.id, n.subject_id, fix, n.distance_m, "new_crime")
-                )
+                alerts.append(self._match(crime.id, n.subject_id, fix, n.distance_m, "new_crime"))
         await self.bus.publish(ALERTS, [(str(a.subject_id), a) for a in alerts])
 
     def _alert(

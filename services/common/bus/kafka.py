@@ -68,7 +68,8 @@ class KafkaBus(Bus):
             consumer = AIOKafkaConsumer(
                 self.physical(sub.topic),
                 bootstrap_servers=self.settings.bootstrap,
-                group_id=sub.group,
+                # One group per (role, topic): a role on two topics never rebalances both.
+                group_id=f"{sub.group}.{sub.topic.name}",
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=MAX_REQUEST_BYTES,
@@ -125,7 +126,9 @@ class KafkaBus(Bus):
             # Records of one partition stay in order, and one key lives in one partition,
             # so per-tag order survives joining the partitions' lists.
             envelopes = [
-                Envelope(r.key or b"", r.value or b"") for records in batches.values() for r in records
+                Envelope(r.key or b"", r.value or b"")
+                for records in batches.values()
+                for r in records
             ]
             await self.deliver(sub, envelopes)
             offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
@@ -146,4 +149,3 @@ class KafkaBus(Bus):
             with contextlib.suppress(KafkaError, AssertionError):
                 total += max(0, high - await consumer.position(tp))
         CONSUMER_LAG.labels(sub.group, sub.topic.name).set(total)
-

@@ -28,9 +28,7 @@ class _Item:
 class MemoryBus(Bus):
     def __init__(self, dead_letter: Topic[Any]) -> None:
         super().__init__(dead_letter)
-        self._queues: dict[str, list[tuple[Subscription, asyncio.Queue[_Item]]]] = defaultdict(
-            list
-        )
+        self._queues: dict[str, list[tuple[Subscription, asyncio.Queue[_Item]]]] = defaultdict(list)
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
 

@@ -1,0 +1,51 @@
+# tagtrail: `make run` for the demo on the in-process bus, `make test` for the full suite.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export UV_PYTHON_DOWNLOADS := never
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: help setup venv db kafka run test lint stop status schemas bench-smoke
+
+help:
+	@echo "make run    - set up everything and run the pipeline with a demo fleet"
+	@echo "make test   - set up everything plus Kafka and run the whole test suite"
+	@echo "make lint   - ruff and mypy"
+	@echo "make stop   - stop the local PostgreSQL and Kafka"
+
+$(VENV)/.synced: pyproject.toml uv.lock
+	@UV=$$(bash deploy/local/uv.sh) && $$UV sync --frozen --python python3
+	@touch $@
+
+venv: $(VENV)/.synced
+
+db:
+	@bash deploy/local/postgres.sh start
+
+setup: venv db
+	@$(BIN)/tagtrail migrate
+
+kafka:
+	@bash deploy/local/kafka.sh start
+
+run: setup
+	@$(BIN)/tagtrail run --demo
+
+test: setup kafka
+	@$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
+
+lint: venv
+	@$(BIN)/ruff format --check services tests bench migrations
+	@$(BIN)/ruff check services tests bench migrations
+	@$(BIN)/mypy services
+
+schemas: venv
+	@$(BIN)/tagtrail schemas
+
+stop:
+	@bash deploy/local/kafka.sh stop
+	@bash deploy/local/postgres.sh stop
+
+status:
+	@bash deploy/local/postgres.sh status
+	@bash deploy/local/kafka.sh status

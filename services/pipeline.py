@@ -1,0 +1,106 @@
+"""Assembles a process: database, bus, and whichever worker roles it runs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from enum import StrEnum
+
+from services.alerts.worker import GROUP as DISPATCH_GROUP
+from services.alerts.worker import Dispatcher
+from services.common.bus import Bus
+from services.common.bus.kafka import KafkaBus
+from services.common.bus.memory import MemoryBus
+from services.common.database import Database
+from services.common.runtime import Runtime
+from services.common.settings import Settings
+from services.ingest.worker import GROUP as STORE_GROUP
+from services.ingest.worker import StoreWorker
+from services.topics import ALERTS, ALL, CRIMES, DEAD_LETTER, DEVICE_EVENTS, POINTS
+from services.zones.worker import CRIMES_GROUP, ZONES_GROUP, CrimeMatcher, ZoneChecker
+
+log = logging.getLogger(__name__)
+
+
+class Role(StrEnum):
+    store = "store"
+    zones = "zones"
+    crimes = "crimes"
+    dispatch = "dispatch"
+
+
+ALL_ROLES = frozenset(Role)
+
+
+def make_bus(settings: Settings, kind: str) -> Bus:
+    if kind == "kafka":
+        return KafkaBus(settings.kafka, DEAD_LETTER, ALL)
+    return MemoryBus(DEAD_LETTER)
+
+
+class Pipeline:
+    """The resources and workers of one process; start() then stop()."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bus: str,
+        roles: Collection[Role] = (),
+        database: str | None = None,
+        group_suffix: str = "",
+    ) -> None:
+        self.settings = settings
+        self.bus_kind = bus
+        self.roles = frozenset(roles)
+        self.database = database
+        # Lets tests run isolated consumer groups on one shared broker.
+        self.group_suffix = group_suffix
+        self._runtime: Runtime | None = None
+        self._store: StoreWorker | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            raise RuntimeError("the pipeline is not started")
+        return self._runtime
+
+    async def start(self) -> Runtime:
+        db = await Database.connect(self.settings.db, self.database)
+        bus = make_bus(self.settings, self.bus_kind)
+        batch = self.settings.kafka.max_batch
+        sfx = self.group_suffix
+        if Role.store in self.roles:
+            self._store = StoreWorker(db)
+            await self._store.start()
+            bus.subscribe(STORE_GROUP + sfx, POINTS, self._store.handle, max_batch=batch)
+            bus.subscribe(
+                STORE_GROUP + sfx, DEVICE_EVENTS, self._store.handle_events, max_batch=batch
+            )
+        if Role.zones in self.roles:
+            checker = ZoneChecker(db, bus, self.settings.check)
+            bus.subscribe(ZONES_GROUP + sfx, POINTS, checker.handle, max_batch=batch)
+        if Role.crimes in self.roles:
+            matcher = CrimeMatcher(db, bus, self.settings.check)
+            bus.subscribe(CRIMES_GROUP + sfx, POINTS, matcher.handle_fixes, max_batch=batch)
+            bus.subscribe(CRIMES_GROUP + sfx, CRIMES, matcher.handle_crimes, max_batch=50)
+        if Role.dispatch in self.roles:
+            dispatcher = Dispatcher(db)
+            bus.subscribe(DISPATCH_GROUP + sfx, ALERTS, dispatcher.handle, max_batch=batch)
+        try:
+            await bus.start()
+        except BaseException:
+            await db.close()
+            raise
+        self._runtime = Runtime(self.settings, db, bus)
+        log.info("pipeline started: bus=%s roles=%s", self.bus_kind, sorted(self.roles))
+        return self._runtime
+
+    async def stop(self) -> None:
+        if self._runtime is None:
+            return
+        await self._runtime.bus.stop()
+        if self._store is not None:
+            await self._store.stop()
+        await self._runtime.db.close()
+        self._runtime = None

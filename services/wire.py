@@ -1,0 +1,66 @@
+"""The wire messages and device-facing bodies, and their versioned JSON Schemas in schemas/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from services.alerts.schemas import AlertMessage
+from services.common.bus.messages import DeadLetter
+from services.ingest.schemas import (
+    DeviceEvent,
+    DeviceEventIn,
+    FixMessage,
+    IngestResult,
+    StreamedFix,
+)
+from services.ingest.schemas import Fix as DeviceFix
+from services.zones.schemas import CrimeIn, CrimeMessage, ZoneFeature
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+VERSION = "v1"
+
+# name -> model. Renaming or removing a field is a new version, never an edit.
+WIRE: dict[str, type[BaseModel]] = {
+    "fix": DeviceFix,
+    "streamed-fix": StreamedFix,
+    "ingest-result": IngestResult,
+    "device-event-in": DeviceEventIn,
+    "zone-feature": ZoneFeature,
+    "crime-in": CrimeIn,
+    "points-message": FixMessage,
+    "device-events-message": DeviceEvent,
+    "crimes-message": CrimeMessage,
+    "alerts-message": AlertMessage,
+    "dead-letter-message": DeadLetter,
+}
+
+
+def schema_of(name: str, model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema(mode="validation")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://tagtrail.example/schemas/{name}.{VERSION}.json",
+        **schema,
+    }
+
+
+def schema_path(name: str) -> Path:
+    return SCHEMA_DIR / f"{name}.{VERSION}.json"
+
+
+def render(name: str, model: type[BaseModel]) -> str:
+    return json.dumps(schema_of(name, model), indent=2, sort_keys=True) + "\n"
+
+
+def write_schemas() -> list[Path]:
+    SCHEMA_DIR.mkdir(exist_ok=True)
+    paths = []
+    for name, model in WIRE.items():
+        path = schema_path(name)
+        path.write_text(render(name, model))
+        paths.append(path)
+    return paths
