@@ -54,7 +54,7 @@ async def tags_with_assignments(
         .outerjoin(TagAssignment, TagAssignment.tag_id == Tag.id)
         .where(Tag.id.in_(tag_ids))
     )
-    return [(tag, assignment) for tag, assignment in rows.tuples()]
+    return [(tag, assignment) for tag, assignment in rows]
 
 
 async def subjects_managed_at(

@@ -54,7 +54,7 @@ async def _zone_rows(session: AsyncSession, *conditions: ColumnElement[bool]) ->
             Zone.id, Zone.subject_id, Zone.kind, Zone.name, Zone.version, ST_AsText(Zone.geom)
         ).where(*conditions)
     )
-    return [ZoneRow(*r) for r in rows.tuples()]
+    return [ZoneRow(*r) for r in rows]
 
 
 async def load_states(

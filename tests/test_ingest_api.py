@@ -1,0 +1,290 @@
+"""The device-facing API: every rejection rule, partial acceptance, re-sends and conflicts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from services.common.database import Database
+from services.common.timeutil import utcnow
+from tests.conftest import World, enrol, fix
+
+
+@pytest.fixture
+async def world(client: httpx.AsyncClient, db: Database) -> World:
+    return await enrol(client, db, n=2)
+
+
+async def post(client: httpx.AsyncClient, world: World, fixes: list[Any], tag: str | None = None):
+    return await client.post(
+        "/v1/fixes", json={"tag_id": tag or world.tags[0], "fixes": fixes}, headers=world.supplier
+    )
+
+
+async def stored(db: Database) -> int:
+    async with db.pool.acquire() as conn:
+        return int(await conn.fetchval("select count(*) from trail_points"))
+
+
+def now_minus(seconds: float) -> datetime:
+    return utcnow() - timedelta(seconds=seconds)
+
+
+BAD_FIXES: list[tuple[str, dict[str, Any], str, str]] = [
+    ("lat above 90", {"lat": 90.5}, "lat", "less than or equal to 90"),
+    ("lat below -90", {"lat": -91}, "lat", "greater than or equal to -90"),
+    ("lon above 180", {"lon": 180.1}, "lon", "less than or equal to 180"),
+    ("lat as text", {"lat": "north"}, "lat", "valid number"),
+    ("zero accuracy", {"accuracy_m": 0}, "accuracy_m", "greater than 0"),
+    ("negative accuracy", {"accuracy_m": -3}, "accuracy_m", "greater than 0"),
+    ("accuracy too large", {"accuracy_m": 20_000}, "accuracy_m", "at most"),
+    ("negative speed", {"speed_mps": -1}, "speed_mps", "greater than or equal to 0"),
+    ("heading 360", {"heading_deg": 360}, "heading_deg", "less than 360"),
+    ("unknown source", {"source": "psychic"}, "source", "'gps', 'wifi', 'cell' or 'rf'"),
+    ("sats above 64", {"sats": 99}, "sats", "less than or equal to 64"),
+    ("hdop negative", {"hdop": -0.5}, "hdop", "greater than or equal to 0"),
+    ("ts without offset", {"ts": "2026-11-25T10:00:00"}, "ts", "timezone"),
+    ("ts as epoch number", {"ts": 1764064800}, "ts", "RFC 3339"),
+    ("ts not a date", {"ts": "yesterday"}, "ts", "datetime"),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "field", "reason"), BAD_FIXES, ids=[c[0] for c in BAD_FIXES])
+async def test_a_bad_fix_is_rejected_by_field_and_its_neighbours_kept(
+    client: httpx.AsyncClient, world: World, db: Database, case: str, change: dict[str, Any],
+    field: str, reason: str,
+) -> None:
+    good1, good2 = fix(now_minus(120)), fix(now_minus(60))
+    bad = {**fix(now_minus(90)), **change}
+    r = await post(client, world, [good1, bad, good2])
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["accepted"] == 2
+    assert len(body["rejected"]) == 1
+    rejection = body["rejected"][0]
+    assert rejection["index"] == 1
+    assert rejection["field"] == field
+    assert reason in rejection["error"]
+    assert await stored(db) == 2
+
+
+async def test_missing_fields_are_named(client: httpx.AsyncClient, world: World) -> None:
+    r = await post(client, world, [{"ts": now_minus(5).isoformat(), "lat": 52.0, "lon": 0.1}])
+    assert r.json()["rejected"] == [{"index": 0, "field": "accuracy_m", "error": "Field required"}]
+
+
+async def test_a_fix_that_is_not_an_object_is_rejected(client: httpx.AsyncClient, world: World) -> None:
+    r = await post(client, world, [fix(now_minus(5)), [52.1, 0.2]])
+    assert r.json()["accepted"] == 1
+    assert r.json()["rejected"] == [{"index": 1, "field": "fix", "error": "must be a JSON object"}]
+
+
+async def test_future_timestamps_beyond_clock_skew_are_rejected(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    slightly_ahead = utcnow() + timedelta(seconds=30)  # inside the 120 s skew
+    far_ahead = utcnow() + timedelta(minutes=10)
+    r = await post(client, world, [fix(slightly_ahead), fix(far_ahead)])
+    body = r.json()
+    assert body["accepted"] == 1
+    assert body["rejected"][0]["index"] == 1
+    assert body["rejected"][0]["field"] == "ts"
+    assert "in the future" in body["rejected"][0]["error"]
+
+
+async def test_old_buffered_fixes_are_welcome_but_ancient_ones_are_not(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # Enrolment began 30 days ago: a week-old buffered fix is fine.
+    week_old = utcnow() - timedelta(days=7)
+    ancient = utcnow() - timedelta(days=400)
+    r = await post(client, world, [fix(week_old), fix(ancient)])
+    body = r.json()
+    assert body["accepted"] == 1
+    assert body["rejected"] == [{"index": 1, "field": "ts", "error": "is more than 365 days old"}]
+
+
+async def test_timestamps_with_any_offset_are_one_instant(
+    client: httpx.AsyncClient, world: World, db: Database
+) -> None:
+    instant = now_minus(300).replace(microsecond=0)
+    in_paris = instant.astimezone(timezone(timedelta(hours=1)))
+    r = await post(client, world, [fix(instant), fix(in_paris)])
+    assert r.json()["accepted"] == 1
+    assert r.json()["duplicates"] == 1
+    async with db.pool.acquire() as conn:
+        ts = await conn.fetchval("select ts from trail_points")
+    assert ts == instant.astimezone(UTC)
+
+
+async def test_unknown_tag_is_rejected(client: httpx.AsyncClient, world: World) -> None:
+    r = await post(client, world, [fix(now_minus(5))], tag="NOT-ENROLLED")
+    assert r.json()["rejected"] == [{"index": 0, "field": "tag_id", "error": "unknown tag"}]
+
+
+async def test_another_suppliers_tag_is_rejected(
+    client: httpx.AsyncClient, world: World, db: Database
+) -> None:
+    other = await enrol(client, db, n=1, prefix="OTHER")
+    r = await post(client, world, [fix(now_minus(5))], tag=other.tags[0])
+    assert r.json()["accepted"] == 0
+    assert r.json()["rejected"] == [
+        {"index": 0, "field": "tag_id", "error": "tag is not registered to this supplier"}
+    ]
+
+
+async def test_a_tag_unassigned_at_fix_time_is_rejected(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # The tags were put on their subjects 30 days ago; 40 days ago nobody wore them.
+    before = utcnow() - timedelta(days=40)
+    r = await post(client, world, [fix(before), fix(now_minus(5))])
+    body = r.json()
+    assert body["accepted"] == 1
+    assert body["rejected"][0]["index"] == 0
+    assert body["rejected"][0]["field"] == "ts"
+    assert "not assigned to a subject" in body["rejected"][0]["error"]
+
+
+async def test_fixes_are_attributed_to_the_subject_wearing_the_tag_at_fix_time(
+    client: httpx.AsyncClient, world: World, db: Database
+) -> None:
+    """A tag moved from one subject to another: each fix belongs to who wore it then."""
+    tag = "SWAP-TAG"
+    r = await client.post(
+        "/v1/tags", json={"tag_id": tag, "supplier_id": str(world.supplier_id)}, headers=world.admin
+    )
+    assert r.status_code == 201
+    swap = utcnow() - timedelta(hours=1)
+    first, second = world.subjects
+    for subject, start, end in ((first, swap - timedelta(days=1), swap), (second, swap, None)):
+        body = {"tag_id": tag, "valid_from": start.isoformat()}
+        if end is not None:
+            body["valid_to"] = end.isoformat()
+        r = await client.post(f"/v1/subjects/{subject}/tags", json=body, headers=world.admin)
+        assert r.status_code == 201, r.text
+    r = await post(client, world, [fix(swap - timedelta(minutes=5)), fix(swap + timedelta(minutes=5))], tag=tag)
+    assert r.json()["accepted"] == 2
+    async with db.pool.acquire() as conn:
+        rows = await conn.fetch("select subject_id from trail_points where tag_id = $1 order by ts", tag)
+    assert [r["subject_id"] for r in rows] == [first, second]
+
+
+async def test_overlapping_wearers_of_one_tag_are_refused(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    since = (utcnow() - timedelta(days=1)).isoformat()
+    r = await client.post(
+        f"/v1/subjects/{world.subjects[1]}/tags",
+        json={"tag_id": world.tags[0], "valid_from": since},
+        headers=world.admin,
+    )
+    assert r.status_code == 409
+    assert "already worn" in r.json()["error"]
+
+
+async def test_resending_a_batch_changes_nothing(
+    client: httpx.AsyncClient, world: World, db: Database
+) -> None:
+    batch = [fix(now_minus(300 - i * 60), lat=52.57 + i * 0.001) for i in range(4)]
+    first = (await post(client, world, batch)).json()
+    again = (await post(client, world, batch)).json()
+    assert first == {"accepted": 4, "duplicates": 0, "conflicts": 0, "rejected": []}
+    assert again == {"accepted": 0, "duplicates": 4, "conflicts": 0, "rejected": []}
+    assert await stored(db) == 4
+
+
+async def test_a_conflicting_duplicate_is_kept_aside_not_overwritten(
+    client: httpx.AsyncClient, world: World, db: Database
+) -> None:
+    ts = now_minus(600)
+    await post(client, world, [fix(ts, lat=52.5700)])
+    r = await post(client, world, [fix(ts, lat=52.5800)])
+    assert r.json()["conflicts"] == 1
+    assert r.json()["accepted"] == 0
+    async with db.pool.acquire() as conn:
+        kept = await conn.fetchval("select lat from trail_points")
+        aside = await conn.fetchrow("select lat, stored_lat from fix_conflicts")
+    assert kept == 52.5700
+    assert (aside["lat"], aside["stored_lat"]) == (52.5800, 52.5700)
+
+
+async def test_too_many_fixes_in_one_batch_is_413(client: httpx.AsyncClient, world: World) -> None:
+    too_many = [fix(now_minus(i)) for i in range(5001)]
+    r = await post(client, world, too_many)
+    assert r.status_code == 413
+    assert "5001 fixes" in r.json()["error"]
+
+
+async def test_an_oversized_body_is_413(client: httpx.AsyncClient, world: World) -> None:
+    big = b'{"tag_id": "x", "fixes": [], "pad": "' + b"a" * (6 * 1024 * 1024) + b'"}'
+    r = await client.post("/v1/fixes", content=big, headers=world.supplier)
+    assert r.status_code == 413
+
+
+async def test_a_body_that_is_not_json_is_422(client: httpx.AsyncClient, world: World) -> None:
+    r = await client.post("/v1/fixes", content=b"{not json", headers=world.supplier)
+    assert r.status_code == 422
+    assert "not valid JSON" in r.json()["error"]
+
+
+async def test_a_batch_without_tag_id_is_422(client: httpx.AsyncClient, world: World) -> None:
+    r = await client.post("/v1/fixes", json={"fixes": []}, headers=world.supplier)
+    assert r.status_code == 422
+    assert r.json()["details"] == {"field": "tag_id"}
+
+
+async def test_ndjson_stream_for_many_tags(
+    client: httpx.AsyncClient, world: World, db: Database
+) -> None:
+    lines = [
+        orjson.dumps({"tag_id": world.tags[0], **fix(now_minus(60))}),
+        b"",
+        orjson.dumps({"tag_id": world.tags[1], **fix(now_minus(60))}),
+        b"{broken",
+        orjson.dumps({**fix(now_minus(30))}),
+        orjson.dumps({"tag_id": world.tags[1], **fix(now_minus(30), lat=95)}),
+    ]
+    r = await client.post(
+        "/v1/fixes/stream", content=b"\n".join(lines), headers=world.supplier
+    )
+    assert r.status_code == 202
+    body = r.json()
+    assert body["accepted"] == 2
+    assert [(x["index"], x["field"]) for x in body["rejected"]] == [
+        (3, "line"),
+        (4, "tag_id"),
+        (5, "lat"),
+    ]
+    assert await stored(db) == 2
+
+
+async def test_ingest_needs_a_supplier_token(client: httpx.AsyncClient, world: World) -> None:
+    body = {"tag_id": world.tags[0], "fixes": [fix(now_minus(5))]}
+    assert (await client.post("/v1/fixes", json=body)).status_code == 401
+    bogus = {"Authorization": "Bearer tt_not-a-real-token"}
+    assert (await client.post("/v1/fixes", json=body, headers=bogus)).status_code == 401
+    r = await client.post("/v1/fixes", json=body, headers=world.manager)
+    assert r.status_code == 403
+
+
+async def test_device_events_are_validated_and_stored(
+    client: httpx.AsyncClient, world: World, db: Database
+) -> None:
+    events = [
+        {"tag_id": world.tags[0], "ts": now_minus(20).isoformat(), "kind": "tamper"},
+        {"tag_id": world.tags[0], "ts": now_minus(10).isoformat(), "kind": "exploded"},
+        {"tag_id": world.tags[1], "ts": now_minus(10).isoformat(), "kind": "battery_low", "battery_pct": 9},
+    ]
+    r = await client.post("/v1/device-events", json={"events": events}, headers=world.supplier)
+    assert r.status_code == 202
+    assert r.json()["accepted"] == 2
+    assert r.json()["rejected"][0]["index"] == 1
+    assert r.json()["rejected"][0]["field"] == "kind"
+    async with db.pool.acquire() as conn:
+        kinds = await conn.fetch("select kind from device_events order by kind")
+    assert [k["kind"] for k in kinds] == ["battery_low", "tamper"]
