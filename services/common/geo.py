@@ -6,8 +6,8 @@ import math
 from functools import lru_cache
 
 from pyproj import CRS, Geod, Transformer
+import shapely
 from shapely import Geometry
-from shapely.ops import transform
 
 WGS84 = Geod(ellps="WGS84")
 # Metres per degree of latitude, rounded down so boxes built from it err on the large side.
@@ -49,4 +49,4 @@ class LocalFrame:
         return float(x), float(y)
 
     def geometry(self, geom: Geometry) -> Geometry:
-        return transform(self._t.transform, geom)
+        return shapely.transform(geom, self._t.transform, interleaved=False)

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 # Large enough for a full ingest batch of fixes in one request.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# How long stop() lets consumers finish the batch in hand before cancelling them.
+GRACE_S = 15.0
 
 
 class KafkaBus(Bus):
@@ -33,6 +35,7 @@ class KafkaBus(Bus):
         self._producer: AIOKafkaProducer | None = None
         self._consumers: list[AIOKafkaConsumer] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
 
     def physical(self, topic: Topic[Any]) -> str:
         return self.settings.topic_prefix + topic.name
@@ -80,6 +83,10 @@ class KafkaBus(Bus):
             self._tasks.append(asyncio.create_task(self._consume(sub, consumer), name=sub.group))
 
     async def stop(self) -> None:
+        # Graceful first: each consumer finishes and commits the batch in hand.
+        self._stopping.set()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=GRACE_S)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -113,7 +120,7 @@ class KafkaBus(Bus):
 
     async def _consume(self, sub: Subscription, consumer: AIOKafkaConsumer) -> None:
         backoff = Backoff()
-        while True:
+        while not self._stopping.is_set():
             try:
                 batches = await consumer.getmany(timeout_ms=500, max_records=sub.max_batch)
             except KafkaError as exc:

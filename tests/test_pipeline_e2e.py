@@ -1,0 +1,143 @@
+"""End to end over real HTTP: fixes in, stored once, one alert per breach and per crime
+match, re-posting changes nothing. On the in-process bus and on real Kafka."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from services.common.database import Database
+from services.common.settings import Settings
+from services.common.timeutil import utcnow
+from services.pipeline import ALL_ROLES, Pipeline
+from tests.conftest import enrol, eventually, fix, kafka_settings, serve, square
+
+ZONE_CENTRE = (52.5720, -0.2390)
+CRIME_PLACE = (52.5800, -0.2500)
+
+
+@pytest.fixture(params=["memory", "kafka"])
+async def live(request: pytest.FixtureRequest, settings: Settings, database: str, db: Database) -> AsyncIterator[str]:
+    """The whole pipeline in one process on the chosen bus, served over real HTTP."""
+    bus = request.param
+    pipeline_settings = kafka_settings(settings) if bus == "kafka" else settings
+    pipeline = Pipeline(pipeline_settings, bus=bus, roles=ALL_ROLES, database=database)
+    await pipeline.start()
+    try:
+        async with serve(pipeline) as url:
+            yield url
+    finally:
+        await pipeline.stop()
+
+
+async def count(db: Database, sql: str, *args: Any) -> int:
+    async with db.pool.acquire() as conn:
+        return int(await conn.fetchval(sql, *args))
+
+
+async def test_fixes_to_alerts_end_to_end(live: str, db: Database) -> None:
+    async with httpx.AsyncClient(base_url=live, timeout=30) as http:
+        world = await enrol(http, db, n=2)
+        breacher, passer = world.subjects
+        zone = {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [square(*ZONE_CENTRE, 150)]},
+            "properties": {"subject_id": str(breacher), "kind": "exclusion", "name": "Victim's street"},
+        }
+        r = await http.post("/v1/zones", json=zone, headers=world.admin)
+        assert r.status_code == 201, r.text
+
+        start = utcnow() - timedelta(minutes=30)
+        crime = {
+            "category": "BIAD",
+            "reference": "E2E/1",
+            "lat": CRIME_PLACE[0],
+            "lon": CRIME_PLACE[1],
+            "starts_at": (start + timedelta(minutes=5)).isoformat(),
+            "ends_at": (start + timedelta(minutes=25)).isoformat(),
+        }
+        r = await http.post("/v1/crimes", json={"crimes": [crime]}, headers=world.admin)
+        assert r.status_code == 201, r.text
+        crime_id = r.json()[0]["id"]
+
+        # The breacher walks in (three fixes deep inside), out, and nowhere near the crime.
+        outside = (ZONE_CENTRE[0] + 0.01, ZONE_CENTRE[1])
+        path = [outside, ZONE_CENTRE, ZONE_CENTRE, ZONE_CENTRE, outside, outside]
+        breach = [fix(start + timedelta(minutes=i), *p) for i, p in enumerate(path)]
+        # The passer walks past the crime scene inside its window, several fixes close by.
+        near = (CRIME_PLACE[0] + 0.0003, CRIME_PLACE[1])  # about 33 m away
+        passing = [
+            fix(start + timedelta(minutes=10 + i), *(near if 1 <= i <= 3 else (52.60, -0.30)))
+            for i in range(5)
+        ]
+        for tag, fixes in ((world.tags[0], breach), (world.tags[1], passing)):
+            r = await http.post("/v1/fixes", json={"tag_id": tag, "fixes": fixes}, headers=world.supplier)
+            assert r.status_code == 202, r.text
+            assert r.json()["accepted"] == len(fixes)
+
+        async def alerts() -> list[dict[str, Any]]:
+            r = await http.get("/v1/alerts", headers=world.manager)
+            assert r.status_code == 200, r.text
+            return r.json()["items"]
+
+        def settled(items: list[dict[str, Any]]) -> bool:
+            return len(items) >= 2 and any(a["closed_at"] for a in items)
+
+        items = await eventually(alerts, settled)
+        assert await count(db, "select count(*) from trail_points") == 11
+
+        by_kind = {a["kind"]: a for a in items}
+        assert sorted(by_kind) == ["crime_match", "exclusion"]
+        exclusion = by_kind["exclusion"]
+        assert exclusion["subject_id"] == str(breacher)
+        assert exclusion["opened_at"].startswith((start + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M"))
+        assert exclusion["closed_at"] is not None
+        assert exclusion["late"] is True  # uploaded half an hour after it happened
+        match = by_kind["crime_match"]
+        assert match["subject_id"] == str(passer)
+        assert match["crime_id"] == crime_id
+        assert match["details"]["distance_m"] < 40
+
+        # Re-posting everything changes nothing: no new fixes, no new alerts.
+        for tag, fixes in ((world.tags[0], breach), (world.tags[1], passing)):
+            r = await http.post("/v1/fixes", json={"tag_id": tag, "fixes": fixes}, headers=world.supplier)
+            assert r.json() == {"accepted": 0, "duplicates": len(fixes), "conflicts": 0, "rejected": []}
+        assert await count(db, "select count(*) from trail_points") == 11
+        assert len(await alerts()) == 2
+        assert await count(db, "select count(*) from alerts") == 2
+
+
+async def test_a_crime_recorded_after_the_fact_matches_stored_trails(live: str, db: Database) -> None:
+    """The other direction: the trail is stored first, the crime arrives later."""
+    async with httpx.AsyncClient(base_url=live, timeout=30) as http:
+        world = await enrol(http, db, n=2)
+        start = utcnow() - timedelta(hours=2)
+        near = (CRIME_PLACE[0], CRIME_PLACE[1] + 0.0008)  # about 54 m east
+        far = (CRIME_PLACE[0] + 0.02, CRIME_PLACE[1])  # about 2 km north
+        for tag, place in ((world.tags[0], near), (world.tags[1], far)):
+            fixes = [fix(start + timedelta(minutes=i), *place) for i in range(10)]
+            r = await http.post("/v1/fixes", json={"tag_id": tag, "fixes": fixes}, headers=world.supplier)
+            assert r.json()["accepted"] == 10
+        await eventually(lambda: count(db, "select count(*) from trail_points"), lambda n: n == 20)
+
+        crime = {
+            "category": "RB",
+            "lat": CRIME_PLACE[0],
+            "lon": CRIME_PLACE[1],
+            "starts_at": (start + timedelta(minutes=2)).isoformat(),
+            "ends_at": (start + timedelta(minutes=4)).isoformat(),
+        }
+        r = await http.post("/v1/crimes", json={"crimes": [crime]}, headers=world.admin)
+        assert r.status_code == 201
+
+        async def matches() -> list[dict[str, Any]]:
+            r = await http.get("/v1/alerts", params={"kind": "crime_match"}, headers=world.manager)
+            return r.json()["items"]
+
+        items = await eventually(matches, lambda xs: len(xs) >= 1)
+        assert [a["subject_id"] for a in items] == [str(world.subjects[0])]
+        assert items[0]["details"]["trigger"] == "new_crime"
