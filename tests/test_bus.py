@@ -1,0 +1,142 @@
+"""The bus contract, on the in-process bus and on real Kafka: per-key order, dead letters
+for what a handler cannot process (the rest of the batch still goes through), retries of
+transient failures, and publish returning only when the message is durable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from services.common.bus import Bus, Envelope, Topic
+from services.common.bus.kafka import KafkaBus
+from services.common.bus.memory import MemoryBus
+from services.common.bus.messages import DeadLetter
+from services.common.settings import Settings
+from tests.conftest import eventually, kafka_settings
+
+
+class Reading(BaseModel):
+    key: str
+    n: int
+
+
+READINGS = Topic("readings", Reading)
+DEAD = Topic("dead-letter", DeadLetter)
+
+
+class Recorder:
+    def __init__(self, fail_on: int | None = None, transient_failures: int = 0) -> None:
+        self.seen: list[Reading] = []
+        self.letters: list[DeadLetter] = []
+        self.fail_on = fail_on
+        self.transient_failures = transient_failures
+        self.calls = 0
+
+    async def handle(self, batch: list[Reading]) -> None:
+        self.calls += 1
+        if self.transient_failures:
+            self.transient_failures -= 1
+            raise ConnectionResetError("database went away")
+        if any(r.n == self.fail_on for r in batch):
+            raise ValueError("cannot handle this reading")
+        self.seen.extend(batch)
+
+    async def dead(self, batch: list[DeadLetter]) -> None:
+        self.letters.extend(batch)
+
+
+def make_bus(kind: str, settings: Settings) -> Bus:
+    if kind == "kafka":
+        return KafkaBus(kafka_settings(settings).kafka, DEAD, [READINGS, DEAD])
+    return MemoryBus(DEAD)
+
+
+@pytest.fixture(params=["memory", "kafka"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def started(bus: Bus, recorder: Recorder) -> Bus:
+    bus.subscribe("test-readers", READINGS, recorder.handle, max_batch=100)
+    bus.subscribe("test-dead", DEAD, recorder.dead)
+    await bus.start()
+    return bus
+
+
+@pytest.fixture
+async def recorder_bus(kind: str, settings: Settings) -> AsyncIterator[tuple[Recorder, Bus]]:
+    recorder = Recorder(fail_on=13)
+    bus = await started(make_bus(kind, settings), recorder)
+    yield recorder, bus
+    await bus.stop()
+
+
+async def test_order_per_key_is_kept(recorder_bus: tuple[Recorder, Bus]) -> None:
+    recorder, bus = recorder_bus
+    messages = [(f"tag-{i % 3}", Reading(key=f"tag-{i % 3}", n=i)) for i in range(60) if i != 13]
+    for start in range(0, len(messages), 7):
+        await bus.publish(READINGS, messages[start : start + 7])
+    await eventually(lambda: _value(len(recorder.seen)), lambda n: n == len(messages))
+    for key in ("tag-0", "tag-1", "tag-2"):
+        ns = [r.n for r in recorder.seen if r.key == key]
+        assert ns == sorted(ns)
+
+
+async def test_a_poison_message_is_dead_lettered_and_its_batch_survives(
+    recorder_bus: tuple[Recorder, Bus],
+) -> None:
+    recorder, bus = recorder_bus
+    await bus.publish(READINGS, [("k", Reading(key="k", n=n)) for n in (11, 12, 13, 14)])
+    await eventually(lambda: _value(len(recorder.letters)), lambda n: n == 1)
+    await eventually(lambda: _value(len(recorder.seen)), lambda n: n == 3)
+    assert sorted(r.n for r in recorder.seen) == [11, 12, 14]
+    letter = recorder.letters[0]
+    assert letter.group.startswith("test-readers")
+    assert '"n":13' in letter.payload
+
+
+async def test_an_undecodable_message_is_dead_lettered(recorder_bus: tuple[Recorder, Bus]) -> None:
+    recorder, bus = recorder_bus
+    await bus.publish_raw(READINGS, [Envelope(b"k", b'{"key": "k", "n": "lots"}')])
+    await bus.publish(READINGS, [("k", Reading(key="k", n=1))])
+    await eventually(lambda: _value(len(recorder.letters)), lambda n: n == 1)
+    await eventually(lambda: _value(len(recorder.seen)), lambda n: n == 1)
+    assert recorder.letters[0].error.startswith("undecodable")
+
+
+async def test_transient_failures_are_retried_not_dead_lettered(kind: str, settings: Settings) -> None:
+    recorder = Recorder(transient_failures=2)
+    bus = await started(make_bus(kind, settings), recorder)
+    try:
+        await bus.publish(READINGS, [("k", Reading(key="k", n=1))])
+        await eventually(lambda: _value(len(recorder.seen)), lambda n: n == 1)
+        assert recorder.calls == 3
+        assert recorder.letters == []
+    finally:
+        await bus.stop()
+
+
+async def test_memory_publish_returns_after_the_handlers_finish(settings: Settings) -> None:
+    """The in-process bus has no log, so 'durable' means 'handled'."""
+    done: list[int] = []
+
+    async def slow(batch: list[Reading]) -> None:
+        await asyncio.sleep(0.2)
+        done.extend(r.n for r in batch)
+
+    bus = MemoryBus(DEAD)
+    bus.subscribe("slow", READINGS, slow)
+    await bus.start()
+    try:
+        await bus.publish(READINGS, [("k", Reading(key="k", n=7))])
+        assert done == [7]
+    finally:
+        await bus.stop()
+
+
+async def _value(x: Any) -> Any:
+    return x

@@ -1,0 +1,42 @@
+"""The JSON Schemas under schemas/ are the models' own, and real messages satisfy them."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from services.ingest.schemas import FixMessage
+from services.wire import WIRE, render, schema_path
+
+
+@pytest.mark.parametrize("name", sorted(WIRE))
+def test_schema_file_matches_its_model(name: str) -> None:
+    path = schema_path(name)
+    assert path.exists(), f"{path} is missing: run `make schemas`"
+    assert path.read_text() == render(name, WIRE[name]), (
+        f"{path.name} is out of step with its model: run `make schemas` and, if a field "
+        "was renamed or removed, add a new version instead"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(WIRE))
+def test_schema_is_valid_json_schema(name: str) -> None:
+    Draft202012Validator.check_schema(json.loads(schema_path(name).read_text()))
+
+
+def test_a_points_message_validates_against_its_schema() -> None:
+    message = FixMessage(
+        tag_id="T1",
+        subject_id=uuid.uuid4(),
+        ts=datetime(2026, 11, 25, 10, tzinfo=UTC),
+        received_at=datetime(2026, 11, 25, 10, 1, tzinfo=UTC),
+        lat=52.57,
+        lon=-0.24,
+        accuracy_m=8,
+    )
+    schema = json.loads(schema_path("points-message").read_text())
+    Draft202012Validator(schema).validate(json.loads(message.model_dump_json()))
