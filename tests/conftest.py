@@ -111,9 +111,11 @@ async def serve(pipeline: Pipeline) -> AsyncIterator[str]:
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     )
     task = asyncio.create_task(server.serve())
+
     async def started() -> None:
         while not server.started:  # noqa: ASYNC110 - uvicorn has no "listening" event
             await asyncio.sleep(0.02)
+
     await asyncio.wait_for(started(), 10)
     try:
         yield f"http://127.0.0.1:{port}"
@@ -123,16 +125,16 @@ async def serve(pipeline: Pipeline) -> AsyncIterator[str]:
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout: float = 30.0
+    probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], within_s: float = 30.0
 ) -> T:
-    """Polls probe until ok(result); fails with the last result after timeout seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    """Polls probe until ok(result); fails with the last result after within_s seconds."""
+    deadline = asyncio.get_running_loop().time() + within_s
     while True:
         result = await probe()
         if ok(result):
             return result
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s; last: {result!r}")
+            raise AssertionError(f"condition not met within {within_s} s; last: {result!r}")
         await asyncio.sleep(0.1)
 
 
@@ -195,7 +197,9 @@ async def enrol(http: httpx.AsyncClient, db: Database, n: int = 2, prefix: str =
     return World(admin, supplier, manager, manager_id, supplier_id, tags, subjects)
 
 
-def fix(ts: Any, lat: float = 52.5725, lon: float = -0.2430, accuracy_m: float = 8.0, **extra: Any) -> dict[str, Any]:
+def fix(
+    ts: Any, lat: float = 52.5725, lon: float = -0.2430, accuracy_m: float = 8.0, **extra: Any
+) -> dict[str, Any]:
     return {
         "ts": ts if isinstance(ts, str) else ts.isoformat(),
         "lat": lat,
@@ -216,4 +220,3 @@ def square(lat: float, lon: float, half_m: float) -> list[list[float]]:
         [lon - dlon, lat + dlat],
         [lon - dlon, lat - dlat],
     ]
-

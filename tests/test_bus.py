@@ -108,7 +108,9 @@ async def test_an_undecodable_message_is_dead_lettered(recorder_bus: tuple[Recor
     assert recorder.letters[0].error.startswith("undecodable")
 
 
-async def test_transient_failures_are_retried_not_dead_lettered(kind: str, settings: Settings) -> None:
+async def test_transient_failures_are_retried_not_dead_lettered(
+    kind: str, settings: Settings
+) -> None:
     recorder = Recorder(transient_failures=2)
     bus = await started(make_bus(kind, settings), recorder)
     try:

@@ -53,10 +53,17 @@ BAD_FIXES: list[tuple[str, dict[str, Any], str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("case", "change", "field", "reason"), BAD_FIXES, ids=[c[0] for c in BAD_FIXES])
+@pytest.mark.parametrize(
+    ("case", "change", "field", "reason"), BAD_FIXES, ids=[c[0] for c in BAD_FIXES]
+)
 async def test_a_bad_fix_is_rejected_by_field_and_its_neighbours_kept(
-    client: httpx.AsyncClient, world: World, db: Database, case: str, change: dict[str, Any],
-    field: str, reason: str,
+    client: httpx.AsyncClient,
+    world: World,
+    db: Database,
+    case: str,
+    change: dict[str, Any],
+    field: str,
+    reason: str,
 ) -> None:
     good1, good2 = fix(now_minus(120)), fix(now_minus(60))
     bad = {**fix(now_minus(90)), **change}
@@ -77,7 +84,9 @@ async def test_missing_fields_are_named(client: httpx.AsyncClient, world: World)
     assert r.json()["rejected"] == [{"index": 0, "field": "accuracy_m", "error": "Field required"}]
 
 
-async def test_a_fix_that_is_not_an_object_is_rejected(client: httpx.AsyncClient, world: World) -> None:
+async def test_a_fix_that_is_not_an_object_is_rejected(
+    client: httpx.AsyncClient, world: World
+) -> None:
     r = await post(client, world, [fix(now_minus(5)), [52.1, 0.2]])
     assert r.json()["accepted"] == 1
     assert r.json()["rejected"] == [{"index": 1, "field": "fix", "error": "must be a JSON object"}]
@@ -167,10 +176,14 @@ async def test_fixes_are_attributed_to_the_subject_wearing_the_tag_at_fix_time(
             body["valid_to"] = end.isoformat()
         r = await client.post(f"/v1/subjects/{subject}/tags", json=body, headers=world.admin)
         assert r.status_code == 201, r.text
-    r = await post(client, world, [fix(swap - timedelta(minutes=5)), fix(swap + timedelta(minutes=5))], tag=tag)
+    r = await post(
+        client, world, [fix(swap - timedelta(minutes=5)), fix(swap + timedelta(minutes=5))], tag=tag
+    )
     assert r.json()["accepted"] == 2
     async with db.pool.acquire() as conn:
-        rows = await conn.fetch("select subject_id from trail_points where tag_id = $1 order by ts", tag)
+        rows = await conn.fetch(
+            "select subject_id from trail_points where tag_id = $1 order by ts", tag
+        )
     assert [r["subject_id"] for r in rows] == [first, second]
 
 
@@ -249,9 +262,7 @@ async def test_ndjson_stream_for_many_tags(
         orjson.dumps({**fix(now_minus(30))}),
         orjson.dumps({"tag_id": world.tags[1], **fix(now_minus(30), lat=95)}),
     ]
-    r = await client.post(
-        "/v1/fixes/stream", content=b"\n".join(lines), headers=world.supplier
-    )
+    r = await client.post("/v1/fixes/stream", content=b"\n".join(lines), headers=world.supplier)
     assert r.status_code == 202
     body = r.json()
     assert body["accepted"] == 2
@@ -278,7 +289,12 @@ async def test_device_events_are_validated_and_stored(
     events = [
         {"tag_id": world.tags[0], "ts": now_minus(20).isoformat(), "kind": "tamper"},
         {"tag_id": world.tags[0], "ts": now_minus(10).isoformat(), "kind": "exploded"},
-        {"tag_id": world.tags[1], "ts": now_minus(10).isoformat(), "kind": "battery_low", "battery_pct": 9},
+        {
+            "tag_id": world.tags[1],
+            "ts": now_minus(10).isoformat(),
+            "kind": "battery_low",
+            "battery_pct": 9,
+        },
     ]
     r = await client.post("/v1/device-events", json={"events": events}, headers=world.supplier)
     assert r.status_code == 202

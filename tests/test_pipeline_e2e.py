@@ -21,7 +21,9 @@ CRIME_PLACE = (52.5800, -0.2500)
 
 
 @pytest.fixture(params=["memory", "kafka"])
-async def live(request: pytest.FixtureRequest, settings: Settings, database: str, db: Database) -> AsyncIterator[str]:
+async def live(
+    request: pytest.FixtureRequest, settings: Settings, database: str, db: Database
+) -> AsyncIterator[str]:
     """The whole pipeline in one process on the chosen bus, served over real HTTP."""
     bus = request.param
     pipeline_settings = kafka_settings(settings) if bus == "kafka" else settings
@@ -46,7 +48,11 @@ async def test_fixes_to_alerts_end_to_end(live: str, db: Database) -> None:
         zone = {
             "type": "Feature",
             "geometry": {"type": "Polygon", "coordinates": [square(*ZONE_CENTRE, 150)]},
-            "properties": {"subject_id": str(breacher), "kind": "exclusion", "name": "Victim's street"},
+            "properties": {
+                "subject_id": str(breacher),
+                "kind": "exclusion",
+                "name": "Victim's street",
+            },
         }
         r = await http.post("/v1/zones", json=zone, headers=world.admin)
         assert r.status_code == 201, r.text
@@ -75,7 +81,9 @@ async def test_fixes_to_alerts_end_to_end(live: str, db: Database) -> None:
             for i in range(5)
         ]
         for tag, fixes in ((world.tags[0], breach), (world.tags[1], passing)):
-            r = await http.post("/v1/fixes", json={"tag_id": tag, "fixes": fixes}, headers=world.supplier)
+            r = await http.post(
+                "/v1/fixes", json={"tag_id": tag, "fixes": fixes}, headers=world.supplier
+            )
             assert r.status_code == 202, r.text
             assert r.json()["accepted"] == len(fixes)
 
@@ -94,7 +102,9 @@ async def test_fixes_to_alerts_end_to_end(live: str, db: Database) -> None:
         assert sorted(by_kind) == ["crime_match", "exclusion"]
         exclusion = by_kind["exclusion"]
         assert exclusion["subject_id"] == str(breacher)
-        assert exclusion["opened_at"].startswith((start + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M"))
+        assert exclusion["opened_at"].startswith(
+            (start + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M")
+        )
         assert exclusion["closed_at"] is not None
         assert exclusion["late"] is True  # uploaded half an hour after it happened
         match = by_kind["crime_match"]
@@ -104,14 +114,23 @@ async def test_fixes_to_alerts_end_to_end(live: str, db: Database) -> None:
 
         # Re-posting everything changes nothing: no new fixes, no new alerts.
         for tag, fixes in ((world.tags[0], breach), (world.tags[1], passing)):
-            r = await http.post("/v1/fixes", json={"tag_id": tag, "fixes": fixes}, headers=world.supplier)
-            assert r.json() == {"accepted": 0, "duplicates": len(fixes), "conflicts": 0, "rejected": []}
+            r = await http.post(
+                "/v1/fixes", json={"tag_id": tag, "fixes": fixes}, headers=world.supplier
+            )
+            assert r.json() == {
+                "accepted": 0,
+                "duplicates": len(fixes),
+                "conflicts": 0,
+                "rejected": [],
+            }
         assert await count(db, "select count(*) from trail_points") == 11
         assert len(await alerts()) == 2
         assert await count(db, "select count(*) from alerts") == 2
 
 
-async def test_a_crime_recorded_after_the_fact_matches_stored_trails(live: str, db: Database) -> None:
+async def test_a_crime_recorded_after_the_fact_matches_stored_trails(
+    live: str, db: Database
+) -> None:
     """The other direction: the trail is stored first, the crime arrives later."""
     async with httpx.AsyncClient(base_url=live, timeout=30) as http:
         world = await enrol(http, db, n=2)
@@ -120,7 +139,9 @@ async def test_a_crime_recorded_after_the_fact_matches_stored_trails(live: str, 
         far = (CRIME_PLACE[0] + 0.02, CRIME_PLACE[1])  # about 2 km north
         for tag, place in ((world.tags[0], near), (world.tags[1], far)):
             fixes = [fix(start + timedelta(minutes=i), *place) for i in range(10)]
-            r = await http.post("/v1/fixes", json={"tag_id": tag, "fixes": fixes}, headers=world.supplier)
+            r = await http.post(
+                "/v1/fixes", json={"tag_id": tag, "fixes": fixes}, headers=world.supplier
+            )
             assert r.json()["accepted"] == 10
         await eventually(lambda: count(db, "select count(*) from trail_points"), lambda n: n == 20)
 

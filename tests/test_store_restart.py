@@ -74,7 +74,9 @@ async def test_fixes_accepted_while_the_store_is_down_are_stored_once(
             start = utcnow() - timedelta(hours=1)
             for tag in world.tags:
                 fixes = [fix(start + timedelta(minutes=i), lat=52.57 + i * 1e-4) for i in range(50)]
-                r = await http.post("/v1/fixes", json={"tag_id": tag, "fixes": fixes}, headers=world.supplier)
+                r = await http.post(
+                    "/v1/fixes", json={"tag_id": tag, "fixes": fixes}, headers=world.supplier
+                )
                 assert r.status_code == 202
                 assert r.json()["accepted"] == 50
     finally:

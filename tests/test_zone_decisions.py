@@ -57,8 +57,14 @@ def test_distances_are_metres_not_degrees() -> None:
 def test_an_episode_opens_once_and_closes_on_leaving() -> None:
     state = EpisodeState()
     events = []
-    sequence = [Containment.outside, Containment.inside, Containment.inside, Containment.inside,
-                Containment.outside, Containment.outside]
+    sequence = [
+        Containment.outside,
+        Containment.inside,
+        Containment.inside,
+        Containment.inside,
+        Containment.outside,
+        Containment.outside,
+    ]
     for i, c in enumerate(sequence):
         state, change = step(state, T0 + timedelta(minutes=i), c)
         if change:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
-from pyproj import CRS, Geod, Transformer
 import shapely
+from pyproj import CRS, Geod, Transformer
 from shapely import Geometry
 
 WGS84 = Geod(ellps="WGS84")

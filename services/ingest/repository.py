@@ -151,6 +151,21 @@ async def stored_positions(
     return {(r["tag_id"], r["ts"]): (r["lat"], r["lon"], r["accuracy_m"]) for r in rows}
 
 
+# $1 lat, $2 lon, $3 radius (m), $4/$5 time window, $6 box margin (degrees), $7 max accuracy.
+FIXES_NEAR_SQL = """
+select subject_id, tag_id, ts, received_at, lat, lon, accuracy_m, d from (
+    select subject_id, tag_id, ts, received_at, lat, lon, accuracy_m,
+        st_distance(geom::geography, st_setsrid(st_makepoint($2, $1), 4326)::geography) as d
+    from trail_points
+    where ts between $4 and $5
+      and accuracy_m <= $7
+      and geom && st_expand(st_setsrid(st_makepoint($2, $1), 4326), $6)
+) near
+where d - accuracy_m <= $3
+order by subject_id, ts
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class NearbyFix:
     subject_id: uuid.UUID
@@ -180,18 +195,7 @@ async def fixes_near(
     """
     margin = degree_margin(lat, radius_m + max_accuracy_m)
     rows = await conn.fetch(
-        """
-        select subject_id, tag_id, ts, received_at, lat, lon, accuracy_m, d from (
-            select subject_id, tag_id, ts, received_at, lat, lon, accuracy_m,
-                st_distance(geom::geography, st_setsrid(st_makepoint($2, $1), 4326)::geography) as d
-            from trail_points
-            where ts between $4 and $5
-              and accuracy_m <= $7
-              and geom && st_expand(st_setsrid(st_makepoint($2, $1), 4326), $6)
-        ) near
-        where d - accuracy_m <= $3
-        order by subject_id, ts
-        """,
+        FIXES_NEAR_SQL,
         lat,
         lon,
         radius_m,
