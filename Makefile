@@ -35,8 +35,8 @@ test: setup kafka
 	@$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
 
 lint: venv
-	@$(BIN)/ruff format --check services tests bench migrations
-	@$(BIN)/ruff check services tests bench migrations
+	@$(BIN)/ruff format --check services tests migrations
+	@$(BIN)/ruff check services tests migrations
 	@$(BIN)/mypy services
 
 schemas: venv
