@@ -12,6 +12,8 @@ from services.common.bus import Bus
 from services.common.bus.kafka import KafkaBus
 from services.common.bus.memory import MemoryBus
 from services.common.database import Database
+from services.common.deadletters import GROUP as DEAD_LETTER_GROUP
+from services.common.deadletters import DeadLetterStore
 from services.common.runtime import Runtime
 from services.common.settings import Settings
 from services.ingest.worker import GROUP as STORE_GROUP
@@ -77,6 +79,8 @@ class Pipeline:
             bus.subscribe(
                 STORE_GROUP + sfx, DEVICE_EVENTS, self._store.handle_events, max_batch=batch
             )
+            letters = DeadLetterStore(db)
+            bus.subscribe(DEAD_LETTER_GROUP + sfx, DEAD_LETTER, letters.handle, max_batch=batch)
         if Role.zones in self.roles:
             checker = ZoneChecker(db, bus, self.settings.check)
             bus.subscribe(ZONES_GROUP + sfx, POINTS, checker.handle, max_batch=batch)

@@ -30,7 +30,7 @@ from services.registry import service as registry
 T = TypeVar("T")
 
 TABLES = (
-    "alerts, credentials, crimes, device_events, fix_conflicts, manager_assignments, "
+    "alerts, credentials, crimes, dead_letters, device_events, fix_conflicts, manager_assignments, "
     "tag_assignments, tags, subjects, suppliers, users, zone_states, zones, trail_points"
 )
 

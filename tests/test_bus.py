@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import BaseModel
 
@@ -15,8 +17,11 @@ from services.common.bus import Bus, Envelope, Topic
 from services.common.bus.kafka import KafkaBus
 from services.common.bus.memory import MemoryBus
 from services.common.bus.messages import DeadLetter
+from services.common.database import Database
 from services.common.settings import Settings
-from tests.conftest import eventually, kafka_settings
+from services.common.timeutil import utcnow
+from services.pipeline import Pipeline
+from tests.conftest import enrol, eventually, fix, kafka_settings
 
 
 class Reading(BaseModel):
@@ -142,3 +147,29 @@ async def test_memory_publish_returns_after_the_handlers_finish(settings: Settin
 
 async def _value(x: Any) -> Any:
     return x
+
+
+async def test_the_pipeline_keeps_dead_letters_in_the_database(
+    memory_pipeline: Pipeline, db: Database
+) -> None:
+    from services.topics import POINTS
+
+    await memory_pipeline.runtime.bus.publish_raw(POINTS, [Envelope(b"T1", b'{"tag_id": "T1"}')])
+    async with db.pool.acquire() as conn:
+        row = await conn.fetchrow("select group_name, topic, key, error from dead_letters")
+    assert row is not None
+    assert (row["topic"], row["key"]) == ("points", "T1")
+    assert row["error"].startswith("undecodable")
+
+
+async def test_ingest_answers_503_and_accepts_nothing_when_the_bus_is_down(
+    client: httpx.AsyncClient, memory_pipeline: Pipeline, db: Database
+) -> None:
+    world = await enrol(client, db, n=1)
+    await memory_pipeline.runtime.bus.stop()
+    body = {"tag_id": world.tags[0], "fixes": [fix(utcnow() - timedelta(minutes=1))]}
+    r = await client.post("/v1/fixes", json=body, headers=world.supplier)
+    assert r.status_code == 503
+    assert "retry" in r.json()["error"] or "not running" in r.json()["error"]
+    async with db.pool.acquire() as conn:
+        assert await conn.fetchval("select count(*) from trail_points") == 0

@@ -19,7 +19,7 @@ fetch_jars() {
   command -v mvn >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven >/dev/null; }
   log "fetching Kafka broker jars from Maven Central"
   rm -rf "$LIB"; mkdir -p "$LIB"
-  mvn -q -B -f "$ROOT/deploy/local/kafka-pom.xml" dependency:copy-dependencies \
+  mvn -q -B -Dstyle.color=never -f "$ROOT/deploy/local/kafka-pom.xml" dependency:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$LIB" >&2
   touch "$LIB/.complete"
 }

@@ -17,7 +17,7 @@ DB_USER=tagtrail
 DB_PASSWORD=${TAGTRAIL_LOCAL_DB_PASSWORD:-tagtrail-dev}
 DB_NAME=tagtrail
 
-as_pg() { runuser -u postgres -- "$@"; }
+as_pg() { PGOPTIONS="-c client_min_messages=warning" runuser -u postgres -- "$@"; }
 
 install_packages() {
   if [ -x "$PGBIN/initdb" ] && [ -f /usr/share/postgresql/$PGVER/extension/postgis.control ]; then

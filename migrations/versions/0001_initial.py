@@ -104,6 +104,21 @@ def upgrade() -> None:
     op.create_index(op.f("ix_crimes_ends_at"), "crimes", ["ends_at"], unique=False)
     op.create_index(op.f("ix_crimes_starts_at"), "crimes", ["starts_at"], unique=False)
     op.create_table(
+        "dead_letters",
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
+        sa.Column("group_name", sa.String(length=200), nullable=False),
+        sa.Column("topic", sa.String(length=200), nullable=False),
+        sa.Column("key", sa.Text(), nullable=False),
+        sa.Column("payload", sa.Text(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=False),
+        sa.Column("failed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "stored_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_dead_letters")),
+    )
+    op.create_index(op.f("ix_dead_letters_topic"), "dead_letters", ["topic"], unique=False)
+    op.create_table(
         "device_events",
         sa.Column("tag_id", sa.String(length=64), nullable=False),
         sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
@@ -363,6 +378,8 @@ def downgrade() -> None:
     op.drop_table("fix_conflicts")
     op.drop_index(op.f("ix_device_events_subject_id"), table_name="device_events")
     op.drop_table("device_events")
+    op.drop_index(op.f("ix_dead_letters_topic"), table_name="dead_letters")
+    op.drop_table("dead_letters")
     op.drop_index(op.f("ix_crimes_starts_at"), table_name="crimes")
     op.drop_index(op.f("ix_crimes_ends_at"), table_name="crimes")
     op.drop_table("crimes")

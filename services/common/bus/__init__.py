@@ -5,10 +5,11 @@ Handlers receive batches of parsed messages and never know which bus they are on
 
 from services.common.bus.base import (
     Bus,
+    BusUnavailable,
     Envelope,
     Handler,
     PermanentError,
     Topic,
 )
 
-__all__ = ["Bus", "Envelope", "Handler", "PermanentError", "Topic"]
+__all__ = ["Bus", "BusUnavailable", "Envelope", "Handler", "PermanentError", "Topic"]

@@ -16,12 +16,17 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from services.common.bus.messages import DeadLetter
+from services.common.errors import Unavailable
 from services.common.metrics import DEAD_LETTERS, HANDLER_SECONDS
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[list[Any]], Awaitable[None]]
+
+
+class BusUnavailable(Unavailable):
+    """The bus could not take or deliver messages; nothing was accepted, retry."""
 
 
 class PermanentError(Exception):

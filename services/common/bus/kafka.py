@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from services.common.bus.base import Backoff, Bus, Envelope, Subscription, Topic
+from services.common.bus.base import Backoff, Bus, BusUnavailable, Envelope, Subscription, Topic
 from services.common.metrics import CONSUMER_LAG
 from services.common.settings import KafkaSettings
 
@@ -114,9 +114,14 @@ class KafkaBus(Bus):
         if self._producer is None:
             raise RuntimeError("the Kafka bus is not started")
         name = self.physical(topic)
-        sends = [await self._producer.send(name, e.value, key=e.key) for e in envelopes]
-        # acks=all: each future resolves once every in-sync replica has the record.
-        await asyncio.gather(*sends)
+        try:
+            sends = [await self._producer.send(name, e.value, key=e.key) for e in envelopes]
+            # acks=all: each future resolves once every in-sync replica has the record.
+            await asyncio.gather(*sends)
+        except KafkaError as exc:
+            # Some records may be on the bus already; a retry re-sends them, and every
+            # consumer is idempotent, so the caller may simply try again.
+            raise BusUnavailable(f"the message bus did not take the messages: {exc}") from exc
 
     async def _consume(self, sub: Subscription, consumer: AIOKafkaConsumer) -> None:
         backoff = Backoff()

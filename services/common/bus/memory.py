@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.bus.base import Bus, Envelope, Subscription, Topic
+from services.common.bus.base import Bus, BusUnavailable, Envelope, Subscription, Topic
 from services.common.metrics import CONSUMER_LAG
 
 
@@ -47,15 +47,26 @@ class MemoryBus(Bus):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        # Whoever still waits on a message that will now never be handled hears so.
+        for subscribers in self._queues.values():
+            for _, queue in subscribers:
+                while not queue.empty():
+                    _fail([queue.get_nowait()], BusUnavailable("the bus stopped"))
         self._queues.clear()
 
     async def ping(self) -> bool:
         return self._running and all(not t.done() for t in self._tasks)
 
     async def publish_raw(self, topic: Topic[Any], envelopes: Sequence[Envelope]) -> None:
+        if not self._running:
+            raise BusUnavailable("the in-process bus is not running")
+        subscribers = self._queues.get(topic.name)
+        if not subscribers:
+            # Nothing here would ever handle it: accepting it would be losing it.
+            raise BusUnavailable(f"no worker handles {topic.name!r} in this process")
         loop = asyncio.get_running_loop()
         waits: list[asyncio.Future[None]] = []
-        for _, queue in self._queues.get(topic.name, []):
+        for _, queue in subscribers:
             for env in envelopes:
                 item = _Item(env, loop.create_future())
                 queue.put_nowait(item)
@@ -72,11 +83,18 @@ class MemoryBus(Bus):
             lag.set(queue.qsize())
             try:
                 await self.deliver(sub, [i.envelope for i in items])
+            except asyncio.CancelledError:
+                _fail(items, BusUnavailable("the bus stopped"))
+                raise
             except Exception as exc:  # only a dead-letter publish can get here
-                for i in items:
-                    if not i.done.done():
-                        i.done.set_exception(exc)
+                _fail(items, exc)
                 continue
             for i in items:
                 if not i.done.done():
                     i.done.set_result(None)
+
+
+def _fail(items: list[_Item], exc: BaseException) -> None:
+    for i in items:
+        if not i.done.done():
+            i.done.set_exception(exc)
