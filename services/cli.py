@@ -8,7 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import uvicorn
 
@@ -34,13 +34,30 @@ def migrate(url: str | None = None) -> None:
     command.upgrade(config, "head")
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM once its own shutdown is done, which would kill the
+    process before the pipeline drains; the CLI handles the signals instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def _serve(pipeline: Pipeline, host: str, port: int, demo: bool) -> None:
     from services.app import create_app
 
     await pipeline.start()
     app = create_app(pipeline, manage=False)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
     stop = asyncio.Event()
+
+    def shut_down() -> None:
+        stop.set()
+        server.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, shut_down)
     tasks = [asyncio.create_task(server.serve(), name="http")]
     if demo:
         from services.demo import run_demo

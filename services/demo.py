@@ -141,7 +141,7 @@ def make_fleet(setup: DemoSetup, seed: int = 7) -> list[Walker]:
         w.pick_target()
         fleet.append(w)
     # The first subject starts just west of the cathedral precinct and walks into it.
-    fleet[0].lat, fleet[0].lon, fleet[0].speed_mps = 52.5718, -0.2412, 1.4
+    fleet[0].lat, fleet[0].lon, fleet[0].speed_mps = 52.5718, -0.2409, 1.4
     fleet[0].target = (52.5717, -0.2385)
     return fleet
 
