@@ -34,6 +34,7 @@ async def test_the_demo_shows_crime_matches_and_an_exclusion_breach(
         stderr=asyncio.subprocess.DEVNULL,
     )
     assert proc.stdout is not None
+    drain: asyncio.Task[bytes] | None = None
     try:
         banner = ""
         while "manager token" not in banner:
@@ -61,5 +62,5 @@ async def test_the_demo_shows_crime_matches_and_an_exclusion_breach(
     finally:
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
-        if "drain" in locals():
+        if drain is not None:
             await drain
