@@ -31,30 +31,37 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def read_json_list(
+    request: Request, limit: int, key: str, max_items: int
+) -> tuple[dict[str, Any], list[Any]]:
+    """The body as a JSON object holding a bounded list under key."""
+    body = await read_body(request, limit)
+    try:
+        doc: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Unprocessable(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise Unprocessable(f"the body must be a JSON object with {key}")
+    items = doc.get(key)
+    if not isinstance(items, list):
+        raise Unprocessable(f"{key} must be a list", field=key)
+    if len(items) > max_items:
+        raise PayloadTooLarge(f"{len(items)} {key} in one batch; at most {max_items}", field=key)
+    return doc, items
+
+
 @router.post("/fixes", status_code=status.HTTP_202_ACCEPTED)
 async def post_fixes(
     request: Request, runtime: RuntimeDep, session: SessionDep, supplier: Supplier
 ) -> IngestResult:
     """A batch of fixes from one tag. Answers once the accepted fixes are durably on the bus."""
     settings = runtime.settings.ingest
-    body = await read_body(request, settings.max_body_bytes)
-    try:
-        doc: Any = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise Unprocessable(f"the body is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise Unprocessable("the body must be an object with tag_id and fixes")
+    doc, fixes = await read_json_list(
+        request, settings.max_body_bytes, "fixes", settings.max_fixes_per_batch
+    )
     tag_id = doc.get("tag_id")
     if not isinstance(tag_id, str) or not 1 <= len(tag_id) <= 64:
         raise Unprocessable("tag_id must be a string of 1 to 64 characters", field="tag_id")
-    fixes = doc.get("fixes")
-    if not isinstance(fixes, list):
-        raise Unprocessable("fixes must be a list", field="fixes")
-    if len(fixes) > settings.max_fixes_per_batch:
-        raise PayloadTooLarge(
-            f"{len(fixes)} fixes in one batch; at most {settings.max_fixes_per_batch}",
-            field="fixes",
-        )
     items = [
         Item(i, {**raw, "tag_id": tag_id} if isinstance(raw, dict) else raw)
         for i, raw in enumerate(fixes)
@@ -93,18 +100,8 @@ async def post_device_events(
 ) -> EventsResult:
     """Device conditions: {"events": [{"tag_id", "ts", "kind", ...}, ...]}."""
     settings = runtime.settings.ingest
-    body = await read_body(request, settings.max_body_bytes)
-    try:
-        doc: Any = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise Unprocessable(f"the body is not valid JSON: {exc}") from exc
-    events = doc.get("events") if isinstance(doc, dict) else None
-    if not isinstance(events, list):
-        raise Unprocessable("the body must be an object with a list of events", field="events")
-    if len(events) > settings.max_fixes_per_batch:
-        raise PayloadTooLarge(
-            f"{len(events)} events in one batch; at most {settings.max_fixes_per_batch}",
-            field="events",
-        )
+    _, events = await read_json_list(
+        request, settings.max_body_bytes, "events", settings.max_fixes_per_batch
+    )
     items = [Item(i, raw) for i, raw in enumerate(events)]
     return await service.ingest_events(session, runtime.bus, supplier, items, utcnow(), settings)

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -55,81 +55,73 @@ def describe(exc: ValidationError) -> tuple[str, str]:
     return field, err["msg"]
 
 
-def validate(item: Item, now: datetime, settings: IngestSettings) -> StreamedFix | Rejection:
-    """Checks one fix against the schema and the bounds; pure."""
+Incoming = TypeVar("Incoming", StreamedFix, DeviceEventIn)
+
+
+def validate(
+    item: Item, now: datetime, settings: IngestSettings, model: type[Incoming]
+) -> Incoming | Rejection:
+    """Checks one fix or device event against its schema and the bounds; pure."""
     if item.raw is NOT_JSON:
         return Rejection(index=item.index, field="line", error="is not valid JSON")
     if not isinstance(item.raw, dict):
         return Rejection(index=item.index, field="fix", error="must be a JSON object")
     try:
-        fix = StreamedFix.model_validate(item.raw)
+        value = model.model_validate(item.raw)
     except ValidationError as exc:
         field, reason = describe(exc)
         return Rejection(index=item.index, field=field, error=reason)
-    if fix.accuracy_m > settings.max_accuracy_m:
+    if isinstance(value, StreamedFix) and value.accuracy_m > settings.max_accuracy_m:
         return Rejection(
             index=item.index,
             field="accuracy_m",
             error=f"must be at most {settings.max_accuracy_m:g} m",
         )
     skew = timedelta(seconds=settings.max_clock_skew_s)
-    if fix.ts > now + skew:
-        ahead = (fix.ts - now).total_seconds()
+    if value.ts > now + skew:
+        ahead = (value.ts - now).total_seconds()
         return Rejection(
             index=item.index,
             field="ts",
             error=f"is {ahead:.0f} s in the future (allowed clock skew {skew.total_seconds():g} s)",
         )
-    if fix.ts < now - timedelta(days=settings.max_fix_age_days):
+    if value.ts < now - timedelta(days=settings.max_fix_age_days):
         return Rejection(
             index=item.index,
             field="ts",
             error=f"is more than {settings.max_fix_age_days} days old",
         )
-    return fix
+    return value
 
 
-async def ingest(
+async def admit(
     session: AsyncSession,
-    db: Database,
-    bus: Bus,
     supplier: Principal,
     items: Sequence[Item],
     now: datetime,
     settings: IngestSettings,
-) -> IngestResult:
+    model: type[Incoming],
+) -> tuple[list[tuple[Incoming, uuid.UUID]], list[Rejection]]:
+    """Validates each item on its own and attributes the valid ones to the subject wearing
+    the tag at their time. One bad item never affects another."""
     rejected: list[Rejection] = []
-    valid: list[tuple[int, StreamedFix]] = []
+    valid: list[tuple[int, Incoming]] = []
     for item in items:
-        outcome = validate(item, now, settings)
+        outcome = validate(item, now, settings, model)
         if isinstance(outcome, Rejection):
             rejected.append(outcome)
         else:
             valid.append((item.index, outcome))
-
-    tags = await registry.resolve_tags(session, [f.tag_id for _, f in valid])
-    attributed: list[FixMessage] = []
-    for index, fix in valid:
-        subject = attribute(tags, supplier, index, fix.tag_id, fix.ts)
+    tags = await registry.resolve_tags(session, [v.tag_id for _, v in valid])
+    admitted: list[tuple[Incoming, uuid.UUID]] = []
+    for index, value in valid:
+        subject = attribute(tags, supplier, index, value.tag_id, value.ts)
         if isinstance(subject, Rejection):
             rejected.append(subject)
         else:
-            attributed.append(FixMessage(subject_id=subject, received_at=now, **fix.model_dump()))
-
-    fresh, duplicates, conflicts = await _separate_resends(db, attributed)
-    await bus.publish(POINTS, [(m.tag_id, m) for m in fresh])
-
-    FIXES_ACCEPTED.inc(len(fresh) - conflicts)
-    FIXES_DUPLICATE.inc(duplicates)
-    for r in rejected:
-        FIXES_REJECTED.labels(r.field).inc()
+            admitted.append((value, subject))
     rejected.sort(key=lambda r: r.index)
-    return IngestResult(
-        accepted=len(fresh) - conflicts,
-        duplicates=duplicates,
-        conflicts=conflicts,
-        rejected=rejected,
-    )
+    return admitted, rejected
 
 
 def attribute(
@@ -151,6 +143,35 @@ def attribute(
     return subject_id
 
 
+async def ingest(
+    session: AsyncSession,
+    db: Database,
+    bus: Bus,
+    supplier: Principal,
+    items: Sequence[Item],
+    now: datetime,
+    settings: IngestSettings,
+) -> IngestResult:
+    admitted, rejected = await admit(session, supplier, items, now, settings, StreamedFix)
+    fixes = [
+        FixMessage(subject_id=subject, received_at=now, **fix.model_dump())
+        for fix, subject in admitted
+    ]
+    fresh, duplicates, conflicts = await _separate_resends(db, fixes)
+    await bus.publish(POINTS, [(m.tag_id, m) for m in fresh])
+
+    FIXES_ACCEPTED.inc(len(fresh) - conflicts)
+    FIXES_DUPLICATE.inc(duplicates)
+    for r in rejected:
+        FIXES_REJECTED.labels(r.field).inc()
+    return IngestResult(
+        accepted=len(fresh) - conflicts,
+        duplicates=duplicates,
+        conflicts=conflicts,
+        rejected=rejected,
+    )
+
+
 async def ingest_events(
     session: AsyncSession,
     bus: Bus,
@@ -160,29 +181,12 @@ async def ingest_events(
     settings: IngestSettings,
 ) -> EventsResult:
     """Device events: validated and attributed like fixes, then put on the bus."""
-    rejected: list[Rejection] = []
-    valid: list[tuple[int, DeviceEventIn]] = []
-    for item in items:
-        try:
-            event = DeviceEventIn.model_validate(item.raw)
-        except ValidationError as exc:
-            field, reason = describe(exc)
-            rejected.append(Rejection(index=item.index, field=field, error=reason))
-            continue
-        if event.ts > now + timedelta(seconds=settings.max_clock_skew_s):
-            rejected.append(Rejection(index=item.index, field="ts", error="is in the future"))
-            continue
-        valid.append((item.index, event))
-    tags = await registry.resolve_tags(session, [e.tag_id for _, e in valid])
-    events: list[DeviceEvent] = []
-    for index, event in valid:
-        subject = attribute(tags, supplier, index, event.tag_id, event.ts)
-        if isinstance(subject, Rejection):
-            rejected.append(subject)
-        else:
-            events.append(DeviceEvent(subject_id=subject, received_at=now, **event.model_dump()))
+    admitted, rejected = await admit(session, supplier, items, now, settings, DeviceEventIn)
+    events = [
+        DeviceEvent(subject_id=subject, received_at=now, **event.model_dump())
+        for event, subject in admitted
+    ]
     await bus.publish(DEVICE_EVENTS, [(e.tag_id, e) for e in events])
-    rejected.sort(key=lambda r: r.index)
     return EventsResult(accepted=len(events), rejected=rejected)
 
 
