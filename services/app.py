@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from services.alerts.api import router as alerts_router
 from services.common.deps import Admin, RuntimeDep
 from services.common.errors import install_error_handlers
+from services.common.limits import BodyLimit
 from services.ingest.api import router as ingest_router
 from services.pipeline import Pipeline
 from services.registry.api import router as registry_router
@@ -40,6 +41,11 @@ def create_app(pipeline: Pipeline, *, manage: bool = True) -> FastAPI:
     if not manage:
         app.state.runtime = pipeline.runtime
     install_error_handlers(app)
+    app.add_middleware(
+        BodyLimit,
+        default_bytes=pipeline.settings.app.max_body_bytes,
+        own_limit_paths=("/v1/fixes", "/v1/device-events"),
+    )
     for router in (ingest_router, registry_router, zones_router, alerts_router):
         app.include_router(router)
 

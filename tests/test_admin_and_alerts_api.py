@@ -99,13 +99,19 @@ async def test_a_zone_round_trips_as_geojson(client: httpx.AsyncClient, db: Data
 
 
 @pytest.mark.parametrize(
-    ("hours", "says"), [(13, "longer than 12 hours"), (-1, "before starts_at")]
+    ("days_ago", "hours", "says"),
+    [
+        (1, 13, "longer than 12 hours"),
+        (1, -1, "before starts_at"),
+        (-1, 1, "in the future"),
+        (365 * 30, 1, "before 2000-01-01"),
+    ],
 )
 async def test_crime_windows_are_bounded(
-    client: httpx.AsyncClient, db: Database, hours: int, says: str
+    client: httpx.AsyncClient, db: Database, days_ago: int, hours: int, says: str
 ) -> None:
     _, admin = await token_for(db, Role.admin, "root")
-    start = utcnow() - timedelta(days=1)
+    start = utcnow() - timedelta(days=days_ago)
     crime = {
         "category": "TFMV",
         "lat": 52.57,
@@ -171,3 +177,19 @@ def test_production_refuses_the_development_password(monkeypatch: pytest.MonkeyP
         AppSettings()
     monkeypatch.setenv("TAGTRAIL_DB_PASSWORD", "a-real-secret")
     assert AppSettings().env == "production"
+
+
+async def test_admin_bodies_are_bounded(client: httpx.AsyncClient, db: Database) -> None:
+    _, admin = await token_for(db, Role.admin, "root")
+    huge = b'{"crimes": [' + b'{"category": "RB"},' * 200_000 + b"{}]}"
+    r = await client.post("/v1/crimes", content=huge, headers=admin)
+    assert r.status_code == 413
+    assert "larger than" in r.json()["error"]
+
+
+async def test_alert_filters_need_a_time_zone(client: httpx.AsyncClient, db: Database) -> None:
+    _, admin = await token_for(db, Role.admin, "root")
+    r = await client.get("/v1/alerts", params={"since": "2026-11-25T10:00:00"}, headers=admin)
+    assert r.status_code == 422
+    r = await client.get("/v1/alerts", params={"since": "2026-11-25T10:00:00Z"}, headers=admin)
+    assert r.status_code == 200

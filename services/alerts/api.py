@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import AwareDatetime
 
 from services.alerts import repository
 from services.alerts.schemas import AlertKind, AlertOut, AlertPage
@@ -33,7 +33,7 @@ async def list_alerts(
     kind: AlertKind | None = None,
     state: Annotated[str | None, Query(pattern="^(open|acknowledged|closed)$")] = None,
     subject_id: uuid.UUID | None = None,
-    since: datetime | None = None,
+    since: AwareDatetime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> AlertPage:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from enum import StrEnum
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Written by deploy/local/*.sh so that `make run` and `make test` find the local services.
-LOCAL_ENV_FILE = ".local/services.env"
+# Written by deploy/local/*.sh so that `make run` and `make test` find the local services,
+# wherever the command is run from. Real environment variables take precedence.
+LOCAL_ENV_FILE = Path(__file__).resolve().parents[2] / ".local" / "services.env"
 DEV_DB_PASSWORD = "tagtrail-dev"
 
 
@@ -88,6 +90,8 @@ class AppSettings(BaseSettings):
     bus: str = Field(default="memory", pattern="^(memory|kafka)$")
     host: str = "127.0.0.1"
     port: int = 8000
+    # Bodies of the admin and query routes (zones, crime batches); ingest has its own.
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
 
     @model_validator(mode="after")
     def _refuse_dev_defaults(self) -> AppSettings:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -11,6 +11,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 MAX_VERTICES = 10_000
 MAX_CRIME_WINDOW = timedelta(hours=12)
+CRIME_CLOCK_SKEW = timedelta(minutes=10)
+EARLIEST_CRIME = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 class ZoneKind(StrEnum):
@@ -91,6 +93,11 @@ class CrimeIn(BaseModel):
             raise ValueError("ends_at is before starts_at")
         if self.ends_at - self.starts_at > MAX_CRIME_WINDOW:
             raise ValueError("the crime window is longer than 12 hours")
+        # Crimes are recorded after they happen; a window in the future is a typo.
+        if self.starts_at > datetime.now(UTC) + CRIME_CLOCK_SKEW:
+            raise ValueError("starts_at is in the future")
+        if self.starts_at < EARLIEST_CRIME:
+            raise ValueError(f"starts_at is before {EARLIEST_CRIME:%Y-%m-%d}")
         return self
 
 
