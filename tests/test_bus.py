@@ -102,6 +102,7 @@ async def test_a_poison_message_is_dead_lettered_and_its_batch_survives(
     letter = recorder.letters[0]
     assert letter.group.startswith("test-readers")
     assert '"n":13' in letter.payload
+    assert letter.error == "ValueError: cannot handle this reading"
 
 
 async def test_an_undecodable_message_is_dead_lettered(recorder_bus: tuple[Recorder, Bus]) -> None:

@@ -8,8 +8,7 @@ from services.common.bus.base import (
     BusUnavailable,
     Envelope,
     Handler,
-    PermanentError,
     Topic,
 )
 
-__all__ = ["Bus", "BusUnavailable", "Envelope", "Handler", "PermanentError", "Topic"]
+__all__ = ["Bus", "BusUnavailable", "Envelope", "Handler", "Topic"]

@@ -29,10 +29,6 @@ class BusUnavailable(Unavailable):
     """The bus could not take or deliver messages; nothing was accepted, retry."""
 
 
-class PermanentError(Exception):
-    """A message that no retry will ever process; it goes to the dead-letter topic."""
-
-
 @dataclass(frozen=True)
 class Topic(Generic[M]):
     """A logical topic and the pydantic model of its messages."""
@@ -135,14 +131,17 @@ class Bus(ABC):
                 await self._dead_letter(sub, env, f"undecodable: {exc}")
         if not parsed:
             return
-        if await self._attempt(sub, [m for _, m in parsed]):
+        if await self._attempt(sub, [m for _, m in parsed]) is None:
             return
         # The batch failed for a reason a retry will not cure: find the culprit(s).
         for env, message in parsed:
-            if not await self._attempt(sub, [message]):
-                await self._dead_letter(sub, env, "handler failed; see the worker's log")
+            failure = await self._attempt(sub, [message])
+            if failure is not None:
+                await self._dead_letter(sub, env, f"{type(failure).__name__}: {failure}")
 
-    async def _attempt(self, sub: Subscription, batch: list[Any]) -> bool:
+    async def _attempt(self, sub: Subscription, batch: list[Any]) -> Exception | None:
+        """Runs the handler, retrying transient failures; returns the failure that
+        no retry cures, or None on success."""
         backoff = Backoff()
         while True:
             started = time.perf_counter()
@@ -154,9 +153,9 @@ class Bus(ABC):
                     await backoff.wait()
                     continue
                 log.exception("%s: handler failed on %d message(s)", sub.group, len(batch))
-                return False
+                return exc
             HANDLER_SECONDS.labels(sub.group).observe(time.perf_counter() - started)
-            return True
+            return None
 
     async def _dead_letter(self, sub: Subscription, env: Envelope, error: str) -> None:
         DEAD_LETTERS.labels(sub.group, sub.topic.name).inc()
