@@ -18,7 +18,7 @@ from services.common.runtime import Runtime
 from services.common.settings import Settings
 from services.ingest.worker import GROUP as STORE_GROUP
 from services.ingest.worker import StoreWorker
-from services.topics import ALERTS, ALL, CRIMES, DEAD_LETTER, DEVICE_EVENTS, POINTS
+from services.topics import ALERTS, ALL, CRIMES, DEAD_LETTER, DEVICE_EVENTS, POINTS, STORED
 from services.zones.worker import CRIMES_GROUP, ZONES_GROUP, CrimeMatcher, ZoneChecker
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Pipeline:
         batch = self.settings.kafka.max_batch
         sfx = self.group_suffix
         if Role.store in self.roles:
-            self._store = StoreWorker(db)
+            self._store = StoreWorker(db, bus)
             await self._store.start()
             bus.subscribe(STORE_GROUP + sfx, POINTS, self._store.handle, max_batch=batch)
             bus.subscribe(
@@ -83,7 +83,7 @@ class Pipeline:
             bus.subscribe(DEAD_LETTER_GROUP + sfx, DEAD_LETTER, letters.handle, max_batch=batch)
         if Role.zones in self.roles:
             checker = ZoneChecker(db, bus, self.settings.check)
-            bus.subscribe(ZONES_GROUP + sfx, POINTS, checker.handle, max_batch=batch)
+            bus.subscribe(ZONES_GROUP + sfx, STORED, checker.handle, max_batch=batch)
         if Role.crimes in self.roles:
             matcher = CrimeMatcher(db, bus, self.settings.check)
             bus.subscribe(CRIMES_GROUP + sfx, POINTS, matcher.handle_fixes, max_batch=batch)

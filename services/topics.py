@@ -11,9 +11,12 @@ from services.ingest.schemas import DeviceEvent, FixMessage
 from services.zones.schemas import CrimeMessage
 
 POINTS = Topic("points", FixMessage)
+# Fixes once they are in trail_points: what the zone checker works from, so the trail it
+# reads back always holds every fix it has been told about.
+STORED = Topic("stored-points", FixMessage)
 DEVICE_EVENTS = Topic("device-events", DeviceEvent)
 CRIMES = Topic("crimes", CrimeMessage)
 ALERTS = Topic("alerts", AlertMessage)
 DEAD_LETTER = Topic("dead-letter", DeadLetter)
 
-ALL: tuple[Topic[Any], ...] = (POINTS, DEVICE_EVENTS, CRIMES, ALERTS, DEAD_LETTER)
+ALL: tuple[Topic[Any], ...] = (POINTS, STORED, DEVICE_EVENTS, CRIMES, ALERTS, DEAD_LETTER)

@@ -31,7 +31,8 @@ T = TypeVar("T")
 
 TABLES = (
     "alerts, credentials, crimes, dead_letters, device_events, fix_conflicts, manager_assignments, "
-    "tag_assignments, tags, subjects, suppliers, users, zone_states, zones, trail_points"
+    "tag_assignments, tags, subjects, suppliers, users, zone_episodes, zone_versions, "
+    "zone_subjects, zones, trail_points"
 )
 
 

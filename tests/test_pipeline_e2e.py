@@ -93,7 +93,7 @@ async def test_fixes_to_alerts_end_to_end(live: str, db: Database) -> None:
             return r.json()["items"]
 
         def settled(items: list[dict[str, Any]]) -> bool:
-            return len(items) >= 2 and any(a["closed_at"] for a in items)
+            return len(items) >= 2 and any(a["ended_at"] for a in items)
 
         items = await eventually(alerts, settled)
         assert await count(db, "select count(*) from trail_points") == 11
@@ -105,7 +105,7 @@ async def test_fixes_to_alerts_end_to_end(live: str, db: Database) -> None:
         assert exclusion["opened_at"].startswith(
             (start + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M")
         )
-        assert exclusion["closed_at"] is not None
+        assert exclusion["ended_at"] is not None
         assert exclusion["late"] is True  # uploaded half an hour after it happened
         match = by_kind["crime_match"]
         assert match["subject_id"] == str(passer)

@@ -95,7 +95,7 @@ async def test_each_role_in_its_own_process(processes: str, db: Database) -> Non
         async def alerts() -> list[dict[str, Any]]:
             return (await http.get("/v1/alerts", headers=world.manager)).json()["items"]
 
-        items = await eventually(alerts, lambda xs: len(xs) == 1 and xs[0]["closed_at"] is not None)
+        items = await eventually(alerts, lambda xs: len(xs) == 1 and xs[0]["ended_at"] is not None)
         assert items[0]["kind"] == "exclusion"
         async with db.pool.acquire() as conn:
             assert await conn.fetchval("select count(*) from trail_points") == 3

@@ -1,24 +1,35 @@
-"""The pure zone decisions: containment of accuracy circles and the episode machine."""
+"""The pure zone decisions: containment of accuracy circles, episodes derived from the
+ordered trail, schedules across clock changes, curfews, and reconciliation with what was
+already reported, whatever order fixes arrive in."""
 
 from __future__ import annotations
 
+import random
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from shapely import Polygon
+from shapely import MultiPolygon, Point, Polygon
 
 from services.common.geo import WGS84
+from services.zones.schedule import DatedException, LocalWindow, Schedule, Timetable, WeeklyWindow
 from services.zones.service import (
+    Change,
+    ChangeKind,
+    Condition,
+    Confidence,
     Containment,
-    EpisodeState,
+    Episode,
     PreparedZone,
+    Reported,
+    TrailFix,
+    ZoneKind,
     classify,
     crime_alert_id,
-    exclusion_alert_id,
-    is_late,
-    step,
+    episode_id,
+    evaluate,
+    reconcile,
 )
 from tests.conftest import square
 
@@ -26,123 +37,327 @@ CENTRE = (52.5720, -0.2390)
 SUBJECT = uuid.UUID(int=1)
 ZONE_ID = uuid.UUID(int=2)
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+LONDON_WEEKDAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 
-def zone(half_m: float = 100.0) -> PreparedZone:
+def zone(
+    kind: ZoneKind = ZoneKind.exclusion, half_m: float = 100.0, **kwargs: object
+) -> PreparedZone:
     return PreparedZone.build(
-        ZONE_ID, SUBJECT, "exclusion", "test", 1, Polygon(square(*CENTRE, half_m))
+        ZONE_ID,
+        1,
+        kind,
+        "test",
+        Polygon(square(*CENTRE, half_m)),
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
-def east_of_centre(metres: float) -> tuple[float, float]:
-    lon, lat, _ = WGS84.fwd(CENTRE[1], CENTRE[0], 90, metres)
+def at_offset(east_m: float, north_m: float = 0.0) -> tuple[float, float]:
+    lon, lat, _ = WGS84.fwd(CENTRE[1], CENTRE[0], 90, east_m)
+    lon, lat, _ = WGS84.fwd(lon, lat, 0, north_m)
     return lat, lon
 
 
-def test_a_circle_wholly_inside_is_inside() -> None:
-    assert classify(zone(), *CENTRE, 10) is Containment.inside
-    # 70 m east of centre, 30 m from the eastern edge: a 20 m circle fits, a 40 m one does not.
-    lat, lon = east_of_centre(70)
-    assert classify(zone(), lat, lon, 20) is Containment.inside
-    assert classify(zone(), lat, lon, 40) is Containment.possibly_inside
+def fix(
+    minute: float,
+    east_m: float,
+    accuracy_m: float = 10.0,
+    north_m: float = 0.0,
+    late_min: float = 0,
+) -> TrailFix:
+    lat, lon = at_offset(east_m, north_m)
+    ts = T0 + timedelta(minutes=minute)
+    return TrailFix("TAG", ts, ts + timedelta(minutes=late_min), lat, lon, accuracy_m)
 
 
-def test_distances_are_metres_not_degrees() -> None:
-    # 15 m outside the eastern edge: 20 m accuracy touches the zone, 10 m does not.
-    lat, lon = east_of_centre(115)
-    assert classify(zone(), lat, lon, 20) is Containment.possibly_inside
-    assert classify(zone(), lat, lon, 10) is Containment.outside
+INSIDE, EDGE_INSIDE, JUST_OUTSIDE, FAR = 0.0, 95.0, 115.0, 400.0
 
 
-def test_an_episode_opens_once_and_closes_on_leaving() -> None:
-    state = EpisodeState()
-    events = []
-    sequence = [
-        Containment.outside,
-        Containment.inside,
-        Containment.inside,
-        Containment.inside,
-        Containment.outside,
-        Containment.outside,
+# Containment -----------------------------------------------------------------------
+
+
+def test_containment_is_decided_by_the_whole_accuracy_circle_in_metres() -> None:
+    z = zone()
+    assert classify(z, fix(0, INSIDE)) is Containment.inside
+    assert classify(z, fix(0, 70, accuracy_m=20)) is Containment.inside  # 30 m from the edge
+    assert classify(z, fix(0, 70, accuracy_m=40)) is Containment.possibly_inside
+    assert classify(z, fix(0, JUST_OUTSIDE, accuracy_m=20)) is Containment.touching
+    assert classify(z, fix(0, JUST_OUTSIDE, accuracy_m=10)) is Containment.outside
+
+
+def test_point_zones_buffers_and_multipolygons() -> None:
+    lat, lon = CENTRE
+    circle = PreparedZone.build(ZONE_ID, 1, ZoneKind.exclusion, "c", Point(lon, lat), radius_m=50)
+    assert classify(circle, fix(0, 30, accuracy_m=5)) is Containment.inside
+    assert classify(circle, fix(0, 70, accuracy_m=5)) is Containment.outside
+    buffered = zone(half_m=100, buffer_m=50)
+    assert classify(buffered, fix(0, 130, accuracy_m=5)) is Containment.inside
+    far_square = Polygon(square(lat + 0.02, lon, 50))
+    multi = PreparedZone.build(
+        ZONE_ID,
+        1,
+        ZoneKind.exclusion,
+        "m",
+        MultiPolygon([Polygon(square(lat, lon, 50)), far_square]),
+    )
+    assert classify(multi, fix(0, 0, accuracy_m=5)) is Containment.inside
+    assert classify(multi, fix(0, 0, accuracy_m=5, north_m=2224)) is Containment.inside
+    assert classify(multi, fix(0, 0, accuracy_m=5, north_m=1100)) is Containment.outside
+
+
+# Exclusion episodes ----------------------------------------------------------------
+
+
+def test_two_consecutive_fixes_wholly_inside_confirm_a_breach_and_leaving_ends_it() -> None:
+    trail = [fix(0, FAR), fix(1, INSIDE), fix(2, INSIDE), fix(3, INSIDE), fix(4, FAR), fix(5, FAR)]
+    (e,) = evaluate(zone(), SUBJECT, trail)
+    assert e.confidence is Confidence.confirmed
+    assert (e.start, e.end, e.last_fix) == (trail[1].ts, trail[4].ts, trail[3].ts)
+    assert [f.ts for f in e.evidence] == [trail[1].ts, trail[2].ts, trail[3].ts]
+    assert "2 consecutive" not in e.reason and "3 consecutive fix(es) wholly inside" in e.reason
+
+
+def test_one_fix_inside_is_a_possible_breach_not_a_confirmed_one() -> None:
+    (e,) = evaluate(zone(), SUBJECT, [fix(0, FAR), fix(1, INSIDE), fix(2, FAR)])
+    assert e.confidence is Confidence.possible
+
+
+def test_fixes_only_possibly_inside_give_a_possible_breach() -> None:
+    trail = [fix(0, FAR), fix(1, EDGE_INSIDE, 20), fix(2, EDGE_INSIDE, 20), fix(3, FAR)]
+    (e,) = evaluate(zone(), SUBJECT, trail)
+    assert e.confidence is Confidence.possible
+
+
+def test_drift_outside_the_boundary_never_confirms_and_never_alerts() -> None:
+    """A subject standing 15 m outside the boundary, with 20 m accuracy fixes."""
+    rng = random.Random(4)
+    trail = [fix(i, JUST_OUTSIDE + rng.uniform(-2, 2), accuracy_m=20) for i in range(240)]
+    assert evaluate(zone(), SUBJECT, trail) == []
+
+
+def test_drift_fixes_at_the_edge_neither_split_nor_end_a_breach() -> None:
+    trail = [fix(0, INSIDE), fix(1, INSIDE), fix(2, JUST_OUTSIDE, 20), fix(3, INSIDE), fix(4, FAR)]
+    (e,) = evaluate(zone(), SUBJECT, trail)
+    assert (e.start, e.end) == (trail[0].ts, trail[4].ts)
+
+
+def test_an_open_breach_has_no_end_yet() -> None:
+    (e,) = evaluate(zone(), SUBJECT, [fix(0, FAR), fix(1, INSIDE), fix(2, INSIDE)])
+    assert e.end is None and e.confidence is Confidence.confirmed
+
+
+def test_a_dash_through_a_small_zone_between_fixes_is_a_possible_breach() -> None:
+    small = zone(half_m=30)
+    trail = [fix(0, -200), fix(2, 200)]
+    (e,) = evaluate(small, SUBJECT, trail)
+    assert e.confidence is Confidence.possible
+    assert (e.start, e.end) == (trail[0].ts, trail[1].ts)
+    assert e.details["segment"] is True
+    assert e.details["implied_speed_mps"] == round(400 / 120, 1)
+    # Too far apart in time to say anything about the path between them.
+    assert evaluate(small, SUBJECT, [fix(0, -200), fix(30, 200)]) == []
+
+
+def test_validity_period_limits_the_zone() -> None:
+    z = zone(valid_from=T0 + timedelta(minutes=10))
+    assert evaluate(z, SUBJECT, [fix(0, INSIDE), fix(1, INSIDE), fix(2, FAR)]) == []
+    (e,) = evaluate(z, SUBJECT, [fix(11, INSIDE), fix(12, INSIDE), fix(13, FAR)])
+    assert e.confidence is Confidence.confirmed
+
+
+# Schedules -------------------------------------------------------------------------
+
+
+def weekly(start: str, end: str, days: list[str] | None = None, **kw: object) -> Schedule:
+    return Schedule(
+        weekly=[
+            WeeklyWindow(
+                days=days or LONDON_WEEKDAYS,
+                start=time.fromisoformat(start),
+                end=time.fromisoformat(end),
+            )
+        ],  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def test_a_window_crossing_midnight_in_winter() -> None:
+    t = Timetable(weekly("19:00", "07:00"))
+    assert t.windows(utc(2026, 11, 25, 12), utc(2026, 11, 26, 12)) == [
+        (utc(2026, 11, 25, 19), utc(2026, 11, 26, 7))
     ]
-    for i, c in enumerate(sequence):
-        state, change = step(state, T0 + timedelta(minutes=i), c)
-        if change:
-            events.append(change)
-    assert [(e.opened, e.episode_start, e.at) for e in events] == [
-        (True, T0 + timedelta(minutes=1), T0 + timedelta(minutes=1)),
-        (False, T0 + timedelta(minutes=1), T0 + timedelta(minutes=4)),
+
+
+def test_a_curfew_on_the_night_the_clocks_go_forward() -> None:
+    # 2026-03-29 01:00 GMT the clocks go to 02:00 BST: 19:00 GMT to 07:00 BST is 11 hours.
+    t = Timetable(weekly("19:00", "07:00"))
+    (night,) = t.windows(utc(2026, 3, 28, 12), utc(2026, 3, 29, 12))
+    assert night == (utc(2026, 3, 28, 19), utc(2026, 3, 29, 6))
+    assert night[1] - night[0] == timedelta(hours=11)
+
+
+def test_a_curfew_on_the_night_the_clocks_go_back() -> None:
+    # 2026-10-25 02:00 BST the clocks go back to 01:00 GMT: 19:00 BST to 07:00 GMT is 13 h.
+    t = Timetable(weekly("19:00", "07:00"))
+    (night,) = t.windows(utc(2026, 10, 24, 12), utc(2026, 10, 25, 12))
+    assert night == (utc(2026, 10, 24, 18), utc(2026, 10, 25, 7))
+    assert night[1] - night[0] == timedelta(hours=13)
+
+
+def test_a_window_starting_in_the_spring_gap_starts_when_the_clocks_jump() -> None:
+    t = Timetable(weekly("01:30", "03:00"))
+    (w,) = t.windows(utc(2026, 3, 29, 0), utc(2026, 3, 29, 4))
+    assert w == (utc(2026, 3, 29, 1, 0), utc(2026, 3, 29, 2))
+
+
+def test_weekdays_and_dated_exceptions() -> None:
+    schedule = weekly(
+        "20:00",
+        "06:00",
+        days=["fri"],
+        exceptions=[
+            DatedException(
+                date=datetime(2026, 12, 4).date(),
+                windows=[LocalWindow(start=time(22), end=time(23))],
+            )
+        ],
+    )
+    t = Timetable(schedule)
+    nights = t.windows(utc(2026, 11, 23), utc(2026, 12, 13))
+    assert nights == [
+        (utc(2026, 11, 27, 20), utc(2026, 11, 28, 6)),
+        (utc(2026, 12, 4, 22), utc(2026, 12, 4, 23)),
+        (utc(2026, 12, 11, 20), utc(2026, 12, 12, 6)),
     ]
 
 
-def test_drift_at_the_boundary_neither_opens_nor_closes() -> None:
-    state = EpisodeState()
-    for i in range(10):
-        state, change = step(state, T0 + timedelta(minutes=i), Containment.possibly_inside)
-        assert change is None
-    state, change = step(state, T0 + timedelta(minutes=10), Containment.inside)
-    assert change is not None and change.opened
-    state, change = step(state, T0 + timedelta(minutes=11), Containment.possibly_inside)
-    assert change is None and state.episode_start is not None
+def test_a_scheduled_exclusion_only_counts_while_in_force() -> None:
+    # In force 10:05-10:30 UTC (winter: London = UTC).
+    z = zone(timetable=Timetable(weekly("10:05", "10:30")))
+    trail = [fix(m, INSIDE) for m in range(0, 40)]
+    (e,) = evaluate(z, SUBJECT, trail)
+    assert (e.start, e.end) == (T0 + timedelta(minutes=5), T0 + timedelta(minutes=30))
 
 
-def test_an_outside_fix_older_than_the_last_inside_does_not_close() -> None:
-    state, _ = step(EpisodeState(), T0 + timedelta(minutes=5), Containment.inside)
-    state, change = step(state, T0 + timedelta(minutes=2), Containment.outside)
-    assert change is None
-    assert state.episode_start == T0 + timedelta(minutes=5)
+# Curfews ---------------------------------------------------------------------------
 
 
-def test_lateness() -> None:
-    assert is_late(T0, T0 + timedelta(minutes=10), None, 300)
-    assert not is_late(T0, T0 + timedelta(seconds=20), None, 300)
-    assert is_late(T0, T0 + timedelta(seconds=20), T0 + timedelta(minutes=1), 300)
+def curfew() -> PreparedZone:
+    # Home, 19:00 to 07:00 London time.
+    return zone(kind=ZoneKind.inclusion, timetable=Timetable(weekly("19:00", "07:00")))
 
 
-def test_alert_ids_derive_from_what_they_are_about() -> None:
-    a = exclusion_alert_id(SUBJECT, ZONE_ID, T0)
-    assert a == exclusion_alert_id(SUBJECT, ZONE_ID, T0.astimezone())
-    assert a != exclusion_alert_id(SUBJECT, ZONE_ID, T0 + timedelta(seconds=1))
-    assert crime_alert_id(ZONE_ID, SUBJECT) == crime_alert_id(ZONE_ID, SUBJECT)
+def curfew_fix(ts: datetime, east_m: float, accuracy_m: float = 10.0) -> TrailFix:
+    lat, lon = at_offset(east_m)
+    return TrailFix("TAG", ts, ts, lat, lon, accuracy_m)
+
+
+def test_outside_when_the_curfew_starts_is_a_breach_from_the_start() -> None:
+    start = utc(2026, 11, 25, 19)
+    trail = [
+        curfew_fix(start - timedelta(minutes=10), FAR),
+        curfew_fix(start + timedelta(minutes=5), FAR),
+        curfew_fix(start + timedelta(minutes=40), INSIDE),
+    ]
+    episodes = [e for e in evaluate(curfew(), SUBJECT, trail) if e.condition is Condition.breach]
+    (e,) = episodes
+    assert e.start == start
+    assert e.end == trail[2].ts
+    assert e.confidence is Confidence.confirmed
+    assert "outside when the curfew began" in e.reason
+
+
+def test_home_before_the_curfew_starts_is_no_breach() -> None:
+    start = utc(2026, 11, 25, 19)
+    trail = [curfew_fix(start + timedelta(minutes=m), INSIDE) for m in range(-30, 12 * 60 + 30, 10)]
+    assert evaluate(curfew(), SUBJECT, trail) == []
+
+
+def test_no_fixes_during_a_curfew_is_its_own_condition_not_compliance() -> None:
+    start = utc(2026, 11, 25, 19)
+    trail = [
+        curfew_fix(start - timedelta(minutes=5), INSIDE),
+        curfew_fix(start + timedelta(minutes=30), INSIDE),
+        # Silence from 19:30 until 23:00.
+        curfew_fix(start + timedelta(hours=4), INSIDE),
+        *[curfew_fix(start + timedelta(hours=4, minutes=m), INSIDE) for m in range(10, 481, 10)],
+    ]
+    (gap,) = evaluate(curfew(), SUBJECT, trail)
+    assert gap.condition is Condition.no_data
+    assert (gap.start, gap.end) == (trail[1].ts, trail[2].ts)
+
+
+# Reconciliation and arrival order ---------------------------------------------------
+
+
+def apply(
+    reported: dict[uuid.UUID, Reported], changes: list[Change], current: list[Episode]
+) -> None:
+    by_id = {e.id: e for e in current}
+    for c in changes:
+        if c.kind is ChangeKind.superseded:
+            del reported[c.id]
+        else:
+            reported[c.id] = Reported.of(by_id[c.id])
+
+
+def test_a_late_earlier_fix_moves_the_start_and_supersedes_the_first_alert() -> None:
+    z = zone()
+    first = [fix(5, INSIDE), fix(6, INSIDE), fix(7, FAR)]
+    reported: dict[uuid.UUID, Reported] = {}
+    current = evaluate(z, SUBJECT, first)
+    apply(reported, reconcile(reported, current, (T0, T0 + timedelta(hours=1))), current)
+    (old,) = reported
+    late = [*first, fix(4, INSIDE, late_min=30)]
+    current = evaluate(z, SUBJECT, late)
+    changes = reconcile(reported, current, (T0, T0 + timedelta(hours=1)))
+    kinds = sorted(c.kind for c in changes)
+    assert kinds == [ChangeKind.opened, ChangeKind.superseded]
+    superseded = next(c for c in changes if c.kind is ChangeKind.superseded)
+    assert superseded.id == old and superseded.superseded_by == current[0].id
+
+
+def test_ids_derive_from_what_they_are_about() -> None:
+    a = episode_id(SUBJECT, ZONE_ID, Condition.breach, T0)
+    assert a == episode_id(SUBJECT, ZONE_ID, Condition.breach, T0.astimezone())
+    assert a != episode_id(SUBJECT, ZONE_ID, Condition.no_data, T0)
     assert crime_alert_id(ZONE_ID, SUBJECT) != crime_alert_id(SUBJECT, ZONE_ID)
 
 
-containments = st.lists(st.sampled_from(list(Containment)), min_size=1, max_size=60)
+places = st.sampled_from([INSIDE, EDGE_INSIDE, JUST_OUTSIDE, FAR, -FAR])
+accuracies = st.sampled_from([5.0, 10.0, 20.0, 40.0])
+trails = st.lists(st.tuples(places, accuracies), min_size=1, max_size=40).map(
+    lambda xs: [fix(i * 1.5, east, acc) for i, (east, acc) in enumerate(xs)]
+)
 
 
-def run(state: EpisodeState, trail: list[tuple[datetime, Containment]]):
-    opened, closed = [], []
-    for ts, c in trail:
-        state, change = step(state, ts, c)
-        if change is not None:
-            (opened if change.opened else closed).append(
-                exclusion_alert_id(SUBJECT, ZONE_ID, change.episode_start)
-            )
-    return state, opened, closed
-
-
-@settings(max_examples=300, deadline=None)
-@given(containments)
-def test_in_time_order_one_alert_per_run_of_inside_fixes(seq: list[Containment]) -> None:
-    trail = [(T0 + timedelta(minutes=i), c) for i, c in enumerate(seq)]
-    _, opened, closed = run(EpisodeState(), trail)
-    # Expected episodes: runs that start at an inside fix and end at an outside fix,
-    # with possibly-inside fixes ignored.
-    expected, inside = 0, False
-    for c in seq:
-        if c is Containment.inside and not inside:
-            expected, inside = expected + 1, True
-        elif c is Containment.outside:
-            inside = False
-    assert len(opened) == expected
-    assert len(set(opened)) == len(opened)
-    assert len(closed) in (expected, expected - 1)
-
-
-@settings(max_examples=300, deadline=None)
-@given(containments)
-def test_a_replay_raises_no_alert_that_was_not_raised_before(seq: list[Containment]) -> None:
-    trail = [(T0 + timedelta(minutes=i), c) for i, c in enumerate(seq)]
-    state, opened, _ = run(EpisodeState(), trail)
-    _, replayed, _ = run(state, trail)
-    assert set(replayed) <= set(opened)
+@settings(max_examples=200, deadline=None)
+@given(trails, st.randoms(use_true_random=False), st.integers(min_value=1, max_value=6))
+def test_any_arrival_order_ends_in_the_same_episodes(
+    trail: list[TrailFix], rnd: random.Random, batches: int
+) -> None:
+    z = zone(half_m=60)
+    shuffled = trail[:]
+    rnd.shuffle(shuffled)
+    cuts = (
+        sorted(rnd.sample(range(1, len(shuffled)), min(batches - 1, len(shuffled) - 1)))
+        if len(shuffled) > 1
+        else []
+    )
+    pieces = [shuffled[i:j] for i, j in zip([0, *cuts], [*cuts, len(shuffled)], strict=True)]
+    known: list[TrailFix] = []
+    reported: dict[uuid.UUID, Reported] = {}
+    span = (T0 - timedelta(days=1), T0 + timedelta(days=1))
+    for piece in pieces:
+        known += piece
+        current = evaluate(z, SUBJECT, known)
+        apply(reported, reconcile(reported, current, span), current)
+    final = evaluate(z, SUBJECT, trail)
+    assert reported == {e.id: Reported.of(e) for e in final}
+    # And a replay of everything changes nothing.
+    assert reconcile(reported, evaluate(z, SUBJECT, trail + trail), span) == []

@@ -31,9 +31,13 @@ def upgrade() -> None:
         sa.Column("zone_id", sa.UUID(), nullable=True),
         sa.Column("crime_id", sa.UUID(), nullable=True),
         sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("confidence", sa.String(length=16), nullable=True),
+        sa.Column("last_fix_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("late", sa.Boolean(), nullable=False),
         sa.Column("delay_s", sa.Float(), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("superseded_by", sa.UUID(), nullable=True),
         sa.Column("details", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column("evidence", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column(
@@ -235,6 +239,39 @@ def upgrade() -> None:
         sa.UniqueConstraint("name", "role", name=op.f("uq_users_name")),
     )
     op.create_table(
+        "zones",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column(
+            "geom",
+            geoalchemy2.types.Geometry(
+                srid=4326, dimension=2, from_text="ST_GeomFromEWKT", name="geometry", nullable=False
+            ),
+            nullable=False,
+        ),
+        sa.Column("radius_m", sa.Float(), nullable=True),
+        sa.Column("buffer_m", sa.Float(), nullable=False),
+        sa.Column("timezone", sa.String(length=64), nullable=False),
+        sa.Column("schedule", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("valid_from", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("valid_to", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_zones")),
+    )
+    op.create_table(
         "manager_assignments",
         sa.Column("id", sa.UUID(), nullable=False),
         sa.Column("subject_id", sa.UUID(), nullable=False),
@@ -284,24 +321,56 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_tags_supplier_id"), "tags", ["supplier_id"], unique=False)
     op.create_table(
-        "zones",
+        "zone_episodes",
         sa.Column("id", sa.UUID(), nullable=False),
         sa.Column("subject_id", sa.UUID(), nullable=False),
-        sa.Column("kind", sa.String(length=16), nullable=False),
-        sa.Column("name", sa.String(length=200), nullable=False),
-        sa.Column(
-            "geom",
-            geoalchemy2.types.Geometry(
-                geometry_type="POLYGON",
-                srid=4326,
-                dimension=2,
-                from_text="ST_GeomFromEWKT",
-                name="geometry",
-                nullable=False,
-            ),
-            nullable=False,
+        sa.Column("zone_id", sa.UUID(), nullable=False),
+        sa.Column("zone_version", sa.Integer(), nullable=False),
+        sa.Column("condition", sa.String(length=16), nullable=False),
+        sa.Column("start", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("end", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("confidence", sa.String(length=16), nullable=False),
+        sa.Column("last_fix", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("superseded_by", sa.UUID(), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["zone_id"],
+            ["zones.id"],
+            name=op.f("fk_zone_episodes_zone_id_zones"),
+            ondelete="CASCADE",
         ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_zone_episodes")),
+    )
+    op.create_index(
+        "ix_zone_episodes_subject_zone_start",
+        "zone_episodes",
+        ["subject_id", "zone_id", "start"],
+        unique=False,
+    )
+    op.create_table(
+        "zone_subjects",
+        sa.Column("zone_id", sa.UUID(), nullable=False),
+        sa.Column("subject_id", sa.UUID(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["subject_id"], ["subjects.id"], name=op.f("fk_zone_subjects_subject_id_subjects")
+        ),
+        sa.ForeignKeyConstraint(
+            ["zone_id"],
+            ["zones.id"],
+            name=op.f("fk_zone_subjects_zone_id_zones"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("zone_id", "subject_id", name=op.f("pk_zone_subjects")),
+    )
+    op.create_index(
+        op.f("ix_zone_subjects_subject_id"), "zone_subjects", ["subject_id"], unique=False
+    )
+    op.create_table(
+        "zone_versions",
+        sa.Column("zone_id", sa.UUID(), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("definition", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column(
             "created_at",
             sa.DateTime(timezone=True),
@@ -309,11 +378,13 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.ForeignKeyConstraint(
-            ["subject_id"], ["subjects.id"], name=op.f("fk_zones_subject_id_subjects")
+            ["zone_id"],
+            ["zones.id"],
+            name=op.f("fk_zone_versions_zone_id_zones"),
+            ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_zones")),
+        sa.PrimaryKeyConstraint("zone_id", "version", name=op.f("pk_zone_versions")),
     )
-    op.create_index(op.f("ix_zones_subject_id"), "zones", ["subject_id"], unique=False)
     op.create_table(
         "tag_assignments",
         sa.Column("id", sa.UUID(), nullable=False),
@@ -343,32 +414,23 @@ def upgrade() -> None:
         "alter table tag_assignments add constraint ex_tag_assignments_one_wearer "
         "exclude using gist (tag_id with =, tstzrange(valid_from, valid_to) with &&)"
     )
-    op.create_table(
-        "zone_states",
-        sa.Column("subject_id", sa.UUID(), nullable=False),
-        sa.Column("zone_id", sa.UUID(), nullable=False),
-        sa.Column("episode_start", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("last_inside", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("last_seen", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["zone_id"], ["zones.id"], name=op.f("fk_zone_states_zone_id_zones"), ondelete="CASCADE"
-        ),
-        sa.PrimaryKeyConstraint("subject_id", "zone_id", name=op.f("pk_zone_states")),
-    )
 
 
 def downgrade() -> None:
-    op.drop_table("zone_states")
     op.drop_index(op.f("ix_tag_assignments_tag_id"), table_name="tag_assignments")
     op.drop_index(op.f("ix_tag_assignments_subject_id"), table_name="tag_assignments")
     op.drop_table("tag_assignments")
-    op.drop_index(op.f("ix_zones_subject_id"), table_name="zones")
-    op.drop_table("zones")
+    op.drop_table("zone_versions")
+    op.drop_index(op.f("ix_zone_subjects_subject_id"), table_name="zone_subjects")
+    op.drop_table("zone_subjects")
+    op.drop_index("ix_zone_episodes_subject_zone_start", table_name="zone_episodes")
+    op.drop_table("zone_episodes")
     op.drop_index(op.f("ix_tags_supplier_id"), table_name="tags")
     op.drop_table("tags")
     op.drop_index(op.f("ix_manager_assignments_subject_id"), table_name="manager_assignments")
     op.drop_index(op.f("ix_manager_assignments_manager_id"), table_name="manager_assignments")
     op.drop_table("manager_assignments")
+    op.drop_table("zones")
     op.drop_table("users")
     op.drop_index("ix_trail_points_subject_ts", table_name="trail_points")
     op.drop_index("ix_trail_points_geom", table_name="trail_points", postgresql_using="gist")

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, Float, String, func
+from sqlalchemy import Boolean, DateTime, Float, String, Text, func
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -24,9 +24,14 @@ class Alert(Base):
     zone_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     crime_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the episode behind the alert ended (fix time); None while it goes on.
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    confidence: Mapped[str | None] = mapped_column(String(16))
+    last_fix_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     late: Mapped[bool] = mapped_column(Boolean, default=False)
     delay_s: Mapped[float] = mapped_column(Float, default=0.0)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    superseded_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     evidence: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -11,13 +11,16 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 
 class AlertKind(StrEnum):
-    exclusion = "exclusion"
+    exclusion = "exclusion"  # inside an exclusion zone while it is in force
+    inclusion = "inclusion"  # outside an inclusion zone (a curfew) while it is in force
+    no_data = "no_data"  # no fixes for too long while a curfew is in force
     crime_match = "crime_match"
 
 
 class AlertEvent(StrEnum):
     opened = "opened"
-    closed = "closed"
+    updated = "updated"  # the episode grew, was confirmed, or ended
+    superseded = "superseded"  # late fixes showed the trail differently; see superseded_by
 
 
 class FixRef(BaseModel):
@@ -41,12 +44,18 @@ class AlertMessage(BaseModel):
     subject_id: uuid.UUID
     zone_id: uuid.UUID | None = None
     crime_id: uuid.UUID | None = None
-    # When it happened (fix time), not when we noticed.
+    # When it began (fix time), not when we noticed; ended_at when it is over.
     at: AwareDatetime
-    fix: FixRef | None = None
+    ended_at: AwareDatetime | None = None
+    confidence: str | None = None
+    last_fix_at: AwareDatetime | None = None
+    # The fixes the alert rests on, as evidence.
+    evidence: list[FixRef] = []
     late: bool = False
     delay_s: float = 0.0
+    reason: str = ""
     details: dict[str, Any] = {}
+    superseded_by: uuid.UUID | None = None
 
 
 class AlertOut(BaseModel):
@@ -59,9 +68,13 @@ class AlertOut(BaseModel):
     zone_id: uuid.UUID | None
     crime_id: uuid.UUID | None
     opened_at: datetime
-    closed_at: datetime | None
+    ended_at: datetime | None
+    confidence: str | None
+    last_fix_at: datetime | None
     late: bool
     delay_s: float
+    reason: str
+    superseded_by: uuid.UUID | None
     details: dict[str, Any]
     evidence: list[dict[str, Any]]
     created_at: datetime

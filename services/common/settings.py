@@ -81,6 +81,14 @@ class CheckSettings(BaseSettings):
     crime_max_accuracy_m: float = Field(default=250.0, gt=0)
     # A fix received this long after it was taken makes its alert "late".
     late_after_s: float = Field(default=300.0, ge=0)
+    # Zone decisions; the README explains each default.
+    confirm_fixes: int = Field(default=2, ge=1, le=100)
+    confirm_dwell_s: float = Field(default=60.0, ge=0)
+    segment_max_gap_s: float = Field(default=300.0, ge=0)
+    curfew_lookback_s: float = Field(default=7200.0, ge=0)
+    no_data_after_s: float = Field(default=1800.0, ge=60)
+    # How much trail before new fixes the zone checker reads back to place them.
+    context_s: float = Field(default=7200.0, ge=60)
 
 
 class AppSettings(BaseSettings):

@@ -238,3 +238,45 @@ async def store_device_events(conn: asyncpg.Connection, events: Sequence[DeviceE
         [e.detail for e in events],
     )
     return len(rows)
+
+
+@dataclass(frozen=True, slots=True)
+class TrailPoint:
+    subject_id: uuid.UUID
+    tag_id: str
+    ts: datetime
+    received_at: datetime
+    lat: float
+    lon: float
+    accuracy_m: float
+
+
+async def trails_since(
+    conn: asyncpg.Connection, since: Sequence[tuple[uuid.UUID, datetime]]
+) -> dict[uuid.UUID, list[TrailPoint]]:
+    """Each subject's trail from `since` on, in time order, together with the one fix
+    just before `since` (so a caller can tell whether something began earlier)."""
+    rows = await conn.fetch(
+        """
+        select t.subject_id, t.tag_id, t.ts, t.received_at, t.lat, t.lon, t.accuracy_m
+        from unnest($1::uuid[], $2::timestamptz[]) as r(subject_id, since)
+        join trail_points t on t.subject_id = r.subject_id and t.ts >= r.since
+        union all
+        select p.subject_id, p.tag_id, p.ts, p.received_at, p.lat, p.lon, p.accuracy_m
+        from unnest($1::uuid[], $2::timestamptz[]) as r(subject_id, since)
+        cross join lateral (
+            select subject_id, tag_id, ts, received_at, lat, lon, accuracy_m
+            from trail_points
+            where subject_id = r.subject_id and ts < r.since
+            order by ts desc
+            limit 1
+        ) p
+        order by 1, 3
+        """,
+        [s for s, _ in since],
+        [t for _, t in since],
+    )
+    out: dict[uuid.UUID, list[TrailPoint]] = {}
+    for r in rows:
+        out.setdefault(r["subject_id"], []).append(TrailPoint(*r.values()))
+    return out

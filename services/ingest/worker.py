@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import logging
 
+from services.common.bus import Bus
 from services.common.database import Database
 from services.common.metrics import FIX_CONFLICTS, FIXES_STORED
 from services.common.timeutil import utcnow
 from services.ingest import repository
 from services.ingest.schemas import DeviceEvent, FixMessage
+from services.topics import STORED
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +22,9 @@ DAYS_AHEAD = 7
 
 
 class StoreWorker:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, bus: Bus) -> None:
         self.db = db
+        self.bus = bus
         self.partitions = repository.Partitions()
         self._maintenance: asyncio.Task[None] | None = None
 
@@ -43,6 +46,9 @@ class StoreWorker:
         FIX_CONFLICTS.inc(result.conflicts)
         if result.conflicts:
             log.warning("%d conflicting duplicate fix(es) set aside", result.conflicts)
+        # All of them, not only the ones inserted just now: if we died after the commit
+        # last time, this redelivery is the only way the checks hear of them.
+        await self.bus.publish(STORED, [(f.tag_id, f) for f in fixes])
 
     async def handle_events(self, events: list[DeviceEvent]) -> None:
         async with self.db.pool.acquire() as conn:

@@ -11,7 +11,7 @@ from services.common.deps import Admin, RuntimeDep, SessionDep
 from services.common.errors import NotFound
 from services.topics import CRIMES
 from services.zones import records, repository
-from services.zones.schemas import CrimeOut, CrimesIn, ZoneFeature, ZoneOut
+from services.zones.schemas import CrimeOut, CrimesIn, ZoneFeature, ZoneOut, ZoneVersionOut
 
 router = APIRouter(prefix="/v1", tags=["zones"])
 
@@ -23,12 +23,30 @@ async def create_zone(body: ZoneFeature, session: SessionDep, _: Admin) -> ZoneO
     return records.to_feature(row)
 
 
+@router.put("/zones/{zone_id}")
+async def replace_zone(
+    zone_id: uuid.UUID, body: ZoneFeature, session: SessionDep, _: Admin
+) -> ZoneOut:
+    """A new version of the zone: alerts from now on record the version they used."""
+    row = await records.replace_zone(session, zone_id, body)
+    await session.commit()
+    return records.to_feature(row)
+
+
 @router.get("/zones")
 async def list_zones(
     session: SessionDep, _: Admin, subject_id: Annotated[uuid.UUID, Query()]
 ) -> list[ZoneOut]:
     rows = await repository.zones_for_subjects(session, [subject_id])
     return [records.to_feature(r) for r in rows]
+
+
+@router.get("/zones/{zone_id}/versions")
+async def zone_versions(zone_id: uuid.UUID, session: SessionDep, _: Admin) -> list[ZoneVersionOut]:
+    rows = await repository.versions(session, zone_id)
+    if not rows:
+        raise NotFound(f"zone {zone_id} does not exist")
+    return [ZoneVersionOut.model_validate(v) for v in rows]
 
 
 @router.get("/zones/{zone_id}")

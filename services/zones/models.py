@@ -1,42 +1,87 @@
-"""Zones, crimes, and the per-(subject, zone) episode state the zone checker keeps."""
+"""Zones (with their versions and subjects), the episodes reported for them, and crimes."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from geoalchemy2 import Geometry
-from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, func
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy import DateTime, Float, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.database import Base
 
 
 class Zone(Base):
+    """The current version of a zone. Every version is also kept in zone_versions."""
+
     __tablename__ = "zones"
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
-    subject_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("subjects.id"), index=True)
     kind: Mapped[str] = mapped_column(String(16))
     name: Mapped[str] = mapped_column(String(200))
-    geom: Mapped[str] = mapped_column(Geometry("POLYGON", srid=4326, spatial_index=True))
+    # Polygon, MultiPolygon, or Point (with radius_m), in WGS84.
+    geom: Mapped[str] = mapped_column(Geometry("GEOMETRY", srid=4326, spatial_index=True))
+    radius_m: Mapped[float | None] = mapped_column(Float)
+    buffer_m: Mapped[float] = mapped_column(Float, default=0.0)
+    timezone: Mapped[str] = mapped_column(String(64))
+    schedule: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    valid_from: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    valid_to: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-class ZoneState(Base):
-    """Where an open exclusion episode stands, so a restart carries on where it left off."""
+class ZoneSubject(Base):
+    """Which subjects a zone applies to: one (a victim's street) or many (a town centre)."""
 
-    __tablename__ = "zone_states"
+    __tablename__ = "zone_subjects"
 
-    subject_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     zone_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("zones.id", ondelete="CASCADE"), primary_key=True
     )
-    episode_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    last_inside: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    subject_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("subjects.id"), primary_key=True, index=True
+    )
+
+
+class ZoneVersion(Base):
+    """Each version of a zone's definition as it was given, so decisions can be explained."""
+
+    __tablename__ = "zone_versions"
+
+    zone_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("zones.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    definition: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ZoneEpisode(Base):
+    """What the zone checker last reported about an episode (its alert's id is the id)."""
+
+    __tablename__ = "zone_episodes"
+    __table_args__ = (
+        Index("ix_zone_episodes_subject_zone_start", "subject_id", "zone_id", "start"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    subject_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    zone_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("zones.id", ondelete="CASCADE"))
+    zone_version: Mapped[int] = mapped_column(Integer)
+    condition: Mapped[str] = mapped_column(String(16))
+    start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    confidence: Mapped[str] = mapped_column(String(16))
+    last_fix: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # "current", or "superseded" once late fixes showed the trail differently.
+    state: Mapped[str] = mapped_column(String(16), default="current")
+    superseded_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    reason: Mapped[str] = mapped_column(Text)
 
 
 class Crime(Base):

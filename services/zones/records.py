@@ -2,36 +2,50 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 import orjson
 from geoalchemy2 import WKTElement
-from shapely import Polygon, from_wkt, to_geojson
+from shapely import from_wkt, to_geojson
+from shapely.geometry import shape
+from shapely.geometry.base import BaseGeometry
 from shapely.validation import explain_validity
+from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.common.errors import Unprocessable
-from services.common.geo import LocalFrame
+from services.common.errors import NotFound, Unprocessable
 from services.registry import service as registry
 from services.zones import repository
 from services.zones.models import Crime, Zone
 from services.zones.repository import ZoneRow
+from services.zones.schedule import Schedule, Timetable
 from services.zones.schemas import CrimeIn, CrimeMessage, ZoneFeature, ZoneOut
+from services.zones.service import PreparedZone, ZoneKind
 
 # A zone larger than this is a drawing mistake (a county, not a street or a town centre).
 MAX_ZONE_AREA_M2 = 500e6
 MIN_ZONE_AREA_M2 = 10.0
 
 
-def validate_polygon(feature: ZoneFeature) -> Polygon:
-    rings = feature.geometry.coordinates
-    polygon = Polygon(rings[0], rings[1:])
-    if not polygon.is_valid:
+def geometry_of(feature: ZoneFeature) -> BaseGeometry:
+    """The feature's geometry, checked: valid rings and a plausible area in m²."""
+    geometry = shape(feature.geometry.model_dump())
+    if not geometry.is_valid:
         raise Unprocessable(
-            f"the zone geometry is invalid: {explain_validity(polygon)}", field="geometry"
+            f"the zone geometry is invalid: {explain_validity(geometry)}", field="geometry"
         )
-    centre = polygon.centroid
-    area = LocalFrame(centre.y, centre.x).geometry(polygon).area
+    props = feature.properties
+    zone = PreparedZone.build(
+        uuid.uuid4(),
+        0,
+        props.kind,
+        props.name,
+        geometry,
+        radius_m=props.radius_m,
+        buffer_m=props.buffer_m,
+    )
+    area = zone.shape.area
     if area > MAX_ZONE_AREA_M2:
         raise Unprocessable(
             f"the zone covers {area / 1e6:.0f} km²; at most {MAX_ZONE_AREA_M2 / 1e6:.0f} km²",
@@ -39,23 +53,72 @@ def validate_polygon(feature: ZoneFeature) -> Polygon:
         )
     if area < MIN_ZONE_AREA_M2:
         raise Unprocessable(f"the zone covers only {area:.1f} m²", field="geometry")
-    return polygon
+    return geometry
+
+
+async def _check_subjects(session: AsyncSession, feature: ZoneFeature) -> None:
+    for subject_id in feature.properties.subject_ids:
+        await registry.require_subject(session, subject_id)
+
+
+def _apply(zone: Zone, feature: ZoneFeature, geometry: BaseGeometry) -> None:
+    props = feature.properties
+    zone.kind = props.kind.value
+    zone.name = props.name
+    zone.geom = WKTElement(geometry.wkt, srid=4326)  # type: ignore[assignment]
+    zone.radius_m = props.radius_m
+    zone.buffer_m = props.buffer_m
+    zone.timezone = props.timezone
+    zone.schedule = props.schedule.model_dump(mode="json") if props.schedule else None
+    zone.valid_from = props.valid_from
+    zone.valid_to = props.valid_to
 
 
 async def create_zone(session: AsyncSession, feature: ZoneFeature) -> ZoneRow:
-    polygon = validate_polygon(feature)
-    await registry.require_subject(session, feature.properties.subject_id)
-    zone = await repository.add_zone(
-        session,
-        Zone(
-            subject_id=feature.properties.subject_id,
-            kind=feature.properties.kind.value,
-            name=feature.properties.name,
-            geom=WKTElement(polygon.wkt, srid=4326),
-            version=1,
-        ),
+    geometry = geometry_of(feature)
+    await _check_subjects(session, feature)
+    zone = Zone(version=1)
+    _apply(zone, feature, geometry)
+    await repository.add_zone(
+        session, zone, feature.properties.subject_ids, feature.model_dump(mode="json")
     )
-    return ZoneRow(zone.id, zone.subject_id, zone.kind, zone.name, zone.version, polygon.wkt)
+    row = await repository.get_zone(session, zone.id)
+    assert row is not None
+    return row
+
+
+async def replace_zone(session: AsyncSession, zone_id: uuid.UUID, feature: ZoneFeature) -> ZoneRow:
+    """A new version of the zone; decisions from now on use it and say so."""
+    geometry = geometry_of(feature)
+    await _check_subjects(session, feature)
+    zone = await repository.lock_zone(session, zone_id)
+    if zone is None:
+        raise NotFound(f"zone {zone_id} does not exist")
+    _apply(zone, feature, geometry)
+    zone.version += 1
+    zone.updated_at = func.now()  # type: ignore[assignment]
+    await repository.add_version(
+        session, zone, feature.properties.subject_ids, feature.model_dump(mode="json")
+    )
+    row = await repository.get_zone(session, zone.id)
+    assert row is not None
+    return row
+
+
+def prepare(row: ZoneRow) -> PreparedZone:
+    schedule = Schedule.model_validate(row.schedule) if row.schedule else None
+    return PreparedZone.build(
+        row.id,
+        row.version,
+        ZoneKind(row.kind),
+        row.name,
+        from_wkt(row.wkt),
+        radius_m=row.radius_m,
+        buffer_m=row.buffer_m,
+        timetable=Timetable(schedule, row.timezone),
+        valid_from=row.valid_from,
+        valid_to=row.valid_to,
+    )
 
 
 def to_feature(row: ZoneRow) -> ZoneOut:
@@ -63,9 +126,15 @@ def to_feature(row: ZoneRow) -> ZoneOut:
         id=row.id,
         geometry=orjson.loads(to_geojson(from_wkt(row.wkt))),
         properties={
-            "subject_id": str(row.subject_id),
+            "subject_ids": [str(s) for s in row.subject_ids],
             "kind": row.kind,
             "name": row.name,
+            "radius_m": row.radius_m,
+            "buffer_m": row.buffer_m,
+            "timezone": row.timezone,
+            "schedule": row.schedule,
+            "valid_from": row.valid_from.isoformat() if row.valid_from else None,
+            "valid_to": row.valid_to.isoformat() if row.valid_to else None,
             "version": row.version,
         },
     )

@@ -6,95 +6,158 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 from geoalchemy2.functions import ST_AsText
-from sqlalchemy import ColumnElement, select, tuple_
+from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.geo import degree_margin
-from services.zones.models import Crime, Zone, ZoneState
-from services.zones.service import EpisodeState
+from services.zones.models import Crime, Zone, ZoneEpisode, ZoneSubject, ZoneVersion
 
 
 @dataclass(frozen=True, slots=True)
 class ZoneRow:
     id: uuid.UUID
-    subject_id: uuid.UUID
     kind: str
     name: str
     version: int
     wkt: str
+    radius_m: float | None
+    buffer_m: float
+    timezone: str
+    schedule: dict[str, Any] | None
+    valid_from: datetime | None
+    valid_to: datetime | None
+    subject_ids: tuple[uuid.UUID, ...]
 
 
-async def add_zone(session: AsyncSession, zone: Zone) -> Zone:
+async def add_zone(
+    session: AsyncSession, zone: Zone, subject_ids: Sequence[uuid.UUID], definition: dict[str, Any]
+) -> None:
     session.add(zone)
     await session.flush()
-    return zone
+    await _set_subjects(session, zone.id, subject_ids)
+    session.add(ZoneVersion(zone_id=zone.id, version=zone.version, definition=definition))
+    await session.flush()
+
+
+async def lock_zone(session: AsyncSession, zone_id: uuid.UUID) -> Zone | None:
+    return await session.get(Zone, zone_id, with_for_update=True)
+
+
+async def add_version(
+    session: AsyncSession, zone: Zone, subject_ids: Sequence[uuid.UUID], definition: dict[str, Any]
+) -> None:
+    await session.execute(delete(ZoneSubject).where(ZoneSubject.zone_id == zone.id))
+    await _set_subjects(session, zone.id, subject_ids)
+    session.add(ZoneVersion(zone_id=zone.id, version=zone.version, definition=definition))
+    await session.flush()
+
+
+async def _set_subjects(
+    session: AsyncSession, zone_id: uuid.UUID, subject_ids: Sequence[uuid.UUID]
+) -> None:
+    session.add_all(ZoneSubject(zone_id=zone_id, subject_id=s) for s in subject_ids)
+    await session.flush()
+
+
+async def versions(session: AsyncSession, zone_id: uuid.UUID) -> Sequence[ZoneVersion]:
+    rows = await session.scalars(
+        select(ZoneVersion).where(ZoneVersion.zone_id == zone_id).order_by(ZoneVersion.version)
+    )
+    return rows.all()
 
 
 async def get_zone(session: AsyncSession, zone_id: uuid.UUID) -> ZoneRow | None:
-    rows = await _zone_rows(session, Zone.id == zone_id)
+    rows = await _zone_rows(session, [Zone.id == zone_id])
     return rows[0] if rows else None
 
 
 async def zones_for_subjects(
-    session: AsyncSession, subject_ids: Sequence[uuid.UUID], kind: str | None = None
+    session: AsyncSession, subject_ids: Sequence[uuid.UUID]
 ) -> list[ZoneRow]:
-    conditions: list[ColumnElement[bool]] = [Zone.subject_id.in_(subject_ids)]
-    if kind is not None:
-        conditions.append(Zone.kind == kind)
-    return await _zone_rows(session, *conditions)
+    applies = select(ZoneSubject.zone_id).where(ZoneSubject.subject_id.in_(subject_ids))
+    return await _zone_rows(session, [Zone.id.in_(applies)])
 
 
-async def _zone_rows(session: AsyncSession, *conditions: ColumnElement[bool]) -> list[ZoneRow]:
+async def _zone_rows(session: AsyncSession, conditions: list[ColumnElement[bool]]) -> list[ZoneRow]:
+    subjects = (
+        select(func.array_agg(ZoneSubject.subject_id))
+        .where(ZoneSubject.zone_id == Zone.id)
+        .scalar_subquery()
+    )
     rows = await session.execute(
         select(
-            Zone.id, Zone.subject_id, Zone.kind, Zone.name, Zone.version, ST_AsText(Zone.geom)
+            Zone.id,
+            Zone.kind,
+            Zone.name,
+            Zone.version,
+            ST_AsText(Zone.geom),
+            Zone.radius_m,
+            Zone.buffer_m,
+            Zone.timezone,
+            Zone.schedule,
+            Zone.valid_from,
+            Zone.valid_to,
+            subjects,
         ).where(*conditions)
     )
-    return [ZoneRow(*r) for r in rows]
+    out = []
+    for zid, kind, name, version, wkt, radius, buffer, tz, schedule, vfrom, vto, subs in rows:
+        out.append(
+            ZoneRow(
+                zid,
+                kind,
+                name,
+                version,
+                wkt,
+                radius,
+                buffer,
+                tz,
+                schedule,
+                vfrom,
+                vto,
+                tuple(subs or ()),
+            )
+        )
+    return out
 
 
-async def load_states(
-    session: AsyncSession, keys: Sequence[tuple[uuid.UUID, uuid.UUID]]
-) -> dict[tuple[uuid.UUID, uuid.UUID], EpisodeState]:
-    if not keys:
-        return {}
+async def reported_episodes(
+    session: AsyncSession, subject_ids: Sequence[uuid.UUID], since: datetime
+) -> list[ZoneEpisode]:
+    """Episodes not superseded that were still going on at `since`, or began after it."""
     rows = await session.scalars(
-        select(ZoneState).where(tuple_(ZoneState.subject_id, ZoneState.zone_id).in_(keys))
+        select(ZoneEpisode).where(
+            ZoneEpisode.subject_id.in_(subject_ids),
+            ZoneEpisode.state == "current",
+            or_(ZoneEpisode.end.is_(None), ZoneEpisode.end >= since),
+        )
     )
-    return {
-        (s.subject_id, s.zone_id): EpisodeState(s.episode_start, s.last_inside, s.last_seen)
-        for s in rows
-    }
+    return list(rows.all())
 
 
-async def save_states(
-    session: AsyncSession, states: dict[tuple[uuid.UUID, uuid.UUID], EpisodeState]
-) -> None:
-    if not states:
+async def save_episodes(session: AsyncSession, episodes: Sequence[dict[str, Any]]) -> None:
+    if not episodes:
         return
-    stmt = insert(ZoneState).values(
-        [
-            {
-                "subject_id": subject_id,
-                "zone_id": zone_id,
-                "episode_start": s.episode_start,
-                "last_inside": s.last_inside,
-                "last_seen": s.last_seen,
-            }
-            for (subject_id, zone_id), s in states.items()
-        ]
-    )
+    stmt = insert(ZoneEpisode).values(list(episodes))
     await session.execute(
         stmt.on_conflict_do_update(
-            index_elements=[ZoneState.subject_id, ZoneState.zone_id],
+            index_elements=[ZoneEpisode.id],
             set_={
-                "episode_start": stmt.excluded.episode_start,
-                "last_inside": stmt.excluded.last_inside,
-                "last_seen": stmt.excluded.last_seen,
+                c: stmt.excluded[c]
+                for c in (
+                    "zone_version",
+                    "end",
+                    "confidence",
+                    "last_fix",
+                    "state",
+                    "superseded_by",
+                    "reason",
+                )
             },
         )
     )

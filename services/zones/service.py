@@ -1,122 +1,495 @@
-"""Zone and crime decisions, as pure functions: containment of a fix's accuracy circle,
-the exclusion episode state machine, and the ids that make alerts replay-safe."""
+"""Zone decisions, as pure functions over a subject's trail: containment of each fix's
+accuracy circle, episodes (breaches, possible breaches, curfew gaps) derived from the
+time-ordered trail, and reconciliation of those episodes with what was already reported.
+
+Because episodes are a function of the ordered trail alone, the order in which fixes
+arrive cannot change the final episodes: a late fix is merged into the trail and the
+episodes around it are derived again (see reconcile).
+"""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from itertools import pairwise
+from typing import Any
 
-from shapely import Point, Polygon
+from shapely import LineString, Point
+from shapely.geometry.base import BaseGeometry
 from shapely.prepared import PreparedGeometry, prep
 
 from services.common.geo import LocalFrame
+from services.zones.schedule import Timetable
 
 ALERT_NAMESPACE = uuid.UUID("5b0f1c8e-7a53-4d4a-9c2e-3a9f7d1e2b60")
+FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
+# How many supporting fixes an episode keeps as evidence: the first few and the last.
+EVIDENCE_HEAD = 5
 
 
 class Containment(StrEnum):
-    inside = "inside"  # the whole accuracy circle is inside
-    possibly_inside = "possibly_inside"  # the circle touches the zone
-    outside = "outside"
+    inside = "inside"  # the whole accuracy circle is inside the zone
+    possibly_inside = "possibly_inside"  # the centre is inside, the circle crosses the edge
+    touching = "touching"  # the centre is outside, the circle reaches the zone
+    outside = "outside"  # the whole circle is outside
+
+
+class Confidence(StrEnum):
+    confirmed = "confirmed"
+    possible = "possible"
+
+
+class Condition(StrEnum):
+    breach = "breach"
+    no_data = "no_data"  # no fixes for too long while a curfew was in force
+
+
+class ZoneKind(StrEnum):
+    exclusion = "exclusion"
+    inclusion = "inclusion"
+
+
+@dataclass(frozen=True, slots=True)
+class TrailFix:
+    tag_id: str
+    ts: datetime
+    received_at: datetime
+    lat: float
+    lon: float
+    accuracy_m: float
+
+
+@dataclass(frozen=True, slots=True)
+class CheckParams:
+    """How much evidence a decision needs. Defaults are documented in the README."""
+
+    confirm_fixes: int = 2
+    confirm_dwell_s: float = 60.0
+    segment_max_gap_s: float = 300.0
+    curfew_lookback_s: float = 7200.0
+    no_data_after_s: float = 1800.0
 
 
 @dataclass(frozen=True)
 class PreparedZone:
-    """A zone in a metric frame centred on it, ready for many containment tests."""
+    """A zone version in a metric frame centred on it, ready for many containment tests."""
 
     id: uuid.UUID
-    subject_id: uuid.UUID
-    kind: str
-    name: str
     version: int
+    kind: ZoneKind
+    name: str
     frame: LocalFrame
-    shape: Polygon
+    shape: BaseGeometry
     prepared: PreparedGeometry
+    timetable: Timetable
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
 
     @classmethod
     def build(
         cls,
         id: uuid.UUID,
-        subject_id: uuid.UUID,
-        kind: str,
-        name: str,
         version: int,
-        polygon: Polygon,
+        kind: ZoneKind,
+        name: str,
+        geometry: BaseGeometry,
+        *,
+        radius_m: float | None = None,
+        buffer_m: float = 0.0,
+        timetable: Timetable | None = None,
+        valid_from: datetime | None = None,
+        valid_to: datetime | None = None,
     ) -> PreparedZone:
-        centre = polygon.centroid
+        centre = geometry.centroid
         frame = LocalFrame(centre.y, centre.x)
-        shape = frame.geometry(polygon)
-        return cls(id, subject_id, kind, name, version, frame, shape, prep(shape))
+        shape = frame.geometry(geometry)
+        if radius_m:
+            shape = shape.buffer(radius_m, quad_segs=16)
+        if buffer_m:
+            shape = shape.buffer(buffer_m, quad_segs=16)
+        return cls(
+            id,
+            version,
+            kind,
+            name,
+            frame,
+            shape,
+            prep(shape),
+            timetable or Timetable(None),
+            valid_from,
+            valid_to,
+        )
+
+    @property
+    def scheduled(self) -> bool:
+        return self.timetable.schedule is not None
+
+    def windows(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+        """Intervals in which the zone is in force, clipped to its validity."""
+        lo = max(start, self.valid_from) if self.valid_from else start
+        hi = min(end, self.valid_to) if self.valid_to else end
+        if lo >= hi:
+            return []
+        if not self.scheduled:
+            return [(self.valid_from or lo, self.valid_to or FOREVER)]
+        out = []
+        for opens, closes in self.timetable.windows(lo, hi):
+            opens = max(opens, self.valid_from) if self.valid_from else opens
+            closes = min(closes, self.valid_to) if self.valid_to else closes
+            if opens < closes:
+                out.append((opens, closes))
+        return out
 
 
-def classify(zone: PreparedZone, lat: float, lon: float, accuracy_m: float) -> Containment:
-    p = Point(zone.frame.point(lat, lon))
-    if (
-        zone.prepared.contains(p)
-        and zone.shape.exterior.distance(p) >= accuracy_m
-        and all(hole.distance(p) >= accuracy_m for hole in zone.shape.interiors)
-    ):
-        return Containment.inside
-    if zone.shape.distance(p) <= accuracy_m:
+def classify(zone: PreparedZone, fix: TrailFix) -> Containment:
+    p = Point(zone.frame.point(fix.lat, fix.lon))
+    if zone.prepared.contains(p):
+        if zone.shape.boundary.distance(p) >= fix.accuracy_m:
+            return Containment.inside
         return Containment.possibly_inside
+    if zone.shape.distance(p) <= fix.accuracy_m:
+        return Containment.touching
     return Containment.outside
 
 
-@dataclass(frozen=True, slots=True)
-class EpisodeState:
-    episode_start: datetime | None = None
-    last_inside: datetime | None = None
-    last_seen: datetime | None = None
+class _Role(StrEnum):
+    strong = "strong"  # the fix alone shows the condition
+    weak = "weak"  # the fix is consistent with it
+    neutral = "neutral"  # says nothing either way (drift at the edge)
+    clear = "clear"  # the fix shows the condition is over
 
 
-@dataclass(frozen=True, slots=True)
-class EpisodeChange:
-    opened: bool  # False: closed
-    episode_start: datetime
-    at: datetime
+_ROLES: dict[ZoneKind, dict[Containment, _Role]] = {
+    ZoneKind.exclusion: {
+        Containment.inside: _Role.strong,
+        Containment.possibly_inside: _Role.weak,
+        Containment.touching: _Role.neutral,
+        Containment.outside: _Role.clear,
+    },
+    ZoneKind.inclusion: {
+        Containment.outside: _Role.strong,
+        Containment.touching: _Role.weak,
+        Containment.possibly_inside: _Role.neutral,
+        Containment.inside: _Role.clear,
+    },
+}
 
 
-def step(
-    state: EpisodeState, ts: datetime, containment: Containment
-) -> tuple[EpisodeState, EpisodeChange | None]:
-    """One fix through an exclusion zone's episode machine.
+@dataclass(frozen=True)
+class Episode:
+    """One breach (or one curfew gap): however many fixes it spans, one alert."""
 
-    An episode opens on the first fix whose whole circle is inside, stays open while the
-    subject is inside, and closes on the first later fix clearly outside. A fix that only
-    possibly touches the zone neither opens nor closes an episode (drift at the boundary).
-    """
-    last_seen = ts if state.last_seen is None else max(state.last_seen, ts)
-    if containment is Containment.inside:
-        if state.episode_start is None:
-            new = EpisodeState(ts, ts, last_seen)
-            return new, EpisodeChange(True, ts, ts)
-        last_inside = ts if state.last_inside is None else max(state.last_inside, ts)
-        return replace(state, last_inside=last_inside, last_seen=last_seen), None
-    if (
-        containment is Containment.outside
-        and state.episode_start is not None
-        and (state.last_inside is None or ts > state.last_inside)
-    ):
-        return EpisodeState(None, state.last_inside, last_seen), EpisodeChange(
-            False, state.episode_start, ts
-        )
-    return replace(state, last_seen=last_seen), None
+    subject_id: uuid.UUID
+    zone_id: uuid.UUID
+    zone_version: int
+    zone_kind: ZoneKind
+    condition: Condition
+    start: datetime
+    end: datetime | None  # None: still going on as far as the trail shows
+    confidence: Confidence
+    last_fix: datetime | None
+    evidence: tuple[TrailFix, ...]
+    reason: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> uuid.UUID:
+        return episode_id(self.subject_id, self.zone_id, self.condition, self.start)
 
 
-def exclusion_alert_id(subject_id: uuid.UUID, zone_id: uuid.UUID, start: datetime) -> uuid.UUID:
-    key = f"exclusion|{subject_id}|{zone_id}|{start.astimezone(UTC).isoformat()}"
+def episode_id(
+    subject_id: uuid.UUID, zone_id: uuid.UUID, condition: Condition, start: datetime
+) -> uuid.UUID:
+    key = f"zone|{subject_id}|{zone_id}|{condition.value}|{start.astimezone(UTC).isoformat()}"
     return uuid.uuid5(ALERT_NAMESPACE, key)
+
+
+@dataclass
+class _Run:
+    start: datetime
+    reason_start: str
+    support: list[TrailFix] = field(default_factory=list)
+    strong_streak: int = 0
+    streak_from: datetime | None = None
+    best_streak: int = 0
+    best_dwell_s: float = 0.0
+    any_strong: bool = False
+    weak_count: int = 0
+
+    def add(self, fix: TrailFix, role: _Role) -> None:
+        self.support.append(fix)
+        if role is _Role.strong:
+            self.any_strong = True
+            if self.strong_streak == 0:
+                self.streak_from = fix.ts
+            self.strong_streak += 1
+            assert self.streak_from is not None
+            self.best_streak = max(self.best_streak, self.strong_streak)
+            self.best_dwell_s = max(self.best_dwell_s, (fix.ts - self.streak_from).total_seconds())
+        else:
+            self.weak_count += 1
+            self.strong_streak = 0
+
+    def interrupt(self) -> None:
+        self.strong_streak = 0
+
+    def episode(
+        self,
+        zone: PreparedZone,
+        subject_id: uuid.UUID,
+        end: datetime | None,
+        params: CheckParams,
+    ) -> Episode | None:
+        if self.best_streak >= params.confirm_fixes or (
+            self.best_streak >= 2 and self.best_dwell_s >= params.confirm_dwell_s
+        ):
+            confidence = Confidence.confirmed
+        elif self.any_strong or self.weak_count >= params.confirm_fixes:
+            confidence = Confidence.possible
+        else:
+            return None
+        where = "inside" if zone.kind is ZoneKind.exclusion else "outside"
+        reason = (
+            f"{self.reason_start}; {self.best_streak} consecutive fix(es) wholly {where} "
+            f"over {self.best_dwell_s:.0f} s, {len(self.support)} supporting in all"
+        )
+        evidence = tuple(self.support[:EVIDENCE_HEAD]) + tuple(self.support[EVIDENCE_HEAD:][-1:])
+        return Episode(
+            subject_id=subject_id,
+            zone_id=zone.id,
+            zone_version=zone.version,
+            zone_kind=zone.kind,
+            condition=Condition.breach,
+            start=self.start,
+            end=end,
+            confidence=confidence,
+            last_fix=self.support[-1].ts if self.support else None,
+            evidence=evidence,
+            reason=reason,
+        )
+
+
+def evaluate(
+    zone: PreparedZone,
+    subject_id: uuid.UUID,
+    trail: Sequence[TrailFix],
+    params: CheckParams = CheckParams(),
+) -> list[Episode]:
+    """Every episode the trail shows for this zone, derived from the trail alone."""
+    fixes = _ordered(trail)
+    if not fixes:
+        return []
+    lookback = timedelta(seconds=params.curfew_lookback_s)
+    last_known = fixes[-1].ts
+    episodes: list[Episode] = []
+    for opens, closes in zone.windows(fixes[0].ts - lookback, last_known + timedelta(seconds=1)):
+        inside_window = [f for f in fixes if opens <= f.ts < closes]
+        before = [f for f in fixes if opens - lookback <= f.ts < opens]
+        ended = closes <= last_known
+        episodes += _runs(zone, subject_id, inside_window, opens, closes, before, ended, params)
+        if zone.kind is ZoneKind.inclusion and zone.scheduled and ended:
+            episodes += _gaps(zone, subject_id, inside_window, opens, closes, params)
+        if zone.kind is ZoneKind.exclusion:
+            episodes += _segments(zone, subject_id, inside_window, params)
+    episodes.sort(key=lambda e: (e.start, e.condition))
+    return episodes
+
+
+def _ordered(trail: Sequence[TrailFix]) -> list[TrailFix]:
+    by_time: dict[datetime, TrailFix] = {}
+    for f in trail:
+        # One position per instant: a tag swap can give one subject two fixes at once;
+        # the more accurate one speaks for that instant.
+        known = by_time.get(f.ts)
+        if known is None or f.accuracy_m < known.accuracy_m:
+            by_time[f.ts] = f
+    return [by_time[t] for t in sorted(by_time)]
+
+
+def _runs(
+    zone: PreparedZone,
+    subject_id: uuid.UUID,
+    fixes: list[TrailFix],
+    opens: datetime,
+    closes: datetime,
+    before: list[TrailFix],
+    ended: bool,
+    params: CheckParams,
+) -> list[Episode]:
+    roles = _ROLES[zone.kind]
+    out: list[Episode] = []
+    run: _Run | None = None
+    if zone.kind is ZoneKind.inclusion and zone.scheduled and before:
+        # Outside when the curfew starts is a breach from the start, not from a crossing.
+        last = before[-1]
+        role = roles[classify(zone, last)]
+        if role in (_Role.strong, _Role.weak):
+            run = _Run(opens, f"outside when the curfew began at {opens.isoformat()}")
+            run.add(last, role)
+    for f in fixes:
+        role = roles[classify(zone, f)]
+        if role in (_Role.strong, _Role.weak):
+            if run is None:
+                run = _Run(f.ts, f"first supporting fix at {f.ts.isoformat()}")
+            run.add(f, role)
+        elif role is _Role.clear:
+            if run is not None:
+                episode = run.episode(zone, subject_id, f.ts, params)
+                if episode is not None:
+                    out.append(episode)
+                run = None
+        elif run is not None:
+            run.interrupt()
+    if run is not None:
+        episode = run.episode(zone, subject_id, closes if ended else None, params)
+        if episode is not None:
+            out.append(episode)
+    return out
+
+
+def _segments(
+    zone: PreparedZone, subject_id: uuid.UUID, fixes: list[TrailFix], params: CheckParams
+) -> list[Episode]:
+    """A dash through a zone between two fixes outside it: the straight path between
+    consecutive fixes close in time is checked too, and a crossing is a possible breach."""
+    out: list[Episode] = []
+    roles = _ROLES[zone.kind]
+    for a, b in pairwise(fixes):
+        gap = (b.ts - a.ts).total_seconds()
+        if gap > params.segment_max_gap_s:
+            continue
+        if roles[classify(zone, a)] is _Role.strong or roles[classify(zone, b)] is _Role.strong:
+            continue  # covered by a run of fixes inside
+        if any(roles[classify(zone, f)] is _Role.weak for f in (a, b)):
+            continue
+        pa, pb = zone.frame.point(a.lat, a.lon), zone.frame.point(b.lat, b.lon)
+        path = LineString([pa, pb])
+        crossing = path.intersection(zone.shape)
+        if crossing.is_empty or crossing.length == 0:
+            continue
+        speed = path.length / gap if gap > 0 else float("inf")
+        out.append(
+            Episode(
+                subject_id=subject_id,
+                zone_id=zone.id,
+                zone_version=zone.version,
+                zone_kind=zone.kind,
+                condition=Condition.breach,
+                start=a.ts,
+                end=b.ts,
+                confidence=Confidence.possible,
+                last_fix=b.ts,
+                evidence=(a, b),
+                reason=(
+                    f"the straight path between fixes at {a.ts.isoformat()} and "
+                    f"{b.ts.isoformat()} crosses {crossing.length:.0f} m of the zone"
+                ),
+                details={"implied_speed_mps": round(speed, 1), "segment": True},
+            )
+        )
+    return out
+
+
+def _gaps(
+    zone: PreparedZone,
+    subject_id: uuid.UUID,
+    fixes: list[TrailFix],
+    opens: datetime,
+    closes: datetime,
+    params: CheckParams,
+) -> list[Episode]:
+    """Silence during a curfew is its own condition, never taken as compliance."""
+    out: list[Episode] = []
+    marks = [opens, *(f.ts for f in fixes), closes]
+    for a, b in pairwise(marks):
+        silent = (b - a).total_seconds()
+        if silent > params.no_data_after_s:
+            out.append(
+                Episode(
+                    subject_id=subject_id,
+                    zone_id=zone.id,
+                    zone_version=zone.version,
+                    zone_kind=zone.kind,
+                    condition=Condition.no_data,
+                    start=a,
+                    end=b,
+                    confidence=Confidence.confirmed,
+                    last_fix=None,
+                    evidence=(),
+                    reason=f"no fixes for {silent / 60:.0f} min while the curfew was in force",
+                )
+            )
+    return out
+
+
+class ChangeKind(StrEnum):
+    opened = "opened"
+    updated = "updated"
+    superseded = "superseded"
+
+
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """What was last said about an episode."""
+
+    id: uuid.UUID
+    condition: Condition
+    start: datetime
+    end: datetime | None
+    confidence: Confidence
+    last_fix: datetime | None
+
+    @classmethod
+    def of(cls, e: Episode) -> Reported:
+        return cls(e.id, e.condition, e.start, e.end, e.confidence, e.last_fix)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    kind: ChangeKind
+    id: uuid.UUID
+    episode: Episode | None = None
+    superseded_by: uuid.UUID | None = None
+
+
+def reconcile(
+    reported: Mapping[uuid.UUID, Reported],
+    current: Sequence[Episode],
+    span: tuple[datetime, datetime],
+) -> list[Change]:
+    """What to tell the alert store so it matches the episodes just derived.
+
+    `span` is the stretch of trail the episodes were derived from; an episode reported
+    earlier that starts inside it and is no longer derived has been superseded (a late
+    fix moved its start, split it or merged it with another)."""
+    changes: list[Change] = []
+    current_ids = {e.id for e in current}
+    for e in current:
+        before = reported.get(e.id)
+        if before is None:
+            changes.append(Change(ChangeKind.opened, e.id, e))
+        elif before != Reported.of(e):
+            changes.append(Change(ChangeKind.updated, e.id, e))
+    lo, hi = span
+    for r in reported.values():
+        if r.id in current_ids or not (lo <= r.start <= hi):
+            continue
+        heir = next(
+            (
+                e.id
+                for e in current
+                if e.condition is r.condition
+                and e.start <= (r.end or FOREVER)
+                and (e.end or FOREVER) >= r.start
+            ),
+            None,
+        )
+        changes.append(Change(ChangeKind.superseded, r.id, superseded_by=heir))
+    return changes
 
 
 def crime_alert_id(crime_id: uuid.UUID, subject_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(ALERT_NAMESPACE, f"crime_match|{crime_id}|{subject_id}")
-
-
-def is_late(
-    ts: datetime, received_at: datetime, last_seen: datetime | None, late_after_s: float
-) -> bool:
-    """Late: taken before fixes already decided on, or received long after it was taken."""
-    behind = last_seen is not None and ts < last_seen
-    return behind or (received_at - ts).total_seconds() > late_after_s

@@ -4,27 +4,39 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from datetime import datetime, timedelta
 from typing import Any
-
-from shapely import Polygon, from_wkt
 
 from services.alerts.schemas import AlertEvent, AlertKind, AlertMessage, FixRef
 from services.common.bus import Bus
 from services.common.database import Database
 from services.common.settings import CheckSettings
-from services.ingest import repository as trails
+from services.ingest import repository as trail_store
 from services.ingest.schemas import FixMessage
 from services.topics import ALERTS
-from services.zones import repository, service
-from services.zones.schemas import CrimeMessage, ZoneKind
-from services.zones.service import EpisodeState, PreparedZone
+from services.zones import records, repository, service
+from services.zones.schemas import CrimeMessage
+from services.zones.service import (
+    FOREVER,
+    Change,
+    ChangeKind,
+    CheckParams,
+    Condition,
+    Confidence,
+    PreparedZone,
+    Reported,
+    TrailFix,
+    ZoneKind,
+    evaluate,
+    reconcile,
+)
 
 ZONES_GROUP = "tagtrail-zones"
 CRIMES_GROUP = "tagtrail-crimes"
 CRIME_MATCHER_VERSION = "crime-match/1"
 
 
-def fix_ref(f: FixMessage) -> FixRef:
+def fix_ref(f: FixMessage | TrailFix) -> FixRef:
     return FixRef(
         tag_id=f.tag_id,
         ts=f.ts,
@@ -35,90 +47,193 @@ def fix_ref(f: FixMessage) -> FixRef:
     )
 
 
+ALERT_KINDS = {
+    (ZoneKind.exclusion, Condition.breach): AlertKind.exclusion,
+    (ZoneKind.inclusion, Condition.breach): AlertKind.inclusion,
+    (ZoneKind.inclusion, Condition.no_data): AlertKind.no_data,
+}
+
+
 class ZoneChecker:
-    """Follows each subject through their exclusion zones, fix by fix in fix-time order,
-    and opens one alert per episode inside."""
+    """Follows each subject through their zones. For every batch of stored fixes it reads
+    back the subject's trail around them, derives the episodes again, and tells the alert
+    store what changed: new episodes, grown or ended ones, and ones that late fixes have
+    superseded. Per-subject state is the stored trail plus the episodes reported so far,
+    both in PostGIS, so a restart carries on where it left off."""
 
     def __init__(self, db: Database, bus: Bus, settings: CheckSettings) -> None:
         self.db = db
         self.bus = bus
         self.settings = settings
+        self.params = CheckParams(
+            confirm_fixes=settings.confirm_fixes,
+            confirm_dwell_s=settings.confirm_dwell_s,
+            segment_max_gap_s=settings.segment_max_gap_s,
+            curfew_lookback_s=settings.curfew_lookback_s,
+            no_data_after_s=settings.no_data_after_s,
+        )
         self._prepared: dict[tuple[uuid.UUID, int], PreparedZone] = {}
 
     def _prepare(self, row: repository.ZoneRow) -> PreparedZone:
         key = (row.id, row.version)
         zone = self._prepared.get(key)
         if zone is None:
-            polygon = from_wkt(row.wkt)
-            assert isinstance(polygon, Polygon)
-            zone = PreparedZone.build(
-                row.id, row.subject_id, row.kind, row.name, row.version, polygon
-            )
-            self._prepared[key] = zone
+            zone = self._prepared[key] = records.prepare(row)
         return zone
 
     async def handle(self, fixes: list[FixMessage]) -> None:
-        by_subject: dict[uuid.UUID, list[FixMessage]] = defaultdict(list)
+        batch: dict[uuid.UUID, list[FixMessage]] = defaultdict(list)
         for f in fixes:
-            by_subject[f.subject_id].append(f)
+            batch[f.subject_id].append(f)
         async with self.db.transaction() as session:
-            rows = await repository.zones_for_subjects(
-                session, list(by_subject), kind=ZoneKind.exclusion.value
-            )
-            if not rows:
-                return
             zones: dict[uuid.UUID, list[PreparedZone]] = defaultdict(list)
-            for row in rows:
-                zones[row.subject_id].append(self._prepare(row))
-            keys = [(z.subject_id, z.id) for zs in zones.values() for z in zs]
-            states = await repository.load_states(session, keys)
-            changed: dict[tuple[uuid.UUID, uuid.UUID], EpisodeState] = {}
+            for row in await repository.zones_for_subjects(session, list(batch)):
+                for subject_id in row.subject_ids:
+                    if subject_id in batch:
+                        zones[subject_id].append(self._prepare(row))
+            if not zones:
+                return
+            context = timedelta(seconds=self.settings.context_s)
+            since = {s: min(f.ts for f in batch[s]) - context for s in zones}
+            reported: dict[tuple[uuid.UUID, uuid.UUID], dict[uuid.UUID, Reported]] = defaultdict(
+                dict
+            )
+            for ep in await repository.reported_episodes(session, list(zones), min(since.values())):
+                reported[(ep.subject_id, ep.zone_id)][ep.id] = Reported(
+                    ep.id,
+                    Condition(ep.condition),
+                    ep.start,
+                    ep.end,
+                    Confidence(ep.confidence),
+                    ep.last_fix,
+                )
+                # Read back far enough to see every episode still open in full.
+                if ep.end is None or ep.end >= since[ep.subject_id]:
+                    since[ep.subject_id] = min(since[ep.subject_id], ep.start)
+            async with self.db.pool.acquire() as conn:
+                trails = await trail_store.trails_since(conn, list(since.items()))
             alerts: list[AlertMessage] = []
+            rows: list[dict[str, Any]] = []
             for subject_id, subject_zones in zones.items():
-                trail = sorted(by_subject[subject_id], key=lambda f: f.ts)
+                trail = [
+                    TrailFix(p.tag_id, p.ts, p.received_at, p.lat, p.lon, p.accuracy_m)
+                    for p in trails.get(subject_id, [])
+                ]
+                new = {(f.tag_id, f.ts) for f in batch[subject_id]}
+                seen_before = max(
+                    (f.ts for f in trail if (f.tag_id, f.ts) not in new), default=None
+                )
                 for zone in subject_zones:
-                    key = (subject_id, zone.id)
-                    state = states.get(key, EpisodeState())
-                    for f in trail:
-                        containment = service.classify(zone, f.lat, f.lon, f.accuracy_m)
-                        late = service.is_late(
-                            f.ts, f.received_at, state.last_seen, self.settings.late_after_s
+                    current = [
+                        e
+                        for e in evaluate(zone, subject_id, trail, self.params)
+                        # An episode at the very first fix read back, when that fix is from
+                        # before the window, may have begun earlier still: not ours to call.
+                        if not (trail and e.start == trail[0].ts < since[subject_id])
+                    ]
+                    changes = reconcile(
+                        reported[(subject_id, zone.id)], current, (since[subject_id], FOREVER)
+                    )
+                    for change in changes:
+                        alerts.append(
+                            self._message(zone, subject_id, change, batch[subject_id], seen_before)
                         )
-                        state, change = service.step(state, f.ts, containment)
-                        if change is not None:
-                            alerts.append(self._alert(zone, f, change, late, containment))
-                    changed[key] = state
-            # The alerts go out before the state is saved: if we die in between, the
-            # redelivered fixes raise the same alert ids again, which the alert store
-            # absorbs; the other order could lose an alert.
+                        rows.append(_episode_row(subject_id, zone, change, reported))
+            # The alerts go out before the episodes are saved: if we die in between, the
+            # redelivered fixes derive the same episodes and ids again, which the alert
+            # store absorbs; the other order could lose an alert.
             await self.bus.publish(ALERTS, [(str(a.subject_id), a) for a in alerts])
-            await repository.save_states(session, changed)
+            await repository.save_episodes(session, rows)
 
-    def _alert(
+    def _message(
         self,
         zone: PreparedZone,
-        f: FixMessage,
-        change: service.EpisodeChange,
-        late: bool,
-        containment: service.Containment,
+        subject_id: uuid.UUID,
+        change: Change,
+        new_fixes: list[FixMessage],
+        seen_before: datetime | None,
     ) -> AlertMessage:
+        e = change.episode
+        if e is None:
+            return AlertMessage(
+                alert_id=change.id,
+                kind=AlertKind.exclusion
+                if zone.kind is ZoneKind.exclusion
+                else AlertKind.inclusion,
+                event=AlertEvent.superseded,
+                subject_id=subject_id,
+                zone_id=zone.id,
+                at=seen_before or new_fixes[0].ts,
+                superseded_by=change.superseded_by,
+            )
+        # Late: the fixes that made or changed this episode were received long after they
+        # were taken, or the episode lies behind fixes already decided on.
+        relevant = [f for f in new_fixes if e.start <= f.ts <= (e.end or FOREVER)] or new_fixes
+        delay = max((f.received_at - f.ts).total_seconds() for f in relevant)
+        late = delay > self.settings.late_after_s or (
+            seen_before is not None and e.start < seen_before
+        )
         return AlertMessage(
-            alert_id=service.exclusion_alert_id(zone.subject_id, zone.id, change.episode_start),
-            kind=AlertKind.exclusion,
-            event=AlertEvent.opened if change.opened else AlertEvent.closed,
-            subject_id=zone.subject_id,
+            alert_id=e.id,
+            kind=ALERT_KINDS[(zone.kind, e.condition)],
+            event=AlertEvent.opened if change.kind is ChangeKind.opened else AlertEvent.updated,
+            subject_id=subject_id,
             zone_id=zone.id,
-            at=change.at,
-            fix=fix_ref(f),
+            at=e.start,
+            ended_at=e.end,
+            confidence=e.confidence.value,
+            last_fix_at=e.last_fix,
+            evidence=[fix_ref(f) for f in e.evidence],
             late=late,
-            delay_s=max(0.0, (f.received_at - f.ts).total_seconds()),
+            delay_s=max(0.0, delay),
+            reason=e.reason,
             details={
                 "zone_name": zone.name,
                 "zone_version": zone.version,
-                "containment": containment.value,
-                "episode_start": change.episode_start.isoformat(),
+                "zone_kind": zone.kind.value,
+                "condition": e.condition.value,
+                **e.details,
             },
         )
+
+
+def _episode_row(
+    subject_id: uuid.UUID,
+    zone: PreparedZone,
+    change: Change,
+    reported: dict[tuple[uuid.UUID, uuid.UUID], dict[uuid.UUID, Reported]],
+) -> dict[str, Any]:
+    e = change.episode
+    if e is None:
+        before = reported[(subject_id, zone.id)][change.id]
+        return {
+            "id": change.id,
+            "subject_id": subject_id,
+            "zone_id": zone.id,
+            "zone_version": zone.version,
+            "condition": before.condition.value,
+            "start": before.start,
+            "end": before.end,
+            "confidence": before.confidence.value,
+            "last_fix": before.last_fix,
+            "state": "superseded",
+            "superseded_by": change.superseded_by,
+            "reason": "superseded by later evidence",
+        }
+    return {
+        "id": e.id,
+        "subject_id": subject_id,
+        "zone_id": zone.id,
+        "zone_version": zone.version,
+        "condition": e.condition.value,
+        "start": e.start,
+        "end": e.end,
+        "confidence": e.confidence.value,
+        "last_fix": e.last_fix,
+        "state": "current",
+        "superseded_by": None,
+        "reason": e.reason,
+    }
 
 
 class CrimeMatcher:
@@ -162,7 +277,7 @@ class CrimeMatcher:
         alerts: list[AlertMessage] = []
         for crime in crimes:
             async with self.db.pool.acquire() as conn:
-                near = await trails.fixes_near(
+                near = await trail_store.fixes_near(
                     conn,
                     crime.lat,
                     crime.lon,
@@ -171,7 +286,7 @@ class CrimeMatcher:
                     crime.ends_at,
                     self.settings.crime_max_accuracy_m,
                 )
-            closest: dict[uuid.UUID, trails.NearbyFix] = {}
+            closest: dict[uuid.UUID, trail_store.NearbyFix] = {}
             for n in near:
                 if n.subject_id not in closest or n.distance_m < closest[n.subject_id].distance_m:
                     closest[n.subject_id] = n
@@ -208,7 +323,8 @@ class CrimeMatcher:
             subject_id=subject_id,
             crime_id=crime_id,
             at=fix.ts,
-            fix=fix,
+            last_fix_at=fix.ts,
+            evidence=[fix],
             late=delay > self.settings.late_after_s,
             delay_s=delay,
             details={
