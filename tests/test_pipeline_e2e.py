@@ -3,6 +3,7 @@ match, re-posting changes nothing. On the in-process bus and on real Kafka."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -162,3 +163,56 @@ async def test_a_crime_recorded_after_the_fact_matches_stored_trails(
         items = await eventually(matches, lambda xs: len(xs) >= 1)
         assert [a["subject_id"] for a in items] == [str(world.subjects[0])]
         assert items[0]["details"]["trigger"] == "new_crime"
+
+
+async def test_a_backlog_uploaded_out_of_order_raises_exactly_the_right_alerts(
+    live: str, db: Database
+) -> None:
+    """A tag out of signal for hours uploads its buffer in pieces, in the wrong order."""
+    async with httpx.AsyncClient(base_url=live, timeout=30) as http:
+        world = await enrol(http, db, n=1, prefix="BACKLOG")
+        shop = (52.5900, -0.2800)
+        zone = {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [square(*shop, 120)]},
+            "properties": {
+                "subject_id": str(world.subjects[0]),
+                "kind": "exclusion",
+                "name": "Shop",
+            },
+        }
+        assert (await http.post("/v1/zones", json=zone, headers=world.admin)).status_code == 201
+        start = utcnow() - timedelta(hours=3)
+        away = (shop[0] + 0.01, shop[1])
+        # Two visits of five minutes, an hour apart, one fix a minute.
+        path = [away] * 10 + [shop] * 5 + [away] * 60 + [shop] * 5 + [away] * 10
+        trail = [fix(start + timedelta(minutes=i), *p) for i, p in enumerate(path)]
+        pieces = [trail[i : i + 6] for i in range(0, len(trail), 6)]
+        random.Random(11).shuffle(pieces)
+        for piece in pieces:
+            r = await http.post(
+                "/v1/fixes", json={"tag_id": world.tags[0], "fixes": piece}, headers=world.supplier
+            )
+            assert r.json()["accepted"] == len(piece)
+
+        async def current() -> list[dict[str, Any]]:
+            r = await http.get("/v1/alerts", headers=world.manager)
+            return sorted(r.json()["items"], key=lambda a: a["opened_at"])
+
+        def settled(items: list[dict[str, Any]]) -> bool:
+            return len(items) == 2 and all(
+                a["ended_at"] and a["confidence"] == "confirmed" for a in items
+            )
+
+        await eventually(lambda: count(db, "select count(*) from trail_points"), lambda n: n == 90)
+        items = await eventually(current, settled)
+        for a, first_inside in zip(items, (10, 75), strict=True):
+            opened = start + timedelta(minutes=first_inside)
+            assert a["opened_at"].startswith(opened.strftime("%Y-%m-%dT%H:%M"))
+            ended = opened + timedelta(minutes=5)
+            assert a["ended_at"].startswith(ended.strftime("%Y-%m-%dT%H:%M"))
+            assert a["late"] is True
+            assert a["kind"] == "exclusion"
+            assert len(a["evidence"]) == 5
+        r = await http.get("/v1/alerts", params={"state": "superseded"}, headers=world.manager)
+        assert all(s["superseded_by"] in {a["id"] for a in items} for s in r.json()["items"])

@@ -31,7 +31,9 @@ async def list_alerts(
     session: SessionDep,
     user: ManagerOrAdmin,
     kind: AlertKind | None = None,
-    state: Annotated[str | None, Query(pattern="^(open|acknowledged|closed)$")] = None,
+    # Superseded alerts (late fixes showed the trail differently) are left out unless
+    # asked for by state=superseded; each names the alert that replaced it.
+    state: Annotated[str | None, Query(pattern="^(open|acknowledged|closed|superseded)$")] = None,
     subject_id: uuid.UUID | None = None,
     since: AwareDatetime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,

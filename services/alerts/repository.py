@@ -94,6 +94,8 @@ async def list_alerts(
         query = query.where(Alert.kind == kind)
     if state is not None:
         query = query.where(Alert.state == state)
+    else:
+        query = query.where(Alert.state != "superseded")
     if since is not None:
         query = query.where(Alert.opened_at >= since)
     rows = await session.scalars(
