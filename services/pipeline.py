@@ -18,7 +18,18 @@ from services.common.runtime import Runtime
 from services.common.settings import Settings
 from services.ingest.worker import GROUP as STORE_GROUP
 from services.ingest.worker import StoreWorker
-from services.topics import ALERTS, ALL, CRIMES, DEAD_LETTER, DEVICE_EVENTS, POINTS, STORED
+from services.topics import (
+    ALERTS,
+    ALL,
+    CRIMES,
+    DEAD_LETTER,
+    DEVICE_EVENTS,
+    POINTS,
+    STORED,
+    STORED_EVENTS,
+)
+from services.zones.watch import GROUP as CONDITIONS_GROUP
+from services.zones.watch import DeviceWatch
 from services.zones.worker import CRIMES_GROUP, ZONES_GROUP, CrimeMatcher, ZoneChecker
 
 log = logging.getLogger(__name__)
@@ -60,6 +71,7 @@ class Pipeline:
         self.group_suffix = group_suffix
         self._runtime: Runtime | None = None
         self._store: StoreWorker | None = None
+        self._watch: DeviceWatch | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -84,6 +96,10 @@ class Pipeline:
         if Role.zones in self.roles:
             checker = ZoneChecker(db, bus, self.settings.check)
             bus.subscribe(ZONES_GROUP + sfx, STORED, checker.handle, max_batch=batch)
+            self._watch = DeviceWatch(db, bus, self.settings.check)
+            bus.subscribe(
+                CONDITIONS_GROUP + sfx, STORED_EVENTS, self._watch.handle, max_batch=batch
+            )
         if Role.crimes in self.roles:
             matcher = CrimeMatcher(db, bus, self.settings.check)
             bus.subscribe(CRIMES_GROUP + sfx, POINTS, matcher.handle_fixes, max_batch=batch)
@@ -97,12 +113,16 @@ class Pipeline:
             await db.close()
             raise
         self._runtime = Runtime(self.settings, db, bus)
+        if self._watch is not None:
+            await self._watch.start()
         log.info("pipeline started: bus=%s roles=%s", self.bus_kind, sorted(self.roles))
         return self._runtime
 
     async def stop(self) -> None:
         if self._runtime is None:
             return
+        if self._watch is not None:
+            await self._watch.stop()
         await self._runtime.bus.stop()
         if self._store is not None:
             await self._store.stop()

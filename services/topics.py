@@ -15,8 +15,17 @@ POINTS = Topic("points", FixMessage)
 # reads back always holds every fix it has been told about.
 STORED = Topic("stored-points", FixMessage)
 DEVICE_EVENTS = Topic("device-events", DeviceEvent)
+STORED_EVENTS = Topic("stored-device-events", DeviceEvent)
 CRIMES = Topic("crimes", CrimeMessage)
 ALERTS = Topic("alerts", AlertMessage)
 DEAD_LETTER = Topic("dead-letter", DeadLetter)
 
-ALL: tuple[Topic[Any], ...] = (POINTS, STORED, DEVICE_EVENTS, CRIMES, ALERTS, DEAD_LETTER)
+ALL: tuple[Topic[Any], ...] = (
+    POINTS,
+    STORED,
+    DEVICE_EVENTS,
+    STORED_EVENTS,
+    CRIMES,
+    ALERTS,
+    DEAD_LETTER,
+)

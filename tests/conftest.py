@@ -32,13 +32,20 @@ T = TypeVar("T")
 TABLES = (
     "alerts, credentials, crimes, dead_letters, device_events, fix_conflicts, manager_assignments, "
     "tag_assignments, tags, subjects, suppliers, users, zone_episodes, zone_versions, "
-    "zone_subjects, zones, trail_points"
+    "device_episodes, subject_activity, zone_subjects, zones, trail_points"
 )
+
+
+def quiet_settings() -> Settings:
+    """Settings for tests: the silence watchdog only runs when a test calls it."""
+    s = Settings()
+    s.check = s.check.model_copy(update={"watchdog_interval_s": 3600.0})
+    return s
 
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    return Settings()
+    return quiet_settings()
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -71,7 +78,7 @@ async def db(settings: Settings, database: str) -> AsyncIterator[Database]:
 
 def kafka_settings(settings: Settings) -> Settings:
     """Settings whose topics are this test's alone, on the shared local broker."""
-    isolated = Settings()
+    isolated = quiet_settings()
     isolated.kafka = settings.kafka.model_copy(
         update={"topic_prefix": f"t{uuid.uuid4().hex[:8]}.", "partitions": 4}
     )

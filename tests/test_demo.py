@@ -23,7 +23,12 @@ async def test_the_demo_shows_crime_matches_and_an_exclusion_breach(
     database: str, db: Database
 ) -> None:
     port = free_port()
-    env = {**os.environ, "TAGTRAIL_DB_NAME": database, "TAGTRAIL_PORT": str(port)}
+    env = {
+        **os.environ,
+        "TAGTRAIL_DB_NAME": database,
+        "TAGTRAIL_PORT": str(port),
+        "TAGTRAIL_CHECK_WATCHDOG_INTERVAL_S": "3600",
+    }
     proc = await asyncio.create_subprocess_exec(
         TAGTRAIL,
         "run",

@@ -35,6 +35,7 @@ async def processes(settings: Settings, database: str, db: Database) -> AsyncIte
         "TAGTRAIL_KAFKA_TOPIC_PREFIX": f"p{uuid.uuid4().hex[:8]}.",
         "TAGTRAIL_KAFKA_PARTITIONS": "2",
         "TAGTRAIL_PORT": str(port),
+        "TAGTRAIL_CHECK_WATCHDOG_INTERVAL_S": "3600",
     }
     commands = [["api"], *(["worker", role] for role in ("store", "zones", "crimes", "dispatch"))]
     procs = []

@@ -123,6 +123,22 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_dead_letters_topic"), "dead_letters", ["topic"], unique=False)
     op.create_table(
+        "device_episodes",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("subject_id", sa.UUID(), nullable=False),
+        sa.Column("condition", sa.String(length=16), nullable=False),
+        sa.Column("start", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("end", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_fix", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("superseded_by", sa.UUID(), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_device_episodes")),
+    )
+    op.create_index(
+        "ix_device_episodes_subject_start", "device_episodes", ["subject_id", "start"], unique=False
+    )
+    op.create_table(
         "device_events",
         sa.Column("tag_id", sa.String(length=64), nullable=False),
         sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
@@ -160,6 +176,12 @@ def upgrade() -> None:
         sa.UniqueConstraint(
             "tag_id", "ts", "lat", "lon", "accuracy_m", name="uq_fix_conflicts_fix"
         ),
+    )
+    op.create_table(
+        "subject_activity",
+        sa.Column("subject_id", sa.UUID(), nullable=False),
+        sa.Column("last_fix", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("subject_id", name=op.f("pk_subject_activity")),
     )
     op.create_table(
         "subjects",
@@ -437,9 +459,12 @@ def downgrade() -> None:
     op.drop_table("trail_points")
     op.drop_table("suppliers")
     op.drop_table("subjects")
+    op.drop_table("subject_activity")
     op.drop_table("fix_conflicts")
     op.drop_index(op.f("ix_device_events_subject_id"), table_name="device_events")
     op.drop_table("device_events")
+    op.drop_index("ix_device_episodes_subject_start", table_name="device_episodes")
+    op.drop_table("device_episodes")
     op.drop_index(op.f("ix_dead_letters_topic"), table_name="dead_letters")
     op.drop_table("dead_letters")
     op.drop_index(op.f("ix_crimes_starts_at"), table_name="crimes")

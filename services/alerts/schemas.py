@@ -15,6 +15,10 @@ class AlertKind(StrEnum):
     inclusion = "inclusion"  # outside an inclusion zone (a curfew) while it is in force
     no_data = "no_data"  # no fixes for too long while a curfew is in force
     crime_match = "crime_match"
+    tamper = "tamper"  # strap opened or cut, until restored
+    battery_low = "battery_low"  # until charging starts
+    no_fix = "no_fix"  # the tag reports it cannot get a position
+    silence = "silence"  # no fix has arrived for too long
 
 
 class AlertEvent(StrEnum):

@@ -87,6 +87,10 @@ class CheckSettings(BaseSettings):
     segment_max_gap_s: float = Field(default=300.0, ge=0)
     curfew_lookback_s: float = Field(default=7200.0, ge=0)
     no_data_after_s: float = Field(default=1800.0, ge=60)
+    # No fix for this long from a subject wearing a tag opens a silence alert. Tags fix
+    # about once a minute, so 30 minutes is many missed fixes, not one dropped upload.
+    silence_after_s: float = Field(default=1800.0, ge=60)
+    watchdog_interval_s: float = Field(default=60.0, gt=0)
     # How much trail before new fixes the zone checker reads back to place them.
     context_s: float = Field(default=7200.0, ge=60)
 

@@ -280,3 +280,49 @@ async def trails_since(
     for r in rows:
         out.setdefault(r["subject_id"], []).append(TrailPoint(*r.values()))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEventRow:
+    subject_id: uuid.UUID
+    tag_id: str
+    ts: datetime
+    kind: str
+    received_at: datetime
+    detail: str | None
+
+
+async def device_events_since(
+    conn: asyncpg.Connection, since: Sequence[tuple[uuid.UUID, datetime]]
+) -> dict[uuid.UUID, list[DeviceEventRow]]:
+    rows = await conn.fetch(
+        """
+        select e.subject_id, e.tag_id, e.ts, e.kind, e.received_at, e.detail
+        from unnest($1::uuid[], $2::timestamptz[]) as r(subject_id, since)
+        join device_events e on e.subject_id = r.subject_id and e.ts >= r.since
+        order by e.subject_id, e.ts
+        """,
+        [s for s, _ in since],
+        [t for _, t in since],
+    )
+    out: dict[uuid.UUID, list[DeviceEventRow]] = {}
+    for r in rows:
+        out.setdefault(r["subject_id"], []).append(DeviceEventRow(*r.values()))
+    return out
+
+
+async def first_fixes_after(
+    conn: asyncpg.Connection, since: Sequence[tuple[uuid.UUID, datetime]]
+) -> dict[uuid.UUID, datetime]:
+    """Each subject's first fix after a moment (when a silence ended)."""
+    rows = await conn.fetch(
+        """
+        select r.subject_id, min(t.ts) as ts
+        from unnest($1::uuid[], $2::timestamptz[]) as r(subject_id, since)
+        join trail_points t on t.subject_id = r.subject_id and t.ts > r.since
+        group by r.subject_id
+        """,
+        [s for s, _ in since],
+        [t for _, t in since],
+    )
+    return {r["subject_id"]: r["ts"] for r in rows}

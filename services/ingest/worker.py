@@ -12,7 +12,7 @@ from services.common.metrics import FIX_CONFLICTS, FIXES_STORED
 from services.common.timeutil import utcnow
 from services.ingest import repository
 from services.ingest.schemas import DeviceEvent, FixMessage
-from services.topics import STORED
+from services.topics import STORED, STORED_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class StoreWorker:
     async def handle_events(self, events: list[DeviceEvent]) -> None:
         async with self.db.pool.acquire() as conn:
             await repository.store_device_events(conn, events)
+        await self.bus.publish(STORED_EVENTS, [(e.tag_id, e) for e in events])
 
     async def _keep_ahead(self) -> None:
         while True:

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.registry.models import (
@@ -68,3 +68,16 @@ async def subjects_managed_at(
         )
     )
     return rows.all()
+
+
+async def wearing_at(session: AsyncSession, at: datetime) -> dict[uuid.UUID, datetime]:
+    """Subjects wearing a tag at `at`, with when their current tag went on."""
+    rows = await session.execute(
+        select(TagAssignment.subject_id, func.min(TagAssignment.valid_from))
+        .where(
+            TagAssignment.valid_from <= at,
+            or_(TagAssignment.valid_to.is_(None), TagAssignment.valid_to > at),
+        )
+        .group_by(TagAssignment.subject_id)
+    )
+    return {s: since for s, since in rows}

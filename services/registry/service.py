@@ -156,3 +156,7 @@ async def _flush(session: AsyncSession, conflict_message: str) -> None:
         await session.flush()
     except IntegrityError as exc:
         raise Conflict(conflict_message) from exc
+
+
+async def wearing_at(session: AsyncSession, at: datetime) -> dict[uuid.UUID, datetime]:
+    return await repository.wearing_at(session, at)

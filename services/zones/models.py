@@ -96,3 +96,29 @@ class Crime(Base):
     starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class DeviceEpisode(Base):
+    """What was last reported about a device condition (tamper, battery, no fix, silence)."""
+
+    __tablename__ = "device_episodes"
+    __table_args__ = (Index("ix_device_episodes_subject_start", "subject_id", "start"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    subject_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    condition: Mapped[str] = mapped_column(String(16))
+    start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_fix: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(16), default="current")
+    superseded_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class SubjectActivity(Base):
+    """When each subject's newest fix was taken, for the silence watchdog."""
+
+    __tablename__ = "subject_activity"
+
+    subject_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    last_fix: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -15,7 +15,15 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.geo import degree_margin
-from services.zones.models import Crime, Zone, ZoneEpisode, ZoneSubject, ZoneVersion
+from services.zones.models import (
+    Crime,
+    DeviceEpisode,
+    SubjectActivity,
+    Zone,
+    ZoneEpisode,
+    ZoneSubject,
+    ZoneVersion,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,3 +221,53 @@ async def crimes_near_fixes(
         radius_m,
     )
     return [CrimeHit(r["i"], r["id"], r["m"]) for r in rows]
+
+
+async def touch_activity(session: AsyncSession, last_fix: dict[uuid.UUID, datetime]) -> None:
+    if not last_fix:
+        return
+    stmt = insert(SubjectActivity).values(
+        [{"subject_id": s, "last_fix": t} for s, t in last_fix.items()]
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[SubjectActivity.subject_id],
+            set_={"last_fix": func.greatest(SubjectActivity.last_fix, stmt.excluded.last_fix)},
+        )
+    )
+
+
+async def activity(
+    session: AsyncSession, subject_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, datetime]:
+    rows = await session.execute(
+        select(SubjectActivity.subject_id, SubjectActivity.last_fix).where(
+            SubjectActivity.subject_id.in_(subject_ids)
+        )
+    )
+    return {s: t for s, t in rows}
+
+
+async def reported_device_episodes(
+    session: AsyncSession, subject_ids: Sequence[uuid.UUID], since: datetime | None = None
+) -> list[DeviceEpisode]:
+    query = select(DeviceEpisode).where(
+        DeviceEpisode.subject_id.in_(subject_ids), DeviceEpisode.state == "current"
+    )
+    if since is not None:
+        query = query.where(or_(DeviceEpisode.end.is_(None), DeviceEpisode.end >= since))
+    return list((await session.scalars(query)).all())
+
+
+async def save_device_episodes(session: AsyncSession, episodes: Sequence[dict[str, Any]]) -> None:
+    if not episodes:
+        return
+    stmt = insert(DeviceEpisode).values(list(episodes))
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[DeviceEpisode.id],
+            set_={
+                c: stmt.excluded[c] for c in ("end", "last_fix", "state", "superseded_by", "reason")
+            },
+        )
+    )

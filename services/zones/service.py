@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from itertools import pairwise
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from shapely import LineString, Point
 from shapely.geometry.base import BaseGeometry
@@ -431,41 +431,59 @@ class ChangeKind(StrEnum):
     superseded = "superseded"
 
 
+class EpisodeLike(Protocol):
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def condition(self) -> StrEnum: ...
+    @property
+    def start(self) -> datetime: ...
+    @property
+    def end(self) -> datetime | None: ...
+    @property
+    def confidence(self) -> Confidence: ...
+    @property
+    def last_fix(self) -> datetime | None: ...
+
+
+E = TypeVar("E", bound=EpisodeLike)
+
+
 @dataclass(frozen=True, slots=True)
 class Reported:
     """What was last said about an episode."""
 
     id: uuid.UUID
-    condition: Condition
+    condition: str
     start: datetime
     end: datetime | None
     confidence: Confidence
     last_fix: datetime | None
 
     @classmethod
-    def of(cls, e: Episode) -> Reported:
-        return cls(e.id, e.condition, e.start, e.end, e.confidence, e.last_fix)
+    def of(cls, e: EpisodeLike) -> Reported:
+        return cls(e.id, str(e.condition), e.start, e.end, e.confidence, e.last_fix)
 
 
 @dataclass(frozen=True, slots=True)
-class Change:
+class Change(Generic[E]):
     kind: ChangeKind
     id: uuid.UUID
-    episode: Episode | None = None
+    episode: E | None = None
     superseded_by: uuid.UUID | None = None
 
 
 def reconcile(
     reported: Mapping[uuid.UUID, Reported],
-    current: Sequence[Episode],
+    current: Sequence[E],
     span: tuple[datetime, datetime],
-) -> list[Change]:
+) -> list[Change[E]]:
     """What to tell the alert store so it matches the episodes just derived.
 
     `span` is the stretch of trail the episodes were derived from; an episode reported
     earlier that starts inside it and is no longer derived has been superseded (a late
     fix moved its start, split it or merged it with another)."""
-    changes: list[Change] = []
+    changes: list[Change[E]] = []
     current_ids = {e.id for e in current}
     for e in current:
         before = reported.get(e.id)
@@ -481,7 +499,7 @@ def reconcile(
             (
                 e.id
                 for e in current
-                if e.condition is r.condition
+                if str(e.condition) == r.condition
                 and e.start <= (r.end or FOREVER)
                 and (e.end or FOREVER) >= r.start
             ),

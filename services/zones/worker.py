@@ -23,6 +23,7 @@ from services.zones.service import (
     CheckParams,
     Condition,
     Confidence,
+    Episode,
     PreparedZone,
     Reported,
     TrailFix,
@@ -86,6 +87,9 @@ class ZoneChecker:
         for f in fixes:
             batch[f.subject_id].append(f)
         async with self.db.transaction() as session:
+            await repository.touch_activity(
+                session, {s: max(f.ts for f in fs) for s, fs in batch.items()}
+            )
             zones: dict[uuid.UUID, list[PreparedZone]] = defaultdict(list)
             for row in await repository.zones_for_subjects(session, list(batch)):
                 for subject_id in row.subject_ids:
@@ -101,7 +105,7 @@ class ZoneChecker:
             for ep in await repository.reported_episodes(session, list(zones), min(since.values())):
                 reported[(ep.subject_id, ep.zone_id)][ep.id] = Reported(
                     ep.id,
-                    Condition(ep.condition),
+                    ep.condition,
                     ep.start,
                     ep.end,
                     Confidence(ep.confidence),
@@ -149,7 +153,7 @@ class ZoneChecker:
         self,
         zone: PreparedZone,
         subject_id: uuid.UUID,
-        change: Change,
+        change: Change[Episode],
         new_fixes: list[FixMessage],
         seen_before: datetime | None,
     ) -> AlertMessage:
@@ -200,7 +204,7 @@ class ZoneChecker:
 def _episode_row(
     subject_id: uuid.UUID,
     zone: PreparedZone,
-    change: Change,
+    change: Change[Episode],
     reported: dict[tuple[uuid.UUID, uuid.UUID], dict[uuid.UUID, Reported]],
 ) -> dict[str, Any]:
     e = change.episode
@@ -211,7 +215,7 @@ def _episode_row(
             "subject_id": subject_id,
             "zone_id": zone.id,
             "zone_version": zone.version,
-            "condition": before.condition.value,
+            "condition": before.condition,
             "start": before.start,
             "end": before.end,
             "confidence": before.confidence.value,
