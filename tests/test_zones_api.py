@@ -9,8 +9,11 @@ from typing import Any
 import httpx
 import pytest
 
+from services.app import create_app
 from services.common.database import Database
+from services.common.settings import Settings
 from services.common.timeutil import utcnow
+from services.pipeline import ALL_ROLES, Pipeline
 from tests.conftest import World, enrol, fix, square
 
 HOME = (52.5650, -0.2700)
@@ -163,3 +166,48 @@ async def test_a_curfew_breach_and_a_curfew_without_data(
     gap = by_subject[str(world.subjects[1])]
     assert gap["kind"] == "no_data"
     assert gap["opened_at"].startswith((night + timedelta(minutes=20)).strftime("%Y-%m-%dT%H:%M"))
+
+
+async def test_episode_state_survives_a_restart(
+    settings: Settings, database: str, db: Database
+) -> None:
+    """The zone checker is stopped in the middle of a breach and a new one carries on:
+    still one alert, updated and then ended."""
+    centre = (52.6000, -0.2900)
+    start = utcnow() - timedelta(hours=1)
+    away = (centre[0] + 0.01, centre[1])
+    first = [fix(start + timedelta(minutes=i), *p) for i, p in enumerate([away, centre, centre])]
+    second = [fix(start + timedelta(minutes=3 + i), *p) for i, p in enumerate([centre, away])]
+
+    async def run(
+        fixes: list[dict[str, Any]], world: World | None
+    ) -> tuple[World, list[dict[str, Any]]]:
+        pipeline = Pipeline(settings, bus="memory", roles=ALL_ROLES, database=database)
+        await pipeline.start()
+        try:
+            app = create_app(pipeline, manage=False)
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://tagtrail"
+            ) as http:
+                if world is None:
+                    world = await enrol(http, db, n=1, prefix="RESTART")
+                    body = feature(polygon(*centre, 100), subject_id=str(world.subjects[0]))
+                    assert (
+                        await http.post("/v1/zones", json=body, headers=world.admin)
+                    ).status_code == 201
+                r = await http.post(
+                    "/v1/fixes",
+                    json={"tag_id": world.tags[0], "fixes": fixes},
+                    headers=world.supplier,
+                )
+                assert r.json()["accepted"] == len(fixes)
+                return world, await alerts(http, world)
+        finally:
+            await pipeline.stop()
+
+    world, before = await run(first, None)
+    assert len(before) == 1 and before[0]["ended_at"] is None
+    _, after = await run(second, world)
+    assert [a["id"] for a in after] == [before[0]["id"]]
+    assert after[0]["ended_at"] is not None
+    assert after[0]["duration_s"] == 180.0

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, computed_field
 
 
 class AlertKind(StrEnum):
@@ -83,6 +83,13 @@ class AlertOut(BaseModel):
     evidence: list[dict[str, Any]]
     created_at: datetime
     updated_at: datetime
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def duration_s(self) -> float | None:
+        """How long the episode has lasted so far (or lasted, once ended)."""
+        until = self.ended_at or self.last_fix_at
+        return None if until is None else max(0.0, (until - self.opened_at).total_seconds())
 
 
 class AlertPage(BaseModel):
