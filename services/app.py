@@ -44,7 +44,7 @@ def create_app(pipeline: Pipeline, *, manage: bool = True) -> FastAPI:
     app.add_middleware(
         BodyLimit,
         default_bytes=pipeline.settings.app.max_body_bytes,
-        own_limit_paths=("/v1/fixes", "/v1/device-events"),
+        own_limit_paths=("/v1/fixes", "/v1/device-events", "/v1/crimes/batches"),
     )
     for router in (ingest_router, registry_router, zones_router, alerts_router):
         app.include_router(router)

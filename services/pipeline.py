@@ -102,7 +102,7 @@ class Pipeline:
             )
         if Role.crimes in self.roles:
             matcher = CrimeMatcher(db, bus, self.settings.check)
-            bus.subscribe(CRIMES_GROUP + sfx, POINTS, matcher.handle_fixes, max_batch=batch)
+            bus.subscribe(CRIMES_GROUP + sfx, STORED, matcher.handle_fixes, max_batch=batch)
             bus.subscribe(CRIMES_GROUP + sfx, CRIMES, matcher.handle_crimes, max_batch=50)
         if Role.dispatch in self.roles:
             dispatcher = Dispatcher(db)

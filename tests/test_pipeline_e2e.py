@@ -111,7 +111,7 @@ async def test_fixes_to_alerts_end_to_end(live: str, db: Database) -> None:
         match = by_kind["crime_match"]
         assert match["subject_id"] == str(passer)
         assert match["crime_id"] == crime_id
-        assert match["details"]["distance_m"] < 40
+        assert match["details"]["closest"]["distance_m"] < 40
 
         # Re-posting everything changes nothing: no new fixes, no new alerts.
         for tag, fixes in ((world.tags[0], breach), (world.tags[1], passing)):
@@ -162,7 +162,15 @@ async def test_a_crime_recorded_after_the_fact_matches_stored_trails(
 
         items = await eventually(matches, lambda xs: len(xs) >= 1)
         assert [a["subject_id"] for a in items] == [str(world.subjects[0])]
-        assert items[0]["details"]["trigger"] == "new_crime"
+        crime_id = items[0]["crime_id"]
+        run = (await http.get(f"/v1/crimes/{crime_id}/matches", headers=world.admin)).json()
+        assert run["trigger"] in ("new_crime", "new_fixes")
+        assert [m["subject_id"] for m in run["results"]["matched"]] == [str(world.subjects[0])]
+        # The other subject was 2 km away, but the trail stops short of the widened window.
+        (far,) = run["results"]["inconclusive"]
+        assert far["subject_id"] == str(world.subjects[1])
+        assert far["closest"]["distance_m"] > 2000
+        assert far["gaps"]
 
 
 async def test_a_backlog_uploaded_out_of_order_raises_exactly_the_right_alerts(

@@ -79,10 +79,18 @@ def upgrade() -> None:
     op.create_table(
         "crimes",
         sa.Column("id", sa.UUID(), nullable=False),
-        sa.Column("category", sa.String(length=32), nullable=False),
+        sa.Column("force", sa.String(length=64), nullable=True),
         sa.Column("reference", sa.String(length=100), nullable=True),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("current", sa.Boolean(), nullable=False),
+        sa.Column("category", sa.String(length=32), nullable=False),
+        sa.Column("description", sa.String(length=200), nullable=True),
+        sa.Column("batch_id", sa.String(length=64), nullable=True),
+        sa.Column("free_text", sa.Text(), nullable=True),
         sa.Column("lat", sa.Float(), nullable=False),
         sa.Column("lon", sa.Float(), nullable=False),
+        sa.Column("easting", sa.Float(), nullable=True),
+        sa.Column("northing", sa.Float(), nullable=True),
         sa.Column(
             "geom",
             geoalchemy2.types.Geometry(
@@ -104,6 +112,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_crimes")),
+        sa.UniqueConstraint("force", "reference", "version", name=op.f("uq_crimes_force")),
     )
     op.create_index(op.f("ix_crimes_ends_at"), "crimes", ["ends_at"], unique=False)
     op.create_index(op.f("ix_crimes_starts_at"), "crimes", ["starts_at"], unique=False)
@@ -294,6 +303,30 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_zones")),
     )
     op.create_table(
+        "crime_match_runs",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("crime_id", sa.UUID(), nullable=False),
+        sa.Column("trigger", sa.String(length=16), nullable=False),
+        sa.Column("algorithm", sa.String(length=32), nullable=False),
+        sa.Column("parameters", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("duration_ms", sa.Float(), nullable=False),
+        sa.Column("results", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["crime_id"],
+            ["crimes.id"],
+            name=op.f("fk_crime_match_runs_crime_id_crimes"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_crime_match_runs")),
+    )
+    op.create_index(
+        "ix_crime_match_runs_crime_started",
+        "crime_match_runs",
+        ["crime_id", "started_at"],
+        unique=False,
+    )
+    op.create_table(
         "manager_assignments",
         sa.Column("id", sa.UUID(), nullable=False),
         sa.Column("subject_id", sa.UUID(), nullable=False),
@@ -452,6 +485,8 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_manager_assignments_subject_id"), table_name="manager_assignments")
     op.drop_index(op.f("ix_manager_assignments_manager_id"), table_name="manager_assignments")
     op.drop_table("manager_assignments")
+    op.drop_index("ix_crime_match_runs_crime_started", table_name="crime_match_runs")
+    op.drop_table("crime_match_runs")
     op.drop_table("zones")
     op.drop_table("users")
     op.drop_index("ix_trail_points_subject_ts", table_name="trail_points")

@@ -1,7 +1,7 @@
 """A cap on request bodies for every route, so no endpoint can be fed an unbounded body.
 
-Ingest routes read their bodies themselves against their own (larger) limits; every
-other route gets this default.
+Ingest routes and crime batches read their bodies themselves (read_body) against their
+own, larger, limits; every other route gets the default.
 """
 
 from __future__ import annotations
@@ -9,7 +9,24 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import orjson
+from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.common.errors import PayloadTooLarge
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class BodyLimit:

@@ -79,6 +79,17 @@ class CheckSettings(BaseSettings):
     # A fix vaguer than this cannot place anyone at a crime scene (cell fixes are often
     # 500 m to several km); it is ignored for matching, not counted as a match.
     crime_max_accuracy_m: float = Field(default=250.0, gt=0)
+    # Per crime type code, e.g. {"TOMV": 150}: vehicle crime covers a street, not a door.
+    crime_radius_by_category: dict[str, float] = Field(default_factory=dict)
+    # The crime window is widened by this on both sides: crime times are estimates.
+    crime_slack_s: float = Field(default=900.0, ge=0, le=86_400)
+    # The straight path between fixes up to this far apart counts for closest approach.
+    crime_segment_max_gap_s: float = Field(default=600.0, ge=0)
+    # A gap in the trail longer than this over a crime window means it cannot rule out.
+    crime_gap_s: float = Field(default=300.0, ge=30)
+    # New fixes this close to a crime (beyond its radius) re-run its matching, so a path
+    # between fixes that passes the scene is caught from the fix side too.
+    crime_trigger_reach_m: float = Field(default=2000.0, ge=0)
     # A fix received this long after it was taken makes its alert "late".
     late_after_s: float = Field(default=300.0, ge=0)
     # Zone decisions; the README explains each default.

@@ -9,26 +9,13 @@ from fastapi import APIRouter, Request, status
 
 from services.common.deps import RuntimeDep, SessionDep, Supplier
 from services.common.errors import PayloadTooLarge, Unprocessable
+from services.common.limits import read_body
 from services.common.timeutil import utcnow
 from services.ingest import service
 from services.ingest.schemas import EventsResult, IngestResult
 from services.ingest.service import Item
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def read_json_list(

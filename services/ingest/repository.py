@@ -326,3 +326,24 @@ async def first_fixes_after(
         [t for _, t in since],
     )
     return {r["subject_id"]: r["ts"] for r in rows}
+
+
+async def trails_between(
+    conn: asyncpg.Connection, subject_ids: Sequence[uuid.UUID], start: datetime, end: datetime
+) -> dict[uuid.UUID, list[TrailPoint]]:
+    """The trails of these subjects between start and end, in time order."""
+    rows = await conn.fetch(
+        """
+        select subject_id, tag_id, ts, received_at, lat, lon, accuracy_m
+        from trail_points
+        where subject_id = any($1::uuid[]) and ts between $2 and $3
+        order by subject_id, ts
+        """,
+        list(subject_ids),
+        start,
+        end,
+    )
+    out: dict[uuid.UUID, list[TrailPoint]] = {}
+    for r in rows:
+        out.setdefault(r["subject_id"], []).append(TrailPoint(*r.values()))
+    return out

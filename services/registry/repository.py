@@ -81,3 +81,18 @@ async def wearing_at(session: AsyncSession, at: datetime) -> dict[uuid.UUID, dat
         .group_by(TagAssignment.subject_id)
     )
     return {s: since for s, since in rows}
+
+
+async def wearing_between(
+    session: AsyncSession, start: datetime, end: datetime
+) -> Sequence[uuid.UUID]:
+    """Subjects who wore a tag at any moment between start and end."""
+    rows = await session.scalars(
+        select(TagAssignment.subject_id)
+        .where(
+            TagAssignment.valid_from <= end,
+            or_(TagAssignment.valid_to.is_(None), TagAssignment.valid_to > start),
+        )
+        .distinct()
+    )
+    return rows.all()

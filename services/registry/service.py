@@ -160,3 +160,9 @@ async def _flush(session: AsyncSession, conflict_message: str) -> None:
 
 async def wearing_at(session: AsyncSession, at: datetime) -> dict[uuid.UUID, datetime]:
     return await repository.wearing_at(session, at)
+
+
+async def wearing_between(
+    session: AsyncSession, start: datetime, end: datetime
+) -> Sequence[uuid.UUID]:
+    return await repository.wearing_between(session, start, end)

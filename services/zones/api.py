@@ -5,15 +5,31 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 
 from services.common.deps import Admin, RuntimeDep, SessionDep
-from services.common.errors import NotFound
+from services.common.errors import NotFound, PayloadTooLarge
+from services.common.limits import read_body
 from services.topics import CRIMES
 from services.zones import records, repository
-from services.zones.schemas import CrimeOut, CrimesIn, ZoneFeature, ZoneOut, ZoneVersionOut
+from services.zones.crime_batch import parse_batch
+from services.zones.models import Crime
+from services.zones.schemas import (
+    CrimeBatchResult,
+    CrimeIn,
+    CrimeOut,
+    CrimesIn,
+    MatchRunOut,
+    ZoneFeature,
+    ZoneOut,
+    ZoneVersionOut,
+)
+from services.zones.worker import Trigger, run_matching
 
 router = APIRouter(prefix="/v1", tags=["zones"])
+
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+MAX_BATCH_ROWS = 50_000
 
 
 @router.post("/zones", status_code=status.HTTP_201_CREATED)
@@ -57,16 +73,52 @@ async def get_zone(zone_id: uuid.UUID, session: SessionDep, _: Admin) -> ZoneOut
     return records.to_feature(row)
 
 
+async def _record(
+    runtime: RuntimeDep, session: SessionDep, crimes: list[CrimeIn]
+) -> list[tuple[Crime, records.Recorded]]:
+    recorded = await records.record_crimes(session, crimes)
+    await session.commit()
+    # After the commit: the matcher must find the crime it is told about. Unchanged
+    # re-sends were matched when they first came.
+    fresh = [c for c, how in recorded if how is not records.Recorded.unchanged]
+    await runtime.bus.publish(CRIMES, [(str(c.id), records.crime_message(c)) for c in fresh])
+    return recorded
+
+
 @router.post("/crimes", status_code=status.HTTP_201_CREATED)
 async def create_crimes(
     body: CrimesIn, runtime: RuntimeDep, session: SessionDep, _: Admin
 ) -> list[CrimeOut]:
-    """Records crimes; each is then matched against the stored trails."""
-    crimes = await records.record_crimes(session, body.crimes)
-    await session.commit()
-    # After the commit: the matcher must find the crime it is told about.
-    await runtime.bus.publish(CRIMES, [(str(c.id), records.crime_message(c)) for c in crimes])
-    return [CrimeOut.model_validate(c) for c in crimes]
+    """Records crimes; each new crime or version is then matched against stored trails."""
+    recorded = await _record(runtime, session, body.crimes)
+    return [CrimeOut.model_validate(c) for c, _ in recorded]
+
+
+@router.post("/crimes/batches")
+async def upload_crime_batch(
+    request: Request, runtime: RuntimeDep, session: SessionDep, _: Admin
+) -> CrimeBatchResult:
+    """A police crime batch as CSV (13 columns, no header). Bad rows are reported by row
+    number, field and reason; the good ones are recorded and matched."""
+    body = await read_body(request, MAX_BATCH_BYTES)
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = body.decode("cp1252", errors="replace")
+    good, bad = parse_batch(text)
+    if len(good) + len(bad) > MAX_BATCH_ROWS:
+        raise PayloadTooLarge(f"more than {MAX_BATCH_ROWS} rows in one batch")
+    recorded = await _record(runtime, session, [c for _, c in good]) if good else []
+    counts = {how: sum(1 for _, h in recorded if h is how) for how in records.Recorded}
+    return CrimeBatchResult(
+        rows=len(good) + len(bad),
+        accepted=len(good),
+        new_crimes=counts[records.Recorded.new],
+        new_versions=counts[records.Recorded.new_version],
+        unchanged=counts[records.Recorded.unchanged],
+        rejected=bad,
+        crime_ids=[c.id for c, _ in recorded],
+    )
 
 
 @router.get("/crimes/{crime_id}")
@@ -75,3 +127,23 @@ async def get_crime(crime_id: uuid.UUID, session: SessionDep, _: Admin) -> Crime
     if crime is None:
         raise NotFound(f"crime {crime_id} does not exist")
     return CrimeOut.model_validate(crime)
+
+
+@router.get("/crimes/{crime_id}/matches")
+async def crime_matches(crime_id: uuid.UUID, session: SessionDep, _: Admin) -> MatchRunOut:
+    """The latest matching run for this crime version."""
+    run = await repository.latest_run(session, crime_id)
+    if run is None:
+        raise NotFound(f"no matching run for crime {crime_id} yet")
+    return MatchRunOut.model_validate(run)
+
+
+@router.post("/crimes/{crime_id}/matches/rerun", status_code=status.HTTP_201_CREATED)
+async def rerun_matches(crime_id: uuid.UUID, runtime: RuntimeDep, _: Admin) -> MatchRunOut:
+    """Runs matching again now (a manual re-run is recorded as such)."""
+    run = await run_matching(
+        runtime.db, runtime.bus, runtime.settings.check, crime_id, Trigger.manual
+    )
+    if run is None:
+        raise NotFound(f"crime {crime_id} does not exist")
+    return MatchRunOut.model_validate(run)

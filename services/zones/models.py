@@ -7,7 +7,18 @@ from datetime import datetime
 from typing import Any
 
 from geoalchemy2 import Geometry
-from sqlalchemy import DateTime, Float, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -85,17 +96,45 @@ class ZoneEpisode(Base):
 
 
 class Crime(Base):
+    """One version of a recorded crime. A police force re-sending (force, reference) with
+    different details makes a new version; matching is redone for it."""
+
     __tablename__ = "crimes"
+    __table_args__ = (UniqueConstraint("force", "reference", "version"),)
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
-    category: Mapped[str] = mapped_column(String(32))
+    force: Mapped[str | None] = mapped_column(String(64))
     reference: Mapped[str | None] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    current: Mapped[bool] = mapped_column(Boolean, default=True)
+    category: Mapped[str] = mapped_column(String(32))
+    description: Mapped[str | None] = mapped_column(String(200))
+    batch_id: Mapped[str | None] = mapped_column(String(64))
+    free_text: Mapped[str | None] = mapped_column(Text)
     lat: Mapped[float] = mapped_column(Float)
     lon: Mapped[float] = mapped_column(Float)
+    easting: Mapped[float | None] = mapped_column(Float)
+    northing: Mapped[float | None] = mapped_column(Float)
     geom: Mapped[str] = mapped_column(Geometry("POINT", srid=4326, spatial_index=True))
     starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class CrimeMatchRun(Base):
+    """One matching run for one crime version: why it ran, with what, and what it found."""
+
+    __tablename__ = "crime_match_runs"
+    __table_args__ = (Index("ix_crime_match_runs_crime_started", "crime_id", "started_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    crime_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("crimes.id", ondelete="CASCADE"))
+    trigger: Mapped[str] = mapped_column(String(16))
+    algorithm: Mapped[str] = mapped_column(String(32))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    duration_ms: Mapped[float] = mapped_column(Float)
+    results: Mapped[dict[str, Any]] = mapped_column(JSONB)
 
 
 class DeviceEpisode(Base):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from enum import StrEnum
 
 import orjson
 from geoalchemy2 import WKTElement
@@ -140,21 +141,60 @@ def to_feature(row: ZoneRow) -> ZoneOut:
     )
 
 
-async def record_crimes(session: AsyncSession, crimes: Sequence[CrimeIn]) -> list[Crime]:
-    rows = [
-        Crime(
-            category=c.category.value,
-            reference=c.reference,
-            lat=c.lat,
-            lon=c.lon,
-            geom=WKTElement(f"POINT({c.lon} {c.lat})", srid=4326),
-            starts_at=c.starts_at,
-            ends_at=c.ends_at,
-        )
-        for c in crimes
-    ]
-    await repository.add_crimes(session, rows)
-    return rows
+class Recorded(StrEnum):
+    new = "new"
+    new_version = "new_version"
+    unchanged = "unchanged"
+
+
+SAME_FIELDS = ("category", "lat", "lon", "starts_at", "ends_at", "description", "free_text")
+
+
+def _crime_row(c: CrimeIn, version: int) -> Crime:
+    return Crime(
+        force=c.force,
+        reference=c.reference,
+        version=version,
+        current=True,
+        category=c.category.value,
+        description=c.description,
+        batch_id=c.batch_id,
+        free_text=c.free_text,
+        lat=c.lat,
+        lon=c.lon,
+        easting=c.easting,
+        northing=c.northing,
+        geom=WKTElement(f"POINT({c.lon} {c.lat})", srid=4326),
+        starts_at=c.starts_at,
+        ends_at=c.ends_at,
+    )
+
+
+def _unchanged(row: Crime, c: CrimeIn) -> bool:
+    incoming = {**c.model_dump(include=set(SAME_FIELDS)), "category": c.category.value}
+    return all(getattr(row, f) == incoming[f] for f in SAME_FIELDS)
+
+
+async def record_crimes(
+    session: AsyncSession, crimes: Sequence[CrimeIn]
+) -> list[tuple[Crime, Recorded]]:
+    """Stores crimes. A (force, reference) seen before with other details becomes a new
+    version (the old one stops being current); sent again unchanged, it is left as is, so
+    re-sending a batch neither doubles crimes nor re-alerts."""
+    out: list[tuple[Crime, Recorded]] = []
+    for c in crimes:
+        known = None
+        if c.force and c.reference:
+            known = await repository.current_crime(session, c.force, c.reference)
+        if known is not None and _unchanged(known, c):
+            out.append((known, Recorded.unchanged))
+            continue
+        if known is not None:
+            known.current = False
+        row = _crime_row(c, known.version + 1 if known else 1)
+        await repository.add_crimes(session, [row])
+        out.append((row, Recorded.new_version if known else Recorded.new))
+    return out
 
 
 def crime_message(c: Crime) -> CrimeMessage:

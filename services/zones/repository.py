@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.common.geo import degree_margin
 from services.zones.models import (
     Crime,
+    CrimeMatchRun,
     DeviceEpisode,
     SubjectActivity,
     Zone,
@@ -180,47 +181,59 @@ async def get_crime(session: AsyncSession, crime_id: uuid.UUID) -> Crime | None:
     return await session.get(Crime, crime_id)
 
 
-@dataclass(frozen=True, slots=True)
-class CrimeHit:
-    index: int  # position of the fix in the batch
-    crime_id: uuid.UUID
-    distance_m: float
+async def current_crime(session: AsyncSession, force: str, reference: str) -> Crime | None:
+    return await session.scalar(
+        select(Crime)
+        .where(Crime.force == force, Crime.reference == reference, Crime.current.is_(True))
+        .with_for_update()
+    )
 
 
 async def crimes_near_fixes(
     conn: asyncpg.Connection,
-    fixes: Sequence[tuple[float, float, datetime, float]],
-    radius_m: float,
-    max_accuracy_m: float,
-) -> list[CrimeHit]:
-    """Crimes whose window covers a fix's time and whose place its accuracy circle comes
-    within radius_m of. fixes: (lat, lon, ts, accuracy_m)."""
-    usable = [(i, f) for i, f in enumerate(fixes) if f[3] <= max_accuracy_m]
-    if not usable:
-        return []
+    fixes: Sequence[tuple[float, float, datetime]],
+    reach_m: float,
+    widen_s: float,
+) -> set[uuid.UUID]:
+    """Current crimes whose widened window covers a fix's time and whose place is within
+    reach_m of it. fixes: (lat, lon, ts)."""
+    if not fixes:
+        return set()
     rows = await conn.fetch(
         """
-        select f.i, c.id, d.m
-        from unnest($1::int[], $2::float8[], $3::float8[], $4::timestamptz[], $5::float8[],
-                    $6::float8[]) as f(i, lat, lon, ts, acc, margin)
+        select distinct c.id
+        from unnest($1::float8[], $2::float8[], $3::timestamptz[], $4::float8[])
+             as f(lat, lon, ts, margin)
         join crimes c
-          on c.starts_at <= f.ts and c.ends_at >= f.ts
+          on c.current
+         and c.starts_at - make_interval(secs => $6) <= f.ts
+         and c.ends_at + make_interval(secs => $6) >= f.ts
          and c.geom && st_expand(st_setsrid(st_makepoint(f.lon, f.lat), 4326), f.margin)
-        cross join lateral (
-            select st_distance(c.geom::geography,
-                               st_setsrid(st_makepoint(f.lon, f.lat), 4326)::geography) as m
-        ) d
-        where d.m - f.acc <= $7
+        where st_dwithin(c.geom::geography,
+                         st_setsrid(st_makepoint(f.lon, f.lat), 4326)::geography, $5)
         """,
-        [i for i, _ in usable],
-        [f[0] for _, f in usable],
-        [f[1] for _, f in usable],
-        [f[2] for _, f in usable],
-        [f[3] for _, f in usable],
-        [degree_margin(f[0], radius_m + f[3]) for _, f in usable],
-        radius_m,
+        [f[0] for f in fixes],
+        [f[1] for f in fixes],
+        [f[2] for f in fixes],
+        [degree_margin(f[0], reach_m) for f in fixes],
+        reach_m,
+        widen_s,
     )
-    return [CrimeHit(r["i"], r["id"], r["m"]) for r in rows]
+    return {r["id"] for r in rows}
+
+
+async def add_run(session: AsyncSession, run: CrimeMatchRun) -> None:
+    session.add(run)
+    await session.flush()
+
+
+async def latest_run(session: AsyncSession, crime_id: uuid.UUID) -> CrimeMatchRun | None:
+    return await session.scalar(
+        select(CrimeMatchRun)
+        .where(CrimeMatchRun.crime_id == crime_id)
+        .order_by(CrimeMatchRun.started_at.desc())
+        .limit(1)
+    )
 
 
 async def touch_activity(session: AsyncSession, last_fix: dict[uuid.UUID, datetime]) -> None:

@@ -14,12 +14,14 @@ a curfew "19:00 to 07:00" means to the people under it.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from functools import cached_property
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.common.timeutil import local_to_utc
 
 DEFAULT_TIMEZONE = "Europe/London"
 
@@ -100,17 +102,7 @@ class Timetable:
         return [w for w in self.schedule.weekly if weekday in w.days]
 
     def _instant(self, day: date, at: time) -> datetime:
-        local = datetime.combine(day, at, self.tz)
-        instant = local.astimezone(UTC)
-        wall = local.replace(tzinfo=None)
-        if instant.astimezone(self.tz).replace(tzinfo=None) == wall:
-            return instant  # exists; a doubled autumn time reads as its first occurrence
-        # In the spring-forward gap: the first instant whose wall time has passed it,
-        # which is the moment the clocks jump.
-        step = timedelta(minutes=1)
-        while (instant - step).astimezone(self.tz).replace(tzinfo=None) >= wall:
-            instant -= step
-        return instant
+        return local_to_utc(datetime.combine(day, at), self.tz)
 
     def windows(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
         """Active intervals [from, to) in UTC that overlap [start, end), in order.

@@ -176,9 +176,18 @@ class CrimeIn(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)
 
     category: CrimeCategory
-    reference: str | None = Field(default=None, max_length=100)
+    # (force, reference) identifies a crime across re-sends: changed details make a new
+    # version. Without both, every submission is a crime of its own.
+    force: str | None = Field(default=None, min_length=1, max_length=64)
+    reference: str | None = Field(default=None, min_length=1, max_length=100)
+    description: str | None = Field(default=None, max_length=200)
+    batch_id: str | None = Field(default=None, max_length=64)
+    free_text: str | None = Field(default=None, max_length=2000)
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
+    # OSGB36 National Grid, when the force gave the place that way.
+    easting: float | None = None
+    northing: float | None = None
     starts_at: AwareDatetime
     ends_at: AwareDatetime
 
@@ -200,11 +209,45 @@ class CrimeOut(CrimeIn):
     model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID
+    version: int
+    current: bool
     created_at: datetime
+
+
+class CrimeRowError(BaseModel):
+    row: int  # 1-based line of the CSV
+    field: str
+    error: str
+
+
+class CrimeBatchResult(BaseModel):
+    rows: int
+    accepted: int
+    new_crimes: int
+    new_versions: int
+    unchanged: int
+    rejected: list[CrimeRowError]
+    crime_ids: list[uuid.UUID]
 
 
 class CrimesIn(BaseModel):
     crimes: list[CrimeIn] = Field(min_length=1, max_length=1000)
+
+
+class MatchRunOut(BaseModel):
+    """A matching run: why it ran, with which algorithm and parameters, how long it took,
+    and every subject it assessed (matched, ruled out, inconclusive, unknown)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    crime_id: uuid.UUID
+    trigger: str
+    algorithm: str
+    parameters: dict[str, Any]
+    started_at: datetime
+    duration_ms: float
+    results: dict[str, Any]
 
 
 class CrimeMessage(BaseModel):

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import defaultdict
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from services.alerts.schemas import AlertEvent, AlertKind, AlertMessage, FixRef
 from services.common.bus import Bus
 from services.common.database import Database
 from services.common.settings import CheckSettings
+from services.common.timeutil import utcnow
 from services.ingest import repository as trail_store
 from services.ingest.schemas import FixMessage
+from services.registry import service as registry
 from services.topics import ALERTS
 from services.zones import records, repository, service
+from services.zones.matching import ALGORITHM, Assessment, CrimeScene, MatchParams, match
+from services.zones.models import CrimeMatchRun
 from services.zones.schemas import CrimeMessage
 from services.zones.service import (
     FOREVER,
@@ -34,7 +40,6 @@ from services.zones.service import (
 
 ZONES_GROUP = "tagtrail-zones"
 CRIMES_GROUP = "tagtrail-crimes"
-CRIME_MATCHER_VERSION = "crime-match/1"
 
 
 def fix_ref(f: FixMessage | TrailFix) -> FixRef:
@@ -240,101 +245,126 @@ def _episode_row(
     }
 
 
+class Trigger(StrEnum):
+    new_crime = "new_crime"
+    new_fixes = "new_fixes"
+    manual = "manual"
+
+
+def match_params(settings: CheckSettings, category: str) -> MatchParams:
+    return MatchParams(
+        radius_m=settings.crime_radius_by_category.get(category, settings.crime_radius_m),
+        slack_s=settings.crime_slack_s,
+        max_accuracy_m=settings.crime_max_accuracy_m,
+        segment_max_gap_s=settings.crime_segment_max_gap_s,
+        gap_s=settings.crime_gap_s,
+    )
+
+
+async def run_matching(
+    db: Database, bus: Bus, settings: CheckSettings, crime_id: uuid.UUID, trigger: Trigger
+) -> CrimeMatchRun | None:
+    """One matching run for one crime version: assess every subject who wore a tag in the
+    widened window, keep the run as a record, and alert each matched subject's managers
+    once per (crime version, subject)."""
+    started = utcnow()
+    clock = time.perf_counter()
+    async with db.transaction() as session:
+        crime = await repository.get_crime(session, crime_id)
+        if crime is None:
+            return None
+        params = match_params(settings, crime.category)
+        scene = CrimeScene(crime.id, crime.lat, crime.lon, crime.starts_at, crime.ends_at)
+        lo, hi = scene.window(params)
+        candidates = await registry.wearing_between(session, lo, hi)
+        reach = timedelta(seconds=params.segment_max_gap_s)
+        async with db.pool.acquire() as conn:
+            points = await trail_store.trails_between(conn, candidates, lo - reach, hi + reach)
+        trails = {
+            s: [TrailFix(p.tag_id, p.ts, p.received_at, p.lat, p.lon, p.accuracy_m) for p in ps]
+            for s, ps in points.items()
+        }
+        results = match(scene, trails, candidates, params)
+        run = CrimeMatchRun(
+            crime_id=crime.id,
+            trigger=trigger.value,
+            algorithm=ALGORITHM,
+            parameters=params.as_dict(),
+            started_at=started,
+            duration_ms=round((time.perf_counter() - clock) * 1000, 2),
+            results=results.as_dict(),
+        )
+        alerts = [
+            _match_alert(crime.id, crime.category, a, params, settings) for a in results.matched
+        ]
+        # Alerts first: a rerun after a crash derives the same ids, which the store absorbs.
+        await bus.publish(ALERTS, [(str(a.subject_id), a) for a in alerts])
+        await repository.add_run(session, run)
+    return run
+
+
+def _match_alert(
+    crime_id: uuid.UUID,
+    category: str,
+    a: Assessment,
+    params: MatchParams,
+    settings: CheckSettings,
+) -> AlertMessage:
+    assert a.closest is not None
+    explanation = a.as_dict()
+    delay = max(((f.received_at - f.ts).total_seconds() for f in a.evidence), default=0.0)
+    closest = explanation["closest"]
+    return AlertMessage(
+        alert_id=service.crime_alert_id(crime_id, a.subject_id),
+        kind=AlertKind.crime_match,
+        event=AlertEvent.opened,
+        subject_id=a.subject_id,
+        crime_id=crime_id,
+        at=a.closest.at,
+        last_fix_at=a.evidence[-1].ts if a.evidence else None,
+        confidence="match",
+        evidence=[fix_ref(f) for f in a.evidence],
+        late=delay > settings.late_after_s,
+        delay_s=max(0.0, delay),
+        reason=(
+            f"came within {closest['distance_m']} m of a {category} scene at "
+            f"{closest['at']} ({closest['via']}), {explanation['time_within_s']} s within "
+            f"{params.radius_m:g} m; the trail covers {explanation['coverage']:.0%} of the window"
+        ),
+        details={**params.as_dict(), "category": category, **explanation},
+    )
+
+
 class CrimeMatcher:
-    """Matches fixes to crimes both ways: new fixes against crimes whose window covers
-    them, and a new crime against the stored trails. Both give the same alert id for the
-    same (crime, subject), so the two paths can never double an alert."""
+    """Runs crime matching from both directions: a new crime (or version) is matched
+    against the stored trails; stored fixes near a crime whose widened window covers them
+    re-run that crime's matching. Both run the same function over the same stored data,
+    so they cannot disagree, and one (crime version, subject) is one alert."""
 
     def __init__(self, db: Database, bus: Bus, settings: CheckSettings) -> None:
         self.db = db
         self.bus = bus
         self.settings = settings
 
-    def _params(self) -> dict[str, Any]:
-        return {
-            "algorithm": CRIME_MATCHER_VERSION,
-            "radius_m": self.settings.crime_radius_m,
-            "max_accuracy_m": self.settings.crime_max_accuracy_m,
-        }
+    async def handle_crimes(self, crimes: list[CrimeMessage]) -> None:
+        for crime in crimes:
+            await run_matching(self.db, self.bus, self.settings, crime.id, Trigger.new_crime)
 
     async def handle_fixes(self, fixes: list[FixMessage]) -> None:
-        async with self.db.pool.acquire() as conn:
-            hits = await repository.crimes_near_fixes(
-                conn,
-                [(f.lat, f.lon, f.ts, f.accuracy_m) for f in fixes],
-                self.settings.crime_radius_m,
-                self.settings.crime_max_accuracy_m,
-            )
-        best: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, FixMessage]] = {}
-        for hit in hits:
-            f = fixes[hit.index]
-            key = (hit.crime_id, f.subject_id)
-            if key not in best or hit.distance_m < best[key][0]:
-                best[key] = (hit.distance_m, f)
-        alerts = [
-            self._alert(crime_id, f, distance, "new_fixes")
-            for (crime_id, _), (distance, f) in best.items()
-        ]
-        await self.bus.publish(ALERTS, [(str(a.subject_id), a) for a in alerts])
-
-    async def handle_crimes(self, crimes: list[CrimeMessage]) -> None:
-        alerts: list[AlertMessage] = []
-        for crime in crimes:
-            async with self.db.pool.acquire() as conn:
-                near = await trail_store.fixes_near(
-                    conn,
-                    crime.lat,
-                    crime.lon,
-                    self.settings.crime_radius_m,
-                    crime.starts_at,
-                    crime.ends_at,
-                    self.settings.crime_max_accuracy_m,
-                )
-            closest: dict[uuid.UUID, trail_store.NearbyFix] = {}
-            for n in near:
-                if n.subject_id not in closest or n.distance_m < closest[n.subject_id].distance_m:
-                    closest[n.subject_id] = n
-            for n in closest.values():
-                fix = FixRef(
-                    tag_id=n.tag_id,
-                    ts=n.ts,
-                    received_at=n.received_at,
-                    lat=n.lat,
-                    lon=n.lon,
-                    accuracy_m=n.accuracy_m,
-                )
-                alerts.append(self._match(crime.id, n.subject_id, fix, n.distance_m, "new_crime"))
-        await self.bus.publish(ALERTS, [(str(a.subject_id), a) for a in alerts])
-
-    def _alert(
-        self, crime_id: uuid.UUID, f: FixMessage, distance_m: float, trigger: str
-    ) -> AlertMessage:
-        return self._match(crime_id, f.subject_id, fix_ref(f), distance_m, trigger)
-
-    def _match(
-        self,
-        crime_id: uuid.UUID,
-        subject_id: uuid.UUID,
-        fix: FixRef,
-        distance_m: float,
-        trigger: str,
-    ) -> AlertMessage:
-        delay = max(0.0, (fix.received_at - fix.ts).total_seconds())
-        return AlertMessage(
-            alert_id=service.crime_alert_id(crime_id, subject_id),
-            kind=AlertKind.crime_match,
-            event=AlertEvent.opened,
-            subject_id=subject_id,
-            crime_id=crime_id,
-            at=fix.ts,
-            last_fix_at=fix.ts,
-            evidence=[fix],
-            late=delay > self.settings.late_after_s,
-            delay_s=delay,
-            details={
-                **self._params(),
-                "trigger": trigger,
-                "distance_m": round(distance_m, 1),
-                "accuracy_m": fix.accuracy_m,
-            },
+        reach = self.settings.crime_trigger_reach_m + max(
+            [self.settings.crime_radius_m, *self.settings.crime_radius_by_category.values()]
         )
+        widen = self.settings.crime_slack_s + self.settings.crime_segment_max_gap_s
+        async with self.db.pool.acquire() as conn:
+            crime_ids = await repository.crimes_near_fixes(
+                conn,
+                [
+                    (f.lat, f.lon, f.ts)
+                    for f in fixes
+                    if f.accuracy_m <= self.settings.crime_max_accuracy_m
+                ],
+                reach,
+                widen,
+            )
+        for crime_id in sorted(crime_ids):
+            await run_matching(self.db, self.bus, self.settings, crime_id, Trigger.new_fixes)
