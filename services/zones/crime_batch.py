@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from datetime import datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 from pyproj import Transformer
+from pyproj.transformer import TransformerGroup
 
 from services.common.timeutil import local_to_utc
 from services.zones.schemas import CrimeCategory, CrimeIn, CrimeRowError
@@ -53,10 +55,21 @@ FIELD_NAMES = {
 
 @lru_cache(maxsize=2)
 def _to_wgs84(source: str) -> Transformer:
-    # always_xy: (easting, northing) / (lon, lat) in, (lon, lat) out. pyproj picks the
-    # best transformation it has; with the OSTN15 grid installed that is centimetric,
-    # without it a Helmert fit good to a few metres, well inside any match radius.
-    return Transformer.from_crs(source, "EPSG:4326", always_xy=True)
+    """The most accurate transformation to WGS84 that this machine can run.
+
+    With the OSTN15 grid installed in PROJ's data directory that is OSTN15 (centimetres);
+    without it (pyproj's wheels do not ship it, and it cannot be downloaded here), EPSG's
+    best Helmert fit for Great Britain, good to a few metres. A "ballpark" operation, which
+    skips the datum shift and is some 100 m off in England, is never used.
+    """
+    with warnings.catch_warnings():
+        # pyproj warns that the OSTN15 grid is missing; that is expected, and said above.
+        warnings.simplefilter("ignore", UserWarning)
+        group = TransformerGroup(source, "EPSG:4326", always_xy=True)
+    usable = [t for t in group.transformers if "Ballpark" not in t.description]
+    if not usable:
+        raise RuntimeError(f"no datum transformation from {source} to WGS84 is available")
+    return usable[0]
 
 
 class RowProblem(Exception):
