@@ -6,6 +6,7 @@ import logging
 from collections.abc import Collection
 from enum import StrEnum
 
+from services.alerts.delivery import WebhookSender
 from services.alerts.worker import GROUP as DISPATCH_GROUP
 from services.alerts.worker import Dispatcher
 from services.common.bus import Bus
@@ -72,6 +73,7 @@ class Pipeline:
         self._runtime: Runtime | None = None
         self._store: StoreWorker | None = None
         self._watch: DeviceWatch | None = None
+        self._sender: WebhookSender | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -107,6 +109,7 @@ class Pipeline:
         if Role.dispatch in self.roles:
             dispatcher = Dispatcher(db)
             bus.subscribe(DISPATCH_GROUP + sfx, ALERTS, dispatcher.handle, max_batch=batch)
+            self._sender = WebhookSender(db, self.settings.alerts)
         try:
             await bus.start()
         except BaseException:
@@ -115,6 +118,8 @@ class Pipeline:
         self._runtime = Runtime(self.settings, db, bus)
         if self._watch is not None:
             await self._watch.start()
+        if self._sender is not None:
+            await self._sender.start()
         log.info("pipeline started: bus=%s roles=%s", self.bus_kind, sorted(self.roles))
         return self._runtime
 
@@ -123,6 +128,8 @@ class Pipeline:
             return
         if self._watch is not None:
             await self._watch.stop()
+        if self._sender is not None:
+            await self._sender.stop()
         await self._runtime.bus.stop()
         if self._store is not None:
             await self._store.stop()

@@ -176,6 +176,9 @@ def test_production_refuses_the_development_password(monkeypatch: pytest.MonkeyP
     with pytest.raises(ValueError, match="development default"):
         AppSettings()
     monkeypatch.setenv("TAGTRAIL_DB_PASSWORD", "a-real-secret")
+    with pytest.raises(ValueError, match="TAGTRAIL_ALERTS_WEBHOOK_KEY"):
+        AppSettings()
+    monkeypatch.setenv("TAGTRAIL_ALERTS_WEBHOOK_KEY", "another-real-secret")
     assert AppSettings().env == "production"
 
 

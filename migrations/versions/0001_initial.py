@@ -40,6 +40,14 @@ def upgrade() -> None:
         sa.Column("superseded_by", sa.UUID(), nullable=True),
         sa.Column("details", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column("evidence", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("severity", sa.String(length=8), nullable=False),
+        sa.Column("managers", postgresql.ARRAY(sa.UUID()), nullable=False),
+        sa.Column("acknowledged_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("acknowledged_by", sa.UUID(), nullable=True),
+        sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("closed_by", sa.UUID(), nullable=True),
+        sa.Column("outcome", sa.String(length=32), nullable=True),
+        sa.Column("note", sa.Text(), nullable=True),
         sa.Column(
             "created_at",
             sa.DateTime(timezone=True),
@@ -197,6 +205,7 @@ def upgrade() -> None:
         sa.Column("id", sa.UUID(), nullable=False),
         sa.Column("reference", sa.String(length=100), nullable=False),
         sa.Column("display_name", sa.String(length=200), nullable=False),
+        sa.Column("risk", sa.String(length=8), nullable=False),
         sa.Column(
             "created_at",
             sa.DateTime(timezone=True),
@@ -270,6 +279,27 @@ def upgrade() -> None:
         sa.UniqueConstraint("name", "role", name=op.f("uq_users_name")),
     )
     op.create_table(
+        "webhook_subscriptions",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("owner_id", sa.UUID(), nullable=False),
+        sa.Column("owner_role", sa.String(length=16), nullable=False),
+        sa.Column("url", sa.String(length=2000), nullable=False),
+        sa.Column("active", sa.Boolean(), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_subscriptions")),
+    )
+    op.create_index(
+        op.f("ix_webhook_subscriptions_owner_id"),
+        "webhook_subscriptions",
+        ["owner_id"],
+        unique=False,
+    )
+    op.create_table(
         "zones",
         sa.Column("id", sa.UUID(), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
@@ -301,6 +331,62 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_zones")),
+    )
+    op.create_table(
+        "alert_deliveries",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("alert_id", sa.UUID(), nullable=False),
+        sa.Column("subscription_id", sa.UUID(), nullable=False),
+        sa.Column("event", sa.String(length=16), nullable=False),
+        sa.Column("payload", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["alert_id"], ["alerts.id"], name=op.f("fk_alert_deliveries_alert_id_alerts")
+        ),
+        sa.ForeignKeyConstraint(
+            ["subscription_id"],
+            ["webhook_subscriptions.id"],
+            name=op.f("fk_alert_deliveries_subscription_id_webhook_subscriptions"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_alert_deliveries")),
+    )
+    op.create_index(
+        op.f("ix_alert_deliveries_alert_id"), "alert_deliveries", ["alert_id"], unique=False
+    )
+    op.create_index(
+        "ix_alert_deliveries_due", "alert_deliveries", ["state", "next_attempt_at"], unique=False
+    )
+    op.create_table(
+        "alert_transitions",
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
+        sa.Column("alert_id", sa.UUID(), nullable=False),
+        sa.Column("from_state", sa.String(length=16), nullable=True),
+        sa.Column("to_state", sa.String(length=16), nullable=False),
+        sa.Column("actor_id", sa.UUID(), nullable=True),
+        sa.Column("actor_name", sa.String(length=200), nullable=False),
+        sa.Column(
+            "at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+        ),
+        sa.Column("outcome", sa.String(length=32), nullable=True),
+        sa.Column("note", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["alert_id"], ["alerts.id"], name=op.f("fk_alert_transitions_alert_id_alerts")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_alert_transitions")),
+    )
+    op.create_index(
+        op.f("ix_alert_transitions_alert_id"), "alert_transitions", ["alert_id"], unique=False
     )
     op.create_table(
         "crime_match_runs",
@@ -441,6 +527,28 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("zone_id", "version", name=op.f("pk_zone_versions")),
     )
     op.create_table(
+        "alert_delivery_attempts",
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
+        sa.Column("delivery_id", sa.UUID(), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("status_code", sa.Integer(), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("duration_ms", sa.Float(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["delivery_id"],
+            ["alert_deliveries.id"],
+            name=op.f("fk_alert_delivery_attempts_delivery_id_alert_deliveries"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_alert_delivery_attempts")),
+    )
+    op.create_index(
+        op.f("ix_alert_delivery_attempts_delivery_id"),
+        "alert_delivery_attempts",
+        ["delivery_id"],
+        unique=False,
+    )
+    op.create_table(
         "tag_assignments",
         sa.Column("id", sa.UUID(), nullable=False),
         sa.Column("tag_id", sa.String(length=64), nullable=False),
@@ -475,6 +583,10 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_tag_assignments_tag_id"), table_name="tag_assignments")
     op.drop_index(op.f("ix_tag_assignments_subject_id"), table_name="tag_assignments")
     op.drop_table("tag_assignments")
+    op.drop_index(
+        op.f("ix_alert_delivery_attempts_delivery_id"), table_name="alert_delivery_attempts"
+    )
+    op.drop_table("alert_delivery_attempts")
     op.drop_table("zone_versions")
     op.drop_index(op.f("ix_zone_subjects_subject_id"), table_name="zone_subjects")
     op.drop_table("zone_subjects")
@@ -487,7 +599,14 @@ def downgrade() -> None:
     op.drop_table("manager_assignments")
     op.drop_index("ix_crime_match_runs_crime_started", table_name="crime_match_runs")
     op.drop_table("crime_match_runs")
+    op.drop_index(op.f("ix_alert_transitions_alert_id"), table_name="alert_transitions")
+    op.drop_table("alert_transitions")
+    op.drop_index("ix_alert_deliveries_due", table_name="alert_deliveries")
+    op.drop_index(op.f("ix_alert_deliveries_alert_id"), table_name="alert_deliveries")
+    op.drop_table("alert_deliveries")
     op.drop_table("zones")
+    op.drop_index(op.f("ix_webhook_subscriptions_owner_id"), table_name="webhook_subscriptions")
+    op.drop_table("webhook_subscriptions")
     op.drop_table("users")
     op.drop_index("ix_trail_points_subject_ts", table_name="trail_points")
     op.drop_index("ix_trail_points_geom", table_name="trail_points", postgresql_using="gist")

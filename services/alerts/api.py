@@ -1,29 +1,53 @@
-"""Alerts API for offender managers: each sees only the subjects they manage."""
+"""Alerts API for offender managers: their caseload's alerts, acknowledging and closing
+them, webhook subscriptions and delivery status. A manager sees only the alerts of
+subjects they were responsible for when it happened, enforced in every query."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, status
 from pydantic import AwareDatetime
+from sqlalchemy import func
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.alerts import repository
-from services.alerts.schemas import AlertKind, AlertOut, AlertPage
+from services.alerts.models import Alert, WebhookSubscription
+from services.alerts.schemas import (
+    AlertDetail,
+    AlertKind,
+    AlertOut,
+    AlertPage,
+    CloseIn,
+    DeliveryOut,
+    TransitionOut,
+    WebhookCreated,
+    WebhookIn,
+    WebhookOut,
+)
+from services.alerts.service import Action, AlertState, signing_secret, transition
+from services.alerts.worker import enqueue, record
 from services.common.auth import Principal, Role
-from services.common.deps import ManagerOrAdmin, SessionDep
-from services.common.errors import NotFound
-from services.common.timeutil import utcnow
-from services.registry import service as registry
+from services.common.deps import Admin, ManagerOrAdmin, RuntimeDep, SessionDep
+from services.common.errors import NotFound, Unprocessable
 
 router = APIRouter(prefix="/v1", tags=["alerts"])
 
 
-async def _caseload(session: SessionDep, user: Principal) -> list[uuid.UUID] | None:
-    """The subjects whose alerts this user may see; None means all (administrators)."""
-    if user.role is Role.admin:
-        return None
-    return list(await registry.managed_subjects(session, user.id, utcnow()))
+def _visible_to(user: Principal) -> uuid.UUID | None:
+    """The manager whose caseload bounds this user's view; None means all (admins)."""
+    return None if user.role is Role.admin else user.id
+
+
+async def _alert_for(
+    session: AsyncSession, alert_id: uuid.UUID, user: Principal, lock: bool = False
+) -> Alert:
+    alert = await (repository.lock if lock else repository.get)(session, alert_id)
+    # Someone else's alert is "not found": its existence is itself information.
+    if alert is None or (user.role is not Role.admin and user.id not in alert.managers):
+        raise NotFound(f"alert {alert_id} does not exist")
+    return alert
 
 
 @router.get("/alerts")
@@ -39,12 +63,10 @@ async def list_alerts(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> AlertPage:
-    subjects = await _caseload(session, user)
-    if subject_id is not None:
-        subjects = [subject_id] if subjects is None or subject_id in subjects else []
     rows = await repository.list_alerts(
         session,
-        subject_ids=subjects,
+        manager_id=_visible_to(user),
+        subject_id=subject_id,
         kind=kind.value if kind else None,
         state=state,
         since=since,
@@ -56,10 +78,117 @@ async def list_alerts(
 
 
 @router.get("/alerts/{alert_id}")
-async def get_alert(alert_id: uuid.UUID, session: SessionDep, user: ManagerOrAdmin) -> AlertOut:
-    alert = await repository.get(session, alert_id)
-    subjects = await _caseload(session, user)
-    # Someone else's alert is "not found": its existence is itself information.
-    if alert is None or (subjects is not None and alert.subject_id not in subjects):
-        raise NotFound(f"alert {alert_id} does not exist")
+async def get_alert(alert_id: uuid.UUID, session: SessionDep, user: ManagerOrAdmin) -> AlertDetail:
+    """The alert with its evidence and every transition it went through."""
+    alert = await _alert_for(session, alert_id, user)
+    history = [
+        TransitionOut.model_validate(t) for t in await repository.transitions(session, alert_id)
+    ]
+    return AlertDetail(**AlertOut.model_validate(alert).model_dump(), history=history)
+
+
+async def _act(
+    session: AsyncSession,
+    alert_id: uuid.UUID,
+    user: Principal,
+    action: Action,
+    body: CloseIn | None = None,
+) -> AlertOut:
+    alert = await _alert_for(session, alert_id, user, lock=True)
+    before = alert.state
+    alert.state = transition(AlertState(alert.state), action)
+    now = func.now()
+    if action is Action.acknowledge:
+        alert.acknowledged_at, alert.acknowledged_by = now, user.id  # type: ignore[assignment]
+    else:
+        assert body is not None
+        alert.closed_at, alert.closed_by = now, user.id  # type: ignore[assignment]
+        alert.outcome, alert.note = body.outcome.value, body.note
+    alert.updated_at = now  # type: ignore[assignment]
+    outcome = body.outcome.value if body else None
+    await record(session, alert, before, user.id, user.name, outcome, body.note if body else None)
+    await session.flush()
+    await session.refresh(alert)
+    await enqueue(session, alert, alert.state)
+    await session.commit()
     return AlertOut.model_validate(alert)
+
+
+@router.post("/alerts/{alert_id}/ack")
+async def acknowledge(alert_id: uuid.UUID, session: SessionDep, user: ManagerOrAdmin) -> AlertOut:
+    return await _act(session, alert_id, user, Action.acknowledge)
+
+
+@router.post("/alerts/{alert_id}/close")
+async def close(
+    alert_id: uuid.UUID, body: CloseIn, session: SessionDep, user: ManagerOrAdmin
+) -> AlertOut:
+    return await _act(session, alert_id, user, Action.close, body)
+
+
+@router.get("/alerts/{alert_id}/deliveries")
+async def alert_deliveries(
+    alert_id: uuid.UUID, session: SessionDep, user: ManagerOrAdmin
+) -> list[DeliveryOut]:
+    await _alert_for(session, alert_id, user)
+    rows = await repository.deliveries(session, alert_id=alert_id)
+    if user.role is not Role.admin:
+        own = {s.id for s in await repository.list_subscriptions(session, user.id)}
+        rows = [d for d in rows if d.subscription_id in own]
+    return [DeliveryOut.model_validate(d) for d in rows]
+
+
+@router.post("/webhooks", status_code=status.HTTP_201_CREATED)
+async def subscribe(
+    body: WebhookIn, runtime: RuntimeDep, session: SessionDep, user: ManagerOrAdmin
+) -> WebhookCreated:
+    """A manager's webhook receives their caseload's alerts; an admin's receives all."""
+    if len(str(body.url)) > 2000:
+        raise Unprocessable("the URL is longer than 2000 characters", field="url")
+    sub = WebhookSubscription(owner_id=user.id, owner_role=user.role.value, url=str(body.url))
+    await repository.add_subscription(session, sub)
+    await session.commit()
+    key = runtime.settings.alerts.webhook_key.get_secret_value().encode()
+    return WebhookCreated(
+        **WebhookOut.model_validate(sub).model_dump(), secret=signing_secret(key, str(sub.id))
+    )
+
+
+@router.get("/webhooks")
+async def subscriptions(session: SessionDep, user: ManagerOrAdmin) -> list[WebhookOut]:
+    rows = await repository.list_subscriptions(session, _visible_to(user))
+    return [WebhookOut.model_validate(s) for s in rows]
+
+
+@router.delete("/webhooks/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def unsubscribe(
+    subscription_id: uuid.UUID, session: SessionDep, user: ManagerOrAdmin
+) -> None:
+    sub = await repository.get_subscription(session, subscription_id)
+    if sub is None or (user.role is not Role.admin and sub.owner_id != user.id):
+        raise NotFound(f"webhook {subscription_id} does not exist")
+    sub.active = False
+    await session.commit()
+
+
+@router.get("/deliveries")
+async def list_deliveries(
+    session: SessionDep,
+    _: Admin,
+    state: Annotated[str, Query(pattern="^(pending|delivered|dead)$")] = "dead",
+) -> list[DeliveryOut]:
+    """Deliveries by state; dead ones wait here for an admin to replay them."""
+    return [
+        DeliveryOut.model_validate(d) for d in await repository.deliveries(session, state=state)
+    ]
+
+
+@router.post("/deliveries/{delivery_id}/replay")
+async def replay(delivery_id: uuid.UUID, session: SessionDep, _: Admin) -> DeliveryOut:
+    delivery = await repository.get_delivery(session, delivery_id)
+    if delivery is None:
+        raise NotFound(f"delivery {delivery_id} does not exist")
+    delivery.state, delivery.attempts, delivery.next_attempt_at = "pending", 0, func.now()  # type: ignore[assignment]
+    await session.commit()
+    await session.refresh(delivery)
+    return DeliveryOut.model_validate(delivery)

@@ -6,71 +6,61 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, literal_column, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.alerts.models import Alert
-from services.alerts.schemas import AlertEvent, AlertKind, AlertMessage
+from services.alerts.models import (
+    Alert,
+    AlertTransition,
+    Delivery,
+    DeliveryAttempt,
+    WebhookSubscription,
+)
 
 
-async def apply(session: AsyncSession, message: AlertMessage) -> bool:
-    """Applies one alert event; returns True when it opened a new alert.
+async def lock(session: AsyncSession, alert_id: uuid.UUID) -> Alert | None:
+    return await session.get(Alert, alert_id, with_for_update=True)
 
-    Idempotent: the alert id is the key. A zone alert's events carry the whole episode as
-    it now stands, so applying one twice, or replaying them in order, ends in the same row.
-    A crime match keeps what it was first filed with.
-    """
-    if message.event is AlertEvent.superseded:
-        await session.execute(
-            update(Alert)
-            .where(Alert.id == message.alert_id)
-            .values(state="superseded", superseded_by=message.superseded_by, updated_at=func.now())
+
+async def add(session: AsyncSession, alert: Alert) -> None:
+    session.add(alert)
+    await session.flush()
+
+
+async def add_transition(session: AsyncSession, transition: AlertTransition) -> None:
+    session.add(transition)
+    await session.flush()
+
+
+async def transitions(session: AsyncSession, alert_id: uuid.UUID) -> Sequence[AlertTransition]:
+    rows = await session.scalars(
+        select(AlertTransition)
+        .where(AlertTransition.alert_id == alert_id)
+        .order_by(AlertTransition.id)
+    )
+    return rows.all()
+
+
+async def subscriptions_for(
+    session: AsyncSession, managers: Sequence[uuid.UUID]
+) -> Sequence[WebhookSubscription]:
+    """Active subscriptions that receive an alert for these managers: their own, and
+    every administrator's (team inboxes and downstream systems)."""
+    rows = await session.scalars(
+        select(WebhookSubscription).where(
+            WebhookSubscription.active.is_(True),
+            or_(
+                WebhookSubscription.owner_role == "admin",
+                WebhookSubscription.owner_id.in_(list(managers)),
+            ),
         )
-        return False
-    values = {
-        "id": message.alert_id,
-        "kind": message.kind.value,
-        "state": "open",
-        "subject_id": message.subject_id,
-        "zone_id": message.zone_id,
-        "crime_id": message.crime_id,
-        "opened_at": message.at,
-        "ended_at": message.ended_at,
-        "confidence": message.confidence,
-        "last_fix_at": message.last_fix_at,
-        "late": message.late,
-        "delay_s": message.delay_s,
-        "reason": message.reason,
-        "details": message.details,
-        "evidence": [f.model_dump(mode="json") for f in message.evidence],
-    }
-    stmt = insert(Alert).values(**values)
-    if message.kind is AlertKind.crime_match:
-        upsert = stmt.on_conflict_do_nothing(index_elements=[Alert.id])
-    else:
-        upsert = stmt.on_conflict_do_update(
-            index_elements=[Alert.id],
-            set_={
-                **{
-                    c: stmt.excluded[c]
-                    for c in (
-                        "ended_at",
-                        "confidence",
-                        "last_fix_at",
-                        "reason",
-                        "details",
-                        "evidence",
-                    )
-                },
-                "state": "open",
-                "superseded_by": None,
-                "updated_at": func.now(),
-            },
-        )
-    # xmax is 0 only on a row this statement inserted (not on one it updated).
-    inserted = await session.scalar(upsert.returning(literal_column("xmax = 0")))
-    return bool(inserted)
+    )
+    return rows.all()
+
+
+async def add_deliveries(session: AsyncSession, deliveries: Sequence[Delivery]) -> None:
+    session.add_all(deliveries)
+    await session.flush()
 
 
 async def get(session: AsyncSession, alert_id: uuid.UUID) -> Alert | None:
@@ -80,7 +70,8 @@ async def get(session: AsyncSession, alert_id: uuid.UUID) -> Alert | None:
 async def list_alerts(
     session: AsyncSession,
     *,
-    subject_ids: Sequence[uuid.UUID] | None,
+    manager_id: uuid.UUID | None,
+    subject_id: uuid.UUID | None,
     kind: str | None,
     state: str | None,
     since: datetime | None,
@@ -88,8 +79,11 @@ async def list_alerts(
     offset: int,
 ) -> Sequence[Alert]:
     query = select(Alert)
-    if subject_ids is not None:
-        query = query.where(Alert.subject_id.in_(subject_ids))
+    if manager_id is not None:
+        # Who may see an alert was fixed when it happened: the subject's managers then.
+        query = query.where(Alert.managers.contains([manager_id]))
+    if subject_id is not None:
+        query = query.where(Alert.subject_id == subject_id)
     if kind is not None:
         query = query.where(Alert.kind == kind)
     if state is not None:
@@ -102,3 +96,54 @@ async def list_alerts(
         query.order_by(Alert.opened_at.desc(), Alert.id).limit(limit).offset(offset)
     )
     return rows.all()
+
+
+async def add_subscription(session: AsyncSession, subscription: WebhookSubscription) -> None:
+    session.add(subscription)
+    await session.flush()
+
+
+async def get_subscription(
+    session: AsyncSession, subscription_id: uuid.UUID
+) -> WebhookSubscription | None:
+    return await session.get(WebhookSubscription, subscription_id)
+
+
+async def list_subscriptions(
+    session: AsyncSession, owner_id: uuid.UUID | None
+) -> Sequence[WebhookSubscription]:
+    query = select(WebhookSubscription).where(WebhookSubscription.active.is_(True))
+    if owner_id is not None:
+        query = query.where(WebhookSubscription.owner_id == owner_id)
+    return (await session.scalars(query.order_by(WebhookSubscription.created_at))).all()
+
+
+async def deliveries(
+    session: AsyncSession, *, alert_id: uuid.UUID | None = None, state: str | None = None
+) -> Sequence[Delivery]:
+    query = select(Delivery)
+    if alert_id is not None:
+        query = query.where(Delivery.alert_id == alert_id)
+    if state is not None:
+        query = query.where(Delivery.state == state)
+    return (await session.scalars(query.order_by(Delivery.created_at).limit(1000))).all()
+
+
+async def get_delivery(session: AsyncSession, delivery_id: uuid.UUID) -> Delivery | None:
+    return await session.get(Delivery, delivery_id, with_for_update=True)
+
+
+async def claim_due(session: AsyncSession, now: datetime) -> Delivery | None:
+    """One delivery that is due, locked so that no other sender takes it meanwhile."""
+    return await session.scalar(
+        select(Delivery)
+        .where(Delivery.state == "pending", Delivery.next_attempt_at <= now)
+        .order_by(Delivery.next_attempt_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+
+
+async def add_attempt(session: AsyncSession, attempt: DeliveryAttempt) -> None:
+    session.add(attempt)
+    await session.flush()

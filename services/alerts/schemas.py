@@ -7,7 +7,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, computed_field
+from pydantic import AnyHttpUrl, AwareDatetime, BaseModel, ConfigDict, Field, computed_field
+
+from services.alerts.service import CloseOutcome
 
 
 class AlertKind(StrEnum):
@@ -81,6 +83,13 @@ class AlertOut(BaseModel):
     superseded_by: uuid.UUID | None
     details: dict[str, Any]
     evidence: list[dict[str, Any]]
+    severity: str
+    acknowledged_at: datetime | None
+    acknowledged_by: uuid.UUID | None
+    closed_at: datetime | None
+    closed_by: uuid.UUID | None
+    outcome: str | None
+    note: str | None
     created_at: datetime
     updated_at: datetime
 
@@ -95,3 +104,58 @@ class AlertOut(BaseModel):
 class AlertPage(BaseModel):
     items: list[AlertOut]
     next_offset: int | None
+
+
+class CloseIn(BaseModel):
+    outcome: CloseOutcome
+    note: str | None = Field(default=None, max_length=4000)
+
+
+class TransitionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    from_state: str | None
+    to_state: str
+    actor_id: uuid.UUID | None
+    actor_name: str
+    at: datetime
+    outcome: str | None
+    note: str | None
+
+
+class AlertDetail(AlertOut):
+    history: list[TransitionOut]
+
+
+class WebhookIn(BaseModel):
+    url: AnyHttpUrl = Field(description="http(s) URL that receives signed POSTs")
+
+
+class WebhookOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    url: str
+    active: bool
+    created_at: datetime
+
+
+class WebhookCreated(WebhookOut):
+    # Shown once; derived from the server's key, never stored.
+    secret: str
+
+
+class DeliveryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    alert_id: uuid.UUID
+    subscription_id: uuid.UUID
+    event: str
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None

@@ -23,3 +23,15 @@ HANDLER_SECONDS = Histogram(
 DEAD_LETTERS = Counter(
     "tagtrail_dead_letters_total", "Messages a handler could not process", ["group", "topic"]
 )
+DELIVERY_ATTEMPTS = Counter(
+    "tagtrail_alert_delivery_attempts_total", "Alert delivery attempts", ["channel"]
+)
+DELIVERY_FAILURES = Counter(
+    "tagtrail_alert_delivery_failures_total", "Alert delivery attempts that failed", ["channel"]
+)
+FIX_TO_ALERT = Histogram(
+    "tagtrail_fix_to_alert_delivery_seconds",
+    "From receipt of the fix behind an alert to the alert's delivery",
+    ["channel"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)

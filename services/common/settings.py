@@ -106,6 +106,23 @@ class CheckSettings(BaseSettings):
     context_s: float = Field(default=7200.0, ge=60)
 
 
+DEV_WEBHOOK_KEY = "tagtrail-development-webhook-key"
+
+
+class AlertSettings(BaseSettings):
+    model_config = _config("TAGTRAIL_ALERTS_")
+
+    # Webhook signing secrets are derived from this key (never stored).
+    webhook_key: SecretStr = SecretStr(DEV_WEBHOOK_KEY)
+    # Retries: about 2 s, 4 s, 8 s ... capped at 15 min, with jitter; 10 attempts span
+    # roughly an hour and a half before a delivery is dead and waits for an admin.
+    max_attempts: int = Field(default=10, ge=1, le=100)
+    retry_base_s: float = Field(default=2.0, gt=0)
+    retry_cap_s: float = Field(default=900.0, gt=0)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+
+
 class AppSettings(BaseSettings):
     model_config = _config("TAGTRAIL_")
 
@@ -125,6 +142,11 @@ class AppSettings(BaseSettings):
                     "TAGTRAIL_DB_PASSWORD is the development default; set a real one "
                     "before running with TAGTRAIL_ENV=production"
                 )
+            if AlertSettings().webhook_key.get_secret_value() == DEV_WEBHOOK_KEY:
+                raise ValueError(
+                    "TAGTRAIL_ALERTS_WEBHOOK_KEY is the development default; set a real one "
+                    "before running with TAGTRAIL_ENV=production"
+                )
         return self
 
 
@@ -137,6 +159,7 @@ class Settings:
         self.kafka = KafkaSettings()
         self.ingest = IngestSettings()
         self.check = CheckSettings()
+        self.alerts = AlertSettings()
 
 
 @lru_cache

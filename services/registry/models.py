@@ -55,6 +55,8 @@ class Subject(Base):
     id: Mapped[uuid.UUID] = _id()
     reference: Mapped[str] = mapped_column(String(100), unique=True)
     display_name: Mapped[str] = mapped_column(String(200))
+    # low / medium / high: raises or lowers the severity of the subject's alerts.
+    risk: Mapped[str] = mapped_column(String(8), default="medium")
     created_at: Mapped[datetime] = _created()
 
 

@@ -96,3 +96,17 @@ async def wearing_between(
         .distinct()
     )
     return rows.all()
+
+
+async def responsible_at(
+    session: AsyncSession, subject_id: uuid.UUID, at: datetime
+) -> tuple[list[uuid.UUID], str]:
+    managers = await session.scalars(
+        select(ManagerAssignment.manager_id).where(
+            ManagerAssignment.subject_id == subject_id,
+            ManagerAssignment.valid_from <= at,
+            or_(ManagerAssignment.valid_to.is_(None), ManagerAssignment.valid_to > at),
+        )
+    )
+    risk = await session.scalar(select(Subject.risk).where(Subject.id == subject_id))
+    return list(managers.all()), risk or "medium"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -35,9 +36,16 @@ class TagOut(BaseModel):
     created_at: datetime
 
 
+class Risk(StrEnum):
+    low = "low"
+    medium = "medium"
+    high = "high"
+
+
 class SubjectIn(BaseModel):
     reference: str = Field(min_length=1, max_length=100)
     display_name: str = Field(min_length=1, max_length=200)
+    risk: Risk = Risk.medium
 
 
 class SubjectOut(BaseModel):
@@ -45,6 +53,7 @@ class SubjectOut(BaseModel):
     id: uuid.UUID
     reference: str
     display_name: str
+    risk: str
     created_at: datetime
 
 

@@ -103,7 +103,9 @@ async def create_tag(session: AsyncSession, body: TagIn) -> Tag:
 
 
 async def create_subject(session: AsyncSession, body: SubjectIn) -> Subject:
-    subject = Subject(reference=body.reference, display_name=body.display_name)
+    subject = Subject(
+        reference=body.reference, display_name=body.display_name, risk=body.risk.value
+    )
     session.add(subject)
     await _flush(session, f"a subject with reference {body.reference!r} already exists")
     return subject
@@ -166,3 +168,10 @@ async def wearing_between(
     session: AsyncSession, start: datetime, end: datetime
 ) -> Sequence[uuid.UUID]:
     return await repository.wearing_between(session, start, end)
+
+
+async def responsible_at(
+    session: AsyncSession, subject_id: uuid.UUID, at: datetime
+) -> tuple[list[uuid.UUID], str]:
+    """The managers assigned to a subject at a moment, and the subject's risk."""
+    return await repository.responsible_at(session, subject_id, at)

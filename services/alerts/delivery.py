@@ -1,0 +1,132 @@
+"""The webhook sender: works through the delivery outbox, signs each POST, records every
+attempt, retries with back-off and jitter, and leaves what never gets through dead for
+an admin to replay. A crash mid-send leaves the row pending, so it is sent again with
+the same Idempotency-Key, and the receiver can tell it has it already."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from datetime import datetime
+
+import httpx
+import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.alerts import repository
+from services.alerts.models import Delivery, DeliveryAttempt
+from services.alerts.service import retry_delay, signature, signing_secret
+from services.common.database import Database
+from services.common.metrics import DELIVERY_ATTEMPTS, DELIVERY_FAILURES, FIX_TO_ALERT
+from services.common.settings import AlertSettings
+from services.common.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "webhook"
+
+
+class WebhookSender:
+    def __init__(self, db: Database, settings: AlertSettings) -> None:
+        self.db = db
+        self.settings = settings
+        self.key = settings.webhook_key.get_secret_value().encode()
+        self.rng = random.Random()
+        self._task: asyncio.Task[None] | None = None
+        self._http: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        self._http = httpx.AsyncClient(timeout=self.settings.timeout_s, follow_redirects=False)
+        self._task = asyncio.create_task(self._loop(), name="webhooks")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._http is not None:
+            await self._http.aclose()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                sent = await self.send_due()
+            except Exception:
+                log.exception("webhook sender failed; trying again")
+                sent = 0
+            if not sent:
+                await asyncio.sleep(self.settings.poll_interval_s)
+
+    async def send_due(self, limit: int = 100) -> int:
+        """Sends up to `limit` due deliveries, one transaction each; returns how many."""
+        done = 0
+        while done < limit:
+            async with self.db.transaction() as session:
+                delivery = await repository.claim_due(session, utcnow())
+                if delivery is None:
+                    return done
+                await self._send(session, delivery)
+            done += 1
+        return done
+
+    async def _send(self, session: AsyncSession, delivery: Delivery) -> None:
+        subscription = await repository.get_subscription(session, delivery.subscription_id)
+        if subscription is None or not subscription.active:
+            delivery.state, delivery.last_error = "dead", "the subscription was removed"
+            return
+        body = orjson.dumps(delivery.payload)
+        stamp = int(time.time())
+        secret = signing_secret(self.key, str(subscription.id))
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": str(delivery.id),
+            "X-Tagtrail-Event": delivery.event,
+            "X-Tagtrail-Signature": f"t={stamp},v1={signature(secret, stamp, body)}",
+        }
+        started = time.perf_counter()
+        status: int | None = None
+        error: str | None = None
+        assert self._http is not None
+        try:
+            response = await self._http.post(subscription.url, content=body, headers=headers)
+            status = response.status_code
+            if not 200 <= status < 300:
+                error = f"the receiver answered {status}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        now = utcnow()
+        DELIVERY_ATTEMPTS.labels(CHANNEL).inc()
+        await repository.add_attempt(
+            session,
+            DeliveryAttempt(
+                delivery_id=delivery.id,
+                at=now,
+                status_code=status,
+                error=error,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            ),
+        )
+        delivery.attempts += 1
+        if error is None:
+            delivery.state, delivery.delivered_at, delivery.last_error = "delivered", now, None
+            evidence = delivery.payload.get("alert", {}).get("evidence") or []
+            received = evidence[-1].get("received_at") if evidence else None
+            if delivery.event == "opened" and received:
+                seconds = (now - datetime.fromisoformat(received)).total_seconds()
+                FIX_TO_ALERT.labels(CHANNEL).observe(seconds)
+            return
+        DELIVERY_FAILURES.labels(CHANNEL).inc()
+        delivery.last_error = error
+        if delivery.attempts >= self.settings.max_attempts:
+            delivery.state = "dead"
+            log.warning(
+                "delivery %s is dead after %d attempts: %s", delivery.id, delivery.attempts, error
+            )
+        else:
+            delay = retry_delay(
+                delivery.attempts, self.settings.retry_base_s, self.settings.retry_cap_s, self.rng
+            )
+            delivery.next_attempt_at = now + delay
