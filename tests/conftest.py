@@ -38,9 +38,11 @@ TABLES = (
 
 
 def quiet_settings() -> Settings:
-    """Settings for tests: the silence watchdog only runs when a test calls it."""
+    """Settings for tests: the silence watchdog and the pipeline's own webhook sender
+    only act when a test drives them."""
     s = Settings()
     s.check = s.check.model_copy(update={"watchdog_interval_s": 3600.0})
+    s.alerts = s.alerts.model_copy(update={"poll_interval_s": 3600.0})
     return s
 
 

@@ -189,6 +189,7 @@ async def replay(delivery_id: uuid.UUID, session: SessionDep, _: Admin) -> Deliv
     if delivery is None:
         raise NotFound(f"delivery {delivery_id} does not exist")
     delivery.state, delivery.attempts, delivery.next_attempt_at = "pending", 0, func.now()  # type: ignore[assignment]
-    await session.commit()
+    await session.flush()
     await session.refresh(delivery)
+    await session.commit()
     return DeliveryOut.model_validate(delivery)

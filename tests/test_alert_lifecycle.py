@@ -1,0 +1,321 @@
+"""Alerts as records with a lifecycle, routed to the managers responsible when it
+happened, and delivered to webhooks through an outbox that survives failures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from services.alerts.delivery import WebhookSender
+from services.alerts.schemas import AlertEvent, AlertKind, AlertMessage
+from services.alerts.service import (
+    Action,
+    AlertState,
+    Severity,
+    retry_delay,
+    severity,
+    signature,
+    transition,
+)
+from services.common.auth import Role
+from services.common.database import Database
+from services.common.errors import Conflict
+from services.common.settings import AlertSettings
+from services.common.timeutil import utcnow
+from services.pipeline import Pipeline
+from services.topics import ALERTS
+from tests.conftest import World, enrol, eventually, free_port, token_for
+
+# Pure rules -------------------------------------------------------------------------
+
+
+def test_lifecycle_transitions() -> None:
+    assert transition(AlertState.open, Action.acknowledge) is AlertState.acknowledged
+    assert transition(AlertState.open, Action.close) is AlertState.closed
+    assert transition(AlertState.acknowledged, Action.close) is AlertState.closed
+    for state, action in [
+        (AlertState.acknowledged, Action.acknowledge),
+        (AlertState.closed, Action.acknowledge),
+        (AlertState.closed, Action.close),
+        (AlertState.superseded, Action.close),
+    ]:
+        with pytest.raises(Conflict):
+            transition(state, action)
+
+
+def test_severity_by_kind_and_risk() -> None:
+    assert severity("exclusion", "confirmed", "medium") is Severity.red
+    assert severity("exclusion", "possible", "medium") is Severity.amber
+    assert severity("exclusion", "possible", "high") is Severity.red
+    assert severity("battery_low", "confirmed", "medium") is Severity.green
+    assert severity("battery_low", "confirmed", "low") is Severity.green
+    assert severity("tamper", "confirmed", "low") is Severity.amber
+    assert severity("crime_match", "match", "medium") is Severity.amber
+
+
+def test_retry_delays_grow_with_jitter_and_a_cap() -> None:
+    rng = random.Random(1)
+    delays = [retry_delay(n, 2, 900, rng).total_seconds() for n in range(1, 15)]
+    for n, d in enumerate(delays, start=1):
+        full = min(900, 2 * 2 ** (n - 1))
+        assert full / 2 <= d <= full
+
+
+# Through the API -------------------------------------------------------------------
+
+
+@pytest.fixture
+async def world(client: httpx.AsyncClient, db: Database) -> World:
+    return await enrol(client, db, n=2, prefix="LIFE")
+
+
+def opened(
+    subject: uuid.UUID, kind: AlertKind = AlertKind.exclusion, ago_min: float = 5
+) -> AlertMessage:
+    return AlertMessage(
+        alert_id=uuid.uuid4(),
+        kind=kind,
+        event=AlertEvent.opened,
+        subject_id=subject,
+        zone_id=uuid.uuid4(),
+        at=utcnow() - timedelta(minutes=ago_min),
+        confidence="confirmed",
+        reason="test",
+    )
+
+
+async def file(pipeline: Pipeline, *messages: AlertMessage) -> None:
+    await pipeline.runtime.bus.publish(ALERTS, [(str(m.subject_id), m) for m in messages])
+
+
+async def test_acknowledge_then_close_with_history(
+    client: httpx.AsyncClient, world: World, memory_pipeline: Pipeline
+) -> None:
+    m = opened(world.subjects[0])
+    await file(memory_pipeline, m)
+    url = f"/v1/alerts/{m.alert_id}"
+    got = (await client.get(url, headers=world.manager)).json()
+    assert (got["state"], got["severity"]) == ("open", "red")
+    r = await client.post(f"{url}/ack", headers=world.manager)
+    assert r.status_code == 200 and r.json()["state"] == "acknowledged"
+    assert r.json()["acknowledged_by"] == str(world.manager_id)
+    assert (await client.post(f"{url}/ack", headers=world.manager)).status_code == 409
+    bad = await client.post(f"{url}/close", json={"outcome": "whatever"}, headers=world.manager)
+    assert bad.status_code == 422
+    r = await client.post(
+        f"{url}/close",
+        json={"outcome": "false_alarm", "note": "GPS drift by the river"},
+        headers=world.manager,
+    )
+    assert r.json()["state"] == "closed" and r.json()["outcome"] == "false_alarm"
+    assert (
+        await client.post(f"{url}/close", json={"outcome": "explained"}, headers=world.manager)
+    ).status_code == 409
+    # A later update of the episode never reopens what a manager closed.
+    await file(
+        memory_pipeline, m.model_copy(update={"event": AlertEvent.updated, "ended_at": utcnow()})
+    )
+    detail = (await client.get(url, headers=world.manager)).json()
+    assert detail["state"] == "closed" and detail["ended_at"] is not None
+    steps = [(h["from_state"], h["to_state"], h["actor_name"]) for h in detail["history"]]
+    assert steps == [
+        (None, "open", "tagtrail"),
+        ("open", "acknowledged", "manager-LIFE"),
+        ("acknowledged", "closed", "manager-LIFE"),
+    ]
+    assert detail["history"][-1]["note"] == "GPS drift by the river"
+
+
+async def test_routing_is_fixed_when_it_happened(
+    client: httpx.AsyncClient, world: World, db: Database, memory_pipeline: Pipeline
+) -> None:
+    """A new manager takes over the subject; the old manager keeps the alerts from their
+    time, the new one gets the ones after, and nobody else sees any of them."""
+    new_id, new = await token_for(db, Role.manager, "new-manager")
+    subject = world.subjects[0]
+    before = opened(subject, ago_min=120)
+    # The old assignment ends an hour ago (a new open-ended one starts then).
+    handover = utcnow() - timedelta(hours=1)
+    async with db.pool.acquire() as conn:
+        await conn.execute(
+            "update manager_assignments set valid_to = $1 where subject_id = $2", handover, subject
+        )
+    r = await client.post(
+        f"/v1/subjects/{subject}/managers",
+        json={"manager_id": str(new_id), "valid_from": handover.isoformat()},
+        headers=world.admin,
+    )
+    assert r.status_code == 201
+    after = opened(subject, ago_min=10)
+    await file(memory_pipeline, before, after)
+    old_sees = {
+        a["id"] for a in (await client.get("/v1/alerts", headers=world.manager)).json()["items"]
+    }
+    new_sees = {a["id"] for a in (await client.get("/v1/alerts", headers=new)).json()["items"]}
+    assert old_sees == {str(before.alert_id)}
+    assert new_sees == {str(after.alert_id)}
+    assert (
+        await client.get(f"/v1/alerts/{after.alert_id}", headers=world.manager)
+    ).status_code == 404
+    assert (
+        await client.post(f"/v1/alerts/{after.alert_id}/ack", headers=world.manager)
+    ).status_code == 404
+
+
+# Webhooks with a real receiver ------------------------------------------------------
+
+
+class Receiver:
+    """A local HTTP receiver that fails a set number of times, then accepts."""
+
+    def __init__(self, failures: int = 0, hang_s: float = 0.0) -> None:
+        self.failures = failures
+        self.hang_s = hang_s
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.accepted: list[tuple[dict[str, str], bytes]] = []
+        self.app = Starlette(routes=[Route("/hook", self.hook, methods=["POST"])])
+
+    async def hook(self, request: Request) -> Response:
+        body = await request.body()
+        headers = dict(request.headers)
+        self.requests.append((headers, body))
+        if self.hang_s:
+            await asyncio.sleep(self.hang_s)
+        if self.failures > 0:
+            self.failures -= 1
+            return JSONResponse({"error": "try later"}, status_code=500)
+        self.accepted.append((headers, body))
+        return JSONResponse({"ok": True})
+
+
+@contextlib.asynccontextmanager
+async def running(receiver: Receiver) -> AsyncIterator[str]:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            receiver.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn has no "listening" event
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/hook"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def fast(**over: Any) -> AlertSettings:
+    return AlertSettings().model_copy(update={"retry_base_s": 0.05, "retry_cap_s": 0.2, **over})
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """What a receiver does: recompute the HMAC over "<t>.<body>" and compare."""
+    parts = dict(p.split("=", 1) for p in headers["x-tagtrail-signature"].split(","))
+    return parts["v1"] == signature(secret, int(parts["t"]), body)
+
+
+async def test_a_receiver_failing_three_times_gets_each_alert_once_signed(
+    client: httpx.AsyncClient, world: World, memory_pipeline: Pipeline, db: Database
+) -> None:
+    receiver = Receiver(failures=3)
+    async with running(receiver) as url:
+        r = await client.post("/v1/webhooks", json={"url": url}, headers=world.manager)
+        assert r.status_code == 201
+        secret = r.json()["secret"]
+        m = opened(world.subjects[0])
+        await file(memory_pipeline, m)
+        sender = WebhookSender(db, fast())
+        await sender.start()
+        try:
+            await eventually(lambda: _value(len(receiver.accepted)), lambda n: n >= 1, within_s=20)
+            await asyncio.sleep(0.5)  # nothing more may come
+        finally:
+            await sender.stop()
+    assert len(receiver.requests) == 4
+    assert len(receiver.accepted) == 1
+    headers, body = receiver.accepted[0]
+    assert verify(secret, headers, body)
+    assert not verify("not-the-secret", headers, body)
+    assert str(m.alert_id) in body.decode()
+    assert len({h["idempotency-key"] for h, _ in receiver.requests}) == 1
+    deliveries = (
+        await client.get(f"/v1/alerts/{m.alert_id}/deliveries", headers=world.manager)
+    ).json()
+    assert [(d["state"], d["attempts"]) for d in deliveries] == [("delivered", 4)]
+
+
+async def test_a_sender_killed_mid_delivery_resumes_without_loss(
+    client: httpx.AsyncClient, world: World, memory_pipeline: Pipeline, db: Database
+) -> None:
+    receiver = Receiver(hang_s=2.0)
+    async with running(receiver) as url:
+        await client.post("/v1/webhooks", json={"url": url}, headers=world.admin)
+        m = opened(world.subjects[1])
+        await file(memory_pipeline, m)
+        first = WebhookSender(db, fast())
+        await first.start()
+        await eventually(lambda: _value(len(receiver.requests)), lambda n: n == 1)
+        await first.stop()  # killed while the receiver is still answering
+        async with db.pool.acquire() as conn:
+            assert await conn.fetchval("select state from alert_deliveries") == "pending"
+        receiver.hang_s = 0
+        second = WebhookSender(db, fast())
+        await second.start()
+        try:
+            await eventually(lambda: _value(len(receiver.accepted)), lambda n: n >= 1)
+        finally:
+            await second.stop()
+    keys = {h["idempotency-key"] for h, _ in receiver.requests}
+    assert len(keys) == 1  # the receiver can tell the second try is the same delivery
+    async with db.pool.acquire() as conn:
+        assert (
+            await conn.fetchval("select count(*) from alert_deliveries where state = 'delivered'")
+            == 1
+        )
+
+
+async def test_dead_deliveries_are_listed_and_replayed(
+    client: httpx.AsyncClient, world: World, memory_pipeline: Pipeline, db: Database
+) -> None:
+    receiver = Receiver(failures=1000)
+    async with running(receiver) as url:
+        await client.post("/v1/webhooks", json={"url": url}, headers=world.manager)
+        await file(memory_pipeline, opened(world.subjects[0]))
+        sender = WebhookSender(db, fast(max_attempts=3))
+        await sender.start()
+        try:
+            dead = await eventually(
+                lambda: _json(client.get("/v1/deliveries", headers=world.admin)),
+                lambda xs: len(xs) == 1,
+            )
+            assert dead[0]["attempts"] == 3 and "500" in dead[0]["last_error"]
+            assert (await client.get("/v1/deliveries", headers=world.manager)).status_code == 403
+            receiver.failures = 0
+            r = await client.post(f"/v1/deliveries/{dead[0]['id']}/replay", headers=world.admin)
+            assert r.json()["state"] == "pending"
+            await eventually(lambda: _value(len(receiver.accepted)), lambda n: n == 1)
+        finally:
+            await sender.stop()
+
+
+async def _value(x: Any) -> Any:
+    return x
+
+
+async def _json(request: Any) -> Any:
+    return (await request).json()
