@@ -37,7 +37,7 @@ from services.common.settings import AlertSettings
 from services.common.timeutil import utcnow
 from services.pipeline import Pipeline
 from services.topics import ALERTS
-from tests.conftest import World, enrol, eventually, free_port, token_for
+from tests.conftest import World, enrol, eventually, free_port, serve, token_for
 
 # Pure rules -------------------------------------------------------------------------
 
@@ -319,3 +319,66 @@ async def _value(x: Any) -> Any:
 
 async def _json(request: Any) -> Any:
     return (await request).json()
+
+
+# The live feed -----------------------------------------------------------------------
+
+
+async def read_events(
+    url: str, headers: dict[str, str], count: int, last_id: str | None = None
+) -> list[dict[str, str]]:
+    """Reads `count` events from the stream, then hangs up."""
+    events: list[dict[str, str]] = []
+    if last_id is not None:
+        headers = {**headers, "Last-Event-ID": last_id}
+    async with (
+        httpx.AsyncClient(timeout=30) as http,
+        http.stream("GET", f"{url}/v1/alerts/stream", headers=headers) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        current: dict[str, str] = {}
+        async for line in response.aiter_lines():
+            if not line:
+                if "data" in current:
+                    events.append(current)
+                    if len(events) == count:
+                        return events
+                current = {}
+                continue
+            if line.startswith(":"):
+                continue
+            field, _, value = line.partition(": ")
+            current[field] = value
+    return events
+
+
+async def test_the_live_feed_resumes_with_last_event_id_and_keeps_to_the_caseload(
+    world: World, memory_pipeline: Pipeline, db: Database
+) -> None:
+    other_id, other = await token_for(db, Role.manager, "someone-else")
+    async with serve(memory_pipeline) as url:
+        first = opened(world.subjects[0])
+        reader = asyncio.create_task(read_events(url, world.manager, 1))
+        stranger = asyncio.create_task(read_events(url, other, 1))
+        await asyncio.sleep(0.5)  # both connected
+        await file(memory_pipeline, first)
+        (event,) = await asyncio.wait_for(reader, 10)
+        assert event["event"] == "opened"
+        assert str(first.alert_id) in event["data"]
+        # Disconnected. Two more happen meanwhile; resuming from the last id gets both.
+        missed = [opened(world.subjects[0]), opened(world.subjects[1], AlertKind.tamper)]
+        await file(memory_pipeline, *missed)
+        resumed = await asyncio.wait_for(read_events(url, world.manager, 2, event["id"]), 10)
+        assert [e["data"].count(str(m.alert_id)) for e, m in zip(resumed, missed, strict=True)] == [
+            1,
+            1,
+        ]
+        assert int(resumed[0]["id"]) > int(event["id"])
+        # The other manager, with no caseload here, heard nothing.
+        await asyncio.sleep(1.0)
+        assert not stranger.done()
+        stranger.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stranger
+    assert other_id

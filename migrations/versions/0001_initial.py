@@ -368,6 +368,22 @@ def upgrade() -> None:
         "ix_alert_deliveries_due", "alert_deliveries", ["state", "next_attempt_at"], unique=False
     )
     op.create_table(
+        "alert_feed",
+        sa.Column("seq", sa.BigInteger(), autoincrement=True, nullable=False),
+        sa.Column("alert_id", sa.UUID(), nullable=False),
+        sa.Column("event", sa.String(length=16), nullable=False),
+        sa.Column("managers", postgresql.ARRAY(sa.UUID()), nullable=False),
+        sa.Column("payload", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column(
+            "at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+        ),
+        sa.ForeignKeyConstraint(
+            ["alert_id"], ["alerts.id"], name=op.f("fk_alert_feed_alert_id_alerts")
+        ),
+        sa.PrimaryKeyConstraint("seq", name=op.f("pk_alert_feed")),
+    )
+    op.create_index(op.f("ix_alert_feed_alert_id"), "alert_feed", ["alert_id"], unique=False)
+    op.create_table(
         "alert_transitions",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
         sa.Column("alert_id", sa.UUID(), nullable=False),
@@ -601,6 +617,8 @@ def downgrade() -> None:
     op.drop_table("crime_match_runs")
     op.drop_index(op.f("ix_alert_transitions_alert_id"), table_name="alert_transitions")
     op.drop_table("alert_transitions")
+    op.drop_index(op.f("ix_alert_feed_alert_id"), table_name="alert_feed")
+    op.drop_table("alert_feed")
     op.drop_index("ix_alert_deliveries_due", table_name="alert_deliveries")
     op.drop_index(op.f("ix_alert_deliveries_alert_id"), table_name="alert_deliveries")
     op.drop_table("alert_deliveries")

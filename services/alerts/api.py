@@ -4,10 +4,14 @@ subjects they were responsible for when it happened, enforced in every query."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+import orjson
+from fastapi import APIRouter, Header, Query, status
+from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime
 from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,6 +37,10 @@ from services.common.deps import Admin, ManagerOrAdmin, RuntimeDep, SessionDep
 from services.common.errors import NotFound, Unprocessable
 
 router = APIRouter(prefix="/v1", tags=["alerts"])
+
+# How often an open stream looks for new events, and how often it says it is alive.
+STREAM_POLL_S = 0.5
+STREAM_HEARTBEAT_S = 15.0
 
 
 def _visible_to(user: Principal) -> uuid.UUID | None:
@@ -75,6 +83,47 @@ async def list_alerts(
     )
     items = [AlertOut.model_validate(a) for a in rows]
     return AlertPage(items=items, next_offset=offset + limit if len(items) == limit else None)
+
+
+@router.get("/alerts/stream")
+async def stream(
+    runtime: RuntimeDep,
+    user: ManagerOrAdmin,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """Server-Sent Events: each alert event of the caller's caseload as it is filed, with
+    its feed sequence as the event id. Reconnect with Last-Event-ID to resume exactly
+    where you were; without it the stream starts from now."""
+    if last_event_id is not None and not last_event_id.isdigit():
+        raise Unprocessable("Last-Event-ID must be an event id from this stream")
+    viewer = _visible_to(user)
+
+    async def events() -> AsyncIterator[bytes]:
+        async with runtime.db.transaction() as session:
+            seq = int(last_event_id) if last_event_id else await repository.feed_head(session)
+        yield b"retry: 2000\n\n"
+        quiet = 0.0
+        while True:
+            async with runtime.db.transaction() as session:
+                batch = await repository.feed_after(session, seq, viewer)
+            for e in batch:
+                seq = e.seq
+                data = orjson.dumps(e.payload)
+                yield f"id: {e.seq}\nevent: {e.event}\n".encode() + b"data: " + data + b"\n\n"
+            if batch:
+                quiet = 0.0
+                continue
+            await asyncio.sleep(STREAM_POLL_S)
+            quiet += STREAM_POLL_S
+            if quiet >= STREAM_HEARTBEAT_S:
+                quiet = 0.0
+                yield b": keep-alive\n\n"
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.get("/alerts/{alert_id}")

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.alerts.models import (
@@ -14,6 +14,7 @@ from services.alerts.models import (
     AlertTransition,
     Delivery,
     DeliveryAttempt,
+    FeedEvent,
     WebhookSubscription,
 )
 
@@ -147,3 +148,21 @@ async def claim_due(session: AsyncSession, now: datetime) -> Delivery | None:
 async def add_attempt(session: AsyncSession, attempt: DeliveryAttempt) -> None:
     session.add(attempt)
     await session.flush()
+
+
+async def add_feed(session: AsyncSession, event: FeedEvent) -> None:
+    session.add(event)
+    await session.flush()
+
+
+async def feed_after(
+    session: AsyncSession, seq: int, manager_id: uuid.UUID | None, limit: int = 200
+) -> Sequence[FeedEvent]:
+    query = select(FeedEvent).where(FeedEvent.seq > seq)
+    if manager_id is not None:
+        query = query.where(FeedEvent.managers.contains([manager_id]))
+    return (await session.scalars(query.order_by(FeedEvent.seq).limit(limit))).all()
+
+
+async def feed_head(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.coalesce(func.max(FeedEvent.seq), 0))) or 0)

@@ -10,7 +10,7 @@ from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.alerts import repository
-from services.alerts.models import Alert, AlertTransition, Delivery
+from services.alerts.models import Alert, AlertTransition, Delivery, FeedEvent
 from services.alerts.schemas import AlertEvent, AlertKind, AlertMessage, AlertOut
 from services.alerts.service import AlertState, severity
 from services.common.database import Database
@@ -28,10 +28,14 @@ def payload(alert: Alert, event: str) -> dict[str, Any]:
 
 
 async def enqueue(session: AsyncSession, alert: Alert, event: str) -> None:
-    """Outbox rows for every subscription that should hear of this event."""
+    """The event on the live feed, and outbox rows for every subscription that should
+    hear of it, in the transaction that made the change."""
     now = utcnow()
-    subscriptions = await repository.subscriptions_for(session, alert.managers)
     body = payload(alert, event)
+    await repository.add_feed(
+        session, FeedEvent(alert_id=alert.id, event=event, managers=alert.managers, payload=body)
+    )
+    subscriptions = await repository.subscriptions_for(session, alert.managers)
     await repository.add_deliveries(
         session,
         [
