@@ -6,7 +6,7 @@ import logging
 from collections.abc import Collection
 from enum import StrEnum
 
-from services.alerts.delivery import WebhookSender
+from services.alerts.delivery import AlertSender
 from services.alerts.worker import GROUP as DISPATCH_GROUP
 from services.alerts.worker import Dispatcher
 from services.common.bus import Bus
@@ -73,7 +73,7 @@ class Pipeline:
         self._runtime: Runtime | None = None
         self._store: StoreWorker | None = None
         self._watch: DeviceWatch | None = None
-        self._sender: WebhookSender | None = None
+        self._sender: AlertSender | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -109,7 +109,7 @@ class Pipeline:
         if Role.dispatch in self.roles:
             dispatcher = Dispatcher(db)
             bus.subscribe(DISPATCH_GROUP + sfx, ALERTS, dispatcher.handle, max_batch=batch)
-            self._sender = WebhookSender(db, self.settings.alerts)
+            self._sender = AlertSender(db, self.settings.alerts, self.settings.smtp)
         try:
             await bus.start()
         except BaseException:

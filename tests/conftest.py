@@ -33,7 +33,7 @@ TABLES = (
     "alerts, credentials, crimes, dead_letters, device_events, fix_conflicts, manager_assignments, "
     "tag_assignments, tags, subjects, suppliers, users, zone_episodes, zone_versions, "
     "device_episodes, subject_activity, zone_subjects, zones, crime_match_runs, trail_points, "
-    "alert_transitions, webhook_subscriptions, alert_deliveries, alert_delivery_attempts, "
+    "alert_transitions, subscriptions, alert_deliveries, alert_delivery_attempts, "
     "alert_feed"
 )
 

@@ -9,17 +9,19 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from email import message_from_bytes
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from aiosmtpd.controller import Controller
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.alerts.delivery import WebhookSender
+from services.alerts.delivery import AlertSender
 from services.alerts.schemas import AlertEvent, AlertKind, AlertMessage
 from services.alerts.service import (
     Action,
@@ -33,7 +35,7 @@ from services.alerts.service import (
 from services.common.auth import Role
 from services.common.database import Database
 from services.common.errors import Conflict
-from services.common.settings import AlertSettings
+from services.common.settings import AlertSettings, SmtpSettings
 from services.common.timeutil import utcnow
 from services.pipeline import Pipeline
 from services.topics import ALERTS
@@ -239,7 +241,7 @@ async def test_a_receiver_failing_three_times_gets_each_alert_once_signed(
         secret = r.json()["secret"]
         m = opened(world.subjects[0])
         await file(memory_pipeline, m)
-        sender = WebhookSender(db, fast())
+        sender = AlertSender(db, fast(), SmtpSettings())
         await sender.start()
         try:
             await eventually(lambda: _value(len(receiver.accepted)), lambda n: n >= 1, within_s=20)
@@ -267,14 +269,14 @@ async def test_a_sender_killed_mid_delivery_resumes_without_loss(
         await client.post("/v1/webhooks", json={"url": url}, headers=world.admin)
         m = opened(world.subjects[1])
         await file(memory_pipeline, m)
-        first = WebhookSender(db, fast())
+        first = AlertSender(db, fast(), SmtpSettings())
         await first.start()
         await eventually(lambda: _value(len(receiver.requests)), lambda n: n == 1)
         await first.stop()  # killed while the receiver is still answering
         async with db.pool.acquire() as conn:
             assert await conn.fetchval("select state from alert_deliveries") == "pending"
         receiver.hang_s = 0
-        second = WebhookSender(db, fast())
+        second = AlertSender(db, fast(), SmtpSettings())
         await second.start()
         try:
             await eventually(lambda: _value(len(receiver.accepted)), lambda n: n >= 1)
@@ -296,7 +298,7 @@ async def test_dead_deliveries_are_listed_and_replayed(
     async with running(receiver) as url:
         await client.post("/v1/webhooks", json={"url": url}, headers=world.manager)
         await file(memory_pipeline, opened(world.subjects[0]))
-        sender = WebhookSender(db, fast(max_attempts=3))
+        sender = AlertSender(db, fast(max_attempts=3), SmtpSettings())
         await sender.start()
         try:
             dead = await eventually(
@@ -382,3 +384,58 @@ async def test_the_live_feed_resumes_with_last_event_id_and_keeps_to_the_caseloa
         with contextlib.suppress(asyncio.CancelledError):
             await stranger
     assert other_id
+
+
+# E-mail against a real local SMTP server ------------------------------------------------
+
+
+class Mailbox:
+    """An aiosmtpd handler that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(envelope.content)
+        return "250 OK"
+
+
+async def test_an_smtp_server_that_is_down_then_up_gets_the_alert_once(
+    client: httpx.AsyncClient, world: World, memory_pipeline: Pipeline, db: Database
+) -> None:
+    port = free_port()
+    r = await client.post(
+        "/v1/email-subscriptions", json={"address": "duty@probation.example"}, headers=world.manager
+    )
+    assert r.status_code == 201 and r.json()["channel"] == "email"
+    m = opened(world.subjects[0])
+    await file(memory_pipeline, m)
+    smtp = SmtpSettings(host="127.0.0.1", port=port)
+    sender = AlertSender(db, fast(), smtp)
+    await sender.start()
+    mailbox = Mailbox()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    try:
+
+        async def attempts() -> int:
+            async with db.pool.acquire() as conn:
+                return int(
+                    await conn.fetchval("select coalesce(max(attempts), 0) from alert_deliveries")
+                )
+
+        await eventually(attempts, lambda n: n >= 2)  # refused: nobody listens yet
+        controller.start()
+        await eventually(lambda: _value(len(mailbox.messages)), lambda n: n >= 1)
+        await asyncio.sleep(0.5)
+    finally:
+        await sender.stop()
+        controller.stop()
+    (raw,) = mailbox.messages
+    mail = message_from_bytes(raw)
+    assert mail["To"] == "duty@probation.example"
+    assert "exclusion alert opened" in mail["Subject"] and "RED" in mail["Subject"]
+    assert str(m.alert_id) in mail.get_payload()
+    async with db.pool.acquire() as conn:
+        row = await conn.fetchrow("select id, state from alert_deliveries")
+    assert row["state"] == "delivered"
+    assert mail["Message-ID"] == f"<{row['id']}@tagtrail>"

@@ -216,6 +216,23 @@ def upgrade() -> None:
         sa.UniqueConstraint("reference", name=op.f("uq_subjects_reference")),
     )
     op.create_table(
+        "subscriptions",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("owner_id", sa.UUID(), nullable=False),
+        sa.Column("owner_role", sa.String(length=16), nullable=False),
+        sa.Column("channel", sa.String(length=16), nullable=False),
+        sa.Column("target", sa.String(length=2000), nullable=False),
+        sa.Column("active", sa.Boolean(), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_subscriptions")),
+    )
+    op.create_index(op.f("ix_subscriptions_owner_id"), "subscriptions", ["owner_id"], unique=False)
+    op.create_table(
         "suppliers",
         sa.Column("id", sa.UUID(), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
@@ -279,27 +296,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("name", "role", name=op.f("uq_users_name")),
     )
     op.create_table(
-        "webhook_subscriptions",
-        sa.Column("id", sa.UUID(), nullable=False),
-        sa.Column("owner_id", sa.UUID(), nullable=False),
-        sa.Column("owner_role", sa.String(length=16), nullable=False),
-        sa.Column("url", sa.String(length=2000), nullable=False),
-        sa.Column("active", sa.Boolean(), nullable=False),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_subscriptions")),
-    )
-    op.create_index(
-        op.f("ix_webhook_subscriptions_owner_id"),
-        "webhook_subscriptions",
-        ["owner_id"],
-        unique=False,
-    )
-    op.create_table(
         "zones",
         sa.Column("id", sa.UUID(), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
@@ -355,8 +351,8 @@ def upgrade() -> None:
         ),
         sa.ForeignKeyConstraint(
             ["subscription_id"],
-            ["webhook_subscriptions.id"],
-            name=op.f("fk_alert_deliveries_subscription_id_webhook_subscriptions"),
+            ["subscriptions.id"],
+            name=op.f("fk_alert_deliveries_subscription_id_subscriptions"),
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_alert_deliveries")),
@@ -623,13 +619,13 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_alert_deliveries_alert_id"), table_name="alert_deliveries")
     op.drop_table("alert_deliveries")
     op.drop_table("zones")
-    op.drop_index(op.f("ix_webhook_subscriptions_owner_id"), table_name="webhook_subscriptions")
-    op.drop_table("webhook_subscriptions")
     op.drop_table("users")
     op.drop_index("ix_trail_points_subject_ts", table_name="trail_points")
     op.drop_index("ix_trail_points_geom", table_name="trail_points", postgresql_using="gist")
     op.drop_table("trail_points")
     op.drop_table("suppliers")
+    op.drop_index(op.f("ix_subscriptions_owner_id"), table_name="subscriptions")
+    op.drop_table("subscriptions")
     op.drop_table("subjects")
     op.drop_table("subject_activity")
     op.drop_table("fix_conflicts")

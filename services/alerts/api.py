@@ -17,7 +17,7 @@ from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.alerts import repository
-from services.alerts.models import Alert, WebhookSubscription
+from services.alerts.models import Alert, Subscription
 from services.alerts.schemas import (
     AlertDetail,
     AlertKind,
@@ -25,6 +25,8 @@ from services.alerts.schemas import (
     AlertPage,
     CloseIn,
     DeliveryOut,
+    EmailIn,
+    SubscriptionOut,
     TransitionOut,
     WebhookCreated,
     WebhookIn,
@@ -194,7 +196,9 @@ async def subscribe(
     """A manager's webhook receives their caseload's alerts; an admin's receives all."""
     if len(str(body.url)) > 2000:
         raise Unprocessable("the URL is longer than 2000 characters", field="url")
-    sub = WebhookSubscription(owner_id=user.id, owner_role=user.role.value, url=str(body.url))
+    sub = Subscription(
+        owner_id=user.id, owner_role=user.role.value, channel="webhook", target=str(body.url)
+    )
     await repository.add_subscription(session, sub)
     await session.commit()
     key = runtime.settings.alerts.webhook_key.get_secret_value().encode()
@@ -203,19 +207,32 @@ async def subscribe(
     )
 
 
-@router.get("/webhooks")
-async def subscriptions(session: SessionDep, user: ManagerOrAdmin) -> list[WebhookOut]:
+@router.post("/email-subscriptions", status_code=status.HTTP_201_CREATED)
+async def subscribe_email(
+    body: EmailIn, session: SessionDep, user: ManagerOrAdmin
+) -> SubscriptionOut:
+    """Alerts by e-mail: a manager's caseload, or every alert for an admin's (team) box."""
+    sub = Subscription(
+        owner_id=user.id, owner_role=user.role.value, channel="email", target=body.address
+    )
+    await repository.add_subscription(session, sub)
+    await session.commit()
+    return SubscriptionOut.model_validate(sub)
+
+
+@router.get("/subscriptions")
+async def subscriptions(session: SessionDep, user: ManagerOrAdmin) -> list[SubscriptionOut]:
     rows = await repository.list_subscriptions(session, _visible_to(user))
-    return [WebhookOut.model_validate(s) for s in rows]
+    return [SubscriptionOut.model_validate(s) for s in rows]
 
 
-@router.delete("/webhooks/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/subscriptions/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def unsubscribe(
     subscription_id: uuid.UUID, session: SessionDep, user: ManagerOrAdmin
 ) -> None:
     sub = await repository.get_subscription(session, subscription_id)
     if sub is None or (user.role is not Role.admin and sub.owner_id != user.id):
-        raise NotFound(f"webhook {subscription_id} does not exist")
+        raise NotFound(f"subscription {subscription_id} does not exist")
     sub.active = False
     await session.commit()
 

@@ -75,17 +75,19 @@ class AlertTransition(Base):
     note: Mapped[str | None] = mapped_column(Text)
 
 
-class WebhookSubscription(Base):
-    """A receiver of alerts: a manager's gets their caseload's, an admin's (a team
-    inbox, a case-management system) gets every alert. The signing secret is derived
-    from the server's key, never stored."""
+class Subscription(Base):
+    """A channel that receives alerts: a webhook URL or an e-mail address. A manager's
+    gets their caseload's alerts; an admin's (a team inbox, a case-management system)
+    gets every alert. A webhook's signing secret is derived from the server's key,
+    never stored."""
 
-    __tablename__ = "webhook_subscriptions"
+    __tablename__ = "subscriptions"
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     owner_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), index=True)
     owner_role: Mapped[str] = mapped_column(String(16))
-    url: Mapped[str] = mapped_column(String(2000))
+    channel: Mapped[str] = mapped_column(String(16))  # "webhook" or "email"
+    target: Mapped[str] = mapped_column(String(2000))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -101,7 +103,7 @@ class Delivery(Base):
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     alert_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("alerts.id"), index=True)
     subscription_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("webhook_subscriptions.id", ondelete="CASCADE")
+        ForeignKey("subscriptions.id", ondelete="CASCADE")
     )
     event: Mapped[str] = mapped_column(String(16))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)

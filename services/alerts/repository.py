@@ -15,7 +15,7 @@ from services.alerts.models import (
     Delivery,
     DeliveryAttempt,
     FeedEvent,
-    WebhookSubscription,
+    Subscription,
 )
 
 
@@ -44,15 +44,15 @@ async def transitions(session: AsyncSession, alert_id: uuid.UUID) -> Sequence[Al
 
 async def subscriptions_for(
     session: AsyncSession, managers: Sequence[uuid.UUID]
-) -> Sequence[WebhookSubscription]:
+) -> Sequence[Subscription]:
     """Active subscriptions that receive an alert for these managers: their own, and
     every administrator's (team inboxes and downstream systems)."""
     rows = await session.scalars(
-        select(WebhookSubscription).where(
-            WebhookSubscription.active.is_(True),
+        select(Subscription).where(
+            Subscription.active.is_(True),
             or_(
-                WebhookSubscription.owner_role == "admin",
-                WebhookSubscription.owner_id.in_(list(managers)),
+                Subscription.owner_role == "admin",
+                Subscription.owner_id.in_(list(managers)),
             ),
         )
     )
@@ -99,24 +99,24 @@ async def list_alerts(
     return rows.all()
 
 
-async def add_subscription(session: AsyncSession, subscription: WebhookSubscription) -> None:
+async def add_subscription(session: AsyncSession, subscription: Subscription) -> None:
     session.add(subscription)
     await session.flush()
 
 
 async def get_subscription(
     session: AsyncSession, subscription_id: uuid.UUID
-) -> WebhookSubscription | None:
-    return await session.get(WebhookSubscription, subscription_id)
+) -> Subscription | None:
+    return await session.get(Subscription, subscription_id)
 
 
 async def list_subscriptions(
     session: AsyncSession, owner_id: uuid.UUID | None
-) -> Sequence[WebhookSubscription]:
-    query = select(WebhookSubscription).where(WebhookSubscription.active.is_(True))
+) -> Sequence[Subscription]:
+    query = select(Subscription).where(Subscription.active.is_(True))
     if owner_id is not None:
-        query = query.where(WebhookSubscription.owner_id == owner_id)
-    return (await session.scalars(query.order_by(WebhookSubscription.created_at))).all()
+        query = query.where(Subscription.owner_id == owner_id)
+    return (await session.scalars(query.order_by(Subscription.created_at))).all()
 
 
 async def deliveries(

@@ -131,14 +131,23 @@ class WebhookIn(BaseModel):
     url: AnyHttpUrl = Field(description="http(s) URL that receives signed POSTs")
 
 
-class WebhookOut(BaseModel):
+class EmailIn(BaseModel):
+    address: str = Field(pattern=r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$", max_length=320)
+
+
+class SubscriptionOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID
     owner_id: uuid.UUID
-    url: str
+    channel: str
+    target: str
     active: bool
     created_at: datetime
+
+
+class WebhookOut(SubscriptionOut):
+    pass
 
 
 class WebhookCreated(WebhookOut):

@@ -123,6 +123,20 @@ class AlertSettings(BaseSettings):
     poll_interval_s: float = Field(default=1.0, gt=0)
 
 
+class SmtpSettings(BaseSettings):
+    model_config = _config("TAGTRAIL_SMTP_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    # "starttls" upgrades a plain connection; "tls" connects over TLS; "none" for a
+    # relay on the same host only.
+    security: str = Field(default="none", pattern="^(none|starttls|tls)$")
+    sender: str = "tagtrail@localhost"
+    timeout_s: float = Field(default=15.0, gt=0)
+
+
 class AppSettings(BaseSettings):
     model_config = _config("TAGTRAIL_")
 
@@ -160,6 +174,7 @@ class Settings:
         self.ingest = IngestSettings()
         self.check = CheckSettings()
         self.alerts = AlertSettings()
+        self.smtp = SmtpSettings()
 
 
 @lru_cache
