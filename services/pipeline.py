@@ -7,6 +7,7 @@ from collections.abc import Collection
 from enum import StrEnum
 
 from services.alerts.delivery import AlertSender
+from services.alerts.escalation import Escalator
 from services.alerts.worker import GROUP as DISPATCH_GROUP
 from services.alerts.worker import Dispatcher
 from services.common.bus import Bus
@@ -74,6 +75,7 @@ class Pipeline:
         self._store: StoreWorker | None = None
         self._watch: DeviceWatch | None = None
         self._sender: AlertSender | None = None
+        self._escalator: Escalator | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -110,6 +112,7 @@ class Pipeline:
             dispatcher = Dispatcher(db)
             bus.subscribe(DISPATCH_GROUP + sfx, ALERTS, dispatcher.handle, max_batch=batch)
             self._sender = AlertSender(db, self.settings.alerts, self.settings.smtp)
+            self._escalator = Escalator(db, self.settings.alerts)
         try:
             await bus.start()
         except BaseException:
@@ -120,6 +123,8 @@ class Pipeline:
             await self._watch.start()
         if self._sender is not None:
             await self._sender.start()
+        if self._escalator is not None:
+            await self._escalator.start()
         log.info("pipeline started: bus=%s roles=%s", self.bus_kind, sorted(self.roles))
         return self._runtime
 
@@ -130,6 +135,8 @@ class Pipeline:
             await self._watch.stop()
         if self._sender is not None:
             await self._sender.stop()
+        if self._escalator is not None:
+            await self._escalator.stop()
         await self._runtime.bus.stop()
         if self._store is not None:
             await self._store.stop()

@@ -43,7 +43,9 @@ def quiet_settings() -> Settings:
     only act when a test drives them."""
     s = Settings()
     s.check = s.check.model_copy(update={"watchdog_interval_s": 3600.0})
-    s.alerts = s.alerts.model_copy(update={"poll_interval_s": 3600.0})
+    s.alerts = s.alerts.model_copy(
+        update={"poll_interval_s": 3600.0, "escalation_interval_s": 3600.0}
+    )
     return s
 
 

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.alerts.delivery import AlertSender
+from services.alerts.escalation import Escalator
 from services.alerts.schemas import AlertEvent, AlertKind, AlertMessage
 from services.alerts.service import (
     Action,
@@ -439,3 +440,33 @@ async def test_an_smtp_server_that_is_down_then_up_gets_the_alert_once(
         row = await conn.fetchrow("select id, state from alert_deliveries")
     assert row["state"] == "delivered"
     assert mail["Message-ID"] == f"<{row['id']}@tagtrail>"
+
+
+async def test_unacknowledged_alerts_escalate_to_the_supervisor(
+    client: httpx.AsyncClient, world: World, memory_pipeline: Pipeline, db: Database
+) -> None:
+    boss_id, boss = await token_for(db, Role.manager, "team-leader")
+    r = await client.put(
+        f"/v1/managers/{world.manager_id}/supervisor",
+        json={"supervisor_id": str(boss_id)},
+        headers=world.admin,
+    )
+    assert r.status_code == 200, r.text
+    ignored, handled = opened(world.subjects[0]), opened(world.subjects[1])
+    await file(memory_pipeline, ignored, handled)
+    await client.post(f"/v1/alerts/{handled.alert_id}/ack", headers=world.manager)
+    assert (await client.get("/v1/alerts", headers=boss)).json()["items"] == []
+    escalator = Escalator(db, memory_pipeline.settings.alerts)
+    assert await escalator.escalate(utcnow() + timedelta(minutes=5)) == 0  # not yet due
+    assert await escalator.escalate(utcnow() + timedelta(minutes=20)) == 1  # red: 15 min
+    assert await escalator.escalate(utcnow() + timedelta(minutes=40)) == 0  # only once
+    seen = (await client.get("/v1/alerts", headers=boss)).json()["items"]
+    assert [a["id"] for a in seen] == [str(ignored.alert_id)]
+    assert seen[0]["escalated_at"] is not None
+    detail = (await client.get(f"/v1/alerts/{ignored.alert_id}", headers=boss)).json()
+    assert detail["history"][-1]["outcome"] == "escalated"
+    assert "escalated to 1 supervisor" in detail["history"][-1]["note"]
+    # The supervisor can now act on it.
+    assert (
+        await client.post(f"/v1/alerts/{ignored.alert_id}/ack", headers=boss)
+    ).status_code == 200

@@ -166,3 +166,20 @@ async def feed_after(
 
 async def feed_head(session: AsyncSession) -> int:
     return int(await session.scalar(select(func.coalesce(func.max(FeedEvent.seq), 0))) or 0)
+
+
+async def unacknowledged(
+    session: AsyncSession, severity: str, filed_before: datetime
+) -> Sequence[Alert]:
+    rows = await session.scalars(
+        select(Alert)
+        .where(
+            Alert.state == "open",
+            Alert.severity == severity,
+            Alert.escalated_at.is_(None),
+            Alert.created_at <= filed_before,
+        )
+        .with_for_update(skip_locked=True)
+        .limit(500)
+    )
+    return rows.all()

@@ -86,6 +86,7 @@ class AlertOut(BaseModel):
     severity: str
     acknowledged_at: datetime | None
     acknowledged_by: uuid.UUID | None
+    escalated_at: datetime | None
     closed_at: datetime | None
     closed_by: uuid.UUID | None
     outcome: str | None

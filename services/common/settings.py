@@ -121,6 +121,12 @@ class AlertSettings(BaseSettings):
     retry_cap_s: float = Field(default=900.0, gt=0)
     timeout_s: float = Field(default=10.0, gt=0, le=120)
     poll_interval_s: float = Field(default=1.0, gt=0)
+    # An alert still unacknowledged this long after it was filed goes to the managers'
+    # supervisors too. Green alerts do not escalate.
+    escalate_after_s: dict[str, float] = Field(
+        default_factory=lambda: {"red": 900.0, "amber": 3600.0}
+    )
+    escalation_interval_s: float = Field(default=30.0, gt=0)
 
 
 class SmtpSettings(BaseSettings):

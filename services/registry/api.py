@@ -12,8 +12,10 @@ from services.registry import service
 from services.registry.schemas import (
     ManagerAssignmentIn,
     ManagerAssignmentOut,
+    ManagerOut,
     SubjectIn,
     SubjectOut,
+    SupervisorIn,
     SupplierCreated,
     SupplierIn,
     TagAssignmentIn,
@@ -75,3 +77,13 @@ async def assign_manager(
     assignment = await service.assign_manager(session, subject_id, body)
     await session.commit()
     return ManagerAssignmentOut.model_validate(assignment)
+
+
+@router.put("/managers/{manager_id}/supervisor")
+async def set_supervisor(
+    manager_id: uuid.UUID, body: SupervisorIn, session: SessionDep, _: Admin
+) -> ManagerOut:
+    """Who this manager's unacknowledged alerts escalate to."""
+    manager = await service.set_supervisor(session, manager_id, body)
+    await session.commit()
+    return ManagerOut.model_validate(manager)

@@ -110,3 +110,14 @@ async def responsible_at(
     )
     risk = await session.scalar(select(Subject.risk).where(Subject.id == subject_id))
     return list(managers.all()), risk or "medium"
+
+
+async def supervisors_of(
+    session: AsyncSession, manager_ids: Sequence[uuid.UUID]
+) -> list[uuid.UUID]:
+    rows = await session.scalars(
+        select(User.supervisor_id).where(
+            User.id.in_(list(manager_ids)), User.supervisor_id.is_not(None)
+        )
+    )
+    return [s for s in rows.all() if s is not None]

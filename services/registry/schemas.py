@@ -92,3 +92,14 @@ class ManagerAssignmentOut(BaseModel):
     subject_id: uuid.UUID
     valid_from: datetime
     valid_to: datetime | None
+
+
+class SupervisorIn(BaseModel):
+    supervisor_id: uuid.UUID
+
+
+class ManagerOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: uuid.UUID
+    name: str
+    supervisor_id: uuid.UUID | None

@@ -24,6 +24,7 @@ from services.registry.models import (
 from services.registry.schemas import (
     ManagerAssignmentIn,
     SubjectIn,
+    SupervisorIn,
     SupplierIn,
     TagAssignmentIn,
     TagIn,
@@ -175,3 +176,23 @@ async def responsible_at(
 ) -> tuple[list[uuid.UUID], str]:
     """The managers assigned to a subject at a moment, and the subject's risk."""
     return await repository.responsible_at(session, subject_id, at)
+
+
+async def set_supervisor(session: AsyncSession, manager_id: uuid.UUID, body: SupervisorIn) -> User:
+    manager = await repository.get_user(session, manager_id)
+    supervisor = await repository.get_user(session, body.supervisor_id)
+    for who, user in (("manager", manager), ("supervisor", supervisor)):
+        if user is None or user.role != Role.manager.value:
+            raise NotFound(f"{who} does not exist (supervisors are users with the manager role)")
+    if manager_id == body.supervisor_id:
+        raise Unprocessable("a manager cannot supervise themselves")
+    assert manager is not None
+    manager.supervisor_id = body.supervisor_id
+    await session.flush()
+    return manager
+
+
+async def supervisors_of(
+    session: AsyncSession, manager_ids: Sequence[uuid.UUID]
+) -> list[uuid.UUID]:
+    return await repository.supervisors_of(session, manager_ids)
