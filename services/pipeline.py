@@ -8,6 +8,7 @@ from enum import StrEnum
 
 from services.alerts.delivery import AlertSender
 from services.alerts.escalation import Escalator
+from services.alerts.relay import FeedRelay
 from services.alerts.worker import GROUP as DISPATCH_GROUP
 from services.alerts.worker import Dispatcher
 from services.common.bus import Bus
@@ -76,6 +77,7 @@ class Pipeline:
         self._watch: DeviceWatch | None = None
         self._sender: AlertSender | None = None
         self._escalator: Escalator | None = None
+        self._relay: FeedRelay | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -113,6 +115,8 @@ class Pipeline:
             bus.subscribe(DISPATCH_GROUP + sfx, ALERTS, dispatcher.handle, max_batch=batch)
             self._sender = AlertSender(db, self.settings.alerts, self.settings.smtp)
             self._escalator = Escalator(db, self.settings.alerts)
+            if self.bus_kind == "kafka":
+                self._relay = FeedRelay(db, bus)
         try:
             await bus.start()
         except BaseException:
@@ -125,6 +129,8 @@ class Pipeline:
             await self._sender.start()
         if self._escalator is not None:
             await self._escalator.start()
+        if self._relay is not None:
+            await self._relay.start()
         log.info("pipeline started: bus=%s roles=%s", self.bus_kind, sorted(self.roles))
         return self._runtime
 
@@ -137,6 +143,8 @@ class Pipeline:
             await self._sender.stop()
         if self._escalator is not None:
             await self._escalator.stop()
+        if self._relay is not None:
+            await self._relay.stop()
         await self._runtime.bus.stop()
         if self._store is not None:
             await self._store.stop()

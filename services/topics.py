@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.alerts.schemas import AlertMessage
+from services.alerts.schemas import AlertFeedMessage, AlertMessage
 from services.common.bus import Topic
 from services.common.bus.messages import DeadLetter
 from services.ingest.schemas import DeviceEvent, FixMessage
@@ -19,6 +19,8 @@ STORED_EVENTS = Topic("stored-device-events", DeviceEvent)
 CRIMES = Topic("crimes", CrimeMessage)
 ALERTS = Topic("alerts", AlertMessage)
 DEAD_LETTER = Topic("dead-letter", DeadLetter)
+# Filed alert events for downstream systems, relayed from the live feed (Kafka only).
+ALERT_FEED = Topic("alert-feed", AlertFeedMessage)
 
 ALL: tuple[Topic[Any], ...] = (
     POINTS,
@@ -28,4 +30,5 @@ ALL: tuple[Topic[Any], ...] = (
     CRIMES,
     ALERTS,
     DEAD_LETTER,
+    ALERT_FEED,
 )

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from services.alerts.schemas import AlertMessage
+from services.alerts.schemas import AlertFeedMessage, AlertMessage
 from services.common.bus.messages import DeadLetter
 from services.ingest.schemas import (
     DeviceEvent,
@@ -35,6 +35,7 @@ WIRE: dict[str, type[BaseModel]] = {
     "device-events-message": DeviceEvent,
     "crimes-message": CrimeMessage,
     "alerts-message": AlertMessage,
+    "alert-feed-message": AlertFeedMessage,
     "dead-letter-message": DeadLetter,
 }
 

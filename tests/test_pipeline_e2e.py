@@ -3,13 +3,16 @@ match, re-posting changes nothing. On the in-process bus and on real Kafka."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from services.common.database import Database
 from services.common.settings import Settings
@@ -224,3 +227,50 @@ async def test_a_backlog_uploaded_out_of_order_raises_exactly_the_right_alerts(
             assert len(a["evidence"]) == 5
         r = await http.get("/v1/alerts", params={"state": "superseded"}, headers=world.manager)
         assert all(s["superseded_by"] in {a["id"] for a in items} for s in r.json()["items"])
+
+
+async def test_filed_alerts_reach_downstream_systems_on_the_kafka_alert_feed(
+    settings: Settings, database: str, db: Database
+) -> None:
+    s = kafka_settings(settings)
+    pipeline = Pipeline(s, bus="kafka", roles=ALL_ROLES, database=database)
+    await pipeline.start()
+    consumer = AIOKafkaConsumer(
+        s.kafka.topic_prefix + "alert-feed",
+        bootstrap_servers=s.kafka.bootstrap,
+        group_id="downstream-case-management",
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        async with serve(pipeline) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            world = await enrol(http, db, n=1, prefix="FEED")
+            zone = {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [square(*ZONE_CENTRE, 150)]},
+                "properties": {
+                    "subject_id": str(world.subjects[0]),
+                    "kind": "exclusion",
+                    "name": "z",
+                },
+            }
+            assert (await http.post("/v1/zones", json=zone, headers=world.admin)).status_code == 201
+            start = utcnow() - timedelta(minutes=10)
+            away = (ZONE_CENTRE[0] + 0.01, ZONE_CENTRE[1])
+            trail = [
+                fix(start + timedelta(minutes=i), *p)
+                for i, p in enumerate([away, ZONE_CENTRE, ZONE_CENTRE])
+            ]
+            r = await http.post(
+                "/v1/fixes", json={"tag_id": world.tags[0], "fixes": trail}, headers=world.supplier
+            )
+            assert r.json()["accepted"] == 3
+            message = await asyncio.wait_for(consumer.getone(), 30)
+        feed = orjson.loads(message.value)
+        assert feed["event"] == "opened"
+        assert feed["alert"]["kind"] == "exclusion"
+        assert feed["alert"]["subject_id"] == str(world.subjects[0])
+        assert feed["seq"] >= 1
+    finally:
+        await consumer.stop()
+        await pipeline.stop()

@@ -23,6 +23,12 @@ def upgrade() -> None:
     # For the exclusion constraint that keeps one tag on one subject at a time.
     op.execute("create extension if not exists btree_gist")
     op.create_table(
+        "alert_relay_positions",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_alert_relay_positions")),
+    )
+    op.create_table(
         "alerts",
         sa.Column("id", sa.UUID(), nullable=False),
         sa.Column("kind", sa.String(length=32), nullable=False),
@@ -650,3 +656,4 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_alerts_opened_at"), table_name="alerts")
     op.drop_index(op.f("ix_alerts_kind"), table_name="alerts")
     op.drop_table("alerts")
+    op.drop_table("alert_relay_positions")

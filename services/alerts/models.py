@@ -143,3 +143,12 @@ class FeedEvent(Base):
     managers: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(UUID(as_uuid=True)))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class RelayPosition(Base):
+    """How far along the live feed a relay has published (the Kafka alert-feed)."""
+
+    __tablename__ = "alert_relay_positions"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)

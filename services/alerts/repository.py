@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import func, or_, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.alerts.models import (
@@ -15,6 +16,7 @@ from services.alerts.models import (
     Delivery,
     DeliveryAttempt,
     FeedEvent,
+    RelayPosition,
     Subscription,
 )
 
@@ -183,3 +185,11 @@ async def unacknowledged(
         .limit(500)
     )
     return rows.all()
+
+
+async def relay_position(session: AsyncSession, name: str) -> RelayPosition:
+    """The relay's position, locked: one relay publishes a stretch of the feed at a time."""
+    await session.execute(insert(RelayPosition).values(name=name, seq=0).on_conflict_do_nothing())
+    position = await session.get(RelayPosition, name, with_for_update=True)
+    assert position is not None
+    return position

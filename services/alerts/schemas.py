@@ -169,3 +169,12 @@ class DeliveryOut(BaseModel):
     last_error: str | None
     created_at: datetime
     delivered_at: datetime | None
+
+
+class AlertFeedMessage(BaseModel):
+    """A filed alert event, on the alert-feed topic for downstream case-management
+    systems. seq orders the feed and tells a consumer it has seen a message already."""
+
+    seq: int
+    event: str
+    alert: dict[str, Any]
