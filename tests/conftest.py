@@ -34,7 +34,7 @@ TABLES = (
     "tag_assignments, tags, subjects, suppliers, users, zone_episodes, zone_versions, "
     "device_episodes, subject_activity, zone_subjects, zones, crime_match_runs, trail_points, "
     "alert_transitions, subscriptions, alert_deliveries, alert_delivery_attempts, "
-    "alert_feed, alert_relay_positions"
+    "alert_feed, alert_relay_positions, teams"
 )
 
 

@@ -470,3 +470,43 @@ async def test_unacknowledged_alerts_escalate_to_the_supervisor(
     assert (
         await client.post(f"/v1/alerts/{ignored.alert_id}/ack", headers=boss)
     ).status_code == 200
+
+
+async def test_a_team_inbox_gets_its_managers_alerts(
+    client: httpx.AsyncClient, world: World, memory_pipeline: Pipeline, db: Database
+) -> None:
+    colleague_id, colleague = await token_for(db, Role.manager, "colleague")
+    _, outsider = await token_for(db, Role.manager, "outsider")
+    team = (
+        await client.post("/v1/teams", json={"name": "Peterborough IOM"}, headers=world.admin)
+    ).json()
+    for manager in (world.manager_id, colleague_id):
+        r = await client.put(
+            f"/v1/managers/{manager}/team", json={"team_id": team["id"]}, headers=world.admin
+        )
+        assert r.status_code == 200 and r.json()["team_id"] == team["id"]
+    r = await client.post(
+        "/v1/webhooks",
+        json={"url": "http://127.0.0.1:9/never", "team_id": team["id"]},
+        headers=colleague,
+    )
+    assert r.status_code == 201
+    refused = await client.post(
+        "/v1/webhooks",
+        json={"url": "http://127.0.0.1:9/x", "team_id": team["id"]},
+        headers=outsider,
+    )
+    assert refused.status_code == 404
+    m = opened(world.subjects[0])
+    await file(memory_pipeline, m)
+    inbox = (await client.get(f"/v1/teams/{team['id']}/alerts", headers=colleague)).json()["items"]
+    assert [a["id"] for a in inbox] == [str(m.alert_id)]
+    # The colleague's own caseload list stays their own; the inbox is where they share.
+    assert (await client.get("/v1/alerts", headers=colleague)).json()["items"] == []
+    assert (await client.get(f"/v1/teams/{team['id']}/alerts", headers=outsider)).status_code == 404
+    async with db.pool.acquire() as conn:
+        owners = await conn.fetch(
+            "select s.owner_role from alert_deliveries d"
+            " join subscriptions s on s.id = d.subscription_id"
+        )
+    assert [o["owner_role"] for o in owners] == ["team"]

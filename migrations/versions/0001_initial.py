@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("evidence", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column("severity", sa.String(length=8), nullable=False),
         sa.Column("managers", postgresql.ARRAY(sa.UUID()), nullable=False),
+        sa.Column("teams", postgresql.ARRAY(sa.UUID()), nullable=False),
         sa.Column("acknowledged_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("acknowledged_by", sa.UUID(), nullable=True),
         sa.Column("escalated_at", sa.DateTime(timezone=True), nullable=True),
@@ -253,6 +254,19 @@ def upgrade() -> None:
         sa.UniqueConstraint("name", name=op.f("uq_suppliers_name")),
     )
     op.create_table(
+        "teams",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_teams")),
+        sa.UniqueConstraint("name", name=op.f("uq_teams_name")),
+    )
+    op.create_table(
         "trail_points",
         sa.Column("tag_id", sa.String(length=64), nullable=False),
         sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
@@ -287,24 +301,6 @@ def upgrade() -> None:
     )
     op.create_index(
         "ix_trail_points_subject_ts", "trail_points", ["subject_id", "ts"], unique=False
-    )
-    op.create_table(
-        "users",
-        sa.Column("id", sa.UUID(), nullable=False),
-        sa.Column("name", sa.String(length=200), nullable=False),
-        sa.Column("role", sa.String(length=16), nullable=False),
-        sa.Column("supervisor_id", sa.UUID(), nullable=True),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
-        sa.ForeignKeyConstraint(
-            ["supervisor_id"], ["users.id"], name=op.f("fk_users_supervisor_id_users")
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
-        sa.UniqueConstraint("name", "role", name=op.f("uq_users_name")),
     )
     op.create_table(
         "zones",
@@ -380,6 +376,7 @@ def upgrade() -> None:
         sa.Column("alert_id", sa.UUID(), nullable=False),
         sa.Column("event", sa.String(length=16), nullable=False),
         sa.Column("managers", postgresql.ARRAY(sa.UUID()), nullable=False),
+        sa.Column("teams", postgresql.ARRAY(sa.UUID()), nullable=False),
         sa.Column("payload", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column(
             "at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
@@ -436,39 +433,6 @@ def upgrade() -> None:
         unique=False,
     )
     op.create_table(
-        "manager_assignments",
-        sa.Column("id", sa.UUID(), nullable=False),
-        sa.Column("subject_id", sa.UUID(), nullable=False),
-        sa.Column("manager_id", sa.UUID(), nullable=False),
-        sa.Column("valid_from", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("valid_to", sa.DateTime(timezone=True), nullable=True),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
-        sa.ForeignKeyConstraint(
-            ["manager_id"], ["users.id"], name=op.f("fk_manager_assignments_manager_id_users")
-        ),
-        sa.ForeignKeyConstraint(
-            ["subject_id"], ["subjects.id"], name=op.f("fk_manager_assignments_subject_id_subjects")
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_manager_assignments")),
-    )
-    op.create_index(
-        op.f("ix_manager_assignments_manager_id"),
-        "manager_assignments",
-        ["manager_id"],
-        unique=False,
-    )
-    op.create_index(
-        op.f("ix_manager_assignments_subject_id"),
-        "manager_assignments",
-        ["subject_id"],
-        unique=False,
-    )
-    op.create_table(
         "tags",
         sa.Column("id", sa.String(length=64), nullable=False),
         sa.Column("supplier_id", sa.UUID(), nullable=False),
@@ -484,6 +448,26 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tags")),
     )
     op.create_index(op.f("ix_tags_supplier_id"), "tags", ["supplier_id"], unique=False)
+    op.create_table(
+        "users",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("role", sa.String(length=16), nullable=False),
+        sa.Column("supervisor_id", sa.UUID(), nullable=True),
+        sa.Column("team_id", sa.UUID(), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["supervisor_id"], ["users.id"], name=op.f("fk_users_supervisor_id_users")
+        ),
+        sa.ForeignKeyConstraint(["team_id"], ["teams.id"], name=op.f("fk_users_team_id_teams")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
+        sa.UniqueConstraint("name", "role", name=op.f("uq_users_name")),
+    )
     op.create_table(
         "zone_episodes",
         sa.Column("id", sa.UUID(), nullable=False),
@@ -572,6 +556,39 @@ def upgrade() -> None:
         unique=False,
     )
     op.create_table(
+        "manager_assignments",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("subject_id", sa.UUID(), nullable=False),
+        sa.Column("manager_id", sa.UUID(), nullable=False),
+        sa.Column("valid_from", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("valid_to", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["manager_id"], ["users.id"], name=op.f("fk_manager_assignments_manager_id_users")
+        ),
+        sa.ForeignKeyConstraint(
+            ["subject_id"], ["subjects.id"], name=op.f("fk_manager_assignments_subject_id_subjects")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_manager_assignments")),
+    )
+    op.create_index(
+        op.f("ix_manager_assignments_manager_id"),
+        "manager_assignments",
+        ["manager_id"],
+        unique=False,
+    )
+    op.create_index(
+        op.f("ix_manager_assignments_subject_id"),
+        "manager_assignments",
+        ["subject_id"],
+        unique=False,
+    )
+    op.create_table(
         "tag_assignments",
         sa.Column("id", sa.UUID(), nullable=False),
         sa.Column("tag_id", sa.String(length=64), nullable=False),
@@ -606,6 +623,9 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_tag_assignments_tag_id"), table_name="tag_assignments")
     op.drop_index(op.f("ix_tag_assignments_subject_id"), table_name="tag_assignments")
     op.drop_table("tag_assignments")
+    op.drop_index(op.f("ix_manager_assignments_subject_id"), table_name="manager_assignments")
+    op.drop_index(op.f("ix_manager_assignments_manager_id"), table_name="manager_assignments")
+    op.drop_table("manager_assignments")
     op.drop_index(
         op.f("ix_alert_delivery_attempts_delivery_id"), table_name="alert_delivery_attempts"
     )
@@ -615,11 +635,9 @@ def downgrade() -> None:
     op.drop_table("zone_subjects")
     op.drop_index("ix_zone_episodes_subject_zone_start", table_name="zone_episodes")
     op.drop_table("zone_episodes")
+    op.drop_table("users")
     op.drop_index(op.f("ix_tags_supplier_id"), table_name="tags")
     op.drop_table("tags")
-    op.drop_index(op.f("ix_manager_assignments_subject_id"), table_name="manager_assignments")
-    op.drop_index(op.f("ix_manager_assignments_manager_id"), table_name="manager_assignments")
-    op.drop_table("manager_assignments")
     op.drop_index("ix_crime_match_runs_crime_started", table_name="crime_match_runs")
     op.drop_table("crime_match_runs")
     op.drop_index(op.f("ix_alert_transitions_alert_id"), table_name="alert_transitions")
@@ -630,10 +648,10 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_alert_deliveries_alert_id"), table_name="alert_deliveries")
     op.drop_table("alert_deliveries")
     op.drop_table("zones")
-    op.drop_table("users")
     op.drop_index("ix_trail_points_subject_ts", table_name="trail_points")
     op.drop_index("ix_trail_points_geom", table_name="trail_points", postgresql_using="gist")
     op.drop_table("trail_points")
+    op.drop_table("teams")
     op.drop_table("suppliers")
     op.drop_index(op.f("ix_subscriptions_owner_id"), table_name="subscriptions")
     op.drop_table("subscriptions")

@@ -37,6 +37,7 @@ from services.alerts.worker import enqueue, record
 from services.common.auth import Principal, Role
 from services.common.deps import Admin, ManagerOrAdmin, RuntimeDep, SessionDep
 from services.common.errors import NotFound, Unprocessable
+from services.registry import service as registry
 
 router = APIRouter(prefix="/v1", tags=["alerts"])
 
@@ -50,12 +51,32 @@ def _visible_to(user: Principal) -> uuid.UUID | None:
     return None if user.role is Role.admin else user.id
 
 
+async def _team_member(session: AsyncSession, team_id: uuid.UUID, user: Principal) -> None:
+    """Admins, and the team's own managers, may use a team's inbox."""
+    if user.role is not Role.admin and await registry.team_of(session, user.id) != team_id:
+        raise NotFound(f"team {team_id} does not exist")
+
+
+async def _owner(
+    session: AsyncSession, user: Principal, team_id: uuid.UUID | None
+) -> tuple[uuid.UUID, str]:
+    if team_id is None:
+        return user.id, user.role.value
+    await _team_member(session, team_id, user)
+    return team_id, "team"
+
+
 async def _alert_for(
     session: AsyncSession, alert_id: uuid.UUID, user: Principal, lock: bool = False
 ) -> Alert:
     alert = await (repository.lock if lock else repository.get)(session, alert_id)
     # Someone else's alert is "not found": its existence is itself information.
-    if alert is None or (user.role is not Role.admin and user.id not in alert.managers):
+    if alert is None:
+        raise NotFound(f"alert {alert_id} does not exist")
+    visible = user.role is Role.admin or user.id in alert.managers
+    if not visible and alert.teams:
+        visible = await registry.team_of(session, user.id) in alert.teams
+    if not visible:
         raise NotFound(f"alert {alert_id} does not exist")
     return alert
 
@@ -87,18 +108,50 @@ async def list_alerts(
     return AlertPage(items=items, next_offset=offset + limit if len(items) == limit else None)
 
 
+@router.get("/teams/{team_id}/alerts")
+async def team_inbox(
+    team_id: uuid.UUID,
+    session: SessionDep,
+    user: ManagerOrAdmin,
+    state: Annotated[str | None, Query(pattern="^(open|acknowledged|closed|superseded)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> AlertPage:
+    """A team's inbox: every alert of its managers' caseloads, for the team to share."""
+    await _team_member(session, team_id, user)
+    rows = await repository.list_alerts(
+        session,
+        manager_id=None,
+        subject_id=None,
+        team_id=team_id,
+        kind=None,
+        state=state,
+        since=None,
+        limit=limit,
+        offset=offset,
+    )
+    items = [AlertOut.model_validate(a) for a in rows]
+    return AlertPage(items=items, next_offset=offset + limit if len(items) == limit else None)
+
+
 @router.get("/alerts/stream")
 async def stream(
     runtime: RuntimeDep,
     user: ManagerOrAdmin,
     last_event_id: Annotated[str | None, Header()] = None,
+    team_id: uuid.UUID | None = None,
 ) -> StreamingResponse:
-    """Server-Sent Events: each alert event of the caller's caseload as it is filed, with
-    its feed sequence as the event id. Reconnect with Last-Event-ID to resume exactly
-    where you were; without it the stream starts from now."""
+    """Server-Sent Events: each alert event of the caller's caseload (or, with team_id,
+    of their team's inbox) as it is filed, with its feed sequence as the event id.
+    Reconnect with Last-Event-ID to resume exactly where you were; without it the stream
+    starts from now."""
     if last_event_id is not None and not last_event_id.isdigit():
         raise Unprocessable("Last-Event-ID must be an event id from this stream")
     viewer = _visible_to(user)
+    if team_id is not None:
+        async with runtime.db.transaction() as session:
+            await _team_member(session, team_id, user)
+        viewer = None
 
     async def events() -> AsyncIterator[bytes]:
         async with runtime.db.transaction() as session:
@@ -107,7 +160,7 @@ async def stream(
         quiet = 0.0
         while True:
             async with runtime.db.transaction() as session:
-                batch = await repository.feed_after(session, seq, viewer)
+                batch = await repository.feed_after(session, seq, viewer, team_id=team_id)
             for e in batch:
                 seq = e.seq
                 data = orjson.dumps(e.payload)
@@ -196,9 +249,8 @@ async def subscribe(
     """A manager's webhook receives their caseload's alerts; an admin's receives all."""
     if len(str(body.url)) > 2000:
         raise Unprocessable("the URL is longer than 2000 characters", field="url")
-    sub = Subscription(
-        owner_id=user.id, owner_role=user.role.value, channel="webhook", target=str(body.url)
-    )
+    owner, role = await _owner(session, user, body.team_id)
+    sub = Subscription(owner_id=owner, owner_role=role, channel="webhook", target=str(body.url))
     await repository.add_subscription(session, sub)
     await session.commit()
     key = runtime.settings.alerts.webhook_key.get_secret_value().encode()
@@ -212,9 +264,8 @@ async def subscribe_email(
     body: EmailIn, session: SessionDep, user: ManagerOrAdmin
 ) -> SubscriptionOut:
     """Alerts by e-mail: a manager's caseload, or every alert for an admin's (team) box."""
-    sub = Subscription(
-        owner_id=user.id, owner_role=user.role.value, channel="email", target=body.address
-    )
+    owner, role = await _owner(session, user, body.team_id)
+    sub = Subscription(owner_id=owner, owner_role=role, channel="email", target=body.address)
     await repository.add_subscription(session, sub)
     await session.commit()
     return SubscriptionOut.model_validate(sub)

@@ -48,6 +48,8 @@ class Alert(Base):
     severity: Mapped[str] = mapped_column(String(8), default="amber")
     # The managers responsible for the subject when it happened: who may see it.
     managers: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(UUID(as_uuid=True)), default=list)
+    # Their teams then: whose team inbox it lands in.
+    teams: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(UUID(as_uuid=True)), default=list)
     acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     acknowledged_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     escalated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -86,6 +88,7 @@ class Subscription(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     owner_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), index=True)
+    # "manager" or "admin" (a user), or "team" (owner_id is then a team's id).
     owner_role: Mapped[str] = mapped_column(String(16))
     channel: Mapped[str] = mapped_column(String(16))  # "webhook" or "email"
     target: Mapped[str] = mapped_column(String(2000))
@@ -141,6 +144,7 @@ class FeedEvent(Base):
     alert_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("alerts.id"), index=True)
     event: Mapped[str] = mapped_column(String(16))
     managers: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(UUID(as_uuid=True)))
+    teams: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(UUID(as_uuid=True)), default=list)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 

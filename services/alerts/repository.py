@@ -45,16 +45,16 @@ async def transitions(session: AsyncSession, alert_id: uuid.UUID) -> Sequence[Al
 
 
 async def subscriptions_for(
-    session: AsyncSession, managers: Sequence[uuid.UUID]
+    session: AsyncSession, managers: Sequence[uuid.UUID], teams: Sequence[uuid.UUID]
 ) -> Sequence[Subscription]:
-    """Active subscriptions that receive an alert for these managers: their own, and
-    every administrator's (team inboxes and downstream systems)."""
+    """Active subscriptions that receive an alert for these managers and teams: theirs,
+    and every administrator's (downstream systems)."""
     rows = await session.scalars(
         select(Subscription).where(
             Subscription.active.is_(True),
             or_(
                 Subscription.owner_role == "admin",
-                Subscription.owner_id.in_(list(managers)),
+                Subscription.owner_id.in_([*managers, *teams]),
             ),
         )
     )
@@ -75,6 +75,7 @@ async def list_alerts(
     *,
     manager_id: uuid.UUID | None,
     subject_id: uuid.UUID | None,
+    team_id: uuid.UUID | None = None,
     kind: str | None,
     state: str | None,
     since: datetime | None,
@@ -85,6 +86,8 @@ async def list_alerts(
     if manager_id is not None:
         # Who may see an alert was fixed when it happened: the subject's managers then.
         query = query.where(Alert.managers.contains([manager_id]))
+    if team_id is not None:
+        query = query.where(Alert.teams.contains([team_id]))
     if subject_id is not None:
         query = query.where(Alert.subject_id == subject_id)
     if kind is not None:
@@ -158,11 +161,17 @@ async def add_feed(session: AsyncSession, event: FeedEvent) -> None:
 
 
 async def feed_after(
-    session: AsyncSession, seq: int, manager_id: uuid.UUID | None, limit: int = 200
+    session: AsyncSession,
+    seq: int,
+    manager_id: uuid.UUID | None,
+    limit: int = 200,
+    team_id: uuid.UUID | None = None,
 ) -> Sequence[FeedEvent]:
     query = select(FeedEvent).where(FeedEvent.seq > seq)
     if manager_id is not None:
         query = query.where(FeedEvent.managers.contains([manager_id]))
+    if team_id is not None:
+        query = query.where(FeedEvent.teams.contains([team_id]))
     return (await session.scalars(query.order_by(FeedEvent.seq).limit(limit))).all()
 
 

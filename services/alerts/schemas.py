@@ -130,10 +130,13 @@ class AlertDetail(AlertOut):
 
 class WebhookIn(BaseModel):
     url: AnyHttpUrl = Field(description="http(s) URL that receives signed POSTs")
+    # For a team's inbox rather than the caller's own caseload.
+    team_id: uuid.UUID | None = None
 
 
 class EmailIn(BaseModel):
     address: str = Field(pattern=r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$", max_length=320)
+    team_id: uuid.UUID | None = None
 
 
 class SubscriptionOut(BaseModel):

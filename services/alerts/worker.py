@@ -33,9 +33,16 @@ async def enqueue(session: AsyncSession, alert: Alert, event: str) -> None:
     now = utcnow()
     body = payload(alert, event)
     await repository.add_feed(
-        session, FeedEvent(alert_id=alert.id, event=event, managers=alert.managers, payload=body)
+        session,
+        FeedEvent(
+            alert_id=alert.id,
+            event=event,
+            managers=alert.managers,
+            teams=alert.teams,
+            payload=body,
+        ),
     )
-    subscriptions = await repository.subscriptions_for(session, alert.managers)
+    subscriptions = await repository.subscriptions_for(session, alert.managers, alert.teams)
     await repository.add_deliveries(
         session,
         [
@@ -114,6 +121,7 @@ async def file(session: AsyncSession, m: AlertMessage) -> str | None:
             evidence=evidence,
             severity=severity(m.kind.value, m.confidence, risk),
             managers=managers,
+            teams=await registry.teams_of(session, managers),
         )
         await repository.add(session, alert)
         await record(session, alert, None)

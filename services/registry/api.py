@@ -13,6 +13,7 @@ from services.registry.schemas import (
     ManagerAssignmentIn,
     ManagerAssignmentOut,
     ManagerOut,
+    MembershipIn,
     SubjectIn,
     SubjectOut,
     SupervisorIn,
@@ -22,6 +23,8 @@ from services.registry.schemas import (
     TagAssignmentOut,
     TagIn,
     TagOut,
+    TeamIn,
+    TeamOut,
 )
 
 router = APIRouter(prefix="/v1", tags=["registry"])
@@ -85,5 +88,22 @@ async def set_supervisor(
 ) -> ManagerOut:
     """Who this manager's unacknowledged alerts escalate to."""
     manager = await service.set_supervisor(session, manager_id, body)
+    await session.commit()
+    return ManagerOut.model_validate(manager)
+
+
+@router.post("/teams", status_code=status.HTTP_201_CREATED)
+async def create_team(body: TeamIn, session: SessionDep, _: Admin) -> TeamOut:
+    team = await service.create_team(session, body)
+    await session.commit()
+    return TeamOut.model_validate(team)
+
+
+@router.put("/managers/{manager_id}/team")
+async def set_team(
+    manager_id: uuid.UUID, body: MembershipIn, session: SessionDep, _: Admin
+) -> ManagerOut:
+    """Which team's inbox gets this manager's caseload alerts (null: none)."""
+    manager = await service.set_team(session, manager_id, body)
     await session.commit()
     return ManagerOut.model_validate(manager)

@@ -28,6 +28,16 @@ class Supplier(Base):
     created_at: Mapped[datetime] = _created()
 
 
+class Team(Base):
+    """A team of managers with a shared inbox (a duty rota, an office)."""
+
+    __tablename__ = "teams"
+
+    id: Mapped[uuid.UUID] = _id()
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = _created()
+
+
 class User(Base):
     """A person who uses the API: an administrator, a manager or an investigator."""
 
@@ -39,6 +49,8 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     # Who a manager's unacknowledged alerts escalate to (another manager).
     supervisor_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    # The team whose inbox gets this manager's caseload alerts.
+    team_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teams.id"))
     created_at: Mapped[datetime] = _created()
 
 

@@ -15,6 +15,7 @@ from services.registry.models import (
     Supplier,
     Tag,
     TagAssignment,
+    Team,
     User,
 )
 
@@ -121,3 +122,16 @@ async def supervisors_of(
         )
     )
     return [s for s in rows.all() if s is not None]
+
+
+async def teams_of(session: AsyncSession, manager_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    rows = await session.scalars(
+        select(User.team_id)
+        .where(User.id.in_(list(manager_ids)), User.team_id.is_not(None))
+        .distinct()
+    )
+    return [t for t in rows.all() if t is not None]
+
+
+async def get_team(session: AsyncSession, team_id: uuid.UUID) -> Team | None:
+    return await session.get(Team, team_id)

@@ -103,3 +103,19 @@ class ManagerOut(BaseModel):
     id: uuid.UUID
     name: str
     supervisor_id: uuid.UUID | None
+    team_id: uuid.UUID | None
+
+
+class TeamIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class TeamOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: uuid.UUID
+    name: str
+    created_at: datetime
+
+
+class MembershipIn(BaseModel):
+    team_id: uuid.UUID | None

@@ -19,15 +19,18 @@ from services.registry.models import (
     Supplier,
     Tag,
     TagAssignment,
+    Team,
     User,
 )
 from services.registry.schemas import (
     ManagerAssignmentIn,
+    MembershipIn,
     SubjectIn,
     SupervisorIn,
     SupplierIn,
     TagAssignmentIn,
     TagIn,
+    TeamIn,
 )
 
 
@@ -196,3 +199,30 @@ async def supervisors_of(
     session: AsyncSession, manager_ids: Sequence[uuid.UUID]
 ) -> list[uuid.UUID]:
     return await repository.supervisors_of(session, manager_ids)
+
+
+async def create_team(session: AsyncSession, body: TeamIn) -> Team:
+    team = Team(name=body.name)
+    session.add(team)
+    await _flush(session, f"a team named {body.name!r} already exists")
+    return team
+
+
+async def set_team(session: AsyncSession, manager_id: uuid.UUID, body: MembershipIn) -> User:
+    manager = await repository.get_user(session, manager_id)
+    if manager is None or manager.role != Role.manager.value:
+        raise NotFound(f"manager {manager_id} does not exist")
+    if body.team_id is not None and await repository.get_team(session, body.team_id) is None:
+        raise NotFound(f"team {body.team_id} does not exist")
+    manager.team_id = body.team_id
+    await session.flush()
+    return manager
+
+
+async def teams_of(session: AsyncSession, manager_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    return await repository.teams_of(session, manager_ids)
+
+
+async def team_of(session: AsyncSession, user_id: uuid.UUID) -> uuid.UUID | None:
+    user = await repository.get_user(session, user_id)
+    return user.team_id if user else None
