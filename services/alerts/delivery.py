@@ -6,8 +6,6 @@ Idempotency-Key (webhooks) or Message-ID (e-mail), and the receiver can tell."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -24,6 +22,7 @@ from services.alerts.models import Delivery, DeliveryAttempt, Subscription
 from services.alerts.service import retry_delay, signature, signing_secret
 from services.common.database import Database
 from services.common.metrics import DELIVERY_ATTEMPTS, DELIVERY_FAILURES, FIX_TO_ALERT
+from services.common.periodic import Periodic
 from services.common.settings import AlertSettings, SmtpSettings
 from services.common.timeutil import utcnow
 
@@ -37,30 +36,19 @@ class AlertSender:
         self.smtp = smtp
         self.key = settings.webhook_key.get_secret_value().encode()
         self.rng = random.Random()
-        self._task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
+        self._loop = Periodic(
+            "alert-sender", self.send_due, settings.poll_interval_s, first_wait=False
+        )
 
     async def start(self) -> None:
         self._http = httpx.AsyncClient(timeout=self.settings.timeout_s, follow_redirects=False)
-        self._task = asyncio.create_task(self._loop(), name="webhooks")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
         if self._http is not None:
             await self._http.aclose()
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                sent = await self.send_due()
-            except Exception:
-                log.exception("webhook sender failed; trying again")
-                sent = 0
-            if not sent:
-                await asyncio.sleep(self.settings.poll_interval_s)
 
     async def send_due(self, limit: int = 100) -> int:
         """Sends up to `limit` due deliveries, one transaction each; returns how many."""

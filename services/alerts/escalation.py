@@ -3,43 +3,30 @@ managers responsible, who can then see it, and hear of it on their own channels.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from datetime import datetime, timedelta
 
 from services.alerts import repository
 from services.alerts.worker import enqueue, record
 from services.common.database import Database
+from services.common.periodic import Periodic
 from services.common.settings import AlertSettings
 from services.common.timeutil import utcnow
 from services.registry import service as registry
-
-log = logging.getLogger(__name__)
 
 
 class Escalator:
     def __init__(self, db: Database, settings: AlertSettings) -> None:
         self.db = db
         self.settings = settings
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic(
+            "escalation", lambda: self.escalate(utcnow()), settings.escalation_interval_s
+        )
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="escalation")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.escalation_interval_s)
-            try:
-                await self.escalate(utcnow())
-            except Exception:
-                log.exception("escalation failed; trying again next round")
+        await self._loop.stop()
 
     async def escalate(self, now: datetime) -> int:
         """Escalates every alert overdue at `now`; returns how many."""

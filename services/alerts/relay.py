@@ -6,17 +6,12 @@ consumers recognise by seq."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-
 from services.alerts import repository
 from services.alerts.schemas import AlertFeedMessage
 from services.common.bus import Bus
 from services.common.database import Database
+from services.common.periodic import Periodic
 from services.topics import ALERT_FEED
-
-log = logging.getLogger(__name__)
 
 NAME = "kafka-alert-feed"
 
@@ -25,27 +20,13 @@ class FeedRelay:
     def __init__(self, db: Database, bus: Bus, interval_s: float = 1.0) -> None:
         self.db = db
         self.bus = bus
-        self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("alert-feed-relay", self.relay, interval_s, first_wait=False)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="alert-feed-relay")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                moved = await self.relay()
-            except Exception:
-                log.exception("alert feed relay failed; trying again")
-                moved = 0
-            if not moved:
-                await asyncio.sleep(self.interval_s)
+        await self._loop.stop()
 
     async def relay(self, limit: int = 500) -> int:
         """Publishes the next stretch of the feed; returns how many events."""

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from services.common.bus import Bus
 from services.common.database import Database
 from services.common.metrics import FIX_CONFLICTS, FIXES_STORED
+from services.common.periodic import Periodic
 from services.common.timeutil import utcnow
 from services.ingest import repository
 from services.ingest.schemas import DeviceEvent, FixMessage
@@ -26,18 +25,14 @@ class StoreWorker:
         self.db = db
         self.bus = bus
         self.partitions = repository.Partitions()
-        self._maintenance: asyncio.Task[None] | None = None
+        self._maintenance = Periodic("partitions", self._keep_ahead, 3600)
 
     async def start(self) -> None:
-        async with self.db.pool.acquire() as conn:
-            await self.partitions.ensure_ahead(conn, utcnow().date(), DAYS_AHEAD)
-        self._maintenance = asyncio.create_task(self._keep_ahead(), name="partitions")
+        await self._keep_ahead()
+        self._maintenance.start()
 
     async def stop(self) -> None:
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+        await self._maintenance.stop()
 
     async def handle(self, fixes: list[FixMessage]) -> None:
         async with self.db.pool.acquire() as conn:
@@ -56,10 +51,5 @@ class StoreWorker:
         await self.bus.publish(STORED_EVENTS, [(e.tag_id, e) for e in events])
 
     async def _keep_ahead(self) -> None:
-        while True:
-            await asyncio.sleep(3600)
-            try:
-                async with self.db.pool.acquire() as conn:
-                    await self.partitions.ensure_ahead(conn, utcnow().date(), DAYS_AHEAD)
-            except Exception:
-                log.exception("could not create partitions ahead; will retry in an hour")
+        async with self.db.pool.acquire() as conn:
+            await self.partitions.ensure_ahead(conn, utcnow().date(), DAYS_AHEAD)

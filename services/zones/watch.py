@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from collections import defaultdict
@@ -13,6 +11,7 @@ from typing import Any
 from services.alerts.schemas import AlertEvent, AlertKind, AlertMessage
 from services.common.bus import Bus
 from services.common.database import Database
+from services.common.periodic import Periodic
 from services.common.settings import CheckSettings
 from services.common.timeutil import utcnow
 from services.ingest import repository as trail_store
@@ -117,7 +116,11 @@ class DeviceWatch:
         self.db = db
         self.bus = bus
         self.settings = settings
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic(
+            "silence-watchdog",
+            lambda: self.check_silence(utcnow()),
+            settings.watchdog_interval_s,
+        )
 
     async def handle(self, events: list[DeviceEvent]) -> None:
         batch: dict[uuid.UUID, list[DeviceEvent]] = defaultdict(list)
@@ -154,21 +157,10 @@ class DeviceWatch:
             await repository.save_device_episodes(session, saves)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._watch(), name="silence-watchdog")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.watchdog_interval_s)
-            try:
-                await self.check_silence(utcnow())
-            except Exception:
-                log.exception("silence watchdog failed; trying again next round")
+        await self._loop.stop()
 
     async def check_silence(self, now: datetime) -> None:
         """Opens a silence alert for each subject wearing a tag that has sent no fix for
