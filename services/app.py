@@ -16,6 +16,7 @@ from services.common.limits import BodyLimit
 from services.ingest.api import router as ingest_router
 from services.pipeline import Pipeline
 from services.registry.api import router as registry_router
+from services.trails.api import router as trails_router
 from services.zones.api import router as zones_router
 
 
@@ -46,7 +47,7 @@ def create_app(pipeline: Pipeline, *, manage: bool = True) -> FastAPI:
         default_bytes=pipeline.settings.app.max_body_bytes,
         own_limit_paths=("/v1/fixes", "/v1/device-events", "/v1/crimes/batches"),
     )
-    for router in (ingest_router, registry_router, zones_router, alerts_router):
+    for router in (ingest_router, registry_router, zones_router, alerts_router, trails_router):
         app.include_router(router)
 
     # Health and readiness are open, as orchestrators probe them without credentials;

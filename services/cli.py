@@ -132,7 +132,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub.add_parser("schemas", help="write the JSON Schemas of wire messages into schemas/")
 
     token = sub.add_parser("token", help="issue an API token for a person")
-    token.add_argument("--role", required=True, choices=["admin", "manager", "investigator"])
+    token.add_argument(
+        "--role", required=True, choices=["admin", "manager", "investigator", "auditor"]
+    )
     token.add_argument("--name", required=True)
 
     args = parser.parse_args(argv)

@@ -75,6 +75,28 @@ def upgrade() -> None:
     op.create_index(op.f("ix_alerts_state"), "alerts", ["state"], unique=False)
     op.create_index(op.f("ix_alerts_subject_id"), "alerts", ["subject_id"], unique=False)
     op.create_table(
+        "audit_log",
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
+        sa.Column(
+            "at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+        ),
+        sa.Column("actor_id", sa.UUID(), nullable=False),
+        sa.Column("actor_name", sa.String(length=200), nullable=False),
+        sa.Column("role", sa.String(length=16), nullable=False),
+        sa.Column("action", sa.String(length=64), nullable=False),
+        sa.Column("parameters", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.Column("case_reference", sa.String(length=100), nullable=True),
+        sa.Column("result_size", sa.Integer(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_log")),
+    )
+    op.create_index(op.f("ix_audit_log_action"), "audit_log", ["action"], unique=False)
+    op.create_index(op.f("ix_audit_log_actor_id"), "audit_log", ["actor_id"], unique=False)
+    op.create_index(op.f("ix_audit_log_at"), "audit_log", ["at"], unique=False)
+    op.create_index(
+        op.f("ix_audit_log_case_reference"), "audit_log", ["case_reference"], unique=False
+    )
+    op.create_table(
         "credentials",
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("role", sa.String(length=16), nullable=False),
@@ -669,6 +691,11 @@ def downgrade() -> None:
     op.drop_table("crimes")
     op.drop_index(op.f("ix_credentials_principal_id"), table_name="credentials")
     op.drop_table("credentials")
+    op.drop_index(op.f("ix_audit_log_case_reference"), table_name="audit_log")
+    op.drop_index(op.f("ix_audit_log_at"), table_name="audit_log")
+    op.drop_index(op.f("ix_audit_log_actor_id"), table_name="audit_log")
+    op.drop_index(op.f("ix_audit_log_action"), table_name="audit_log")
+    op.drop_table("audit_log")
     op.drop_index(op.f("ix_alerts_subject_id"), table_name="alerts")
     op.drop_index(op.f("ix_alerts_state"), table_name="alerts")
     op.drop_index(op.f("ix_alerts_opened_at"), table_name="alerts")

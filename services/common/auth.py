@@ -23,6 +23,7 @@ class Role(StrEnum):
     admin = "admin"
     manager = "manager"
     investigator = "investigator"
+    auditor = "auditor"  # reads the audit log, nothing else
     supplier = "supplier"
 
 

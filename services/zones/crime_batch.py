@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import csv
 import io
-import warnings
 from datetime import datetime
-from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
-from pyproj import Transformer
-from pyproj.transformer import TransformerGroup
 
+from services.common.geo import to_wgs84
 from services.common.timeutil import local_to_utc
 from services.zones.schemas import CrimeCategory, CrimeIn, CrimeRowError
 
@@ -51,25 +48,6 @@ FIELD_NAMES = {
     "lon": "longitude",
     "description": "type_description",
 }
-
-
-@lru_cache(maxsize=2)
-def _to_wgs84(source: str) -> Transformer:
-    """The most accurate transformation to WGS84 that this machine can run.
-
-    With the OSTN15 grid installed in PROJ's data directory that is OSTN15 (centimetres);
-    without it (pyproj's wheels do not ship it, and it cannot be downloaded here), EPSG's
-    best Helmert fit for Great Britain, good to a few metres. A "ballpark" operation, which
-    skips the datum shift and is some 100 m off in England, is never used.
-    """
-    with warnings.catch_warnings():
-        # pyproj warns that the OSTN15 grid is missing; that is expected, and said above.
-        warnings.simplefilter("ignore", UserWarning)
-        group = TransformerGroup(source, "EPSG:4326", always_xy=True)
-    usable = [t for t in group.transformers if "Ballpark" not in t.description]
-    if not usable:
-        raise RuntimeError(f"no datum transformation from {source} to WGS84 is available")
-    return usable[0]
 
 
 class RowProblem(Exception):
@@ -107,7 +85,7 @@ def _place(cells: dict[str, str]) -> tuple[float, float, float | None, float | N
             raise RowProblem("easting", f"{easting:g} is outside the National Grid")
         if not (0 <= northing <= MAX_NORTHING):
             raise RowProblem("northing", f"{northing:g} is outside the National Grid")
-        lon, lat = _to_wgs84("EPSG:27700").transform(easting, northing)
+        lon, lat = to_wgs84("EPSG:27700").transform(easting, northing)
         return lat, lon, easting, northing
     lat = _number(cells["latitude"], "latitude")
     lon = _number(cells["longitude"], "longitude")
@@ -115,7 +93,7 @@ def _place(cells: dict[str, str]) -> tuple[float, float, float | None, float | N
         raise RowProblem("location", "neither easting/northing nor latitude/longitude given")
     datum = cells["datum"].strip().upper().replace(" ", "")
     if datum in ("OSGB36", "OSGB1936"):
-        lon, lat = _to_wgs84("EPSG:4277").transform(lon, lat)
+        lon, lat = to_wgs84("EPSG:4277").transform(lon, lat)
     elif datum not in ("", "WGS84", "ETRS89"):
         raise RowProblem("datum", f"{cells['datum']!r} is not OSGB36 or WGS84")
     return lat, lon, None, None

@@ -1,0 +1,74 @@
+"""Investigators' API (proximity search, trails) and the auditors' audit log."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import AwareDatetime
+
+from services.common.deps import Auditor, Investigator, RuntimeDep, SessionDep
+from services.common.errors import Unprocessable
+from services.registry import service as registry
+from services.trails import repository, service
+from services.trails.schemas import AuditOut, Justification, ProximityIn, ProximityOut
+
+router = APIRouter(prefix="/v1", tags=["investigators"])
+
+
+@router.post("/queries/proximity")
+async def proximity(
+    body: ProximityIn, runtime: RuntimeDep, session: SessionDep, who: Investigator
+) -> ProximityOut:
+    """Who was within radius_m of a place between start and end: every subject whose
+    trail came that close, closest first, with the evidence. Audited."""
+    out = await service.proximity(session, runtime.db, runtime.settings.check, who, body)
+    await session.commit()
+    return out
+
+
+@router.get("/subjects/{subject_id}/trail")
+async def trail(
+    subject_id: uuid.UUID,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    who: Investigator,
+    start: Annotated[AwareDatetime, Query()],
+    end: Annotated[AwareDatetime, Query()],
+    reason: Annotated[str, Query(min_length=10, max_length=2000)],
+    case_reference: Annotated[str, Query(min_length=3, max_length=100)],
+) -> dict[str, Any]:
+    """A subject's trail as GeoJSON, gaps marked. Audited."""
+    if end <= start or end - start > service.MAX_TRAIL_WINDOW:
+        raise Unprocessable("the window must end after it starts and span at most 31 days")
+    await registry.require_subject(session, subject_id)
+    why = Justification(reason=reason, case_reference=case_reference)
+    out = await service.trail_geojson(
+        session, runtime.db, runtime.settings.check, who, subject_id, start, end, why
+    )
+    await session.commit()
+    return out
+
+
+@router.get("/audit")
+async def audit_log(
+    session: SessionDep,
+    _: Auditor,
+    actor_id: uuid.UUID | None = None,
+    action: str | None = None,
+    case_reference: str | None = None,
+    since: AwareDatetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[AuditOut]:
+    rows = await repository.entries(
+        session,
+        actor_id=actor_id,
+        action=action,
+        case_reference=case_reference,
+        since=since,
+        limit=limit,
+        offset=offset,
+    )
+    return [AuditOut.model_validate(r) for r in rows]
