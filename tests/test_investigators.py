@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 from typing import Any
+from xml.etree import ElementTree
 
 import asyncpg
 import httpx
@@ -199,3 +200,39 @@ async def test_the_audit_log_cannot_be_changed_by_the_api_database_role(db: Data
         ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
                 await conn.execute(statement)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "gpx", "kml"])
+async def test_trail_exports_stream_in_three_formats(
+    client: httpx.AsyncClient, world: World, investigator: dict[str, str], db: Database, fmt: str
+) -> None:
+    start = await load_trails(client, world)
+    case = f"CASE-{uuid.uuid4().hex[:6]}"
+    params = {
+        "start": start.isoformat(),
+        "end": (start + timedelta(minutes=60)).isoformat(),
+        "reason": "Movements around the time of the offence",
+        "case_reference": case,
+        "format": fmt,
+    }
+    r = await client.get(
+        f"/v1/subjects/{world.subjects[1]}/trail/export", params=params, headers=investigator
+    )
+    assert r.status_code == 200, r.text
+    assert "attachment" in r.headers["content-disposition"]
+    text = r.text
+    if fmt == "csv":
+        lines = text.strip().split("\n")
+        assert lines[0].startswith("tag_id,ts,received_at,lat,lon,accuracy_m,late")
+        assert len(lines) == 60  # header + 59 fixes
+    elif fmt == "gpx":
+        root = ElementTree.fromstring(text)
+        ns = {"g": "http://www.topografix.com/GPX/1/1"}
+        assert len(root.findall(".//g:trkpt", ns)) == 59
+        assert len(root.findall(".//g:trkseg", ns)) == 1  # a 2-minute gap is no break
+    else:
+        root = ElementTree.fromstring(text)
+        assert len(root.findall(".//{http://www.opengis.net/kml/2.2}Placemark")) == 1
+    auditor = (await token_for(db, Role.auditor, "IG"))[1]
+    log = (await client.get("/v1/audit", params={"case_reference": case}, headers=auditor)).json()
+    assert [(e["action"], e["parameters"]["format"]) for e in log] == [("trail_export", fmt)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -347,3 +347,25 @@ async def trails_between(
     for r in rows:
         out.setdefault(r["subject_id"], []).append(TrailPoint(*r.values()))
     return out
+
+
+async def stream_trail(
+    db_pool: asyncpg.Pool, subject_id: uuid.UUID, start: datetime, end: datetime
+) -> AsyncIterator[TrailPoint]:
+    """A subject's trail in time order, read with a server-side cursor: a year of fixes
+    never sits in memory at once."""
+    async with db_pool.acquire() as conn, conn.transaction():
+        cursor = conn.cursor(
+            """
+            select subject_id, tag_id, ts, received_at, lat, lon, accuracy_m
+            from trail_points
+            where subject_id = $1 and ts between $2 and $3
+            order by ts
+            """,
+            subject_id,
+            start,
+            end,
+            prefetch=2000,
+        )
+        async for r in cursor:
+            yield TrailPoint(*r.values())

@@ -6,12 +6,15 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime
 
 from services.common.deps import Auditor, Investigator, RuntimeDep, SessionDep
 from services.common.errors import Unprocessable
+from services.ingest import repository as trail_store
 from services.registry import service as registry
 from services.trails import repository, service
+from services.trails.exports import MEDIA_TYPES, Format, render
 from services.trails.schemas import AuditOut, Justification, ProximityIn, ProximityOut
 
 router = APIRouter(prefix="/v1", tags=["investigators"])
@@ -49,6 +52,47 @@ async def trail(
     )
     await session.commit()
     return out
+
+
+@router.get("/subjects/{subject_id}/trail/export")
+async def export_trail(
+    subject_id: uuid.UUID,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    who: Investigator,
+    start: Annotated[AwareDatetime, Query()],
+    end: Annotated[AwareDatetime, Query()],
+    reason: Annotated[str, Query(min_length=10, max_length=2000)],
+    case_reference: Annotated[str, Query(min_length=3, max_length=100)],
+    format: Annotated[Format, Query()] = Format.csv,
+) -> StreamingResponse:
+    """The trail as CSV, GPX or KML, streamed. Audited before the first byte goes out."""
+    if end <= start or end - start > service.MAX_TRAIL_WINDOW:
+        raise Unprocessable("the window must end after it starts and span at most 31 days")
+    await registry.require_subject(session, subject_id)
+    why = Justification(reason=reason, case_reference=case_reference)
+    parameters = {
+        "subject_id": str(subject_id),
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "format": format.value,
+    }
+    await service.audit(session, who, "trail_export", parameters, why, None)
+    await session.commit()
+    points = trail_store.stream_trail(runtime.db.pool, subject_id, start, end)
+    body = render(
+        points,
+        format,
+        f"tagtrail {subject_id} {start.isoformat()} to {end.isoformat()} ({case_reference})",
+        service.TRAIL_GAP_S,
+        runtime.settings.check.late_after_s,
+    )
+    filename = f"trail-{subject_id}-{start:%Y%m%dT%H%M}.{format.value}"
+    return StreamingResponse(
+        body,
+        media_type=MEDIA_TYPES[format],
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 @router.get("/audit")
