@@ -236,3 +236,18 @@ async def test_trail_exports_stream_in_three_formats(
     auditor = (await token_for(db, Role.auditor, "IG"))[1]
     log = (await client.get("/v1/audit", params={"case_reference": case}, headers=auditor)).json()
     assert [(e["action"], e["parameters"]["format"]) for e in log] == [("trail_export", fmt)]
+
+
+async def test_no_one_learns_whether_a_subject_exists_before_the_role_check(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    params = {
+        "start": (utcnow() - timedelta(hours=1)).isoformat(),
+        "end": utcnow().isoformat(),
+        "reason": "Movements around the time of the offence",
+        "case_reference": "CASE-Z",
+    }
+    for subject in (world.subjects[0], uuid.uuid4()):
+        url = f"/v1/subjects/{subject}/trail"
+        assert (await client.get(url, params=params)).status_code == 401
+        assert (await client.get(url, params=params, headers=world.manager)).status_code == 403

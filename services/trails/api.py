@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime
 
@@ -31,24 +33,42 @@ async def proximity(
     return out
 
 
-@router.get("/subjects/{subject_id}/trail")
-async def trail(
+@dataclass(frozen=True)
+class TrailRequest:
+    """A trail read: which subject, which window, and why."""
+
+    subject_id: uuid.UUID
+    start: datetime
+    end: datetime
+    why: Justification
+
+
+async def trail_request(
+    _: Investigator,  # first: nobody learns which subjects exist before the role check
     subject_id: uuid.UUID,
-    runtime: RuntimeDep,
     session: SessionDep,
-    who: Investigator,
     start: Annotated[AwareDatetime, Query()],
     end: Annotated[AwareDatetime, Query()],
     reason: Annotated[str, Query(min_length=10, max_length=2000)],
     case_reference: Annotated[str, Query(min_length=3, max_length=100)],
-) -> dict[str, Any]:
-    """A subject's trail as GeoJSON, gaps marked. Audited."""
+) -> TrailRequest:
     if end <= start or end - start > service.MAX_TRAIL_WINDOW:
         raise Unprocessable("the window must end after it starts and span at most 31 days")
     await registry.require_subject(session, subject_id)
     why = Justification(reason=reason, case_reference=case_reference)
+    return TrailRequest(subject_id, start, end, why)
+
+
+TrailDep = Annotated[TrailRequest, Depends(trail_request)]
+
+
+@router.get("/subjects/{subject_id}/trail")
+async def trail(
+    t: TrailDep, runtime: RuntimeDep, session: SessionDep, who: Investigator
+) -> dict[str, Any]:
+    """A subject's trail as GeoJSON, gaps marked. Audited."""
     out = await service.trail_geojson(
-        session, runtime.db, runtime.settings.check, who, subject_id, start, end, why
+        session, runtime.db, runtime.settings.check, who, t.subject_id, t.start, t.end, t.why
     )
     await session.commit()
     return out
@@ -56,21 +76,14 @@ async def trail(
 
 @router.get("/subjects/{subject_id}/trail/export")
 async def export_trail(
-    subject_id: uuid.UUID,
+    t: TrailDep,
     runtime: RuntimeDep,
     session: SessionDep,
     who: Investigator,
-    start: Annotated[AwareDatetime, Query()],
-    end: Annotated[AwareDatetime, Query()],
-    reason: Annotated[str, Query(min_length=10, max_length=2000)],
-    case_reference: Annotated[str, Query(min_length=3, max_length=100)],
     format: Annotated[Format, Query()] = Format.csv,
 ) -> StreamingResponse:
     """The trail as CSV, GPX or KML, streamed. Audited before the first byte goes out."""
-    if end <= start or end - start > service.MAX_TRAIL_WINDOW:
-        raise Unprocessable("the window must end after it starts and span at most 31 days")
-    await registry.require_subject(session, subject_id)
-    why = Justification(reason=reason, case_reference=case_reference)
+    subject_id, start, end, why = t.subject_id, t.start, t.end, t.why
     parameters = {
         "subject_id": str(subject_id),
         "start": start.isoformat(),
@@ -83,7 +96,7 @@ async def export_trail(
     body = render(
         points,
         format,
-        f"tagtrail {subject_id} {start.isoformat()} to {end.isoformat()} ({case_reference})",
+        f"tagtrail {subject_id} {start.isoformat()} to {end.isoformat()} ({why.case_reference})",
         service.TRAIL_GAP_S,
         runtime.settings.check.late_after_s,
     )
