@@ -3,7 +3,11 @@ auditors read the audit log, which nobody can change."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import uuid
+import zipfile
 from datetime import timedelta
 from typing import Any
 from xml.etree import ElementTree
@@ -251,3 +255,69 @@ async def test_no_one_learns_whether_a_subject_exists_before_the_role_check(
         url = f"/v1/subjects/{subject}/trail"
         assert (await client.get(url, params=params)).status_code == 401
         assert (await client.get(url, params=params, headers=world.manager)).status_code == 403
+
+
+def check_bundle(data: bytes) -> dict[str, bytes]:
+    """What anyone can do later: every file's SHA-256 matches the manifest."""
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    manifest = files.pop("MANIFEST.sha256").decode().strip().split("\n")
+    listed = dict(reversed(line.split("  ", 1)) for line in manifest)
+    assert sorted(listed) == sorted(files)
+    for name, body in files.items():
+        assert hashlib.sha256(body).hexdigest() == listed[name], name
+    return files
+
+
+async def test_a_proximity_result_as_an_evidence_bundle(
+    client: httpx.AsyncClient, world: World, investigator: dict[str, str]
+) -> None:
+    start = await load_trails(client, world)
+    case = f"CASE-{uuid.uuid4().hex[:6]}"
+    r = await client.post(
+        "/v1/queries/proximity/bundle", json=query(start, case), headers=investigator
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/zip"
+    files = check_bundle(r.content)
+    meta = json.loads(files["query.json"])
+    assert meta["kind"] == "proximity"
+    assert meta["algorithm"] == "crime-match/2"
+    assert meta["produced_by"]["name"] == "DC Holmes"
+    assert meta["query"]["case_reference"] == case
+    assert meta["query"]["radius_m"] == 100
+    geo = json.loads(files["results.geojson"])
+    assert {f["properties"]["subject_id"] for f in geo["features"]} == {
+        str(world.subjects[0]),
+        str(world.subjects[1]),
+    }
+    assert files["results.csv"].decode().startswith("subject_id,outcome,closest_m")
+
+
+async def test_a_crime_match_as_an_evidence_bundle(
+    client: httpx.AsyncClient, world: World, investigator: dict[str, str]
+) -> None:
+    start = await load_trails(client, world)
+    crime = {
+        "category": "BIAD",
+        "force": "CAMBS",
+        "reference": f"EV/{uuid.uuid4().hex[:6]}",
+        "lat": PLACE[0],
+        "lon": PLACE[1],
+        "starts_at": (start + timedelta(minutes=20)).isoformat(),
+        "ends_at": (start + timedelta(minutes=40)).isoformat(),
+    }
+    (made,) = (
+        await client.post("/v1/crimes", json={"crimes": [crime]}, headers=world.admin)
+    ).json()
+    params = {"reason": "Disclosure for the burglary file", "case_reference": crime["reference"]}
+    r = await client.get(
+        f"/v1/crimes/{made['id']}/matches/bundle", params=params, headers=investigator
+    )
+    assert r.status_code == 200, r.text
+    files = check_bundle(r.content)
+    meta = json.loads(files["query.json"])
+    assert meta["kind"] == "crime_match" and meta["query"]["crime_id"] == made["id"]
+    outcomes = {a["subject_id"]: a["outcome"] for a in json.loads(files["results.json"])}
+    assert outcomes[str(world.subjects[0])] == "matched"
+    assert outcomes[str(world.subjects[2])] == "ruled_out"

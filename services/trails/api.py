@@ -8,16 +8,19 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import AwareDatetime
 
 from services.common.deps import Auditor, Investigator, RuntimeDep, SessionDep
-from services.common.errors import Unprocessable
+from services.common.errors import NotFound, Unprocessable
+from services.common.timeutil import utcnow
 from services.ingest import repository as trail_store
 from services.registry import service as registry
 from services.trails import repository, service
+from services.trails.evidence import bundle
 from services.trails.exports import MEDIA_TYPES, Format, render
 from services.trails.schemas import AuditOut, Justification, ProximityIn, ProximityOut
+from services.zones import repository as zones
 
 router = APIRouter(prefix="/v1", tags=["investigators"])
 
@@ -60,6 +63,75 @@ async def trail_request(
 
 
 TrailDep = Annotated[TrailRequest, Depends(trail_request)]
+
+
+@router.post("/queries/proximity/bundle")
+async def proximity_bundle(
+    body: ProximityIn, runtime: RuntimeDep, session: SessionDep, who: Investigator
+) -> Response:
+    """The same search as an evidence bundle (zip with a SHA-256 manifest). Audited."""
+    out = await service.proximity(session, runtime.db, runtime.settings.check, who, body)
+    await session.commit()
+    data = bundle(
+        "proximity",
+        {**out.query, "reason": body.reason, "case_reference": body.case_reference},
+        out.algorithm,
+        out.subjects,
+        {"id": str(who.id), "name": who.name, "role": who.role.value},
+        utcnow(),
+    )
+    return _zip(data, f"proximity-{body.case_reference}")
+
+
+@router.get("/crimes/{crime_id}/matches/bundle")
+async def crime_bundle(
+    crime_id: uuid.UUID,
+    session: SessionDep,
+    who: Investigator,
+    reason: Annotated[str, Query(min_length=10, max_length=2000)],
+    case_reference: Annotated[str, Query(min_length=3, max_length=100)],
+) -> Response:
+    """The latest matching run of a crime as an evidence bundle. Audited."""
+    run = await zones.latest_run(session, crime_id)
+    if run is None:
+        raise NotFound(f"no matching run for crime {crime_id} yet")
+    why = Justification(reason=reason, case_reference=case_reference)
+    assessed = [a for group in run.results.values() for a in group]
+    await service.audit(
+        session,
+        who,
+        "crime_bundle",
+        {"crime_id": str(crime_id), "run_id": str(run.id)},
+        why,
+        len(run.results.get("matched", [])),
+    )
+    await session.commit()
+    data = bundle(
+        "crime_match",
+        {
+            "crime_id": str(crime_id),
+            "run_id": str(run.id),
+            "trigger": run.trigger,
+            "run_started_at": run.started_at.isoformat(),
+            **run.parameters,
+            "reason": reason,
+            "case_reference": case_reference,
+        },
+        run.algorithm,
+        assessed,
+        {"id": str(who.id), "name": who.name, "role": who.role.value},
+        utcnow(),
+    )
+    return _zip(data, f"crime-{crime_id}")
+
+
+def _zip(data: bytes, stem: str) -> Response:
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)
+    return Response(
+        data,
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{safe}.zip"'},
+    )
 
 
 @router.get("/subjects/{subject_id}/trail")
