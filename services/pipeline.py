@@ -31,6 +31,7 @@ from services.topics import (
     STORED,
     STORED_EVENTS,
 )
+from services.trails.retention import Retention
 from services.zones.watch import GROUP as CONDITIONS_GROUP
 from services.zones.watch import DeviceWatch
 from services.zones.worker import CRIMES_GROUP, ZONES_GROUP, CrimeMatcher, ZoneChecker
@@ -78,6 +79,7 @@ class Pipeline:
         self._sender: AlertSender | None = None
         self._escalator: Escalator | None = None
         self._relay: FeedRelay | None = None
+        self._retention: Retention | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -93,6 +95,7 @@ class Pipeline:
         if Role.store in self.roles:
             self._store = StoreWorker(db, bus)
             await self._store.start()
+            self._retention = Retention(db, self.settings.retention)
             bus.subscribe(STORE_GROUP + sfx, POINTS, self._store.handle, max_batch=batch)
             bus.subscribe(
                 STORE_GROUP + sfx, DEVICE_EVENTS, self._store.handle_events, max_batch=batch
@@ -131,6 +134,8 @@ class Pipeline:
             await self._escalator.start()
         if self._relay is not None:
             await self._relay.start()
+        if self._retention is not None:
+            await self._retention.start()
         log.info("pipeline started: bus=%s roles=%s", self.bus_kind, sorted(self.roles))
         return self._runtime
 
@@ -145,6 +150,8 @@ class Pipeline:
             await self._escalator.stop()
         if self._relay is not None:
             await self._relay.stop()
+        if self._retention is not None:
+            await self._retention.stop()
         await self._runtime.bus.stop()
         if self._store is not None:
             await self._store.stop()

@@ -20,6 +20,7 @@ from services.common.auth import Role
 from services.common.database import Database
 from services.common.geo import WGS84
 from services.common.timeutil import utcnow
+from services.trails.retention import Retention
 from tests.conftest import World, enrol, fix, token_for
 
 PLACE = (52.5700, -0.2600)
@@ -321,3 +322,51 @@ async def test_a_crime_match_as_an_evidence_bundle(
     outcomes = {a["subject_id"]: a["outcome"] for a in json.loads(files["results.json"])}
     assert outcomes[str(world.subjects[0])] == "matched"
     assert outcomes[str(world.subjects[2])] == "ruled_out"
+
+
+async def test_retention_drops_old_partitions_and_crimes_and_says_so(
+    client: httpx.AsyncClient, world: World, db: Database, settings: Any
+) -> None:
+    now = utcnow()
+    old, recent = now - timedelta(days=20), now - timedelta(days=2)
+    for ts in (old, recent):
+        r = await client.post(
+            "/v1/fixes",
+            json={"tag_id": world.tags[0], "fixes": [fix(ts)]},
+            headers=world.supplier,
+        )
+        assert r.json()["accepted"] == 1
+    crime = {
+        "category": "RB",
+        "lat": PLACE[0],
+        "lon": PLACE[1],
+        "starts_at": (old - timedelta(hours=1)).isoformat(),
+        "ends_at": old.isoformat(),
+    }
+    (made,) = (
+        await client.post("/v1/crimes", json={"crimes": [crime]}, headers=world.admin)
+    ).json()
+    retention = Retention(
+        db, settings.retention.model_copy(update={"fixes_days": 10, "crimes_days": 10})
+    )
+    removed = await retention.run(now)
+    # Other tests may have left older partitions in this database; all go, none newer.
+    assert f"trail_points_p{old:%Y%m%d}" in removed["trail_partitions"]
+    cutoff = f"trail_points_p{now - timedelta(days=10):%Y%m%d}"
+    assert all(name < cutoff for name in removed["trail_partitions"])
+    assert removed["crimes"] == 1
+    async with db.pool.acquire() as conn:
+        left = await conn.fetch("select ts from trail_points order by ts")
+        assert [r["ts"] for r in left] == [recent.replace(microsecond=recent.microsecond)]
+        assert (
+            await conn.fetchval("select count(*) from crimes where id = $1", uuid.UUID(made["id"]))
+            == 0
+        )
+        assert await conn.fetchval("select count(*) from crime_match_runs") == 0
+    auditor = (await token_for(db, Role.auditor, "IG"))[1]
+    log = (await client.get("/v1/audit", params={"action": "retention"}, headers=auditor)).json()
+    assert log[0]["parameters"]["trail_partitions"] == removed["trail_partitions"]
+    assert log[0]["actor_name"] == "tagtrail retention"
+    # Nothing left to remove: nothing happens, nothing is written.
+    again = await retention.run(now)
+    assert again["trail_partitions"] == [] and again["crimes"] == 0

@@ -129,6 +129,19 @@ class AlertSettings(BaseSettings):
     escalation_interval_s: float = Field(default=30.0, gt=0)
 
 
+class RetentionSettings(BaseSettings):
+    model_config = _config("TAGTRAIL_RETENTION_")
+
+    # Fixes (whole daily partitions) and device events: 12 months, the default the
+    # issue asks for; set what your data-protection assessment says.
+    fixes_days: int = Field(default=365, ge=1)
+    # Crimes (all versions, with their matching runs) are kept longer: matches are
+    # evidence for as long as a case can come to court.
+    crimes_days: int = Field(default=730, ge=1)
+    match_runs_days: int = Field(default=730, ge=1)
+    interval_s: float = Field(default=3600.0, gt=0)
+
+
 class SmtpSettings(BaseSettings):
     model_config = _config("TAGTRAIL_SMTP_")
 
@@ -181,6 +194,13 @@ class Settings:
         self.check = CheckSettings()
         self.alerts = AlertSettings()
         self.smtp = SmtpSettings()
+        self.retention = RetentionSettings()
+        if self.retention.fixes_days < self.ingest.max_fix_age_days:
+            # Otherwise a buffered fix old enough to be accepted could arrive for a day
+            # whose partition retention has already dropped.
+            raise ValueError(
+                "TAGTRAIL_RETENTION_FIXES_DAYS must be at least TAGTRAIL_INGEST_MAX_FIX_AGE_DAYS"
+            )
 
 
 @lru_cache

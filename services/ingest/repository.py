@@ -369,3 +369,32 @@ async def stream_trail(
         )
         async for r in cursor:
             yield TrailPoint(*r.values())
+
+
+async def drop_partitions_before(conn: asyncpg.Connection, cutoff: date) -> list[str]:
+    """Drops whole daily partitions of trail_points that end on or before cutoff (their
+    indexes go with them: no row-by-row delete, no bloat). Returns their names."""
+    rows = await conn.fetch(
+        """
+        select c.relname
+        from pg_inherits i join pg_class c on c.oid = i.inhrelid
+        where i.inhparent = 'trail_points'::regclass
+        order by c.relname
+        """
+    )
+    dropped = []
+    for r in rows:
+        name = r["relname"]
+        try:
+            day = datetime.strptime(name.removeprefix("trail_points_p"), "%Y%m%d").date()
+        except ValueError:
+            continue  # not one of ours
+        if day < cutoff:
+            await conn.execute(f'drop table "{name}"')
+            dropped.append(name)
+    return dropped
+
+
+async def delete_device_events_before(conn: asyncpg.Connection, cutoff: datetime) -> int:
+    result = await conn.execute("delete from device_events where ts < $1", cutoff)
+    return int(result.split()[-1])

@@ -284,3 +284,15 @@ async def save_device_episodes(session: AsyncSession, episodes: Sequence[dict[st
             },
         )
     )
+
+
+async def delete_crimes_ended_before(session: AsyncSession, cutoff: datetime) -> int:
+    """Deletes crimes (every version) whose window ended before cutoff; their matching
+    runs go with them."""
+    result = await session.execute(delete(Crime).where(Crime.ends_at < cutoff))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def delete_runs_before(session: AsyncSession, cutoff: datetime) -> int:
+    result = await session.execute(delete(CrimeMatchRun).where(CrimeMatchRun.started_at < cutoff))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
