@@ -370,3 +370,33 @@ async def test_retention_drops_old_partitions_and_crimes_and_says_so(
     # Nothing left to remove: nothing happens, nothing is written.
     again = await retention.run(now)
     assert again["trail_partitions"] == [] and again["crimes"] == 0
+
+
+async def test_administrative_changes_and_alert_reads_are_audited(
+    client: httpx.AsyncClient, world: World, db: Database
+) -> None:
+    marker = f"AUD-{uuid.uuid4().hex[:6]}"
+    r = await client.post(
+        "/v1/subjects", json={"reference": marker, "display_name": "Audited"}, headers=world.admin
+    )
+    assert r.status_code == 201
+    refused = await client.post(
+        "/v1/subjects",
+        json={"reference": marker + "x", "display_name": "No"},
+        headers=world.manager,
+    )
+    assert refused.status_code == 403
+    await client.get("/v1/alerts", params={"kind": "exclusion"}, headers=world.manager)
+    auditor = (await token_for(db, Role.auditor, "IG"))[1]
+    by_admin = (
+        await client.get("/v1/audit", params={"action": "POST /v1/subjects"}, headers=auditor)
+    ).json()
+    assert any(e["actor_name"] == "admin-INV" for e in by_admin)
+    reads = (
+        await client.get("/v1/audit", params={"action": "GET /v1/alerts"}, headers=auditor)
+    ).json()
+    assert reads[0]["actor_name"] == "manager-INV" and reads[0]["parameters"] == {
+        "kind": "exclusion"
+    }
+    # The refused attempt by the manager is not recorded as a change.
+    assert not any(e["actor_name"] == "manager-INV" for e in by_admin)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Header, Query, status
+from fastapi import APIRouter, Depends, Header, Query, status
 from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime
 from sqlalchemy import func
@@ -38,8 +38,12 @@ from services.common.auth import Principal, Role
 from services.common.deps import Admin, ManagerOrAdmin, RuntimeDep, SessionDep
 from services.common.errors import NotFound, Unprocessable
 from services.registry import service as registry
+from services.trails import service as audit_service
 
-router = APIRouter(prefix="/v1", tags=["alerts"])
+# Every successful request here is written to the audit log.
+router = APIRouter(
+    prefix="/v1", tags=["alerts"], dependencies=[Depends(audit_service.record_request)]
+)
 
 # How often an open stream looks for new events, and how often it says it is alive.
 STREAM_POLL_S = 0.5

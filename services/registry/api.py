@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Depends, Query, status
 
 from services.common.deps import Admin, SessionDep
 from services.registry import service
@@ -26,8 +26,12 @@ from services.registry.schemas import (
     TeamIn,
     TeamOut,
 )
+from services.trails import service as audit_service
 
-router = APIRouter(prefix="/v1", tags=["registry"])
+# Every successful request here is written to the audit log.
+router = APIRouter(
+    prefix="/v1", tags=["registry"], dependencies=[Depends(audit_service.record_request)]
+)
 
 
 @router.post("/suppliers", status_code=status.HTTP_201_CREATED)

@@ -4,14 +4,17 @@ read written to the audit log with who asked, why, and for which case."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
+from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.auth import Principal
 from services.common.database import Database
+from services.common.deps import CurrentUser, RuntimeDep
 from services.common.geo import grid_to_wgs84
 from services.common.settings import CheckSettings
 from services.ingest import repository as trail_store
@@ -152,3 +155,17 @@ async def trail_geojson(
     parameters = {"subject_id": str(subject_id), "start": start.isoformat(), "end": end.isoformat()}
     await audit(session, who, "trail", parameters, why, len(points))
     return {"type": "FeatureCollection", "features": features, "query": parameters}
+
+
+async def record_request(
+    request: Request, who: CurrentUser, runtime: RuntimeDep
+) -> AsyncIterator[None]:
+    """A router dependency: once a request has succeeded, writes who did what to the
+    audit log (administrative changes, and reads of alerts, which carry location
+    evidence). A refused or failed request is not recorded as done."""
+    yield
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    parameters: dict[str, Any] = {**request.path_params, **dict(request.query_params)}
+    async with runtime.db.transaction() as session:
+        await audit(session, who, f"{request.method} {path}", parameters, None, None)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
 
 from services.common.deps import Admin, RuntimeDep, SessionDep
 from services.common.errors import NotFound, PayloadTooLarge
 from services.common.limits import read_body
 from services.topics import CRIMES
+from services.trails import service as audit_service
 from services.zones import records, repository
 from services.zones.crime_batch import parse_batch
 from services.zones.models import Crime
@@ -26,7 +27,10 @@ from services.zones.schemas import (
 )
 from services.zones.worker import Trigger, run_matching
 
-router = APIRouter(prefix="/v1", tags=["zones"])
+# Every successful request here is written to the audit log.
+router = APIRouter(
+    prefix="/v1", tags=["zones"], dependencies=[Depends(audit_service.record_request)]
+)
 
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 MAX_BATCH_ROWS = 50_000
