@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated
 
 import orjson
@@ -70,6 +70,11 @@ async def _owner(
     return team_id, "team"
 
 
+def _page(rows: Sequence[Alert], limit: int, offset: int) -> AlertPage:
+    items = [AlertOut.model_validate(a) for a in rows]
+    return AlertPage(items=items, next_offset=offset + limit if len(items) == limit else None)
+
+
 async def _alert_for(
     session: AsyncSession, alert_id: uuid.UUID, user: Principal, lock: bool = False
 ) -> Alert:
@@ -108,8 +113,7 @@ async def list_alerts(
         limit=limit,
         offset=offset,
     )
-    items = [AlertOut.model_validate(a) for a in rows]
-    return AlertPage(items=items, next_offset=offset + limit if len(items) == limit else None)
+    return _page(rows, limit, offset)
 
 
 @router.get("/teams/{team_id}/alerts")
@@ -134,8 +138,7 @@ async def team_inbox(
         limit=limit,
         offset=offset,
     )
-    items = [AlertOut.model_validate(a) for a in rows]
-    return AlertPage(items=items, next_offset=offset + limit if len(items) == limit else None)
+    return _page(rows, limit, offset)
 
 
 @router.get("/alerts/stream")

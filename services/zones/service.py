@@ -509,5 +509,39 @@ def reconcile(
     return changes
 
 
+def episode_row(
+    subject_id: uuid.UUID, change: Change[Any], before: Reported | None
+) -> dict[str, Any]:
+    """What to store about an episode after a change: the episode as it now stands, or,
+    when superseded, what was last reported about it, marked superseded."""
+    e = change.episode
+    if e is None:
+        assert before is not None
+        return {
+            "id": change.id,
+            "subject_id": subject_id,
+            "condition": before.condition,
+            "start": before.start,
+            "end": before.end,
+            "confidence": before.confidence.value,
+            "last_fix": before.last_fix,
+            "state": "superseded",
+            "superseded_by": change.superseded_by,
+            "reason": "superseded by later evidence",
+        }
+    return {
+        "id": e.id,
+        "subject_id": subject_id,
+        "condition": str(e.condition),
+        "start": e.start,
+        "end": e.end,
+        "confidence": e.confidence.value,
+        "last_fix": e.last_fix,
+        "state": "current",
+        "superseded_by": None,
+        "reason": e.reason,
+    }
+
+
 def crime_alert_id(crime_id: uuid.UUID, subject_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(ALERT_NAMESPACE, f"crime_match|{crime_id}|{subject_id}")

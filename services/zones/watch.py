@@ -26,7 +26,15 @@ from services.zones.conditions import (
     evaluate_events,
     silence,
 )
-from services.zones.service import FOREVER, Change, ChangeKind, Confidence, Reported, reconcile
+from services.zones.service import (
+    FOREVER,
+    Change,
+    ChangeKind,
+    Confidence,
+    Reported,
+    episode_row,
+    reconcile,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,31 +55,9 @@ def _reported(rows: list[Any]) -> dict[uuid.UUID, dict[uuid.UUID, Reported]]:
 def _row(
     subject_id: uuid.UUID, change: Change[ConditionEpisode], before: Reported | None
 ) -> dict[str, Any]:
-    e = change.episode
-    if e is None:
-        assert before is not None
-        return {
-            "id": change.id,
-            "subject_id": subject_id,
-            "condition": before.condition,
-            "start": before.start,
-            "end": before.end,
-            "last_fix": before.last_fix,
-            "state": "superseded",
-            "superseded_by": change.superseded_by,
-            "reason": "superseded by later evidence",
-        }
-    return {
-        "id": e.id,
-        "subject_id": subject_id,
-        "condition": e.condition.value,
-        "start": e.start,
-        "end": e.end,
-        "last_fix": e.last_fix,
-        "state": "current",
-        "superseded_by": None,
-        "reason": e.reason,
-    }
+    row = episode_row(subject_id, change, before)
+    del row["confidence"]  # device conditions are facts the tag reports, not judged
+    return row
 
 
 def _message(

@@ -34,6 +34,7 @@ from services.zones.service import (
     Reported,
     TrailFix,
     ZoneKind,
+    episode_row,
     evaluate,
     reconcile,
 )
@@ -212,36 +213,11 @@ def _episode_row(
     change: Change[Episode],
     reported: dict[tuple[uuid.UUID, uuid.UUID], dict[uuid.UUID, Reported]],
 ) -> dict[str, Any]:
-    e = change.episode
-    if e is None:
-        before = reported[(subject_id, zone.id)][change.id]
-        return {
-            "id": change.id,
-            "subject_id": subject_id,
-            "zone_id": zone.id,
-            "zone_version": zone.version,
-            "condition": before.condition,
-            "start": before.start,
-            "end": before.end,
-            "confidence": before.confidence.value,
-            "last_fix": before.last_fix,
-            "state": "superseded",
-            "superseded_by": change.superseded_by,
-            "reason": "superseded by later evidence",
-        }
+    before = reported[(subject_id, zone.id)].get(change.id)
     return {
-        "id": e.id,
-        "subject_id": subject_id,
+        **episode_row(subject_id, change, before),
         "zone_id": zone.id,
         "zone_version": zone.version,
-        "condition": e.condition.value,
-        "start": e.start,
-        "end": e.end,
-        "confidence": e.confidence.value,
-        "last_fix": e.last_fix,
-        "state": "current",
-        "superseded_by": None,
-        "reason": e.reason,
     }
 
 
