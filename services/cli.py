@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     token = sub.add_parser("token", help="issue an API token for a person")
     token.add_argument(
-        "--role", required=True, choices=["admin", "manager", "investigator", "auditor"]
+        "--role", required=True, choices=[r.value for r in UserRole if r is not UserRole.supplier]
     )
     token.add_argument("--name", required=True)
 

@@ -445,7 +445,7 @@ async def test_an_smtp_server_that_is_down_then_up_gets_the_alert_once(
 async def test_unacknowledged_alerts_escalate_to_the_supervisor(
     client: httpx.AsyncClient, world: World, memory_pipeline: Pipeline, db: Database
 ) -> None:
-    boss_id, boss = await token_for(db, Role.manager, "team-leader")
+    boss_id, boss = await token_for(db, Role.supervisor, "team-leader")
     r = await client.put(
         f"/v1/managers/{world.manager_id}/supervisor",
         json={"supervisor_id": str(boss_id)},
@@ -455,14 +455,13 @@ async def test_unacknowledged_alerts_escalate_to_the_supervisor(
     ignored, handled = opened(world.subjects[0]), opened(world.subjects[1])
     await file(memory_pipeline, ignored, handled)
     await client.post(f"/v1/alerts/{handled.alert_id}/ack", headers=world.manager)
-    assert (await client.get("/v1/alerts", headers=boss)).json()["items"] == []
     escalator = Escalator(db, memory_pipeline.settings.alerts)
     assert await escalator.escalate(utcnow() + timedelta(minutes=5)) == 0  # not yet due
     assert await escalator.escalate(utcnow() + timedelta(minutes=20)) == 1  # red: 15 min
     assert await escalator.escalate(utcnow() + timedelta(minutes=40)) == 0  # only once
-    seen = (await client.get("/v1/alerts", headers=boss)).json()["items"]
-    assert [a["id"] for a in seen] == [str(ignored.alert_id)]
-    assert seen[0]["escalated_at"] is not None
+    seen = (await client.get("/v1/alerts", headers=boss, params={"state": "open"})).json()
+    assert [a["id"] for a in seen["items"]] == [str(ignored.alert_id)]
+    assert seen["items"][0]["escalated_at"] is not None
     detail = (await client.get(f"/v1/alerts/{ignored.alert_id}", headers=boss)).json()
     assert detail["history"][-1]["outcome"] == "escalated"
     assert "escalated to 1 supervisor" in detail["history"][-1]["note"]
@@ -470,6 +469,38 @@ async def test_unacknowledged_alerts_escalate_to_the_supervisor(
     assert (
         await client.post(f"/v1/alerts/{ignored.alert_id}/ack", headers=boss)
     ).status_code == 200
+
+
+async def test_a_supervisor_oversees_only_the_managers_they_supervise(
+    client: httpx.AsyncClient, world: World, memory_pipeline: Pipeline, db: Database
+) -> None:
+    sup_id, sup = await token_for(db, Role.supervisor, "senior-po")
+    _, other_sup = await token_for(db, Role.supervisor, "other-senior-po")
+    m = opened(world.subjects[0])
+    await file(memory_pipeline, m)
+    # Not yet supervising: nothing to see, and the alert itself is "not found".
+    assert (await client.get("/v1/alerts", headers=sup)).json()["items"] == []
+    assert (await client.get(f"/v1/alerts/{m.alert_id}", headers=sup)).status_code == 404
+    # A manager cannot be made a supervisor, nor a manager supervise another.
+    r = await client.put(
+        f"/v1/managers/{world.manager_id}/supervisor",
+        json={"supervisor_id": str(world.manager_id)},
+        headers=world.admin,
+    )
+    assert r.status_code == 404 and "supervisor role" in r.json()["error"]
+    r = await client.put(
+        f"/v1/managers/{world.manager_id}/supervisor",
+        json={"supervisor_id": str(sup_id)},
+        headers=world.admin,
+    )
+    assert r.status_code == 200, r.text
+    seen = (await client.get("/v1/alerts", headers=sup)).json()["items"]
+    assert [a["id"] for a in seen] == [str(m.alert_id)]
+    r = await client.post(f"/v1/alerts/{m.alert_id}/ack", headers=sup)
+    assert r.status_code == 200 and r.json()["acknowledged_by"] == str(sup_id)
+    # Another supervisor's team is not theirs.
+    assert (await client.get("/v1/alerts", headers=other_sup)).json()["items"] == []
+    assert (await client.get(f"/v1/alerts/{m.alert_id}", headers=other_sup)).status_code == 404
 
 
 async def test_a_team_inbox_gets_its_managers_alerts(

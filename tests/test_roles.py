@@ -17,7 +17,7 @@ from tests.conftest import enrol, token_for
 
 SUPPLIER = {Role.supplier}
 ADMIN = {Role.admin}
-MANAGERS = {Role.manager, Role.admin}
+MANAGERS = {Role.manager, Role.supervisor, Role.admin}
 INVESTIGATOR = {Role.investigator}
 AUDITOR = {Role.auditor}
 
@@ -89,7 +89,9 @@ async def test_every_role_on_every_endpoint(
         Role.supplier: world.supplier,
         Role.investigator: (await token_for(db, Role.investigator, "inv"))[1],
         Role.auditor: (await token_for(db, Role.auditor, "aud"))[1],
+        Role.supervisor: (await token_for(db, Role.supervisor, "sup"))[1],
     }
+    assert set(tokens) == set(Role)
     checked = 0
     for method, path in ALLOWED:
         url = re.sub(r"\{[a-z_]+\}", lambda _: str(uuid.uuid4()), path)
@@ -101,7 +103,7 @@ async def test_every_role_on_every_endpoint(
             r = await client.request(method, url, headers=headers)
             assert r.status_code == 403, (method, path, role, r.status_code, r.text)
             checked += 1
-    assert checked > 150
+    assert checked > 180
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz"])

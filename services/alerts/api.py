@@ -35,7 +35,7 @@ from services.alerts.schemas import (
 from services.alerts.service import Action, AlertState, signing_secret, transition
 from services.alerts.worker import enqueue, record
 from services.common.auth import Principal, Role
-from services.common.deps import Admin, ManagerOrAdmin, RuntimeDep, SessionDep
+from services.common.deps import Admin, Caseload, RuntimeDep, SessionDep
 from services.common.errors import NotFound, Unprocessable
 from services.registry import service as registry
 from services.trails import service as audit_service
@@ -50,13 +50,19 @@ STREAM_POLL_S = 0.5
 STREAM_HEARTBEAT_S = 15.0
 
 
-def _visible_to(user: Principal) -> uuid.UUID | None:
-    """The manager whose caseload bounds this user's view; None means all (admins)."""
-    return None if user.role is Role.admin else user.id
+async def _visible_to(session: AsyncSession, user: Principal) -> list[uuid.UUID] | None:
+    """The managers whose caseloads bound this user's view; None means all (admins).
+    A supervisor sees the caseloads of the managers they supervise, and their own alerts
+    (those escalated to them)."""
+    if user.role is Role.admin:
+        return None
+    if user.role is Role.supervisor:
+        return [user.id, *await registry.supervised_by(session, user.id)]
+    return [user.id]
 
 
 async def _team_member(session: AsyncSession, team_id: uuid.UUID, user: Principal) -> None:
-    """Admins, and the team's own managers, may use a team's inbox."""
+    """Admins, and the team's own members, may use a team's inbox."""
     if user.role is not Role.admin and await registry.team_of(session, user.id) != team_id:
         raise NotFound(f"team {team_id} does not exist")
 
@@ -82,7 +88,8 @@ async def _alert_for(
     # Someone else's alert is "not found": its existence is itself information.
     if alert is None:
         raise NotFound(f"alert {alert_id} does not exist")
-    visible = user.role is Role.admin or user.id in alert.managers
+    viewer = await _visible_to(session, user)
+    visible = viewer is None or not set(viewer).isdisjoint(alert.managers)
     if not visible and alert.teams:
         visible = await registry.team_of(session, user.id) in alert.teams
     if not visible:
@@ -93,7 +100,7 @@ async def _alert_for(
 @router.get("/alerts")
 async def list_alerts(
     session: SessionDep,
-    user: ManagerOrAdmin,
+    user: Caseload,
     kind: AlertKind | None = None,
     # Superseded alerts (late fixes showed the trail differently) are left out unless
     # asked for by state=superseded; each names the alert that replaced it.
@@ -105,7 +112,7 @@ async def list_alerts(
 ) -> AlertPage:
     rows = await repository.list_alerts(
         session,
-        manager_id=_visible_to(user),
+        managers=await _visible_to(session, user),
         subject_id=subject_id,
         kind=kind.value if kind else None,
         state=state,
@@ -120,7 +127,7 @@ async def list_alerts(
 async def team_inbox(
     team_id: uuid.UUID,
     session: SessionDep,
-    user: ManagerOrAdmin,
+    user: Caseload,
     state: Annotated[str | None, Query(pattern="^(open|acknowledged|closed|superseded)$")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -129,7 +136,7 @@ async def team_inbox(
     await _team_member(session, team_id, user)
     rows = await repository.list_alerts(
         session,
-        manager_id=None,
+        managers=None,
         subject_id=None,
         team_id=team_id,
         kind=None,
@@ -144,7 +151,7 @@ async def team_inbox(
 @router.get("/alerts/stream")
 async def stream(
     runtime: RuntimeDep,
-    user: ManagerOrAdmin,
+    user: Caseload,
     last_event_id: Annotated[str | None, Header()] = None,
     team_id: uuid.UUID | None = None,
 ) -> StreamingResponse:
@@ -154,11 +161,11 @@ async def stream(
     starts from now."""
     if last_event_id is not None and not last_event_id.isdigit():
         raise Unprocessable("Last-Event-ID must be an event id from this stream")
-    viewer = _visible_to(user)
-    if team_id is not None:
-        async with runtime.db.transaction() as session:
+    async with runtime.db.transaction() as session:
+        viewer = await _visible_to(session, user)
+        if team_id is not None:
             await _team_member(session, team_id, user)
-        viewer = None
+            viewer = None
 
     async def events() -> AsyncIterator[bytes]:
         async with runtime.db.transaction() as session:
@@ -189,7 +196,7 @@ async def stream(
 
 
 @router.get("/alerts/{alert_id}")
-async def get_alert(alert_id: uuid.UUID, session: SessionDep, user: ManagerOrAdmin) -> AlertDetail:
+async def get_alert(alert_id: uuid.UUID, session: SessionDep, user: Caseload) -> AlertDetail:
     """The alert with its evidence and every transition it went through."""
     alert = await _alert_for(session, alert_id, user)
     history = [
@@ -226,20 +233,20 @@ async def _act(
 
 
 @router.post("/alerts/{alert_id}/ack")
-async def acknowledge(alert_id: uuid.UUID, session: SessionDep, user: ManagerOrAdmin) -> AlertOut:
+async def acknowledge(alert_id: uuid.UUID, session: SessionDep, user: Caseload) -> AlertOut:
     return await _act(session, alert_id, user, Action.acknowledge)
 
 
 @router.post("/alerts/{alert_id}/close")
 async def close(
-    alert_id: uuid.UUID, body: CloseIn, session: SessionDep, user: ManagerOrAdmin
+    alert_id: uuid.UUID, body: CloseIn, session: SessionDep, user: Caseload
 ) -> AlertOut:
     return await _act(session, alert_id, user, Action.close, body)
 
 
 @router.get("/alerts/{alert_id}/deliveries")
 async def alert_deliveries(
-    alert_id: uuid.UUID, session: SessionDep, user: ManagerOrAdmin
+    alert_id: uuid.UUID, session: SessionDep, user: Caseload
 ) -> list[DeliveryOut]:
     await _alert_for(session, alert_id, user)
     rows = await repository.deliveries(session, alert_id=alert_id)
@@ -251,7 +258,7 @@ async def alert_deliveries(
 
 @router.post("/webhooks", status_code=status.HTTP_201_CREATED)
 async def subscribe(
-    body: WebhookIn, runtime: RuntimeDep, session: SessionDep, user: ManagerOrAdmin
+    body: WebhookIn, runtime: RuntimeDep, session: SessionDep, user: Caseload
 ) -> WebhookCreated:
     """A manager's webhook receives their caseload's alerts; an admin's receives all."""
     if len(str(body.url)) > 2000:
@@ -268,7 +275,7 @@ async def subscribe(
 
 @router.post("/email-subscriptions", status_code=status.HTTP_201_CREATED)
 async def subscribe_email(
-    body: EmailIn, session: SessionDep, user: ManagerOrAdmin
+    body: EmailIn, session: SessionDep, user: Caseload
 ) -> SubscriptionOut:
     """Alerts by e-mail: a manager's caseload, or every alert for an admin's (team) box."""
     owner, role = await _owner(session, user, body.team_id)
@@ -279,14 +286,15 @@ async def subscribe_email(
 
 
 @router.get("/subscriptions")
-async def subscriptions(session: SessionDep, user: ManagerOrAdmin) -> list[SubscriptionOut]:
-    rows = await repository.list_subscriptions(session, _visible_to(user))
+async def subscriptions(session: SessionDep, user: Caseload) -> list[SubscriptionOut]:
+    owner = None if user.role is Role.admin else user.id
+    rows = await repository.list_subscriptions(session, owner)
     return [SubscriptionOut.model_validate(s) for s in rows]
 
 
 @router.delete("/subscriptions/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def unsubscribe(
-    subscription_id: uuid.UUID, session: SessionDep, user: ManagerOrAdmin
+    subscription_id: uuid.UUID, session: SessionDep, user: Caseload
 ) -> None:
     sub = await repository.get_subscription(session, subscription_id)
     if sub is None or (user.role is not Role.admin and sub.owner_id != user.id):

@@ -88,7 +88,7 @@ class Subscription(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     owner_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), index=True)
-    # "manager" or "admin" (a user), or "team" (owner_id is then a team's id).
+    # "manager", "supervisor" or "admin" (a user), or "team" (owner_id is a team's id).
     owner_role: Mapped[str] = mapped_column(String(16))
     channel: Mapped[str] = mapped_column(String(16))  # "webhook" or "email"
     target: Mapped[str] = mapped_column(String(2000))

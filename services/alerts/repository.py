@@ -73,7 +73,7 @@ async def get(session: AsyncSession, alert_id: uuid.UUID) -> Alert | None:
 async def list_alerts(
     session: AsyncSession,
     *,
-    manager_id: uuid.UUID | None,
+    managers: Sequence[uuid.UUID] | None,
     subject_id: uuid.UUID | None,
     team_id: uuid.UUID | None = None,
     kind: str | None,
@@ -83,9 +83,9 @@ async def list_alerts(
     offset: int,
 ) -> Sequence[Alert]:
     query = select(Alert)
-    if manager_id is not None:
+    if managers is not None:
         # Who may see an alert was fixed when it happened: the subject's managers then.
-        query = query.where(Alert.managers.contains([manager_id]))
+        query = query.where(Alert.managers.overlap(list(managers)))
     if team_id is not None:
         query = query.where(Alert.teams.contains([team_id]))
     if subject_id is not None:
@@ -163,13 +163,13 @@ async def add_feed(session: AsyncSession, event: FeedEvent) -> None:
 async def feed_after(
     session: AsyncSession,
     seq: int,
-    manager_id: uuid.UUID | None,
+    managers: Sequence[uuid.UUID] | None,
     limit: int = 200,
     team_id: uuid.UUID | None = None,
 ) -> Sequence[FeedEvent]:
     query = select(FeedEvent).where(FeedEvent.seq > seq)
-    if manager_id is not None:
-        query = query.where(FeedEvent.managers.contains([manager_id]))
+    if managers is not None:
+        query = query.where(FeedEvent.managers.overlap(list(managers)))
     if team_id is not None:
         query = query.where(FeedEvent.teams.contains([team_id]))
     return (await session.scalars(query.order_by(FeedEvent.seq).limit(limit))).all()

@@ -21,7 +21,8 @@ TOKEN_PREFIX = "tt_"
 
 class Role(StrEnum):
     admin = "admin"
-    manager = "manager"
+    supervisor = "supervisor"  # oversees the caseloads of the managers they supervise
+    manager = "manager"  # their own caseload only
     investigator = "investigator"
     auditor = "auditor"  # reads the audit log, nothing else
     supplier = "supplier"

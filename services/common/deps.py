@@ -60,6 +60,7 @@ def require(*roles: Role) -> Callable[..., Coroutine[Any, Any, Principal]]:
 CurrentUser = Annotated[Principal, Depends(get_principal)]
 Admin = Annotated[Principal, Depends(require(Role.admin))]
 Supplier = Annotated[Principal, Depends(require(Role.supplier))]
-ManagerOrAdmin = Annotated[Principal, Depends(require(Role.manager, Role.admin))]
+# Offender managers, their supervisors and admins: each sees the alerts their role reaches.
+Caseload = Annotated[Principal, Depends(require(Role.manager, Role.supervisor, Role.admin))]
 Investigator = Annotated[Principal, Depends(require(Role.investigator))]
 Auditor = Annotated[Principal, Depends(require(Role.auditor))]

@@ -124,6 +124,11 @@ async def supervisors_of(
     return [s for s in rows.all() if s is not None]
 
 
+async def supervised_by(session: AsyncSession, supervisor_id: uuid.UUID) -> list[uuid.UUID]:
+    rows = await session.scalars(select(User.id).where(User.supervisor_id == supervisor_id))
+    return list(rows.all())
+
+
 async def teams_of(session: AsyncSession, manager_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
     rows = await session.scalars(
         select(User.team_id)

@@ -184,12 +184,13 @@ async def responsible_at(
 async def set_supervisor(session: AsyncSession, manager_id: uuid.UUID, body: SupervisorIn) -> User:
     manager = await repository.get_user(session, manager_id)
     supervisor = await repository.get_user(session, body.supervisor_id)
-    for who, user in (("manager", manager), ("supervisor", supervisor)):
-        if user is None or user.role != Role.manager.value:
-            raise NotFound(f"{who} does not exist (supervisors are users with the manager role)")
-    if manager_id == body.supervisor_id:
-        raise Unprocessable("a manager cannot supervise themselves")
-    assert manager is not None
+    if manager is None or manager.role != Role.manager.value:
+        raise NotFound(f"manager {manager_id} does not exist")
+    if supervisor is None or supervisor.role != Role.supervisor.value:
+        raise NotFound(
+            f"supervisor {body.supervisor_id} does not exist (a supervisor is a user with "
+            "the supervisor role)"
+        )
     manager.supervisor_id = body.supervisor_id
     await session.flush()
     return manager
@@ -201,6 +202,11 @@ async def supervisors_of(
     return await repository.supervisors_of(session, manager_ids)
 
 
+async def supervised_by(session: AsyncSession, supervisor_id: uuid.UUID) -> list[uuid.UUID]:
+    """The managers this supervisor oversees."""
+    return await repository.supervised_by(session, supervisor_id)
+
+
 async def create_team(session: AsyncSession, body: TeamIn) -> Team:
     team = Team(name=body.name)
     session.add(team)
@@ -210,8 +216,8 @@ async def create_team(session: AsyncSession, body: TeamIn) -> Team:
 
 async def set_team(session: AsyncSession, manager_id: uuid.UUID, body: MembershipIn) -> User:
     manager = await repository.get_user(session, manager_id)
-    if manager is None or manager.role != Role.manager.value:
-        raise NotFound(f"manager {manager_id} does not exist")
+    if manager is None or manager.role not in (Role.manager.value, Role.supervisor.value):
+        raise NotFound(f"manager or supervisor {manager_id} does not exist")
     if body.team_id is not None and await repository.get_team(session, body.team_id) is None:
         raise NotFound(f"team {body.team_id} does not exist")
     manager.team_id = body.team_id
