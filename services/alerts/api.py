@@ -274,9 +274,7 @@ async def subscribe(
 
 
 @router.post("/email-subscriptions", status_code=status.HTTP_201_CREATED)
-async def subscribe_email(
-    body: EmailIn, session: SessionDep, user: Caseload
-) -> SubscriptionOut:
+async def subscribe_email(body: EmailIn, session: SessionDep, user: Caseload) -> SubscriptionOut:
     """Alerts by e-mail: a manager's caseload, or every alert for an admin's (team) box."""
     owner, role = await _owner(session, user, body.team_id)
     sub = Subscription(owner_id=owner, owner_role=role, channel="email", target=body.address)
@@ -293,9 +291,7 @@ async def subscriptions(session: SessionDep, user: Caseload) -> list[Subscriptio
 
 
 @router.delete("/subscriptions/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def unsubscribe(
-    subscription_id: uuid.UUID, session: SessionDep, user: Caseload
-) -> None:
+async def unsubscribe(subscription_id: uuid.UUID, session: SessionDep, user: Caseload) -> None:
     sub = await repository.get_subscription(session, subscription_id)
     if sub is None or (user.role is not Role.admin and sub.owner_id != user.id):
         raise NotFound(f"subscription {subscription_id} does not exist")
