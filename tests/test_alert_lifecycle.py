@@ -13,6 +13,7 @@ from email import message_from_bytes
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import uvicorn
 from aiosmtpd.controller import Controller
@@ -384,7 +385,17 @@ async def test_the_live_feed_resumes_with_last_event_id_and_keeps_to_the_caseloa
         stranger.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await stranger
-    assert other_id
+    # Every event sent is in the audit log, against whom it was sent to; none to the other.
+    async with db.pool.acquire() as conn:
+        sent = await conn.fetch(
+            "select actor_id, result_size, parameters from audit_log"
+            " where action = 'stream /v1/alerts/stream' and actor_id = any($1::uuid[])",
+            [world.manager_id, other_id],
+        )
+    assert {r["actor_id"] for r in sent} == {world.manager_id}
+    ranges = [orjson.loads(r["parameters"]) for r in sent]
+    for e in [event, *resumed]:
+        assert any(a["first_seq"] <= int(e["id"]) <= a["last_seq"] for a in ranges), e["id"]
 
 
 # E-mail against a real local SMTP server ------------------------------------------------

@@ -175,6 +175,15 @@ async def stream(
         while True:
             async with runtime.db.transaction() as session:
                 batch = await repository.feed_after(session, seq, viewer, team_id=team_id)
+                if batch:
+                    # Each alert event carries location evidence: what was sent, and to
+                    # whom, is audited before it is sent.
+                    sent = {"first_seq": batch[0].seq, "last_seq": batch[-1].seq}
+                    if team_id is not None:
+                        sent["team_id"] = str(team_id)
+                    await audit_service.audit(
+                        session, user, "stream /v1/alerts/stream", sent, None, len(batch)
+                    )
             for e in batch:
                 seq = e.seq
                 data = orjson.dumps(e.payload)
