@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, status
@@ -178,7 +178,7 @@ async def stream(
                 if batch:
                     # Each alert event carries location evidence: what was sent, and to
                     # whom, is audited before it is sent.
-                    sent = {"first_seq": batch[0].seq, "last_seq": batch[-1].seq}
+                    sent: dict[str, Any] = {"first_seq": batch[0].seq, "last_seq": batch[-1].seq}
                     if team_id is not None:
                         sent["team_id"] = str(team_id)
                     await audit_service.audit(
