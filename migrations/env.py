@@ -23,7 +23,9 @@ def _include(
 ) -> bool:
     # PostGIS owns these, and daily partitions of trail_points are made at run time.
     if type_ == "table" and name is not None:
-        return not (name == "spatial_ref_sys" or name.startswith("trail_points_p"))
+        return not (
+            name == "spatial_ref_sys" or name.startswith(("trail_points_p", "trail_boxes_p"))
+        )
     return True
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -10,9 +12,16 @@ from alembic import command
 from alembic.config import Config
 
 from services.common.database import Database
-from services.common.geo import degree_margin
 from services.common.settings import Settings
-from services.ingest.repository import FIXES_NEAR_SQL, Partitions, partition_name
+from services.ingest.repository import (
+    BOX_BUCKET,
+    SUBJECTS_PASSING_SQL,
+    Partitions,
+    partition_name,
+    store_fixes,
+    subjects_passing,
+)
+from services.ingest.schemas import FixMessage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,47 +50,96 @@ async def test_partitions_are_created_ahead_and_on_demand(db: Database) -> None:
     assert expected | {partition_name(date(2025, 12, 1))} <= names
 
 
-async def test_near_place_and_time_uses_the_spatial_index(db: Database) -> None:
-    """ "Who was near X between T1 and T2" over 40,000 fixes must not scan them all."""
+async def test_near_place_and_time_uses_the_indexes(db: Database) -> None:
+    """ "Who was near X between T1 and T2" over 40,000 fixes must not scan them all: the
+    trail boxes' spatial index finds who may have passed, then their trails by subject."""
     day = datetime(2026, 11, 20, tzinfo=UTC)
-    subject = uuid.uuid4()
-    records = [
-        (
-            f"IDX-{i % 40}",
-            day + timedelta(seconds=60 * (i // 40)),
-            day,
-            subject,
-            52.5 + (i % 200) * 0.001,
-            -0.3 + (i // 200) * 0.001,
-            10.0,
+    subjects = [uuid.uuid4() for _ in range(400)]
+    fixes = [
+        FixMessage(
+            tag_id=f"IDX-{i % 400}",
+            subject_id=subjects[i % 400],
+            ts=day + timedelta(seconds=60 * (i // 400)),
+            received_at=day,
+            lat=52.5 + (i % 400) * 0.002,
+            lon=-0.3 + (i // 400) * 0.0002,
+            accuracy_m=10.0,
         )
         for i in range(40_000)
     ]
     async with db.pool.acquire() as conn:
-        await Partitions().ensure(conn, [day.date()])
-        await conn.execute(
-            "create temp table idx_staging (tag_id text, ts timestamptz, received_at timestamptz,"
-            " subject_id uuid, lat float8, lon float8, accuracy_m float8)"
-        )
-        await conn.copy_records_to_table("idx_staging", records=records)
-        await conn.execute(
-            "insert into trail_points (tag_id, ts, received_at, subject_id, lat, lon, accuracy_m,"
-            " source, geom) select tag_id, ts, received_at, subject_id, lat, lon, accuracy_m,"
-            " 'gps', st_setsrid(st_makepoint(lon, lat), 4326) from idx_staging"
-        )
+        result = await store_fixes(conn, Partitions(), fixes)
+        assert result.inserted == 40_000
         await conn.execute("analyze trail_points")
+        await conn.execute("analyze trail_boxes")
+        start = day + timedelta(hours=1)
+        args = (52.55, -0.29, start - 2 * BOX_BUCKET, start + timedelta(hours=1), 0.005)
+        plan = "\n".join(r[0] for r in await conn.fetch("explain " + SUBJECTS_PASSING_SQL, *args))
+        assert "Seq Scan" not in plan, plan
+        assert "ix_trail_boxes_box" in plan or "box_idx" in plan, plan
+        found = await subjects_passing(conn, 52.55, -0.29, 350.0, start, start + timedelta(hours=1))
+        assert 0 < len(found) < 10
         plan = "\n".join(
             r[0]
             for r in await conn.fetch(
-                "explain " + FIXES_NEAR_SQL,
-                52.55,
-                -0.25,
-                100.0,
-                day,
-                day + timedelta(hours=24),
-                degree_margin(52.55, 350),
-                250.0,
+                "explain select * from trail_points where subject_id = any($1::uuid[])"
+                " and ts between $2 and $3",
+                found,
+                start,
+                start + timedelta(hours=1),
             )
         )
-    assert "Seq Scan" not in plan, plan
-    assert "geom" in plan and "Index" in plan, plan
+        assert "Seq Scan" not in plan and "subject_id" in plan, plan
+
+
+async def test_trail_boxes_hold_every_path_whatever_order_fixes_arrive_in(db: Database) -> None:
+    """The invariant proximity search stands on: for two consecutive fixes no more than a
+    bucket apart, the box of the first one's bucket holds both, however the fixes were
+    batched and ordered on arrival (late uploads, resends)."""
+    rng = random.Random(7)
+    subject = uuid.uuid4()
+    t = datetime(2026, 11, 20, 23, 0, tzinfo=UTC)  # crosses midnight: two days' partitions
+    lat, lon, fixes = 51.5, -0.12, []
+    for _ in range(400):
+        t += timedelta(seconds=rng.choice([5, 30, 60, 60, 60, 300, 599, 600, 900]))
+        lat += rng.uniform(-0.01, 0.01)
+        lon += rng.uniform(-0.01, 0.01)
+        fixes.append(
+            FixMessage(
+                tag_id="BOX-1",
+                subject_id=subject,
+                ts=t,
+                received_at=t,
+                lat=lat,
+                lon=lon,
+                accuracy_m=10.0,
+            )
+        )
+    arrivals = fixes[:]
+    rng.shuffle(arrivals)
+    arrivals += fixes[:50]  # resent: changes nothing
+    partitions = Partitions()
+    async with db.pool.acquire() as conn:
+        while arrivals:
+            size = rng.randint(1, 40)
+            await store_fixes(conn, partitions, arrivals[:size])
+            arrivals = arrivals[size:]
+        boxes = {
+            r["bucket"]: r
+            for r in await conn.fetch(
+                "select bucket, st_xmin(box) x0, st_ymin(box) y0, st_xmax(box) x1,"
+                " st_ymax(box) y1 from trail_boxes where subject_id = $1",
+                subject,
+            )
+        }
+    bucket_s = BOX_BUCKET.total_seconds()
+    checked = 0
+    for a, b in itertools.pairwise(fixes):
+        if (b.ts - a.ts).total_seconds() > bucket_s:
+            continue
+        bucket = datetime.fromtimestamp(a.ts.timestamp() // bucket_s * bucket_s, UTC)
+        box = boxes[bucket]
+        for f in (a, b):
+            assert box["x0"] <= f.lon <= box["x1"] and box["y0"] <= f.lat <= box["y1"], (a, b)
+        checked += 1
+    assert checked > 300

@@ -31,6 +31,12 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+# JIT compilation pays off for long analytical queries, not ours: on a large partitioned
+# trail the planner's estimates cross its threshold and a 5 ms search spent 500 ms
+# compiling (measured by bench/proximity.py, see docs/benchmarks.md).
+SERVER_SETTINGS = {"jit": "off"}
+
+
 @dataclass
 class Database:
     engine: AsyncEngine
@@ -44,9 +50,13 @@ class Database:
             settings.sqlalchemy_url(database),
             pool_size=settings.pool_size,
             pool_pre_ping=True,
+            connect_args={"server_settings": SERVER_SETTINGS},
         )
         pool = await asyncpg.create_pool(
-            settings.asyncpg_dsn(database), min_size=1, max_size=settings.pool_size
+            settings.asyncpg_dsn(database),
+            min_size=1,
+            max_size=settings.pool_size,
+            server_settings=SERVER_SETTINGS,
         )
         return cls(engine, async_sessionmaker(engine, expire_on_commit=False), pool)
 

@@ -6,8 +6,10 @@ import math
 import warnings
 from functools import lru_cache
 
+import numpy as np
+import numpy.typing as npt
 import shapely
-from pyproj import CRS, Geod, Transformer
+from pyproj import Geod, Transformer
 from pyproj.transformer import TransformerGroup
 from shapely import Geometry
 
@@ -33,10 +35,14 @@ def degree_margin(lat: float, radius_m: float) -> float:
 
 @lru_cache(maxsize=4096)
 def _local_transformer(lat0: float, lon0: float) -> Transformer:
-    aeqd = CRS.from_proj4(
-        f"+proj=aeqd +lat_0={lat0} +lon_0={lon0} +x_0=0 +y_0=0 +ellps=WGS84 +units=m +no_defs"
+    # The operation spelt out as a PROJ pipeline (degrees to radians, then the
+    # projection): the same numbers as Transformer.from_crs gives, without its search
+    # of the PROJ database for candidate operations, which costs 12 ms a place against
+    # 0.07 ms (measured; see docs/benchmarks.md). Every search is at a new place.
+    return Transformer.from_pipeline(
+        "+proj=pipeline +step +proj=unitconvert +xy_in=deg +xy_out=rad"
+        f" +step +proj=aeqd +lat_0={lat0} +lon_0={lon0} +x_0=0 +y_0=0 +ellps=WGS84"
     )
-    return Transformer.from_crs("EPSG:4326", aeqd, always_xy=True)
 
 
 class LocalFrame:
@@ -49,6 +55,12 @@ class LocalFrame:
     def point(self, lat: float, lon: float) -> tuple[float, float]:
         x, y = self._t.transform(lon, lat)
         return float(x), float(y)
+
+    def points(
+        self, lat: npt.NDArray[np.float64], lon: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        x, y = self._t.transform(lon, lat)
+        return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
 
     def geometry(self, geom: Geometry) -> Geometry:
         return shapely.transform(geom, self._t.transform, interleaved=False)

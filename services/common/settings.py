@@ -84,7 +84,8 @@ class CheckSettings(BaseSettings):
     # The crime window is widened by this on both sides: crime times are estimates.
     crime_slack_s: float = Field(default=900.0, ge=0, le=86_400)
     # The straight path between fixes up to this far apart counts for closest approach.
-    crime_segment_max_gap_s: float = Field(default=600.0, ge=0)
+    # At most one trail box bucket (600 s): proximity search finds paths by the boxes.
+    crime_segment_max_gap_s: float = Field(default=600.0, ge=0, le=600)
     # A gap in the trail longer than this over a crime window means it cannot rule out.
     crime_gap_s: float = Field(default=300.0, ge=30)
     # New fixes this close to a crime (beyond its radius) re-run its matching, so a path

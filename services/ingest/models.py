@@ -47,6 +47,22 @@ trail_points = Table(
     postgresql_partition_by="RANGE (ts)",
 )
 
+# Where each subject was, coarsely, in each 10-minute bucket: the bounding box of their
+# fixes in the bucket and of the first fix after it (so the box holds every path between
+# consecutive fixes that starts in the bucket). Proximity search finds who passed a place
+# by these boxes, a few hundred rows, instead of by every fix nearby. Partitioned by day
+# like trail_points, and dropped with it.
+trail_boxes = Table(
+    "trail_boxes",
+    Base.metadata,
+    Column("subject_id", UUID(as_uuid=True), nullable=False),
+    Column("bucket", DateTime(timezone=True), nullable=False),
+    Column("box", Geometry("POLYGON", srid=4326, spatial_index=False), nullable=False),
+    PrimaryKeyConstraint("subject_id", "bucket"),
+    Index("ix_trail_boxes_box", "box", postgresql_using="gist"),
+    postgresql_partition_by="RANGE (bucket)",
+)
+
 fix_conflicts = Table(
     "fix_conflicts",
     Base.metadata,

@@ -28,34 +28,84 @@ STAGING_COLUMNS = (
 )
 
 
-def partition_name(day: date) -> str:
-    return f"trail_points_p{day:%Y%m%d}"
+# Tables partitioned by day: the trail, and its boxes.
+PARTITIONED = ("trail_points", "trail_boxes")
+# The length of a trail box's bucket. Paths between fixes further apart than this are
+# not followed (settings keep segment gaps within it), so a path starting in a bucket
+# ends in it or the next: the box of a bucket holds its fixes and the next bucket's.
+BOX_BUCKET = timedelta(minutes=10)
+# Boxes are rounded outwards to this grid (degrees, about 35-55 m): a subject at home
+# soon has a box its GPS jitter stays inside, and then their fixes change nothing.
+BOX_GRID = 0.0005
+
+
+def partition_name(day: date, table: str = "trail_points") -> str:
+    return f"{table}_p{day:%Y%m%d}"
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    start = datetime.combine(day, time(), UTC)
+    return start, start + timedelta(days=1)
 
 
 class Partitions:
-    """Creates daily partitions of trail_points before any fix needs them."""
+    """Creates the daily partitions of trail_points and trail_boxes before any fix needs
+    them. A fix also widens the box of the bucket before its own, which can be on the
+    day before: that day's partitions are made too."""
 
     def __init__(self) -> None:
         self._known: set[date] = set()
 
     async def ensure(self, conn: asyncpg.Connection, days: Iterable[date]) -> None:
-        missing = sorted(set(days) - self._known)
-        for day in missing:
-            name = partition_name(day)
-            if await conn.fetchval("select to_regclass($1)", name) is None:
-                start = datetime.combine(day, time(), UTC)
-                end = start + timedelta(days=1)
-                async with conn.transaction():
-                    # Workers race to create the same partition; the lock makes one wait.
-                    await conn.execute("select pg_advisory_xact_lock(hashtext($1))", name)
-                    await conn.execute(
-                        f"create table if not exists {name} partition of trail_points "
-                        f"for values from ('{start.isoformat()}') to ('{end.isoformat()}')"
-                    )
+        wanted = set(days)
+        wanted |= {d - timedelta(days=1) for d in wanted}
+        for day in sorted(wanted - self._known):
+            for table in PARTITIONED:
+                await create_partition(conn, table, day)
             self._known.add(day)
+
+    def days_of(self, moments: Iterable[datetime]) -> set[date]:
+        return {m.astimezone(UTC).date() for m in moments}
 
     async def ensure_ahead(self, conn: asyncpg.Connection, today: date, days: int) -> None:
         await self.ensure(conn, (today + timedelta(days=i) for i in range(-1, days + 1)))
+
+
+async def create_partition(conn: asyncpg.Connection, table: str, day: date) -> None:
+    name = partition_name(day, table)
+    if await conn.fetchval("select to_regclass($1)", name) is not None:
+        return
+    start, end = day_bounds(day)
+    async with conn.transaction():
+        # Workers race to create the same partition; the lock makes one wait.
+        await conn.execute("select pg_advisory_xact_lock(hashtext($1))", name)
+        await conn.execute(
+            f"create table if not exists {name} partition of {table} "
+            f"for values from ('{start.isoformat()}') to ('{end.isoformat()}')"
+        )
+
+
+# Widens the trail boxes by the fixes in {source} (a table or a query's name with
+# subject_id, ts, lat, lon): each fix into its own bucket's box and the one before.
+# A box that already holds the fix is left alone: no new row version, no index entry.
+BOXES_SQL = f"""
+insert into trail_boxes (subject_id, bucket, box)
+select subject_id, bucket, st_makeenvelope(
+        floor(min(lon) / {BOX_GRID}) * {BOX_GRID}, floor(min(lat) / {BOX_GRID}) * {BOX_GRID},
+        (floor(max(lon) / {BOX_GRID}) + 1) * {BOX_GRID},
+        (floor(max(lat) / {BOX_GRID}) + 1) * {BOX_GRID}, 4326)
+from {{source}} s
+cross join lateral (
+    select date_bin('{BOX_BUCKET.total_seconds():.0f} seconds', s.ts, timestamptz '2000-01-01Z')
+) own(bucket_own)
+cross join lateral (
+    values (own.bucket_own), (own.bucket_own - interval '{BOX_BUCKET.total_seconds():.0f} seconds')
+) b(bucket)
+group by subject_id, bucket
+on conflict (subject_id, bucket) do update
+    set box = st_envelope(st_collect(trail_boxes.box, excluded.box))
+    where not trail_boxes.box ~ excluded.box
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +119,7 @@ async def store_fixes(
 ) -> StoreResult:
     """Writes fixes idempotently: a known (tag, ts) is skipped when identical and set aside
     in fix_conflicts when its position differs. One transaction for the whole batch."""
-    await partitions.ensure(conn, {f.ts.astimezone(UTC).date() for f in fixes})
+    await partitions.ensure(conn, partitions.days_of(f.ts for f in fixes))
     records = [
         (
             f.tag_id,
@@ -107,7 +157,11 @@ async def store_fixes(
                     heading_deg, source, sats, hdop, st_setsrid(st_makepoint(lon, lat), 4326)
                 from fix_staging
                 on conflict (tag_id, ts) do nothing
-                returning 1
+                returning subject_id, ts, lat, lon
+            ), boxes as (
+            """
+            + BOXES_SQL.format(source="ins")
+            + """
             )
             select count(*) from ins
             """
@@ -151,72 +205,36 @@ async def stored_positions(
     return {(r["tag_id"], r["ts"]): (r["lat"], r["lon"], r["accuracy_m"]) for r in rows}
 
 
-# $1 lat, $2 lon, $3 radius (m), $4/$5 time window, $6 box margin (degrees), $7 max accuracy.
-FIXES_NEAR_SQL = """
-select subject_id, tag_id, ts, received_at, lat, lon, accuracy_m, d from (
-    select subject_id, tag_id, ts, received_at, lat, lon, accuracy_m,
-        st_distance(geom::geography, st_setsrid(st_makepoint($2, $1), 4326)::geography) as d
-    from trail_points
-    where ts between $4 and $5
-      and accuracy_m <= $7
-      and geom && st_expand(st_setsrid(st_makepoint($2, $1), 4326), $6)
-) near
-where d - accuracy_m <= $3
-order by subject_id, ts
+# $1 lat, $2 lon, $3/$4 bucket range, $5 box margin (degrees).
+SUBJECTS_PASSING_SQL = """
+select distinct subject_id
+from trail_boxes
+where bucket between $3 and $4
+  and box && st_expand(st_setsrid(st_makepoint($2, $1), 4326), $5)
 """
 
 
-@dataclass(frozen=True, slots=True)
-class NearbyFix:
-    subject_id: uuid.UUID
-    tag_id: str
-    ts: datetime
-    received_at: datetime
-    lat: float
-    lon: float
-    accuracy_m: float
-    distance_m: float
-
-
-async def fixes_near(
+async def subjects_passing(
     conn: asyncpg.Connection,
     lat: float,
     lon: float,
-    radius_m: float,
+    reach_m: float,
     start: datetime,
     end: datetime,
-    max_accuracy_m: float,
-) -> list[NearbyFix]:
-    """Fixes whose accuracy circle comes within radius_m of (lat, lon) between start and end.
-
-    Fixes less accurate than max_accuracy_m are too vague to place anyone anywhere.
-
-    The bounding box lets the GiST index do the work; the geodesic test is exact.
-    """
-    margin = degree_margin(lat, radius_m + max_accuracy_m)
+) -> list[uuid.UUID]:
+    """Subjects whose trail, fixes or the paths between them, may have come within
+    reach_m of (lat, lon) between start and end: everyone who did, and some who did not
+    (boxes are coarse), for an exact test on their trails. A path that ends in the
+    window can start up to a bucket before it, in the bucket before that one's."""
     rows = await conn.fetch(
-        FIXES_NEAR_SQL,
+        SUBJECTS_PASSING_SQL,
         lat,
         lon,
-        radius_m,
-        start,
+        start - 2 * BOX_BUCKET,
         end,
-        margin,
-        max_accuracy_m,
+        degree_margin(lat, reach_m),
     )
-    return [
-        NearbyFix(
-            r["subject_id"],
-            r["tag_id"],
-            r["ts"],
-            r["received_at"],
-            r["lat"],
-            r["lon"],
-            r["accuracy_m"],
-            r["d"],
-        )
-        for r in rows
-    ]
+    return sorted(r["subject_id"] for r in rows)
 
 
 async def store_device_events(conn: asyncpg.Connection, events: Sequence[DeviceEvent]) -> int:
@@ -372,26 +390,29 @@ async def stream_trail(
 
 
 async def drop_partitions_before(conn: asyncpg.Connection, cutoff: date) -> list[str]:
-    """Drops whole daily partitions of trail_points that end on or before cutoff (their
-    indexes go with them: no row-by-row delete, no bloat). Returns their names."""
-    rows = await conn.fetch(
-        """
-        select c.relname
-        from pg_inherits i join pg_class c on c.oid = i.inhrelid
-        where i.inhparent = 'trail_points'::regclass
-        order by c.relname
-        """
-    )
+    """Drops whole daily partitions of trail_points and trail_boxes that end on or before
+    cutoff (their indexes go with them: no row-by-row delete, no bloat). Returns their
+    names."""
     dropped = []
-    for r in rows:
-        name = r["relname"]
-        try:
-            day = datetime.strptime(name.removeprefix("trail_points_p"), "%Y%m%d").date()
-        except ValueError:
-            continue  # not one of ours
-        if day < cutoff:
-            await conn.execute(f'drop table "{name}"')
-            dropped.append(name)
+    for table in PARTITIONED:
+        rows = await conn.fetch(
+            """
+            select c.relname
+            from pg_inherits i join pg_class c on c.oid = i.inhrelid
+            where i.inhparent = $1::regclass
+            order by c.relname
+            """,
+            table,
+        )
+        for r in rows:
+            name = r["relname"]
+            try:
+                day = datetime.strptime(name.removeprefix(f"{table}_p"), "%Y%m%d").date()
+            except ValueError:
+                continue  # not one of ours
+            if day < cutoff:
+                await conn.execute(f'drop table "{name}"')
+                dropped.append(name)
     return dropped
 
 

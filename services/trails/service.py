@@ -72,18 +72,11 @@ async def proximity(
     reach = timedelta(seconds=params.segment_max_gap_s)
     scene = CrimeScene(uuid.uuid4(), lat, lon, q.start, q.end)
     async with db.pool.acquire() as conn:
-        # The spatial index finds who was anywhere near; a path between two fixes up to
-        # trigger-reach away can still pass the place, so the net is cast that wide.
-        near = await trail_store.fixes_near(
-            conn,
-            lat,
-            lon,
-            q.radius_m + settings.crime_trigger_reach_m,
-            q.start - reach,
-            q.end + reach,
-            params.max_accuracy_m,
+        # The trail boxes say who may have passed (their fixes, or a path between two of
+        # them); their trails then say exactly who did.
+        subjects = await trail_store.subjects_passing(
+            conn, lat, lon, q.radius_m + params.max_accuracy_m, q.start, q.end
         )
-        subjects = sorted({n.subject_id for n in near})
         trails = await trail_store.trails_between(conn, subjects, q.start - reach, q.end + reach)
     found = []
     for subject_id in subjects:

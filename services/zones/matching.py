@@ -16,7 +16,6 @@ Police stress that the data rules people out as well as in: both are reported.
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from itertools import pairwise
 from typing import Any
+
+import numpy as np
 
 from services.common.geo import LocalFrame
 from services.zones.service import TrailFix
@@ -132,54 +133,19 @@ def assess(
     lo, hi = scene.window(params)
     frame = LocalFrame(scene.lat, scene.lon)
     fixes = sorted((f for f in trail if f.accuracy_m <= params.max_accuracy_m), key=lambda f: f.ts)
-    xy = {f.ts: frame.point(f.lat, f.lon) for f in fixes}
-    # LocalFrame rounds its centre to share transformers; measure from the scene itself.
-    cx, cy = frame.point(scene.lat, scene.lon)
     within = [f for f in fixes if lo <= f.ts <= hi]
-    approaches: list[Approach] = []
-    for f in within:
-        x, y = xy[f.ts]
-        d = max(0.0, math.hypot(x - cx, y - cy) - f.accuracy_m)
-        approaches.append(Approach(d, f.ts, "fix", None, (f,)))
-    time_within = 0.0
-    for a, b in pairwise(fixes):
-        dt = (b.ts - a.ts).total_seconds()
-        if dt <= 0 or dt > params.segment_max_gap_s or b.ts < lo or a.ts > hi:
-            continue
-        ax, ay = xy[a.ts][0] - cx, xy[a.ts][1] - cy
-        bx, by = xy[b.ts][0] - cx, xy[b.ts][1] - cy
-        # Only the part of the segment inside the window counts.
-        t0 = max(0.0, (lo - a.ts).total_seconds() / dt)
-        t1 = min(1.0, (hi - a.ts).total_seconds() / dt)
-        dx, dy = bx - ax, by - ay
-        length2 = dx * dx + dy * dy
-        t = 0.0 if length2 == 0 else -(ax * dx + ay * dy) / length2
-        t = min(max(t, t0), t1)
-        px, py = ax + t * dx, ay + t * dy
-        accuracy = a.accuracy_m + t * (b.accuracy_m - a.accuracy_m)
-        speed = math.sqrt(length2) / dt
-        approaches.append(
-            Approach(
-                max(0.0, math.hypot(px, py) - accuracy),
-                a.ts + timedelta(seconds=t * dt),
-                "segment",
-                speed,
-                (a, b),
-            )
-        )
-        time_within += dt * _fraction_within(ax, ay, dx, dy, t0, t1, params.radius_m)
     gaps = _gaps(lo, hi, [f.ts for f in within], params.gap_s)
     span = (hi - lo).total_seconds()
     coverage = 1.0 - sum((b - a).total_seconds() for a, b in gaps) / span if span > 0 else 0.0
-    closest = min(approaches, key=lambda a: (a.distance_m, a.at), default=None)
+    paths = _Paths(frame, scene, fixes, lo, hi, params) if fixes else None
+    closest = paths.closest() if paths else None
     if not within and closest is None:
         return Assessment(subject_id, Outcome.unknown, None, 0.0, 0.0, gaps, 0)
+    assert paths is not None
+    time_within = paths.time_within(params.radius_m)
     if closest is not None and closest.distance_m <= params.radius_m:
-        near = sorted(
-            (a for a in approaches if a.via == "fix" and a.distance_m <= params.radius_m),
-            key=lambda a: a.distance_m,
-        )[:EVIDENCE_FIXES]
-        evidence = {f.ts: f for a in (*near, closest) for f in a.fixes}
+        near = paths.fixes_within(params.radius_m, EVIDENCE_FIXES)
+        evidence = {f.ts: f for f in (*near, *closest.fixes)}
         return Assessment(
             subject_id,
             Outcome.matched,
@@ -194,24 +160,100 @@ def assess(
     return Assessment(subject_id, outcome, closest, time_within, coverage, gaps, len(within))
 
 
-def _fraction_within(
-    ax: float, ay: float, dx: float, dy: float, t0: float, t1: float, radius: float
-) -> float:
-    """The share of the segment, between t0 and t1, whose points lie within radius of
-    the origin: solve |a + t d|² ≤ r² for t."""
-    if t1 <= t0:
-        return 0.0
-    qa = dx * dx + dy * dy
-    qb = 2 * (ax * dx + ay * dy)
-    qc = ax * ax + ay * ay - radius * radius
-    if qa == 0:
-        return (t1 - t0) if qc <= 0 else 0.0
-    disc = qb * qb - 4 * qa * qc
-    if disc < 0:
-        return 0.0
-    root = math.sqrt(disc)
-    lo, hi = (-qb - root) / (2 * qa), (-qb + root) / (2 * qa)
-    return max(0.0, min(hi, t1) - max(lo, t0))
+class _Paths:
+    """A trail in metres around the scene, every fix and every path between consecutive
+    fixes at once (numpy): how near each came, and when. Only the part of a path inside
+    the window counts, and only paths between fixes no more than segment_max_gap_s apart."""
+
+    def __init__(
+        self,
+        frame: LocalFrame,
+        scene: CrimeScene,
+        fixes: list[TrailFix],
+        lo: datetime,
+        hi: datetime,
+        params: MatchParams,
+    ) -> None:
+        n = len(fixes)
+        self.fixes = fixes
+        lat = np.fromiter((f.lat for f in fixes), np.float64, n)
+        lon = np.fromiter((f.lon for f in fixes), np.float64, n)
+        x, y = frame.points(lat, lon)
+        # LocalFrame rounds its centre to share transformers; measure from the scene itself.
+        cx, cy = frame.point(scene.lat, scene.lon)
+        x, y = x - cx, y - cy
+        acc = np.fromiter((f.accuracy_m for f in fixes), np.float64, n)
+        # Seconds from the start of the window: small numbers, exact to the microsecond.
+        t = np.fromiter(((f.ts - lo).total_seconds() for f in fixes), np.float64, n)
+        end = (hi - lo).total_seconds()
+        self.fix_in = (t >= 0) & (t <= end)
+        self.fix_d = np.maximum(0.0, np.hypot(x, y) - acc)
+        dt = np.diff(t)
+        self.seg = np.flatnonzero(
+            (dt > 0) & (dt <= params.segment_max_gap_s) & (t[1:] >= 0) & (t[:-1] <= end)
+        )
+        i = self.seg
+        dt = dt[i]
+        ax, ay = x[i], y[i]
+        dx, dy = x[i + 1] - ax, y[i + 1] - ay
+        self.t0 = np.maximum(0.0, -t[i] / dt)
+        self.t1 = np.minimum(1.0, (end - t[i]) / dt)
+        length2 = dx * dx + dy * dy
+        moving = length2 > 0
+        nearest = np.divide(-(ax * dx + ay * dy), length2, out=np.zeros_like(dx), where=moving)
+        self.seg_t = np.minimum(np.maximum(nearest, self.t0), self.t1)
+        px, py = ax + self.seg_t * dx, ay + self.seg_t * dy
+        accuracy = acc[i] + self.seg_t * (acc[i + 1] - acc[i])
+        self.seg_d = np.maximum(0.0, np.hypot(px, py) - accuracy)
+        self.seg_speed = np.sqrt(length2) / dt
+        self.seg_dt = dt
+        self._a = (ax, ay, dx, dy)
+
+    def closest(self) -> Approach | None:
+        """The nearest approach, the earliest of equals."""
+        best: tuple[float, datetime, Approach] | None = None
+        fixes_in = np.flatnonzero(self.fix_in)
+        if len(fixes_in):
+            k = fixes_in[np.argmin(self.fix_d[fixes_in])]
+            f = self.fixes[k]
+            best = (
+                float(self.fix_d[k]),
+                f.ts,
+                Approach(float(self.fix_d[k]), f.ts, "fix", None, (f,)),
+            )
+        if len(self.seg):
+            j = int(np.argmin(self.seg_d))
+            a, b = self.fixes[self.seg[j]], self.fixes[self.seg[j] + 1]
+            d = float(self.seg_d[j])
+            at = a.ts + timedelta(seconds=float(self.seg_t[j] * self.seg_dt[j]))
+            if best is None or (d, at) < best[:2]:
+                best = (d, at, Approach(d, at, "segment", float(self.seg_speed[j]), (a, b)))
+        return best[2] if best else None
+
+    def fixes_within(self, radius_m: float, limit: int) -> list[TrailFix]:
+        """The fixes in the window nearest the scene, up to `limit`, within the radius."""
+        k = np.flatnonzero(self.fix_in & (self.fix_d <= radius_m))
+        k = k[np.argsort(self.fix_d[k], kind="stable")][:limit]
+        return [self.fixes[i] for i in k]
+
+    def time_within(self, radius_m: float) -> float:
+        """Seconds the paths spent within the radius: solve |a + t d|² ≤ r² for t."""
+        ax, ay, dx, dy = self._a
+        qa = dx * dx + dy * dy
+        qb = 2 * (ax * dx + ay * dy)
+        qc = ax * ax + ay * ay - radius_m * radius_m
+        open_ = self.t1 > self.t0
+        still = qa == 0
+        disc = qb * qb - 4 * qa * qc
+        with np.errstate(divide="ignore", invalid="ignore"):
+            root = np.sqrt(np.maximum(disc, 0.0))
+            lo = (-qb - root) / (2 * qa)
+            hi = (-qb + root) / (2 * qa)
+        moving_share = np.maximum(0.0, np.minimum(hi, self.t1) - np.maximum(lo, self.t0))
+        share = np.where(
+            still, np.where(qc <= 0, self.t1 - self.t0, 0.0), np.where(disc < 0, 0.0, moving_share)
+        )
+        return float(np.sum(np.where(open_, share, 0.0) * self.seg_dt))
 
 
 def _gaps(

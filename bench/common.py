@@ -1,0 +1,71 @@
+"""What every benchmark needs: a database of its own built by the real migrations, the
+machine it ran on, and figures printed the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import statistics
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+
+from services.cli import migrate
+from services.common.settings import Settings
+
+
+async def bench_database(settings: Settings, name: str, fresh: bool) -> None:
+    """Creates the database `name` (dropping it first if `fresh`) and migrates it."""
+    admin = await asyncpg.connect(settings.db.asyncpg_dsn("postgres"))
+    try:
+        if fresh:
+            await admin.execute(f"drop database if exists {name} with (force)")
+        exists = await admin.fetchval("select 1 from pg_database where datname = $1", name)
+        if not exists:
+            await admin.execute(f"create database {name}")
+    finally:
+        await admin.close()
+    await asyncio.to_thread(migrate, settings.db.sqlalchemy_url(name))
+
+
+async def drop_database(settings: Settings, name: str) -> None:
+    admin = await asyncpg.connect(settings.db.asyncpg_dsn("postgres"))
+    try:
+        await admin.execute(f"drop database if exists {name} with (force)")
+    finally:
+        await admin.close()
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB, {platform.platform()}"
+
+
+def header(title: str) -> None:
+    print(f"# {title}")
+    print(f"date:    {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(f"machine: {machine()}")
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (0-100) with linear interpolation between closest ranks."""
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
+
+
+def latency_line(label: str, seconds: Sequence[float]) -> str:
+    ms = [s * 1000 for s in seconds]
+    return (
+        f"{label}: n={len(ms)} p50={percentile(ms, 50):.1f} ms p95={percentile(ms, 95):.1f} ms "
+        f"p99={percentile(ms, 99):.1f} ms max={max(ms):.1f} ms"
+    )

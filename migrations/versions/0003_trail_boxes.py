@@ -1,0 +1,84 @@
+"""trail_boxes: each subject's whereabouts per 10-minute bucket, the index proximity
+search uses; filled for trail already stored.
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-25
+"""
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, time, timedelta
+
+import geoalchemy2
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0003"
+down_revision: str | None = "0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "trail_boxes",
+        sa.Column("subject_id", sa.UUID(), nullable=False),
+        sa.Column("bucket", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "box",
+            geoalchemy2.types.Geometry(
+                geometry_type="POLYGON",
+                srid=4326,
+                dimension=2,
+                spatial_index=False,
+                from_text="ST_GeomFromEWKT",
+                name="geometry",
+                nullable=False,
+            ),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("subject_id", "bucket", name=op.f("pk_trail_boxes")),
+        postgresql_partition_by="RANGE (bucket)",
+    )
+    op.create_index(
+        "ix_trail_boxes_box", "trail_boxes", ["box"], unique=False, postgresql_using="gist"
+    )
+    # Boxes for the trail already stored: a partition for each day it has (and the day
+    # before each, which a day's first fixes widen), filled from it. The SQL is this
+    # revision's own copy, as it was when written.
+    connection = op.get_bind()
+    names = connection.execute(
+        sa.text(
+            "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid"
+            " where i.inhparent = 'trail_points'::regclass"
+        )
+    ).scalars()
+    days = {datetime.strptime(n.removeprefix("trail_points_p"), "%Y%m%d").date() for n in names}
+    for day in sorted(days | {d - timedelta(days=1) for d in days}):
+        lo = datetime.combine(day, time(), UTC)
+        op.execute(
+            f"create table trail_boxes_p{day:%Y%m%d} partition of trail_boxes for values"
+            f" from ('{lo.isoformat()}') to ('{(lo + timedelta(days=1)).isoformat()}')"
+        )
+    if days:
+        op.execute(
+            """
+            insert into trail_boxes (subject_id, bucket, box)
+            select subject_id, bucket, st_makeenvelope(
+                    floor(min(lon) / 0.0005) * 0.0005, floor(min(lat) / 0.0005) * 0.0005,
+                    (floor(max(lon) / 0.0005) + 1) * 0.0005,
+                    (floor(max(lat) / 0.0005) + 1) * 0.0005, 4326)
+            from trail_points s
+            cross join lateral (
+                select date_bin('600 seconds', s.ts, timestamptz '2000-01-01Z')
+            ) own(bucket_own)
+            cross join lateral (
+                values (own.bucket_own), (own.bucket_own - interval '600 seconds')
+            ) b(bucket)
+            group by subject_id, bucket
+            """
+        )
+
+
+def downgrade() -> None:
+    op.drop_table("trail_boxes")
