@@ -106,8 +106,10 @@ async def load_day(conn: asyncpg.Connection, fleet: Fleet, day: date) -> tuple[i
     for d in (day - timedelta(days=1), day):
         await create_partition(conn, "trail_boxes", d)
     await conn.execute(BOXES_SQL.format(source=name))
-    await conn.execute(f"analyze {name}")
-    await conn.execute(f"analyze {partition_name(day, 'trail_boxes')}")
+    # Autovacuum would get there on its own; a benchmark should not wait on it. Vacuum
+    # marks the pages all-visible, which index-only scans of the trail need.
+    await conn.execute(f"vacuum analyze {name}")
+    await conn.execute(f"vacuum analyze {partition_name(day, 'trail_boxes')}")
     return len(fixes), t1 - t0, time.perf_counter() - t1
 
 
@@ -197,9 +199,7 @@ async def run_queries(
         # The first stage alone: the trail boxes' index says who may have passed.
         async with db.pool.acquire() as conn:
             t0 = time.perf_counter()
-            near = await trail_store.subjects_passing(
-                conn, lat, lon, radius_m + settings.check.crime_max_accuracy_m, q.start, q.end
-            )
+            near = await trail_store.subjects_passing(conn, lat, lon, radius_m, q.start, q.end)
             near_s.append(time.perf_counter() - t0)
         candidates.append(len(near))
     print(f"searches: {n} x {radius_m:.0f} m, 1 hour, at places where somebody was")
@@ -216,7 +216,9 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--radius", type=float, default=100.0)
     parser.add_argument("--database", default="tagtrail_bench")
-    parser.add_argument("--reload", action="store_true", help="load the fleet even if present")
+    parser.add_argument(
+        "--reload", action="store_true", help="a new database, the fleet loaded again"
+    )
     parser.add_argument(
         "--smoke", action="store_true", help="20 tags, 1 day, 20 searches, throw-away database"
     )
@@ -227,7 +229,7 @@ async def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     header("proximity search")
     fleet = Fleet(FleetSpec(tags=args.tags))
-    await bench_database(settings, args.database, fresh=args.smoke)
+    await bench_database(settings, args.database, fresh=args.smoke or args.reload)
     db = await Database.connect(settings.db, args.database)
     try:
         async with db.pool.acquire() as conn:

@@ -12,6 +12,7 @@ from alembic import command
 from alembic.config import Config
 
 from services.common.database import Database
+from services.common.geo import WGS84
 from services.common.settings import Settings
 from services.ingest.repository import (
     BOX_BUCKET,
@@ -94,8 +95,9 @@ async def test_near_place_and_time_uses_the_indexes(db: Database) -> None:
 
 async def test_trail_boxes_hold_every_path_whatever_order_fixes_arrive_in(db: Database) -> None:
     """The invariant proximity search stands on: for two consecutive fixes no more than a
-    bucket apart, the box of the first one's bucket holds both, however the fixes were
-    batched and ordered on arrival (late uploads, resends)."""
+    bucket apart, the box of the first one's bucket holds both accuracy circles (and so
+    the path between them), however the fixes were batched and ordered on arrival (late
+    uploads, resends)."""
     rng = random.Random(7)
     subject = uuid.uuid4()
     t = datetime(2026, 11, 20, 23, 0, tzinfo=UTC)  # crosses midnight: two days' partitions
@@ -112,7 +114,7 @@ async def test_trail_boxes_hold_every_path_whatever_order_fixes_arrive_in(db: Da
                 received_at=t,
                 lat=lat,
                 lon=lon,
-                accuracy_m=10.0,
+                accuracy_m=rng.choice([3.0, 12.0, 40.0, 250.0]),
             )
         )
     arrivals = fixes[:]
@@ -140,6 +142,11 @@ async def test_trail_boxes_hold_every_path_whatever_order_fixes_arrive_in(db: Da
         bucket = datetime.fromtimestamp(a.ts.timestamp() // bucket_s * bucket_s, UTC)
         box = boxes[bucket]
         for f in (a, b):
-            assert box["x0"] <= f.lon <= box["x1"] and box["y0"] <= f.lat <= box["y1"], (a, b)
+            # The whole accuracy circle: its north, east, south and west edges.
+            lons, lats, _ = WGS84.fwd(
+                [f.lon] * 4, [f.lat] * 4, [0, 90, 180, 270], [f.accuracy_m] * 4
+            )
+            for x, y in zip(lons, lats, strict=True):
+                assert box["x0"] <= x <= box["x1"] and box["y0"] <= y <= box["y1"], (a, b)
         checked += 1
     assert checked > 300

@@ -1,5 +1,5 @@
-"""trail_boxes: each subject's whereabouts per 10-minute bucket, the index proximity
-search uses; filled for trail already stored.
+"""Indexes for proximity search: trail_boxes, each subject's whereabouts per 10-minute
+bucket (filled for trail already stored), and a covering index for trail reads.
 
 Revision ID: 0003
 Revises: 0002
@@ -43,6 +43,13 @@ def upgrade() -> None:
     op.create_index(
         "ix_trail_boxes_box", "trail_boxes", ["box"], unique=False, postgresql_using="gist"
     )
+    op.drop_index("ix_trail_points_subject_ts", table_name="trail_points")
+    op.create_index(
+        "ix_trail_points_subject_ts",
+        "trail_points",
+        ["subject_id", "ts"],
+        postgresql_include=["tag_id", "received_at", "lat", "lon", "accuracy_m"],
+    )
     # Boxes for the trail already stored: a partition for each day it has (and the day
     # before each, which a day's first fixes widen), filled from it. The SQL is this
     # revision's own copy, as it was when written.
@@ -65,16 +72,21 @@ def upgrade() -> None:
             """
             insert into trail_boxes (subject_id, bucket, box)
             select subject_id, bucket, st_makeenvelope(
-                    floor(min(lon) / 0.0005) * 0.0005, floor(min(lat) / 0.0005) * 0.0005,
-                    (floor(max(lon) / 0.0005) + 1) * 0.0005,
-                    (floor(max(lat) / 0.0005) + 1) * 0.0005, 4326)
+                    floor(min(lon - e.dlon) / 0.0005) * 0.0005,
+                    floor(min(lat - e.dlat) / 0.0005) * 0.0005,
+                    (floor(max(lon + e.dlon) / 0.0005) + 1) * 0.0005,
+                    (floor(max(lat + e.dlat) / 0.0005) + 1) * 0.0005, 4326)
             from trail_points s
             cross join lateral (
-                select date_bin('600 seconds', s.ts, timestamptz '2000-01-01Z')
-            ) own(bucket_own)
+                select s.accuracy_m / 110000.0 as dlat,
+                    s.accuracy_m / (110000.0 * cos(radians(least(abs(s.lat) + 0.1, 89.9))))
+                        as dlon,
+                    date_bin('600 seconds', s.ts, timestamptz '2000-01-01Z') as bucket_own
+            ) e
             cross join lateral (
-                values (own.bucket_own), (own.bucket_own - interval '600 seconds')
+                values (e.bucket_own), (e.bucket_own - interval '600 seconds')
             ) b(bucket)
+            where s.accuracy_m <= 1000
             group by subject_id, bucket
             """
         )
@@ -82,3 +94,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("trail_boxes")
+    op.drop_index("ix_trail_points_subject_ts", table_name="trail_points")
+    op.create_index("ix_trail_points_subject_ts", "trail_points", ["subject_id", "ts"])

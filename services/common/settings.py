@@ -78,7 +78,7 @@ class CheckSettings(BaseSettings):
     crime_radius_m: float = Field(default=100.0, gt=0, le=10_000)
     # A fix vaguer than this cannot place anyone at a crime scene (cell fixes are often
     # 500 m to several km); it is ignored for matching, not counted as a match.
-    crime_max_accuracy_m: float = Field(default=250.0, gt=0)
+    crime_max_accuracy_m: float = Field(default=250.0, gt=0, le=1000)  # trail boxes' limit
     # Per crime type code, e.g. {"TOMV": 150}: vehicle crime covers a street, not a door.
     crime_radius_by_category: dict[str, float] = Field(default_factory=dict)
     # The crime window is widened by this on both sides: crime times are estimates.

@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, time, timedelta
 import asyncpg
 
 from services.common.geo import degree_margin
+from services.common.trail import TrailFix
 from services.ingest.schemas import DeviceEvent, FixMessage
 
 STAGING_COLUMNS = (
@@ -85,22 +86,33 @@ async def create_partition(conn: asyncpg.Connection, table: str, day: date) -> N
         )
 
 
+# Fixes vaguer than this (cell-tower guesses) are left out of the boxes: they would
+# blow a box up to kilometres. Nothing that places anyone uses them (settings keep the
+# matching limit within it).
+BOX_MAX_ACCURACY_M = 1000.0
+
 # Widens the trail boxes by the fixes in {source} (a table or a query's name with
-# subject_id, ts, lat, lon): each fix into its own bucket's box and the one before.
-# A box that already holds the fix is left alone: no new row version, no index entry.
+# subject_id, ts, lat, lon, accuracy_m): each fix's accuracy circle into its own
+# bucket's box and the one before. A box that already holds it is left alone: no new
+# row version, no index entry. (Degrees per metre err large: 110 km a degree.)
 BOXES_SQL = f"""
 insert into trail_boxes (subject_id, bucket, box)
 select subject_id, bucket, st_makeenvelope(
-        floor(min(lon) / {BOX_GRID}) * {BOX_GRID}, floor(min(lat) / {BOX_GRID}) * {BOX_GRID},
-        (floor(max(lon) / {BOX_GRID}) + 1) * {BOX_GRID},
-        (floor(max(lat) / {BOX_GRID}) + 1) * {BOX_GRID}, 4326)
+        floor(min(lon - e.dlon) / {BOX_GRID}) * {BOX_GRID},
+        floor(min(lat - e.dlat) / {BOX_GRID}) * {BOX_GRID},
+        (floor(max(lon + e.dlon) / {BOX_GRID}) + 1) * {BOX_GRID},
+        (floor(max(lat + e.dlat) / {BOX_GRID}) + 1) * {BOX_GRID}, 4326)
 from {{source}} s
 cross join lateral (
-    select date_bin('{BOX_BUCKET.total_seconds():.0f} seconds', s.ts, timestamptz '2000-01-01Z')
-) own(bucket_own)
+    select s.accuracy_m / 110000.0 as dlat,
+        s.accuracy_m / (110000.0 * cos(radians(least(abs(s.lat) + 0.1, 89.9)))) as dlon,
+        date_bin('{BOX_BUCKET.total_seconds():.0f} seconds', s.ts, timestamptz '2000-01-01Z')
+            as bucket_own
+) e
 cross join lateral (
-    values (own.bucket_own), (own.bucket_own - interval '{BOX_BUCKET.total_seconds():.0f} seconds')
+    values (e.bucket_own), (e.bucket_own - interval '{BOX_BUCKET.total_seconds():.0f} seconds')
 ) b(bucket)
+where s.accuracy_m <= {BOX_MAX_ACCURACY_M}
 group by subject_id, bucket
 on conflict (subject_id, bucket) do update
     set box = st_envelope(st_collect(trail_boxes.box, excluded.box))
@@ -157,7 +169,7 @@ async def store_fixes(
                     heading_deg, source, sats, hdop, st_setsrid(st_makepoint(lon, lat), 4326)
                 from fix_staging
                 on conflict (tag_id, ts) do nothing
-                returning subject_id, ts, lat, lon
+                returning subject_id, ts, lat, lon, accuracy_m
             ), boxes as (
             """
             + BOXES_SQL.format(source="ins")
@@ -222,18 +234,13 @@ async def subjects_passing(
     start: datetime,
     end: datetime,
 ) -> list[uuid.UUID]:
-    """Subjects whose trail, fixes or the paths between them, may have come within
-    reach_m of (lat, lon) between start and end: everyone who did, and some who did not
-    (boxes are coarse), for an exact test on their trails. A path that ends in the
-    window can start up to a bucket before it, in the bucket before that one's."""
-    rows = await conn.fetch(
-        SUBJECTS_PASSING_SQL,
-        lat,
-        lon,
-        start - 2 * BOX_BUCKET,
-        end,
-        degree_margin(lat, reach_m),
-    )
+    """Subjects whose trail, fixes or the paths between them, accuracy counted, may have
+    come within reach_m of (lat, lon) between start and end: everyone who did, and some
+    who did not (boxes are coarse), for an exact test on their trails. A path that ends
+    in the window can start up to a bucket before it: its box is that bucket's."""
+    earliest = (start - BOX_BUCKET).timestamp()
+    first = datetime.fromtimestamp(earliest - earliest % BOX_BUCKET.total_seconds(), UTC)
+    rows = await conn.fetch(SUBJECTS_PASSING_SQL, lat, lon, first, end, degree_margin(lat, reach_m))
     return sorted(r["subject_id"] for r in rows)
 
 
@@ -269,9 +276,17 @@ class TrailPoint:
     accuracy_m: float
 
 
+def _by_subject(rows: Sequence[asyncpg.Record]) -> dict[uuid.UUID, list[TrailFix]]:
+    """Rows of (subject_id, tag_id, ts, received_at, lat, lon, accuracy_m), grouped."""
+    out: dict[uuid.UUID, list[TrailFix]] = {}
+    for subject_id, *fix in rows:
+        out.setdefault(subject_id, []).append(TrailFix(*fix))
+    return out
+
+
 async def trails_since(
     conn: asyncpg.Connection, since: Sequence[tuple[uuid.UUID, datetime]]
-) -> dict[uuid.UUID, list[TrailPoint]]:
+) -> dict[uuid.UUID, list[TrailFix]]:
     """Each subject's trail from `since` on, in time order, together with the one fix
     just before `since` (so a caller can tell whether something began earlier)."""
     rows = await conn.fetch(
@@ -294,10 +309,7 @@ async def trails_since(
         [s for s, _ in since],
         [t for _, t in since],
     )
-    out: dict[uuid.UUID, list[TrailPoint]] = {}
-    for r in rows:
-        out.setdefault(r["subject_id"], []).append(TrailPoint(*r.values()))
-    return out
+    return _by_subject(rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +360,7 @@ async def first_fixes_after(
 
 async def trails_between(
     conn: asyncpg.Connection, subject_ids: Sequence[uuid.UUID], start: datetime, end: datetime
-) -> dict[uuid.UUID, list[TrailPoint]]:
+) -> dict[uuid.UUID, list[TrailFix]]:
     """The trails of these subjects between start and end, in time order."""
     rows = await conn.fetch(
         """
@@ -361,10 +373,7 @@ async def trails_between(
         start,
         end,
     )
-    out: dict[uuid.UUID, list[TrailPoint]] = {}
-    for r in rows:
-        out.setdefault(r["subject_id"], []).append(TrailPoint(*r.values()))
-    return out
+    return _by_subject(rows)
 
 
 async def stream_trail(

@@ -22,7 +22,6 @@ from services.trails import repository
 from services.trails.models import AuditEntry
 from services.trails.schemas import Justification, ProximityIn, ProximityOut
 from services.zones.matching import ALGORITHM, CrimeScene, MatchParams, assess
-from services.zones.service import TrailFix
 
 # Gaps longer than this in an exported trail are marked as gaps, never bridged.
 TRAIL_GAP_S = 300.0
@@ -74,17 +73,11 @@ async def proximity(
     async with db.pool.acquire() as conn:
         # The trail boxes say who may have passed (their fixes, or a path between two of
         # them); their trails then say exactly who did.
-        subjects = await trail_store.subjects_passing(
-            conn, lat, lon, q.radius_m + params.max_accuracy_m, q.start, q.end
-        )
+        subjects = await trail_store.subjects_passing(conn, lat, lon, q.radius_m, q.start, q.end)
         trails = await trail_store.trails_between(conn, subjects, q.start - reach, q.end + reach)
     found = []
     for subject_id in subjects:
-        fixes = [
-            TrailFix(p.tag_id, p.ts, p.received_at, p.lat, p.lon, p.accuracy_m)
-            for p in trails.get(subject_id, [])
-        ]
-        a = assess(scene, subject_id, fixes, params)
+        a = assess(scene, subject_id, trails.get(subject_id, []), params)
         if a.closest is not None and a.closest.distance_m <= q.radius_m:
             found.append(a)
     found.sort(key=lambda a: (a.closest.distance_m if a.closest else 0.0, a.subject_id))

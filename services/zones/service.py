@@ -22,6 +22,7 @@ from shapely.geometry.base import BaseGeometry
 from shapely.prepared import PreparedGeometry, prep
 
 from services.common.geo import LocalFrame
+from services.common.trail import TrailFix
 from services.zones.schedule import Timetable
 
 ALERT_NAMESPACE = uuid.UUID("5b0f1c8e-7a53-4d4a-9c2e-3a9f7d1e2b60")
@@ -50,16 +51,6 @@ class Condition(StrEnum):
 class ZoneKind(StrEnum):
     exclusion = "exclusion"
     inclusion = "inclusion"
-
-
-@dataclass(frozen=True, slots=True)
-class TrailFix:
-    tag_id: str
-    ts: datetime
-    received_at: datetime
-    lat: float
-    lon: float
-    accuracy_m: float
 
 
 @dataclass(frozen=True, slots=True)

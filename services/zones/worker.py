@@ -125,10 +125,7 @@ class ZoneChecker:
             alerts: list[AlertMessage] = []
             rows: list[dict[str, Any]] = []
             for subject_id, subject_zones in zones.items():
-                trail = [
-                    TrailFix(p.tag_id, p.ts, p.received_at, p.lat, p.lon, p.accuracy_m)
-                    for p in trails.get(subject_id, [])
-                ]
+                trail = trails.get(subject_id, [])
                 new = {(f.tag_id, f.ts) for f in batch[subject_id]}
                 seen_before = max(
                     (f.ts for f in trail if (f.tag_id, f.ts) not in new), default=None
@@ -255,11 +252,7 @@ async def run_matching(
         candidates = await registry.wearing_between(session, lo, hi)
         reach = timedelta(seconds=params.segment_max_gap_s)
         async with db.pool.acquire() as conn:
-            points = await trail_store.trails_between(conn, candidates, lo - reach, hi + reach)
-        trails = {
-            s: [TrailFix(p.tag_id, p.ts, p.received_at, p.lat, p.lon, p.accuracy_m) for p in ps]
-            for s, ps in points.items()
-        }
+            trails = await trail_store.trails_between(conn, candidates, lo - reach, hi + reach)
         results = match(scene, trails, candidates, params)
         run = CrimeMatchRun(
             crime_id=crime.id,
