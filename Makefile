@@ -5,13 +5,14 @@ export UV_PYTHON_DOWNLOADS := never
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help setup venv db kafka run test lint stop status schemas bench-smoke
+.PHONY: help setup venv db kafka run test lint stop status schemas bench-proximity
 
 help:
 	@echo "make run    - set up everything and run the pipeline with a demo fleet"
 	@echo "make test   - set up everything plus Kafka and run the whole test suite"
 	@echo "make lint   - ruff and mypy"
 	@echo "make stop   - stop the local PostgreSQL and Kafka"
+	@echo "make bench-proximity - proximity search over 50 million fixes (docs/benchmarks.md)"
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@UV=$$(bash deploy/local/uv.sh) && $$UV sync --frozen --python python3
@@ -35,12 +36,16 @@ test: setup kafka
 	@$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
 
 lint: venv
-	@$(BIN)/ruff format --check services tests migrations
-	@$(BIN)/ruff check services tests migrations
-	@$(BIN)/mypy services
+	@$(BIN)/ruff format --check services tests migrations bench
+	@$(BIN)/ruff check services tests migrations bench
+	@$(BIN)/mypy services bench
 
 schemas: venv
 	@$(BIN)/tagtrail schemas
+
+# Benchmarks run on demand, never in CI (which runs each one's --smoke mode as a test).
+bench-proximity: setup
+	@$(BIN)/python -m bench.proximity $(ARGS)
 
 stop:
 	@bash deploy/local/kafka.sh stop

@@ -34,7 +34,7 @@ class FleetSpec:
     town_centres: int = 16
     interval_s: float = 60.0
     # Share of the day a tag is out of signal, in gaps of a few minutes to an hour.
-    signal_loss: float = 0.01
+    signal_loss: float = 0.004
 
     def tag_id(self, i: int) -> str:
         return f"SIM-{self.seed:02d}-{i:06d}"

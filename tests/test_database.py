@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
 
@@ -16,6 +18,7 @@ from services.common.geo import WGS84
 from services.common.settings import Settings
 from services.ingest.repository import (
     BOX_BUCKET,
+    BOX_MAX_GAP,
     SUBJECTS_PASSING_SQL,
     Partitions,
     partition_name,
@@ -74,7 +77,7 @@ async def test_near_place_and_time_uses_the_indexes(db: Database) -> None:
         await conn.execute("analyze trail_points")
         await conn.execute("analyze trail_boxes")
         start = day + timedelta(hours=1)
-        args = (52.55, -0.29, start - 2 * BOX_BUCKET, start + timedelta(hours=1), 0.005)
+        args = (52.55, -0.29, start - BOX_MAX_GAP, start + timedelta(hours=1), 0.005)
         plan = "\n".join(r[0] for r in await conn.fetch("explain " + SUBJECTS_PASSING_SQL, *args))
         assert "Seq Scan" not in plan, plan
         assert "ix_trail_boxes_box" in plan or "box_idx" in plan, plan
@@ -94,9 +97,10 @@ async def test_near_place_and_time_uses_the_indexes(db: Database) -> None:
 
 
 async def test_trail_boxes_hold_every_path_whatever_order_fixes_arrive_in(db: Database) -> None:
-    """The invariant proximity search stands on: for two consecutive fixes no more than a
-    bucket apart, the box of the first one's bucket holds both accuracy circles (and so
-    the path between them), however the fixes were batched and ordered on arrival (late
+    """The invariant proximity search stands on: for two fixes no more than BOX_MAX_GAP
+    apart that are consecutive among those accurate enough for matching, whatever that
+    threshold, the box of the first one's bucket holds both accuracy circles (and so the
+    path between them), however the fixes were batched and ordered on arrival (late
     uploads, resends)."""
     rng = random.Random(7)
     subject = uuid.uuid4()
@@ -114,7 +118,7 @@ async def test_trail_boxes_hold_every_path_whatever_order_fixes_arrive_in(db: Da
                 received_at=t,
                 lat=lat,
                 lon=lon,
-                accuracy_m=rng.choice([3.0, 12.0, 40.0, 250.0]),
+                accuracy_m=rng.choice([3.0, 12.0, 12.0, 40.0, 250.0, 800.0, 1500.0]),
             )
         )
     arrivals = fixes[:]
@@ -136,17 +140,77 @@ async def test_trail_boxes_hold_every_path_whatever_order_fixes_arrive_in(db: Da
         }
     bucket_s = BOX_BUCKET.total_seconds()
     checked = 0
-    for a, b in itertools.pairwise(fixes):
-        if (b.ts - a.ts).total_seconds() > bucket_s:
-            continue
-        bucket = datetime.fromtimestamp(a.ts.timestamp() // bucket_s * bucket_s, UTC)
-        box = boxes[bucket]
-        for f in (a, b):
-            # The whole accuracy circle: its north, east, south and west edges.
-            lons, lats, _ = WGS84.fwd(
-                [f.lon] * 4, [f.lat] * 4, [0, 90, 180, 270], [f.accuracy_m] * 4
+    for threshold in (10.0, 50.0, 250.0, 1000.0):
+        usable = [f for f in fixes if f.accuracy_m <= threshold]
+        for a, b in itertools.pairwise(usable):
+            if b.ts - a.ts > BOX_MAX_GAP:
+                continue
+            bucket = datetime.fromtimestamp(a.ts.timestamp() // bucket_s * bucket_s, UTC)
+            box = boxes[bucket]
+            for f in (a, b):
+                # The whole accuracy circle: its north, east, south and west edges.
+                lons, lats, _ = WGS84.fwd(
+                    [f.lon] * 4, [f.lat] * 4, [0, 90, 180, 270], [f.accuracy_m] * 4
+                )
+                for x, y in zip(lons, lats, strict=True):
+                    assert box["x0"] <= x <= box["x1"] and box["y0"] <= y <= box["y1"], (
+                        threshold,
+                        a,
+                        b,
+                    )
+            checked += 1
+    assert checked > 600
+
+
+async def test_upgrading_a_stored_trail_gives_it_boxes(settings: Settings) -> None:
+    """A database with trail stored before trail_boxes existed: the migration makes the
+    boxes, and proximity search finds the subject, including by a path between fixes."""
+    name = f"tagtrail_upgrade_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(settings.db.asyncpg_dsn("postgres"))
+    await admin.execute(f"create database {name}")
+    try:
+        config = Config(str(ROOT / "alembic.ini"))
+        config.set_main_option("sqlalchemy.url", settings.db.sqlalchemy_url(name))
+        await asyncio.to_thread(command.upgrade, config, "0002")
+        subject = uuid.uuid4()
+        day = datetime(2026, 11, 20, tzinfo=UTC)
+        conn = await asyncpg.connect(settings.db.asyncpg_dsn(name))
+        try:
+            await conn.execute(
+                f"create table {partition_name(day.date())} partition of trail_points"
+                f" for values from ('{day.isoformat()}') to ('{day + timedelta(days=1)}')"
             )
-            for x, y in zip(lons, lats, strict=True):
-                assert box["x0"] <= x <= box["x1"] and box["y0"] <= y <= box["y1"], (a, b)
-        checked += 1
-    assert checked > 300
+            # Two fixes 8 minutes apart either side of a place, 1.2 km apart.
+            for ts, lon in (
+                (day + timedelta(hours=12), -0.13),
+                (day + timedelta(hours=12, minutes=8), -0.11),
+            ):
+                await conn.execute(
+                    "insert into trail_points (tag_id, ts, received_at, subject_id, lat, lon,"
+                    " accuracy_m, source, geom) values ('UP-1', $1, $1, $2, 51.5, $3, 10, 'gps',"
+                    " st_setsrid(st_makepoint($3, 51.5), 4326))",
+                    ts,
+                    subject,
+                    lon,
+                )
+            await asyncio.to_thread(command.upgrade, config, "head")
+            found = await subjects_passing(
+                conn,
+                51.5,
+                -0.12,
+                50.0,
+                day + timedelta(hours=12, minutes=3),
+                day + timedelta(hours=12, minutes=5),
+            )
+            assert found == [subject]
+            assert (
+                await subjects_passing(
+                    conn, 51.6, -0.12, 50.0, day + timedelta(hours=12), day + timedelta(hours=13)
+                )
+                == []
+            )
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f"drop database if exists {name} with (force)")
+        await admin.close()

@@ -1,5 +1,6 @@
-"""Indexes for proximity search: trail_boxes, each subject's whereabouts per 10-minute
-bucket (filled for trail already stored), and a covering index for trail reads.
+"""Indexes for proximity search: trail_boxes, each subject's whereabouts per 5-minute
+bucket (filled for trail already stored), and a covering index for trail reads. The
+GiST index over every fix goes: nothing searches by it any more.
 
 Revision ID: 0003
 Revises: 0002
@@ -43,6 +44,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_trail_boxes_box", "trail_boxes", ["box"], unique=False, postgresql_using="gist"
     )
+    op.drop_index("ix_trail_points_geom", table_name="trail_points")
     op.drop_index("ix_trail_points_subject_ts", table_name="trail_points")
     op.create_index(
         "ix_trail_points_subject_ts",
@@ -51,8 +53,10 @@ def upgrade() -> None:
         postgresql_include=["tag_id", "received_at", "lat", "lon", "accuracy_m"],
     )
     # Boxes for the trail already stored: a partition for each day it has (and the day
-    # before each, which a day's first fixes widen), filled from it. The SQL is this
-    # revision's own copy, as it was when written.
+    # before each, which a day's first fixes widen), filled from it. Simpler and larger
+    # than the store's boxes, but holding as much: each 5-minute bucket's box holds every
+    # fix from its start to 10 minutes after its end. This is the revision's own SQL, as
+    # it was when written.
     connection = op.get_bind()
     names = connection.execute(
         sa.text(
@@ -81,12 +85,11 @@ def upgrade() -> None:
                 select s.accuracy_m / 110000.0 as dlat,
                     s.accuracy_m / (110000.0 * cos(radians(least(abs(s.lat) + 0.1, 89.9))))
                         as dlon,
-                    date_bin('600 seconds', s.ts, timestamptz '2000-01-01Z') as bucket_own
+                    date_bin('300 seconds', s.ts, timestamptz '2000-01-01Z') as own
             ) e
-            cross join lateral (
-                values (e.bucket_own), (e.bucket_own - interval '600 seconds')
-            ) b(bucket)
-            where s.accuracy_m <= 1000
+            cross join lateral generate_series(0, 2) k
+            cross join lateral (select e.own - k * interval '300 seconds' as bucket) b
+            where s.accuracy_m <= 1000 and b.bucket + interval '900 seconds' > s.ts
             group by subject_id, bucket
             """
         )
@@ -94,5 +97,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("trail_boxes")
+    op.create_index(
+        "ix_trail_points_geom", "trail_points", ["geom"], unique=False, postgresql_using="gist"
+    )
+    op.drop_index("ix_trail_points_geom", table_name="trail_points")
     op.drop_index("ix_trail_points_subject_ts", table_name="trail_points")
     op.create_index("ix_trail_points_subject_ts", "trail_points", ["subject_id", "ts"])

@@ -40,9 +40,10 @@ trail_points = Table(
     Column("source", String(8), nullable=False),
     Column("sats", SmallInteger),
     Column("hdop", Float),
+    # For GIS tools reading the database. Not indexed: searches go by trail_boxes, and a
+    # GiST entry per fix costs every insert (and 280 MB a day at 5,000 tags).
     Column("geom", Geometry("POINT", srid=4326, spatial_index=False), nullable=False),
     PrimaryKeyConstraint("tag_id", "ts"),
-    Index("ix_trail_points_geom", "geom", postgresql_using="gist"),
     # Covering: every trail read (by subject and time) is answered from the index alone,
     # a few pages per subject, instead of a heap page per fix (fixes of one subject are
     # spread among everyone else's, in arrival order).

@@ -31,10 +31,12 @@ STAGING_COLUMNS = (
 
 # Tables partitioned by day: the trail, and its boxes.
 PARTITIONED = ("trail_points", "trail_boxes")
-# The length of a trail box's bucket. Paths between fixes further apart than this are
-# not followed (settings keep segment gaps within it), so a path starting in a bucket
-# ends in it or the next: the box of a bucket holds its fixes and the next bucket's.
-BOX_BUCKET = timedelta(minutes=10)
+# A trail box covers what a subject did in this much time: where their fixes in it were,
+# and every path that starts from one of them (to the next fix, at most BOX_MAX_GAP on).
+BOX_BUCKET = timedelta(minutes=5)
+# Paths between fixes further apart than this are not followed (settings keep the
+# matching's segment gap within it).
+BOX_MAX_GAP = timedelta(minutes=10)
 # Boxes are rounded outwards to this grid (degrees, about 35-55 m): a subject at home
 # soon has a box its GPS jitter stays inside, and then their fixes change nothing.
 BOX_GRID = 0.0005
@@ -91,28 +93,59 @@ async def create_partition(conn: asyncpg.Connection, table: str, day: date) -> N
 # matching limit within it).
 BOX_MAX_ACCURACY_M = 1000.0
 
-# Widens the trail boxes by the fixes in {source} (a table or a query's name with
-# subject_id, ts, lat, lon, accuracy_m): each fix's accuracy circle into its own
-# bucket's box and the one before. A box that already holds it is left alone: no new
-# row version, no index entry. (Degrees per metre err large: 110 km a degree.)
+# Widens the trail boxes by stored fixes, those in {source} (a table, or a subquery
+# with an alias, with subject_id, ts, lat, lon, accuracy_m). Matching pairs consecutive
+# fixes among those accurate enough for it, so which fix follows which depends on that
+# threshold; for every threshold at once, the box of a fix's bucket holds the fix and
+# each later fix (up to BOX_MAX_GAP on) more accurate than all between them. So a fix
+# widens its own box by those successors, and the boxes of the earlier fixes it is such
+# a successor to. Arrival order does not matter: boxes only grow, and a fix that arrives
+# late finds its neighbours stored. A box that already holds a point is left alone: no
+# new row version, no index entry. (Degrees per metre err large: 110 km a degree.)
+_FIXES = f"(select * from {{source}} where accuracy_m <= {BOX_MAX_ACCURACY_M})"
+_GAP = f"interval '{BOX_MAX_GAP.total_seconds():.0f} seconds'"
+
+
+def _bin(ts: str) -> str:
+    return f"date_bin('{BOX_BUCKET.total_seconds():.0f} seconds', {ts}, timestamptz '2000-01-01Z')"
+
+
 BOXES_SQL = f"""
 insert into trail_boxes (subject_id, bucket, box)
 select subject_id, bucket, st_makeenvelope(
-        floor(min(lon - e.dlon) / {BOX_GRID}) * {BOX_GRID},
-        floor(min(lat - e.dlat) / {BOX_GRID}) * {BOX_GRID},
-        (floor(max(lon + e.dlon) / {BOX_GRID}) + 1) * {BOX_GRID},
-        (floor(max(lat + e.dlat) / {BOX_GRID}) + 1) * {BOX_GRID}, 4326)
-from {{source}} s
+        floor(min(lon - dlon) / {BOX_GRID}) * {BOX_GRID},
+        floor(min(lat - dlat) / {BOX_GRID}) * {BOX_GRID},
+        (floor(max(lon + dlon) / {BOX_GRID}) + 1) * {BOX_GRID},
+        (floor(max(lat + dlat) / {BOX_GRID}) + 1) * {BOX_GRID}, 4326)
+from (
+    select subject_id, {_bin("f.ts")} as bucket, lat, lon, accuracy_m from {_FIXES} f
+    union all
+    select f.subject_id, {_bin("f.ts")}, n.lat, n.lon, n.accuracy_m
+    from {_FIXES} f cross join lateral (
+        select lat, lon, accuracy_m from (
+            select lat, lon, accuracy_m, min(accuracy_m) over (
+                order by ts rows between unbounded preceding and 1 preceding) as between_min
+            from trail_points t
+            where t.subject_id = f.subject_id and t.ts > f.ts and t.ts <= f.ts + {_GAP}
+              and t.accuracy_m <= {BOX_MAX_ACCURACY_M}
+        ) later where between_min is null or accuracy_m < between_min
+    ) n
+    union all
+    select f.subject_id, {_bin("p.ts")}, f.lat, f.lon, f.accuracy_m
+    from {_FIXES} f cross join lateral (
+        select ts from (
+            select ts, min(accuracy_m) over (
+                order by ts desc rows between unbounded preceding and 1 preceding) as between_min
+            from trail_points t
+            where t.subject_id = f.subject_id and t.ts < f.ts and t.ts >= f.ts - {_GAP}
+              and t.accuracy_m <= {BOX_MAX_ACCURACY_M}
+        ) earlier where between_min is null or between_min > f.accuracy_m
+    ) p
+) points
 cross join lateral (
-    select s.accuracy_m / 110000.0 as dlat,
-        s.accuracy_m / (110000.0 * cos(radians(least(abs(s.lat) + 0.1, 89.9)))) as dlon,
-        date_bin('{BOX_BUCKET.total_seconds():.0f} seconds', s.ts, timestamptz '2000-01-01Z')
-            as bucket_own
+    select accuracy_m / 110000.0 as dlat,
+        accuracy_m / (110000.0 * cos(radians(least(abs(lat) + 0.1, 89.9)))) as dlon
 ) e
-cross join lateral (
-    values (e.bucket_own), (e.bucket_own - interval '{BOX_BUCKET.total_seconds():.0f} seconds')
-) b(bucket)
-where s.accuracy_m <= {BOX_MAX_ACCURACY_M}
 group by subject_id, bucket
 on conflict (subject_id, bucket) do update
     set box = st_envelope(st_collect(trail_boxes.box, excluded.box))
@@ -156,6 +189,9 @@ async def store_fixes(
                 tag_id text, ts timestamptz, received_at timestamptz, subject_id uuid,
                 lat float8, lon float8, accuracy_m float8, speed_mps float8,
                 heading_deg float8, source text, sats int2, hdop float8
+            ) on commit delete rows;
+            create temp table if not exists fix_inserted (
+                subject_id uuid, ts timestamptz, lat float8, lon float8, accuracy_m float8
             ) on commit delete rows
             """
         )
@@ -170,14 +206,15 @@ async def store_fixes(
                 from fix_staging
                 on conflict (tag_id, ts) do nothing
                 returning subject_id, ts, lat, lon, accuracy_m
-            ), boxes as (
-            """
-            + BOXES_SQL.format(source="ins")
-            + """
+            ), kept as (
+                insert into fix_inserted select * from ins returning 1
             )
-            select count(*) from ins
+            select count(*) from kept
             """
         )
+        # Now stored, the new fixes' neighbours (stored before, or in this batch) are
+        # visible to the box update.
+        await conn.execute(BOXES_SQL.format(source="fix_inserted"))
         conflicts = await conn.fetchval(
             """
             with c as (
@@ -237,8 +274,8 @@ async def subjects_passing(
     """Subjects whose trail, fixes or the paths between them, accuracy counted, may have
     come within reach_m of (lat, lon) between start and end: everyone who did, and some
     who did not (boxes are coarse), for an exact test on their trails. A path that ends
-    in the window can start up to a bucket before it: its box is that bucket's."""
-    earliest = (start - BOX_BUCKET).timestamp()
+    in the window can start up to BOX_MAX_GAP before it: its box is that fix's bucket's."""
+    earliest = (start - BOX_MAX_GAP).timestamp()
     first = datetime.fromtimestamp(earliest - earliest % BOX_BUCKET.total_seconds(), UTC)
     rows = await conn.fetch(SUBJECTS_PASSING_SQL, lat, lon, first, end, degree_margin(lat, reach_m))
     return sorted(r["subject_id"] for r in rows)

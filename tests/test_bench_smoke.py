@@ -1,0 +1,18 @@
+"""Each benchmark's smoke mode: a few tags for a day, so the harness keeps working. The
+figures are printed, never asserted: speed is measured on demand (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import proximity
+
+
+async def test_proximity_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert await proximity.main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "loaded 28," in out  # 20 tags, a day, less signal loss
+    assert "whole search (as the API runs it, audit included): n=20" in out
+    # Each search is at a place and time where somebody was: they must be found.
+    found = next(line for line in out.splitlines() if line.startswith("subjects found"))
+    assert int(found.split(", min ")[1].split(",")[0]) >= 1, found
