@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import proximity
+from bench import proximity, throughput
 
 
 async def test_proximity_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -16,3 +16,11 @@ async def test_proximity_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> N
     # Each search is at a place and time where somebody was: they must be found.
     found = next(line for line in out.splitlines() if line.startswith("subjects found"))
     assert int(found.split(", min ")[1].split(",")[0]) >= 1, found
+
+
+async def test_throughput_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    # The whole pipeline as `tagtrail run`, the simulator posting to it over HTTP.
+    assert await throughput.main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "end to end: 200 fixes" in out and "stored 200" in out
+    assert "raw COPY into trail_points" in out and "peak memory: tagtrail run" in out

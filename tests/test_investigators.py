@@ -351,9 +351,11 @@ async def test_retention_drops_old_partitions_and_crimes_and_says_so(
     )
     removed = await retention.run(now)
     # Other tests may have left older partitions in this database; all go, none newer.
-    assert f"trail_points_p{old:%Y%m%d}" in removed["trail_partitions"]
-    cutoff = f"trail_points_p{now - timedelta(days=10):%Y%m%d}"
-    assert all(name < cutoff for name in removed["trail_partitions"])
+    for table in ("trail_points", "trail_boxes"):  # the trail and its boxes go together
+        assert f"{table}_p{old:%Y%m%d}" in removed["trail_partitions"]
+        cutoff = f"{table}_p{now - timedelta(days=10):%Y%m%d}"
+        ours = [n for n in removed["trail_partitions"] if n.startswith(f"{table}_p")]
+        assert all(name < cutoff for name in ours)
     assert removed["crimes"] == 1
     async with db.pool.acquire() as conn:
         left = await conn.fetch("select ts from trail_points order by ts")
