@@ -1,14 +1,18 @@
 """End-to-end throughput: fixes in over HTTP, on the bus, stored, zone- and crime-checked,
 against raw COPY into the same trail table as the ceiling, measured in the same run.
 
-    python -m bench.throughput                # 2,000 tags, 10,000 zones, 1,000 crimes
+    python -m bench.throughput                # in-process bus: 2,000 tags, 10,000 zones,
+                                              # 1,000 crimes
+    python -m bench.throughput --bus kafka    # the same on Kafka, one process per role
     python -m bench.throughput --smoke        # a few of each: proves it still works
 
-Starts `tagtrail run` (the whole pipeline in one process on the in-process bus, where
-a 202 means stored and checked) against a database of its own, enrols the fleet, its
-zones and crimes, then has the fleet simulator post a stretch of fleet time as fast as
-the server takes it. Prints fixes a second end to end, the raw COPY rate of the same
-number of fixes into trail_points, their ratio, and the peak memory of each process.
+On the in-process bus it starts `tagtrail run` (the whole pipeline in one process, where
+a 202 means stored and checked); on Kafka, `tagtrail api` and one `tagtrail worker` per
+role on topics of their own, and the run ends when every consumer group has caught up.
+Each against a database of its own: the fleet, its zones and crimes are enrolled, then
+the fleet simulator posts a stretch of fleet time as fast as the server takes it.
+Prints fixes a second end to end, the raw COPY rate of the same number of fixes into
+trail_points, their ratio, and the peak memory of each process.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.common import bench_database, drop_database, header
 from bench.fleet import Fleet, FleetSpec
@@ -46,6 +52,34 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# Consumer groups each topic must have, all caught up, before a Kafka run is done.
+KAFKA_CONSUMERS = {"points": 1, "stored-points": 2}
+
+
+async def kafka_caught_up(bootstrap: str, prefix: str) -> bool:
+    """Whether every consumer group on our topics has committed up to the end."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed: dict[TopicPartition, int] = {}
+        groups_on: dict[str, set[str]] = {}
+        for group, *_ in await admin.list_consumer_groups():
+            offsets = await admin.list_consumer_group_offsets(group)
+            for tp, meta in offsets.items():
+                if tp.topic.startswith(prefix):
+                    committed[tp] = min(committed.get(tp, meta.offset), meta.offset)
+                    groups_on.setdefault(tp.topic.removeprefix(prefix), set()).add(group)
+        if any(len(groups_on.get(t, ())) < n for t, n in KAFKA_CONSUMERS.items()):
+            return False
+        ends = await consumer.end_offsets(list(committed))
+        return all(committed[tp] >= end for tp, end in ends.items())
+    finally:
+        await consumer.stop()
+        await admin.close()
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -188,29 +222,44 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crimes", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2000, help="fixes a request")
+    parser.add_argument("--bus", choices=["memory", "kafka"], default="memory")
     parser.add_argument("--smoke", action="store_true", help="20 tags, 10 minutes, 50 zones")
     args = parser.parse_args(argv)
     if args.smoke:
         args.tags, args.minutes, args.zones, args.crimes = 20, 10.0, 50, 10
     settings = Settings()
     name = f"tagtrail_bench_tp_{uuid.uuid4().hex[:8]}"
-    header("end-to-end throughput (in-process bus)")
+    header(f"end-to-end throughput ({'in-process bus' if args.bus == 'memory' else 'Kafka'})")
     await bench_database(settings, name, fresh=True)
     db = await Database.connect(settings.db, name)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "TAGTRAIL_DB_NAME": name, "TAGTRAIL_PORT": str(port)}
-    proc = await asyncio.create_subprocess_exec(
-        str(ROOT / ".venv/bin/tagtrail"),
-        "run",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+    prefix = f"bench{uuid.uuid4().hex[:8]}."
+    env = {
+        **os.environ,
+        "TAGTRAIL_DB_NAME": name,
+        "TAGTRAIL_PORT": str(port),
+        "TAGTRAIL_KAFKA_TOPIC_PREFIX": prefix,
+    }
+    commands = (
+        [["run"]]
+        if args.bus == "memory"
+        else [["api"], *(["worker", role] for role in ("store", "zones", "crimes", "dispatch"))]
     )
+    procs = {
+        " ".join(c): await asyncio.create_subprocess_exec(
+            str(ROOT / ".venv/bin/tagtrail"),
+            *c,
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        for c in commands
+    }
     try:
         fleet = Fleet(FleetSpec(tags=args.tags, seed=4))
         supplier, admin = await enrol_fleet(db, fleet)
-        await wait_ready(url, proc)
+        await wait_ready(url, next(iter(procs.values())))
         start = datetime.now(UTC) - timedelta(minutes=args.minutes + 1)
         t0 = time.perf_counter()
         await add_zones_and_crimes(url, admin, fleet, args.zones, args.crimes, start, args.minutes)
@@ -221,8 +270,15 @@ async def main(argv: list[str] | None = None) -> int:
         bodies = list(batches(fleet, start, args.minutes, args.batch))
         t0 = time.perf_counter()
         sent = await post(url, supplier, iter(bodies), concurrency=args.concurrency)
-        took = time.perf_counter() - t0
         async with db.pool.acquire() as conn:
+            while args.bus == "kafka":
+                stored = await conn.fetchval("select count(*) from trail_points")
+                if stored >= sent.accepted and await kafka_caught_up(
+                    settings.kafka.bootstrap, prefix
+                ):
+                    break
+                await asyncio.sleep(0.25)
+            took = time.perf_counter() - t0
             stored = await conn.fetchval("select count(*) from trail_points")
             alerts = await conn.fetchval("select count(*) from alerts")
         rate = sent.fixes / took
@@ -235,17 +291,19 @@ async def main(argv: list[str] | None = None) -> int:
         )
         ceiling = await copy_ceiling(db, sent.fixes, args.tags)
         print(f"raw COPY into trail_points: {ceiling:,.0f} fixes/s; ratio {rate / ceiling:.3f}")
-        print(
-            f"peak memory: tagtrail run {peak_rss_mib(proc.pid):.0f} MiB,"
-            f" this benchmark {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
-        )
+        peaks = ", ".join(f"tagtrail {c} {peak_rss_mib(p.pid):.0f} MiB" for c, p in procs.items())
+        mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak memory: {peaks}, this benchmark {mine:.0f} MiB")
         ok = sent.failures == 0 and stored == sent.accepted
         if not ok:
             print("FAILED: requests failed, or accepted fixes were not all stored")
         return 0 if ok else 1
     finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 30)
+        for p in procs.values():
+            if p.returncode is None:
+                p.terminate()
+        for p in procs.values():
+            await asyncio.wait_for(p.wait(), 30)
         await db.close()
         await drop_database(settings, name)
 

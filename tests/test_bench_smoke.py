@@ -18,9 +18,11 @@ async def test_proximity_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> N
     assert int(found.split(", min ")[1].split(",")[0]) >= 1, found
 
 
-async def test_throughput_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    # The whole pipeline as `tagtrail run`, the simulator posting to it over HTTP.
-    assert await throughput.main(["--smoke"]) == 0
+@pytest.mark.parametrize("bus", ["memory", "kafka"])
+async def test_throughput_benchmark_runs(bus: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # The whole pipeline as `tagtrail run`, or as the API and a worker per role on Kafka,
+    # the simulator posting to it over HTTP.
+    assert await throughput.main(["--smoke", "--bus", bus]) == 0
     out = capsys.readouterr().out
     assert "end to end: 200 fixes" in out and "stored 200" in out
     assert "raw COPY into trail_points" in out and "peak memory: tagtrail run" in out
