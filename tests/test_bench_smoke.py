@@ -25,4 +25,4 @@ async def test_throughput_benchmark_runs(bus: str, capsys: pytest.CaptureFixture
     assert await throughput.main(["--smoke", "--bus", bus]) == 0
     out = capsys.readouterr().out
     assert "end to end: 200 fixes" in out and "stored 200" in out
-    assert "raw COPY into trail_points" in out and "peak memory: tagtrail run" in out
+    assert "raw COPY into trail_points" in out and "peak memory: tagtrail " in out
