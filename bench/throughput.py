@@ -223,6 +223,9 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2000, help="fixes a request")
     parser.add_argument("--bus", choices=["memory", "kafka"], default="memory")
+    parser.add_argument(
+        "--rate", type=float, default=None, help="post at most this many fixes a second"
+    )
     parser.add_argument("--smoke", action="store_true", help="20 tags, 10 minutes, 50 zones")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -269,7 +272,7 @@ async def main(argv: list[str] | None = None) -> int:
         )
         bodies = list(batches(fleet, start, args.minutes, args.batch))
         t0 = time.perf_counter()
-        sent = await post(url, supplier, iter(bodies), concurrency=args.concurrency)
+        sent = await post(url, supplier, iter(bodies), concurrency=args.concurrency, rate=args.rate)
         async with db.pool.acquire() as conn:
             while args.bus == "kafka":
                 stored = await conn.fetchval("select count(*) from trail_points")
@@ -289,6 +292,20 @@ async def main(argv: list[str] | None = None) -> int:
             f" failed requests {sent.failures}); {alerts} alerts;"
             f" request p50 {lat[0]:.0f} ms p99 {lat[1]:.0f} ms ({args.batch} fixes each)"
         )
+        # Fix to alert: from when the fix that settled an alert reached the API to when
+        # the alert was filed (both the server's clock).
+        async with db.pool.acquire() as conn:
+            delays = await conn.fetch(
+                """
+                select extract(epoch from a.created_at - max((e->>'received_at')::timestamptz))
+                    as s
+                from alerts a cross join lateral jsonb_array_elements(a.evidence) e
+                group by a.id, a.created_at
+                """
+            )
+        if delays:
+            ms = np.percentile([float(r["s"]) for r in delays], [50, 99]) * 1000
+            print(f"fix to alert: n={len(delays)} p50 {ms[0]:.0f} ms p99 {ms[1]:.0f} ms")
         ceiling = await copy_ceiling(db, sent.fixes, args.tags)
         print(f"raw COPY into trail_points: {ceiling:,.0f} fixes/s; ratio {rate / ceiling:.3f}")
         peaks = ", ".join(f"tagtrail {c} {peak_rss_mib(p.pid):.0f} MiB" for c, p in procs.items())
