@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help setup venv db kafka run test lint stop status schemas bench-proximity
+.PHONY: help setup venv db kafka run test lint stop status schemas bench-proximity bench-throughput
 
 help:
 	@echo "make run    - set up everything and run the pipeline with a demo fleet"
@@ -13,6 +13,7 @@ help:
 	@echo "make lint   - ruff and mypy"
 	@echo "make stop   - stop the local PostgreSQL and Kafka"
 	@echo "make bench-proximity - proximity search over 50 million fixes (docs/benchmarks.md)"
+	@echo "make bench-throughput - fixes a second end to end against raw COPY"
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@UV=$$(bash deploy/local/uv.sh) && $$UV sync --frozen --python python3
@@ -46,6 +47,9 @@ schemas: venv
 # Benchmarks run on demand, never in CI (which runs each one's --smoke mode as a test).
 bench-proximity: setup
 	@$(BIN)/python -m bench.proximity $(ARGS)
+
+bench-throughput: setup kafka
+	@$(BIN)/python -m bench.throughput $(ARGS)
 
 stop:
 	@bash deploy/local/kafka.sh stop

@@ -3,9 +3,18 @@ figures are printed, never asserted: speed is measured on demand (docs/benchmark
 
 from __future__ import annotations
 
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import orjson
 import pytest
 
-from bench import proximity, throughput
+from bench import proximity, simulate, throughput
+from bench.fleet import Fleet, FleetSpec
+from services.common.auth import Role
+from services.common.database import Database
+from services.pipeline import Pipeline
+from tests.conftest import serve, token_for
 
 
 async def test_proximity_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -26,3 +35,38 @@ async def test_throughput_benchmark_runs(bus: str, capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     assert "end to end: 200 fixes" in out and "stored 200" in out
     assert "raw COPY into trail_points" in out and "peak memory: tagtrail " in out
+
+
+async def test_the_simulator_enrols_a_fleet_and_posts_it(
+    memory_pipeline: Pipeline, db: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, admin = await token_for(db, Role.admin, "simulator-admin")
+    token = admin["Authorization"].removeprefix("Bearer ")
+    async with serve(memory_pipeline) as url:
+        args = ["--url", url, "--enrol-token", token, "--tags", "5", "--minutes", "30"]
+        assert await simulate.main(args) == 0
+    out = capsys.readouterr().out
+    assert "enrolled 5 tags" in out and "rejected 0, failed requests 0" in out
+    async with db.pool.acquire() as conn:
+        stored = await conn.fetchval("select count(*) from trail_points")
+    # 5 tags reporting each minute for 30 minutes, less a little signal loss.
+    assert 120 <= stored <= 150, stored
+
+
+def test_the_simulator_holds_back_offline_tags_and_sends_them_late_out_of_order() -> None:
+    fleet = Fleet(FleetSpec(tags=50, seed=2))
+    start = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+    lines = [
+        orjson.loads(line)
+        for batch in simulate.batches(fleet, start, 60, batch_fixes=500, offline_share=0.2)
+        for line in batch
+    ]
+    times = [datetime.fromisoformat(line["ts"]) for line in lines]
+    assert len(lines) > 50 * 60 * 0.95  # every fix is sent, once
+    assert len({(line["tag_id"], line["ts"]) for line in lines}) == len(lines)
+    # Some fixes go after ones taken ten minutes later than them: late and out of order.
+    latest = list(itertools.accumulate(times, max))
+    assert (
+        sum(1 for t, seen in zip(times, latest, strict=True) if seen - t > timedelta(minutes=10))
+        > 100
+    )
