@@ -84,7 +84,7 @@ class CheckSettings(BaseSettings):
     # The crime window is widened by this on both sides: crime times are estimates.
     crime_slack_s: float = Field(default=900.0, ge=0, le=86_400)
     # The straight path between fixes up to this far apart counts for closest approach.
-    # At most one trail box bucket (600 s): proximity search finds paths by the boxes.
+    # At most 600 s, the longest path the trail boxes hold (proximity search uses them).
     crime_segment_max_gap_s: float = Field(default=600.0, ge=0, le=600)
     # A gap in the trail longer than this over a crime window means it cannot rule out.
     crime_gap_s: float = Field(default=300.0, ge=30)

@@ -56,11 +56,11 @@ trail_points = Table(
     postgresql_partition_by="RANGE (ts)",
 )
 
-# Where each subject was, coarsely, in each 10-minute bucket: the bounding box of their
-# fixes in the bucket and of the first fix after it (so the box holds every path between
-# consecutive fixes that starts in the bucket). Proximity search finds who passed a place
-# by these boxes, a few hundred rows, instead of by every fix nearby. Partitioned by day
-# like trail_points, and dropped with it.
+# Where each subject was, coarsely, in each 5-minute bucket: the bounding box of the
+# accuracy circles of their fixes in it and of the fixes each path from them leads to
+# (see BOXES_SQL in repository.py). Proximity search finds who passed a place by these
+# boxes, a handful of rows, instead of by every fix nearby. Partitioned by day like
+# trail_points, and dropped with it.
 trail_boxes = Table(
     "trail_boxes",
     Base.metadata,

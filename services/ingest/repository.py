@@ -53,8 +53,8 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
 
 class Partitions:
     """Creates the daily partitions of trail_points and trail_boxes before any fix needs
-    them. A fix also widens the box of the bucket before its own, which can be on the
-    day before: that day's partitions are made too."""
+    them. A fix also widens the boxes of fixes up to BOX_MAX_GAP before it, which can
+    be on the day before: that day's partitions are made too."""
 
     def __init__(self) -> None:
         self._known: set[date] = set()
