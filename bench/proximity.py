@@ -150,11 +150,11 @@ async def load(db: Database, fleet: Fleet, days: int) -> None:
 
 
 async def places(
-    db: Database, fleet: Fleet, days: int, n: int
+    db: Database, fleet: Fleet, days: int, n: int, seed: int = 42
 ) -> list[tuple[float, float, datetime]]:
     """Where and when to search: where a random tag was at a random minute (crime scenes
     are where people are), so most searches find somebody."""
-    rng = random.Random(42)
+    rng = random.Random(seed)
     out: list[tuple[float, float, datetime]] = []
     async with db.pool.acquire() as conn:
         while len(out) < n:
@@ -174,12 +174,12 @@ async def places(
 
 
 async def run_queries(
-    db: Database, settings: Settings, fleet: Fleet, days: int, n: int, radius_m: float
+    db: Database, settings: Settings, fleet: Fleet, days: int, n: int, radius_m: float, seed: int
 ) -> None:
     async with db.transaction() as session:
         user, _ = await registry.create_user_token(session, Role.investigator, "bench")
     who = Principal(user.id, Role.investigator, "bench")
-    targets = await places(db, fleet, days, n)
+    targets = await places(db, fleet, days, n, seed)
     total, near_s, found, candidates = [], [], [], []
     for lat, lon, ts in targets:
         q = ProximityIn(
@@ -218,6 +218,7 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--radius", type=float, default=100.0)
+    parser.add_argument("--seed", type=int, default=42, help="which places to search")
     parser.add_argument("--database", default="tagtrail_bench")
     parser.add_argument(
         "--reload", action="store_true", help="a new database, the fleet loaded again"
@@ -247,7 +248,7 @@ async def main(argv: list[str] | None = None) -> int:
                 " on c.oid = i.inhrelid where i.inhparent = 'trail_points'::regclass"
             )
         print(f"stored fixes: {rows:,} (planner estimate)")
-        await run_queries(db, settings, fleet, args.days, args.queries, args.radius)
+        await run_queries(db, settings, fleet, args.days, args.queries, args.radius, args.seed)
     finally:
         await db.close()
         if args.smoke:

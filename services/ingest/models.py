@@ -68,7 +68,9 @@ trail_boxes = Table(
     Column("bucket", DateTime(timezone=True), nullable=False),
     Column("box", Geometry("POLYGON", srid=4326, spatial_index=False), nullable=False),
     PrimaryKeyConstraint("subject_id", "bucket"),
-    Index("ix_trail_boxes_box", "box", postgresql_using="gist"),
+    # The bucket in the index too (btree_gist): a day's boxes near a place are a few
+    # hundred, the hour's a few dozen, and only those are read from the table.
+    Index("ix_trail_boxes_box_bucket", "box", "bucket", postgresql_using="gist"),
     postgresql_partition_by="RANGE (bucket)",
 )
 
