@@ -4,6 +4,7 @@ figures are printed, never asserted: speed is measured on demand (docs/benchmark
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -33,7 +34,11 @@ async def test_throughput_benchmark_runs(bus: str, capsys: pytest.CaptureFixture
     # the simulator posting to it over HTTP.
     assert await throughput.main(["--smoke", "--bus", bus]) == 0
     out = capsys.readouterr().out
-    assert "end to end: 200 fixes" in out and "stored 200" in out
+    # 20 tags for 10 minutes, less signal loss (which slice of the day depends on the
+    # clock): every fix accepted is stored.
+    line = next(x for x in out.splitlines() if x.startswith("end to end: "))
+    accepted = int(re.search(r"accepted ([\d,]+)", line)[1].replace(",", ""))  # type: ignore[index]
+    assert 150 <= accepted <= 200 and f"stored {accepted:,}" in line, line
     assert "raw COPY into trail_points" in out and "peak memory: tagtrail " in out
 
 
@@ -49,8 +54,8 @@ async def test_the_simulator_enrols_a_fleet_and_posts_it(
     assert "enrolled 5 tags" in out and "rejected 0, failed requests 0" in out
     async with db.pool.acquire() as conn:
         stored = await conn.fetchval("select count(*) from trail_points")
-    # 5 tags reporting each minute for 30 minutes, less a little signal loss.
-    assert 120 <= stored <= 150, stored
+    # 5 tags reporting each minute for 30 minutes, less signal loss (up to an hour a tag).
+    assert 90 <= stored <= 150, stored
 
 
 def test_the_simulator_holds_back_offline_tags_and_sends_them_late_out_of_order() -> None:
