@@ -3,11 +3,13 @@ directions, runs as records, and one alert per (crime version, subject)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
+import orjson
 import pytest
 
 from services.common.database import Database
@@ -209,7 +211,7 @@ async def test_a_batch_is_loaded_matched_and_read_back(
 
 
 async def test_both_directions_give_the_same_answer(
-    client: httpx.AsyncClient, world: World
+    client: httpx.AsyncClient, world: World, db: Database
 ) -> None:
     """Crime first then fixes, or fixes first then crime: the same matches."""
     start = (utcnow() - timedelta(hours=5)).replace(second=0, microsecond=0)
@@ -254,6 +256,23 @@ async def test_both_directions_give_the_same_answer(
         (await client.get(f"/v1/crimes/{c}/matches", headers=world.admin)).json() for c in first
     ]
     assert {r["trigger"] for r in runs} == {"new_fixes"}
+    # Fixes re-run a crime for their own subjects only: scene A's runs since its first
+    # looked at subject 0 alone; what the API gives merges them with that first run,
+    # which assessed every wearer.
+    async with db.pool.acquire() as conn:
+        partial = await conn.fetch(
+            "select results from crime_match_runs where crime_id = $1 and trigger = 'new_fixes'",
+            uuid.UUID(first[0]),
+        )
+    assert partial
+    for r in partial:
+        stored = orjson.loads(r["results"]) if isinstance(r["results"], str) else r["results"]
+        seen = {a["subject_id"] for group in stored.values() for a in group}
+        assert seen == {str(world.subjects[0])}, seen
+    assert runs[0]["parameters"]["scope"] == "subjects with new fixes"
+    assert len(runs[0]["based_on"]) == 1 + len(partial)
+    merged = {a["subject_id"] for group in runs[0]["results"].values() for a in group}
+    assert merged == {str(s) for s in world.subjects}
     # The same places again, now with the fixes stored first.
     second = await load_crimes("second-A") + await load_crimes("second-B")
     from_crimes = await results(second)

@@ -20,7 +20,7 @@ from services.trails import repository, service
 from services.trails.evidence import bundle
 from services.trails.exports import MEDIA_TYPES, Format, render
 from services.trails.schemas import AuditOut, Justification, ProximityIn, ProximityOut
-from services.zones import repository as zones
+from services.zones import records
 
 router = APIRouter(prefix="/v1", tags=["investigators"])
 
@@ -91,8 +91,9 @@ async def crime_bundle(
     reason: Annotated[str, Query(min_length=10, max_length=2000)],
     case_reference: Annotated[str, Query(min_length=3, max_length=100)],
 ) -> Response:
-    """The latest matching run of a crime as an evidence bundle. Audited."""
-    run = await zones.latest_run(session, crime_id)
+    """What matching knows now of a crime (as GET /v1/crimes/{id}/matches) as an
+    evidence bundle, naming every run it comes from. Audited."""
+    run = await records.current_matches(session, crime_id)
     if run is None:
         raise NotFound(f"no matching run for crime {crime_id} yet")
     why = Justification(reason=reason, case_reference=case_reference)
@@ -101,7 +102,7 @@ async def crime_bundle(
         session,
         who,
         "crime_bundle",
-        {"crime_id": str(crime_id), "run_id": str(run.id)},
+        {"crime_id": str(crime_id), "run_ids": [str(r) for r in run.based_on]},
         why,
         len(run.results.get("matched", [])),
     )
@@ -111,6 +112,7 @@ async def crime_bundle(
         {
             "crime_id": str(crime_id),
             "run_id": str(run.id),
+            "based_on_runs": [str(r) for r in run.based_on],
             "trigger": run.trigger,
             "run_started_at": run.started_at.isoformat(),
             **run.parameters,

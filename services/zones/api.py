@@ -135,11 +135,13 @@ async def get_crime(crime_id: uuid.UUID, session: SessionDep, _: Admin) -> Crime
 
 @router.get("/crimes/{crime_id}/matches")
 async def crime_matches(crime_id: uuid.UUID, session: SessionDep, _: Admin) -> MatchRunOut:
-    """The latest matching run for this crime version."""
-    run = await repository.latest_run(session, crime_id)
-    if run is None:
+    """What matching knows now for this crime version: the latest run, its results those
+    of the latest run over every wearer updated by the runs since for subjects whose
+    new fixes came near (`based_on` lists them all, oldest first)."""
+    out = await records.current_matches(session, crime_id)
+    if out is None:
         raise NotFound(f"no matching run for crime {crime_id} yet")
-    return MatchRunOut.model_validate(run)
+    return out
 
 
 @router.post("/crimes/{crime_id}/matches/rerun", status_code=status.HTTP_201_CREATED)

@@ -295,3 +295,21 @@ def match(
     return MatchResults(
         matched, of(Outcome.ruled_out), of(Outcome.inconclusive), of(Outcome.unknown)
     )
+
+
+OUTCOMES = tuple(o.value for o in Outcome)
+
+
+def merge_results(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Runs' results (as stored, oldest first) as one: each subject as the latest run
+    that assessed them found them. Matched closest first, the rest by subject."""
+    latest: dict[str, tuple[str, dict[str, Any]]] = {}
+    for results in runs:
+        for outcome in OUTCOMES:
+            for a in results.get(outcome, []):
+                latest[a["subject_id"]] = (outcome, a)
+    out: dict[str, list[dict[str, Any]]] = {o: [] for o in OUTCOMES}
+    for outcome, a in sorted(latest.values(), key=lambda item: item[1]["subject_id"]):
+        out[outcome].append(a)
+    out[Outcome.matched.value].sort(key=lambda a: a["closest"]["distance_m"])
+    return out

@@ -18,10 +18,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.common.errors import NotFound, Unprocessable
 from services.registry import service as registry
 from services.zones import repository
+from services.zones.matching import merge_results
 from services.zones.models import Crime, Zone
 from services.zones.repository import ZoneRow
 from services.zones.schedule import Schedule, Timetable
-from services.zones.schemas import CrimeIn, CrimeMessage, ZoneFeature, ZoneOut
+from services.zones.schemas import (
+    CrimeIn,
+    CrimeMessage,
+    MatchRunOut,
+    ZoneFeature,
+    ZoneOut,
+)
 from services.zones.service import PreparedZone, ZoneKind
 
 # A zone larger than this is a drawing mistake (a county, not a street or a town centre).
@@ -205,4 +212,20 @@ def crime_message(c: Crime) -> CrimeMessage:
         lon=c.lon,
         starts_at=c.starts_at,
         ends_at=c.ends_at,
+    )
+
+
+async def current_matches(session: AsyncSession, crime_id: uuid.UUID) -> MatchRunOut | None:
+    """What matching knows now for a crime version: the latest run, with the results of
+    the latest run over every wearer updated by the runs since (for subjects with new
+    fixes), and the runs they come from."""
+    runs = await repository.current_runs(session, crime_id)
+    if not runs:
+        return None
+    latest = MatchRunOut.model_validate(runs[-1])
+    return latest.model_copy(
+        update={
+            "results": merge_results([r.results for r in runs]),
+            "based_on": [r.id for r in runs],
+        }
     )

@@ -191,19 +191,19 @@ async def current_crime(session: AsyncSession, force: str, reference: str) -> Cr
 
 async def crimes_near_fixes(
     conn: asyncpg.Connection,
-    fixes: Sequence[tuple[float, float, datetime]],
+    fixes: Sequence[tuple[float, float, datetime, uuid.UUID]],
     reach_m: float,
     widen_s: float,
-) -> set[uuid.UUID]:
+) -> dict[uuid.UUID, set[uuid.UUID]]:
     """Current crimes whose widened window covers a fix's time and whose place is within
-    reach_m of it. fixes: (lat, lon, ts)."""
+    reach_m of it, each with the subjects of those fixes. fixes: (lat, lon, ts, subject)."""
     if not fixes:
-        return set()
+        return {}
     rows = await conn.fetch(
         """
-        select distinct c.id
-        from unnest($1::float8[], $2::float8[], $3::timestamptz[], $4::float8[])
-             as f(lat, lon, ts, margin)
+        select distinct c.id, f.subject_id
+        from unnest($1::float8[], $2::float8[], $3::timestamptz[], $4::float8[], $7::uuid[])
+             as f(lat, lon, ts, margin, subject_id)
         join crimes c
           on c.current
          and c.starts_at - make_interval(secs => $6) <= f.ts
@@ -218,8 +218,12 @@ async def crimes_near_fixes(
         [degree_margin(f[0], reach_m) for f in fixes],
         reach_m,
         widen_s,
+        [f[3] for f in fixes],
     )
-    return {r["id"] for r in rows}
+    out: dict[uuid.UUID, set[uuid.UUID]] = {}
+    for r in rows:
+        out.setdefault(r["id"], set()).add(r["subject_id"])
+    return out
 
 
 async def add_run(session: AsyncSession, run: CrimeMatchRun) -> None:
@@ -227,13 +231,20 @@ async def add_run(session: AsyncSession, run: CrimeMatchRun) -> None:
     await session.flush()
 
 
-async def latest_run(session: AsyncSession, crime_id: uuid.UUID) -> CrimeMatchRun | None:
-    return await session.scalar(
+async def current_runs(session: AsyncSession, crime_id: uuid.UUID) -> list[CrimeMatchRun]:
+    """The runs that make up what is known now, oldest first: the latest run over every
+    wearer, and the runs since over some subjects (new fixes), which update it."""
+    full = await session.scalar(
         select(CrimeMatchRun)
-        .where(CrimeMatchRun.crime_id == crime_id)
+        .where(CrimeMatchRun.crime_id == crime_id, CrimeMatchRun.trigger != "new_fixes")
         .order_by(CrimeMatchRun.started_at.desc())
         .limit(1)
     )
+    since = select(CrimeMatchRun).where(CrimeMatchRun.crime_id == crime_id)
+    if full is not None:
+        since = since.where(CrimeMatchRun.started_at > full.started_at)
+    later = await session.scalars(since.order_by(CrimeMatchRun.started_at))
+    return [*([full] if full else []), *later.all()]
 
 
 async def touch_activity(session: AsyncSession, last_fix: dict[uuid.UUID, datetime]) -> None:

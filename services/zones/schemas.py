@@ -248,6 +248,8 @@ class MatchRunOut(BaseModel):
     started_at: datetime
     duration_ms: float
     results: dict[str, Any]
+    # The runs these results come from, oldest first (see GET /v1/crimes/{id}/matches).
+    based_on: list[uuid.UUID] = Field(default_factory=list)
 
 
 class CrimeMessage(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -235,11 +236,17 @@ def match_params(settings: CheckSettings, category: str) -> MatchParams:
 
 
 async def run_matching(
-    db: Database, bus: Bus, settings: CheckSettings, crime_id: uuid.UUID, trigger: Trigger
+    db: Database,
+    bus: Bus,
+    settings: CheckSettings,
+    crime_id: uuid.UUID,
+    trigger: Trigger,
+    subjects: Collection[uuid.UUID] | None = None,
 ) -> CrimeMatchRun | None:
     """One matching run for one crime version: assess every subject who wore a tag in the
-    widened window, keep the run as a record, and alert each matched subject's managers
-    once per (crime version, subject)."""
+    widened window (or, given `subjects`, those of them: whose new fixes came near),
+    keep the run as a record, and alert each matched subject's managers once per (crime
+    version, subject)."""
     started = utcnow()
     clock = time.perf_counter()
     async with db.transaction() as session:
@@ -250,6 +257,8 @@ async def run_matching(
         scene = CrimeScene(crime.id, crime.lat, crime.lon, crime.starts_at, crime.ends_at)
         lo, hi = scene.window(params)
         candidates = await registry.wearing_between(session, lo, hi)
+        if subjects is not None:
+            candidates = [c for c in candidates if c in subjects]
         reach = timedelta(seconds=params.segment_max_gap_s)
         async with db.pool.acquire() as conn:
             trails = await trail_store.trails_between(conn, candidates, lo - reach, hi + reach)
@@ -258,7 +267,10 @@ async def run_matching(
             crime_id=crime.id,
             trigger=trigger.value,
             algorithm=ALGORITHM,
-            parameters=params.as_dict(),
+            parameters={
+                **params.as_dict(),
+                "scope": "every wearer" if subjects is None else "subjects with new fixes",
+            },
             started_at=started,
             duration_ms=round((time.perf_counter() - clock) * 1000, 2),
             results=results.as_dict(),
@@ -325,15 +337,20 @@ class CrimeMatcher:
         )
         widen = self.settings.crime_slack_s + self.settings.crime_segment_max_gap_s
         async with self.db.pool.acquire() as conn:
-            crime_ids = await repository.crimes_near_fixes(
+            near = await repository.crimes_near_fixes(
                 conn,
                 [
-                    (f.lat, f.lon, f.ts)
+                    (f.lat, f.lon, f.ts, f.subject_id)
                     for f in fixes
                     if f.accuracy_m <= self.settings.crime_max_accuracy_m
                 ],
                 reach,
                 widen,
             )
-        for crime_id in sorted(crime_ids):
-            await run_matching(self.db, self.bus, self.settings, crime_id, Trigger.new_fixes)
+        # Only the subjects whose fixes came near are looked at again: nobody else's
+        # trail changed. (Re-running every wearer for every batch near a crime made
+        # matching cost crimes x wearers per batch; see docs/benchmarks.md.)
+        for crime_id in sorted(near):
+            await run_matching(
+                self.db, self.bus, self.settings, crime_id, Trigger.new_fixes, near[crime_id]
+            )
