@@ -22,6 +22,7 @@ import asyncio
 import os
 import random
 import resource
+import signal
 import socket
 import sys
 import time
@@ -90,14 +91,14 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-async def enrol_fleet(db: Database, fleet: Fleet) -> tuple[str, str]:
-    """Supplier, tags, subjects and who wears what, straight into the registry; returns
-    the supplier's and an admin's tokens."""
+async def enrol_fleet(db: Database, fleet: Fleet, since: datetime) -> tuple[str, str]:
+    """Supplier, tags, subjects and who wears what (tags fitted at `since`, just before
+    the stretch the simulator posts, so no tag is silent before it), straight into the
+    registry; returns the supplier's and an admin's tokens."""
     spec = fleet.spec
     async with db.transaction() as session:
         supplier, token = await registry.create_supplier(session, SupplierIn(name="throughput"))
         _, admin = await registry.create_user_token(session, Role.admin, "bench-admin")
-    since = datetime.now(UTC) - timedelta(days=30)
     async with db.pool.acquire() as conn:
         subjects = [spec.subject_id(i) for i in range(spec.tags)]
         tags = [spec.tag_id(i) for i in range(spec.tags)]
@@ -123,7 +124,9 @@ async def add_zones_and_crimes(
     url: str, admin: str, fleet: Fleet, zones: int, crimes: int, start: datetime, minutes: float
 ) -> None:
     """Exclusion zones (victims' streets, 150 m) at random places in the area, each for
-    one subject, and crimes at random places and times within the simulated stretch."""
+    one subject, and open crimes at random places over the last week (as a force's
+    recorded burglaries, robberies and thefts are: live fixes fall in the windows of a
+    few, late uploads in those of a few more), one in ten within the simulated stretch."""
     rng = random.Random(5)
     spec = fleet.spec
     headers = {"Authorization": f"Bearer {admin}"}
@@ -158,7 +161,10 @@ async def add_zones_and_crimes(
         made = []
         for i in range(crimes):
             lat, lon = place()
-            at = start + timedelta(minutes=rng.uniform(0, minutes))
+            if i % 10 == 0:
+                at = start + timedelta(minutes=rng.uniform(0, minutes))
+            else:
+                at = start - timedelta(minutes=rng.uniform(0, 7 * 1440))
             made.append(
                 {
                     "category": rng.choice(categories),
@@ -200,6 +206,35 @@ async def copy_ceiling(db: Database, fixes: int, tags: int) -> float:
         return n / (time.perf_counter() - t0)
 
 
+async def spy(folder: Path, name: str, pid: int) -> asyncio.subprocess.Process:
+    """py-spy sampling a process until SIGINT, its stacks collapsed into folder/name.txt
+    (py-spy runs from PyPI through uv, outside the project's dependencies)."""
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+    find = await asyncio.create_subprocess_exec(
+        "bash", str(ROOT / "deploy/local/uv.sh"), stdout=asyncio.subprocess.PIPE
+    )
+    uv = (await find.communicate())[0].decode().strip()
+    out = folder / f"{name.replace(' ', '-')}.txt"
+    return await asyncio.create_subprocess_exec(
+        uv,
+        "tool",
+        "run",
+        "py-spy",
+        "record",
+        "--pid",
+        str(pid),
+        "--format",
+        "raw",
+        "--rate",
+        "50",
+        "--output",
+        str(out),
+        "--nonblocking",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
 async def wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
     async with httpx.AsyncClient(timeout=2) as client:
         for _ in range(600):
@@ -225,6 +260,9 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bus", choices=["memory", "kafka"], default="memory")
     parser.add_argument(
         "--rate", type=float, default=None, help="post at most this many fixes a second"
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="sample each process with py-spy while fixes flow, into DIR"
     )
     parser.add_argument("--smoke", action="store_true", help="20 tags, 10 minutes, 50 zones")
     args = parser.parse_args(argv)
@@ -261,9 +299,9 @@ async def main(argv: list[str] | None = None) -> int:
     }
     try:
         fleet = Fleet(FleetSpec(tags=args.tags, seed=4))
-        supplier, admin = await enrol_fleet(db, fleet)
-        await wait_ready(url, next(iter(procs.values())))
         start = datetime.now(UTC) - timedelta(minutes=args.minutes + 1)
+        supplier, admin = await enrol_fleet(db, fleet, start - timedelta(minutes=1))
+        await wait_ready(url, next(iter(procs.values())))
         t0 = time.perf_counter()
         await add_zones_and_crimes(url, admin, fleet, args.zones, args.crimes, start, args.minutes)
         print(
@@ -272,6 +310,9 @@ async def main(argv: list[str] | None = None) -> int:
         )
         bodies = list(batches(fleet, start, args.minutes, args.batch))
         t0 = time.perf_counter()
+        spies = (
+            [await spy(args.profile, c, p.pid) for c, p in procs.items()] if args.profile else []
+        )
         sent = await post(url, supplier, iter(bodies), concurrency=args.concurrency, rate=args.rate)
         async with db.pool.acquire() as conn:
             while args.bus == "kafka":
@@ -282,6 +323,9 @@ async def main(argv: list[str] | None = None) -> int:
                     break
                 await asyncio.sleep(0.25)
             took = time.perf_counter() - t0
+            for spying in spies:
+                spying.send_signal(signal.SIGINT)
+                await spying.wait()
             stored = await conn.fetchval("select count(*) from trail_points")
             alerts = await conn.fetchval("select count(*) from alerts")
         rate = sent.fixes / took

@@ -17,9 +17,9 @@ from enum import StrEnum
 from itertools import pairwise
 from typing import Any, Generic, Protocol, TypeVar
 
-from shapely import LineString, Point
+import numpy as np
+import shapely
 from shapely.geometry.base import BaseGeometry
-from shapely.prepared import PreparedGeometry, prep
 
 from services.common.geo import LocalFrame
 from services.common.trail import TrailFix
@@ -74,7 +74,7 @@ class PreparedZone:
     name: str
     frame: LocalFrame
     shape: BaseGeometry
-    prepared: PreparedGeometry
+    boundary: BaseGeometry
     timetable: Timetable
     valid_from: datetime | None = None
     valid_to: datetime | None = None
@@ -101,6 +101,10 @@ class PreparedZone:
             shape = shape.buffer(radius_m, quad_segs=16)
         if buffer_m:
             shape = shape.buffer(buffer_m, quad_segs=16)
+        boundary = shape.boundary
+        # Prepared (spatial index inside GEOS) for the many tests against each.
+        shapely.prepare(shape)
+        shapely.prepare(boundary)
         return cls(
             id,
             version,
@@ -108,7 +112,7 @@ class PreparedZone:
             name,
             frame,
             shape,
-            prep(shape),
+            boundary,
             timetable or Timetable(None),
             valid_from,
             valid_to,
@@ -136,14 +140,37 @@ class PreparedZone:
 
 
 def classify(zone: PreparedZone, fix: TrailFix) -> Containment:
-    p = Point(zone.frame.point(fix.lat, fix.lon))
-    if zone.prepared.contains(p):
-        if zone.shape.boundary.distance(p) >= fix.accuracy_m:
-            return Containment.inside
-        return Containment.possibly_inside
-    if zone.shape.distance(p) <= fix.accuracy_m:
-        return Containment.touching
-    return Containment.outside
+    return classify_all(zone, [fix])[0]
+
+
+_CONTAINMENTS = (
+    Containment.outside,
+    Containment.touching,
+    Containment.possibly_inside,
+    Containment.inside,
+)
+
+
+def classify_all(zone: PreparedZone, fixes: Sequence[TrailFix]) -> list[Containment]:
+    """Each fix against the zone, all at once (shapely 2 over numpy arrays): inside with
+    all its accuracy circle, possibly inside, touching it with the circle, or outside."""
+    if not fixes:
+        return []
+    n = len(fixes)
+    x, y = zone.frame.points(
+        np.fromiter((f.lat for f in fixes), np.float64, n),
+        np.fromiter((f.lon for f in fixes), np.float64, n),
+    )
+    accuracy = np.fromiter((f.accuracy_m for f in fixes), np.float64, n)
+    points = shapely.points(x, y)
+    inside = shapely.contains_xy(zone.shape, x, y)
+    # Only the distance each case needs: to the edge from inside, to the zone from out.
+    edge = np.full(n, np.inf)
+    edge[inside] = shapely.distance(zone.boundary, points[inside])
+    away = np.full(n, np.inf)
+    away[~inside] = shapely.distance(zone.shape, points[~inside])
+    code = np.where(inside, np.where(edge >= accuracy, 3, 2), np.where(away <= accuracy, 1, 0))
+    return [_CONTAINMENTS[c] for c in code]
 
 
 class _Role(StrEnum):
@@ -275,16 +302,19 @@ def evaluate(
         return []
     lookback = timedelta(seconds=params.curfew_lookback_s)
     last_known = fixes[-1].ts
+    where = dict(zip((f.ts for f in fixes), classify_all(zone, fixes), strict=True))
     episodes: list[Episode] = []
     for opens, closes in zone.windows(fixes[0].ts - lookback, last_known + timedelta(seconds=1)):
         inside_window = [f for f in fixes if opens <= f.ts < closes]
         before = [f for f in fixes if opens - lookback <= f.ts < opens]
         ended = closes <= last_known
-        episodes += _runs(zone, subject_id, inside_window, opens, closes, before, ended, params)
+        episodes += _runs(
+            zone, subject_id, inside_window, opens, closes, before, ended, params, where
+        )
         if zone.kind is ZoneKind.inclusion and zone.scheduled and ended:
             episodes += _gaps(zone, subject_id, inside_window, opens, closes, params)
         if zone.kind is ZoneKind.exclusion:
-            episodes += _segments(zone, subject_id, inside_window, params)
+            episodes += _segments(zone, subject_id, inside_window, params, where)
     episodes.sort(key=lambda e: (e.start, e.condition))
     return episodes
 
@@ -309,6 +339,7 @@ def _runs(
     before: list[TrailFix],
     ended: bool,
     params: CheckParams,
+    where: Mapping[datetime, Containment],
 ) -> list[Episode]:
     roles = _ROLES[zone.kind]
     out: list[Episode] = []
@@ -316,12 +347,12 @@ def _runs(
     if zone.kind is ZoneKind.inclusion and zone.scheduled and before:
         # Outside when the curfew starts is a breach from the start, not from a crossing.
         last = before[-1]
-        role = roles[classify(zone, last)]
+        role = roles[where[last.ts]]
         if role in (_Role.strong, _Role.weak):
             run = _Run(opens, f"outside when the curfew began at {opens.isoformat()}")
             run.add(last, role)
     for f in fixes:
-        role = roles[classify(zone, f)]
+        role = roles[where[f.ts]]
         if role in (_Role.strong, _Role.weak):
             if run is None:
                 run = _Run(f.ts, f"first supporting fix at {f.ts.isoformat()}")
@@ -342,22 +373,40 @@ def _runs(
 
 
 def _segments(
-    zone: PreparedZone, subject_id: uuid.UUID, fixes: list[TrailFix], params: CheckParams
+    zone: PreparedZone,
+    subject_id: uuid.UUID,
+    fixes: list[TrailFix],
+    params: CheckParams,
+    where: Mapping[datetime, Containment],
 ) -> list[Episode]:
     """A dash through a zone between two fixes outside it: the straight path between
     consecutive fixes close in time is checked too, and a crossing is a possible breach."""
     out: list[Episode] = []
     roles = _ROLES[zone.kind]
-    for a, b in pairwise(fixes):
+    pairs = [
+        (a, b)
+        for a, b in pairwise(fixes)
+        if (b.ts - a.ts).total_seconds() <= params.segment_max_gap_s
+        # A strong end is covered by a run of fixes inside; a weak one says enough.
+        and roles[where[a.ts]] is not _Role.strong
+        and roles[where[b.ts]] is not _Role.strong
+        and roles[where[a.ts]] is not _Role.weak
+        and roles[where[b.ts]] is not _Role.weak
+    ]
+    if not pairs:
+        return out
+    n = len(pairs)
+    ends = [f for pair in pairs for f in pair]
+    x, y = zone.frame.points(
+        np.fromiter((f.lat for f in ends), np.float64, 2 * n),
+        np.fromiter((f.lon for f in ends), np.float64, 2 * n),
+    )
+    paths = shapely.linestrings(np.stack([x, y], axis=1), indices=np.repeat(np.arange(n), 2))
+    # Most paths go nowhere near: one vectorised test, then the few that cross.
+    for k in np.flatnonzero(shapely.intersects(zone.shape, paths)):
+        a, b = pairs[k]
         gap = (b.ts - a.ts).total_seconds()
-        if gap > params.segment_max_gap_s:
-            continue
-        if roles[classify(zone, a)] is _Role.strong or roles[classify(zone, b)] is _Role.strong:
-            continue  # covered by a run of fixes inside
-        if any(roles[classify(zone, f)] is _Role.weak for f in (a, b)):
-            continue
-        pa, pb = zone.frame.point(a.lat, a.lon), zone.frame.point(b.lat, b.lon)
-        path = LineString([pa, pb])
+        path = paths[k]
         crossing = path.intersection(zone.shape)
         if crossing.is_empty or crossing.length == 0:
             continue
