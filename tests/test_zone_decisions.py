@@ -8,11 +8,13 @@ import random
 import uuid
 from datetime import UTC, datetime, time, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from shapely import MultiPolygon, Point, Polygon
 
 from services.common.geo import WGS84
+from services.zones import service
 from services.zones.schedule import DatedException, LocalWindow, Schedule, Timetable, WeeklyWindow
 from services.zones.service import (
     Change,
@@ -361,3 +363,31 @@ def test_any_arrival_order_ends_in_the_same_episodes(
     assert reported == {e.id: Reported.of(e) for e in final}
     # And a replay of everything changes nothing.
     assert reconcile(reported, evaluate(z, SUBJECT, trail + trail), span) == []
+
+
+def test_trails_far_from_an_exclusion_zone_are_skipped_without_changing_any_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shortcut for trails nowhere near an exclusion zone gives exactly what the
+    full evaluation gives, near the edge of its reach as well as far away."""
+    rng = random.Random(11)
+    zones = [zone(), zone(half_m=30.0, buffer_m=40.0), zone(radius_m=None)]
+    checked = skipped = 0
+    for _ in range(300):
+        z = rng.choice(zones)
+        east, north = rng.uniform(-600, 600), rng.uniform(-600, 600)
+        fixes = []
+        for k in range(rng.randint(1, 8)):
+            east += rng.uniform(-250, 250)
+            north += rng.uniform(-250, 250)
+            lat, lon = at_offset(east, north)
+            ts = T0 + timedelta(minutes=k)
+            fixes.append(TrailFix("T", ts, ts, lat, lon, rng.choice([5.0, 40.0, 200.0])))
+        fast = evaluate(z, SUBJECT, fixes)
+        with monkeypatch.context() as m:
+            m.setattr(service, "_far_from", lambda *_: False)
+            full = evaluate(z, SUBJECT, fixes)
+        assert fast == full
+        checked += 1
+        skipped += service._far_from(z, fixes)
+    assert checked == 300 and 30 < skipped < 270  # both paths were exercised

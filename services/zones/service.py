@@ -21,7 +21,7 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from services.common.geo import LocalFrame
+from services.common.geo import LocalFrame, degree_margin
 from services.common.trail import TrailFix
 from services.zones.schedule import Timetable
 
@@ -75,6 +75,9 @@ class PreparedZone:
     frame: LocalFrame
     shape: BaseGeometry
     boundary: BaseGeometry
+    # Its extent in degrees (min lon, min lat, max lon, max lat), radius and buffer
+    # included, erring large: a trail wholly outside it cannot touch the zone.
+    extent: tuple[float, float, float, float]
     timetable: Timetable
     valid_from: datetime | None = None
     valid_to: datetime | None = None
@@ -102,6 +105,9 @@ class PreparedZone:
         if buffer_m:
             shape = shape.buffer(buffer_m, quad_segs=16)
         boundary = shape.boundary
+        x0, y0, x1, y1 = geometry.bounds
+        margin = degree_margin(max(abs(y0), abs(y1)), (radius_m or 0.0) + buffer_m + 1.0)
+        extent = (x0 - margin, y0 - margin, x1 + margin, y1 + margin)
         # Prepared (spatial index inside GEOS) for the many tests against each.
         shapely.prepare(shape)
         shapely.prepare(boundary)
@@ -113,6 +119,7 @@ class PreparedZone:
             frame,
             shape,
             boundary,
+            extent,
             timetable or Timetable(None),
             valid_from,
             valid_to,
@@ -298,7 +305,7 @@ def evaluate(
 ) -> list[Episode]:
     """Every episode the trail shows for this zone, derived from the trail alone."""
     fixes = _ordered(trail)
-    if not fixes:
+    if not fixes or (zone.kind is ZoneKind.exclusion and _far_from(zone, fixes)):
         return []
     lookback = timedelta(seconds=params.curfew_lookback_s)
     last_known = fixes[-1].ts
@@ -317,6 +324,23 @@ def evaluate(
             episodes += _segments(zone, subject_id, inside_window, params, where)
     episodes.sort(key=lambda e: (e.start, e.condition))
     return episodes
+
+
+def _far_from(zone: PreparedZone, fixes: Sequence[TrailFix]) -> bool:
+    """Whether the trail, accuracy circles and the paths between fixes (all inside its
+    bounding box) stays clear of the zone's extent. For an exclusion zone such a trail
+    shows nothing at all: every fix outside, nothing crossing. Most zones, most of the
+    time, are nowhere near: this saves projecting the trail into each."""
+    lats = [f.lat for f in fixes]
+    lons = [f.lon for f in fixes]
+    margin = degree_margin(max(abs(min(lats)), abs(max(lats))), max(f.accuracy_m for f in fixes))
+    x0, y0, x1, y1 = zone.extent
+    return (
+        min(lons) - margin > x1
+        or max(lons) + margin < x0
+        or min(lats) - margin > y1
+        or max(lats) + margin < y0
+    )
 
 
 def _ordered(trail: Sequence[TrailFix]) -> list[TrailFix]:
