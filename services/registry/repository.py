@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from sqlalchemy import func, or_, select
@@ -85,17 +85,19 @@ async def wearing_at(session: AsyncSession, at: datetime) -> dict[uuid.UUID, dat
 
 
 async def wearing_between(
-    session: AsyncSession, start: datetime, end: datetime
+    session: AsyncSession,
+    start: datetime,
+    end: datetime,
+    among: Collection[uuid.UUID] | None = None,
 ) -> Sequence[uuid.UUID]:
-    """Subjects who wore a tag at any moment between start and end."""
-    rows = await session.scalars(
-        select(TagAssignment.subject_id)
-        .where(
-            TagAssignment.valid_from <= end,
-            or_(TagAssignment.valid_to.is_(None), TagAssignment.valid_to > start),
-        )
-        .distinct()
+    """Subjects (of `among`, if given) who wore a tag at any moment between start and end."""
+    query = select(TagAssignment.subject_id).where(
+        TagAssignment.valid_from <= end,
+        or_(TagAssignment.valid_to.is_(None), TagAssignment.valid_to > start),
     )
+    if among is not None:
+        query = query.where(TagAssignment.subject_id.in_(list(among)))
+    rows = await session.scalars(query.distinct())
     return rows.all()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -169,9 +169,12 @@ async def wearing_at(session: AsyncSession, at: datetime) -> dict[uuid.UUID, dat
 
 
 async def wearing_between(
-    session: AsyncSession, start: datetime, end: datetime
+    session: AsyncSession,
+    start: datetime,
+    end: datetime,
+    among: Collection[uuid.UUID] | None = None,
 ) -> Sequence[uuid.UUID]:
-    return await repository.wearing_between(session, start, end)
+    return await repository.wearing_between(session, start, end, among)
 
 
 async def responsible_at(

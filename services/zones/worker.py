@@ -256,9 +256,7 @@ async def run_matching(
         params = match_params(settings, crime.category)
         scene = CrimeScene(crime.id, crime.lat, crime.lon, crime.starts_at, crime.ends_at)
         lo, hi = scene.window(params)
-        candidates = await registry.wearing_between(session, lo, hi)
-        if subjects is not None:
-            candidates = [c for c in candidates if c in subjects]
+        candidates = await registry.wearing_between(session, lo, hi, subjects)
         reach = timedelta(seconds=params.segment_max_gap_s)
         async with db.pool.acquire() as conn:
             trails = await trail_store.trails_between(conn, candidates, lo - reach, hi + reach)
