@@ -7,11 +7,13 @@ import asyncio
 import os
 import platform
 import statistics
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import asyncpg
 
+from bench.fleet import Fleet
 from services.cli import migrate
 from services.common.settings import Settings
 
@@ -28,6 +30,32 @@ async def bench_database(settings: Settings, name: str, fresh: bool) -> None:
     finally:
         await admin.close()
     await asyncio.to_thread(migrate, settings.db.sqlalchemy_url(name))
+
+
+async def wear(
+    conn: asyncpg.Connection, fleet: Fleet, supplier_id: uuid.UUID, since: datetime
+) -> None:
+    """The fleet's tags (of this supplier), its subjects, and each wearing their tag from
+    `since`, written straight into the registry's tables."""
+    spec = fleet.spec
+    tags = [spec.tag_id(i) for i in range(spec.tags)]
+    subjects = [spec.subject_id(i) for i in range(spec.tags)]
+    await conn.copy_records_to_table(
+        "tags", records=[(t, supplier_id) for t in tags], columns=["id", "supplier_id"]
+    )
+    await conn.copy_records_to_table(
+        "subjects",
+        records=[
+            (s, f"SIM/{spec.seed}/{i:06d}", f"Simulated {i}", "medium")
+            for i, s in enumerate(subjects)
+        ],
+        columns=["id", "reference", "display_name", "risk"],
+    )
+    await conn.copy_records_to_table(
+        "tag_assignments",
+        records=[(uuid.uuid4(), t, s, since) for t, s in zip(tags, subjects, strict=True)],
+        columns=["id", "tag_id", "subject_id", "valid_from"],
+    )
 
 
 async def drop_database(settings: Settings, name: str) -> None:

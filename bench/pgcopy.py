@@ -14,25 +14,13 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.fleet import DayOfFixes
+from services.ingest.repository import STAGING_COLUMNS
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
-COLUMNS = (
-    "tag_id",
-    "ts",
-    "received_at",
-    "subject_id",
-    "lat",
-    "lon",
-    "accuracy_m",
-    "speed_mps",
-    "heading_deg",
-    "source",
-    "sats",
-    "hdop",
-    "geom",
-)
+# The staging columns the store writes, and the point it makes of them.
+COLUMNS = (*STAGING_COLUMNS, "geom")
 # EWKB of a 2-D point with an SRID: little-endian flag, type with the SRID bit, 4326, x, y.
 _EWKB_POINT_SRID = 0x20000001
 

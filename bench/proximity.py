@@ -24,7 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import numpy as np
 
-from bench.common import bench_database, drop_database, header, latency_line
+from bench.common import bench_database, drop_database, header, latency_line, wear
 from bench.fleet import Fleet, FleetSpec
 from bench.pgcopy import COLUMNS, chunks, encode, upload_delays
 from services.common.auth import Principal, Role
@@ -54,21 +54,7 @@ async def enrol(conn: asyncpg.Connection, fleet: Fleet, start: datetime) -> None
     await conn.execute(
         "insert into suppliers (id, name) values ($1, $2)", supplier, f"sim-{spec.seed}"
     )
-    tags = [spec.tag_id(i) for i in range(spec.tags)]
-    subjects = [spec.subject_id(i) for i in range(spec.tags)]
-    await conn.copy_records_to_table(
-        "tags", records=[(t, supplier) for t in tags], columns=["id", "supplier_id"]
-    )
-    await conn.copy_records_to_table(
-        "subjects",
-        records=[(s, f"SIM/{i:06d}", f"Simulated {i}", "medium") for i, s in enumerate(subjects)],
-        columns=["id", "reference", "display_name", "risk"],
-    )
-    await conn.copy_records_to_table(
-        "tag_assignments",
-        records=[(uuid.uuid4(), t, s, start) for t, s in zip(tags, subjects, strict=True)],
-        columns=["id", "tag_id", "subject_id", "valid_from"],
-    )
+    await wear(conn, fleet, supplier, start)
 
 
 async def load_day(conn: asyncpg.Connection, fleet: Fleet, day: date) -> tuple[int, float, float]:

@@ -35,7 +35,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bench.common import bench_database, drop_database, header
+from bench.common import bench_database, drop_database, header, wear
 from bench.fleet import Fleet, FleetSpec
 from bench.pgcopy import COLUMNS, chunks, encode, upload_delays
 from bench.simulate import batches, post, take
@@ -95,28 +95,11 @@ async def enrol_fleet(db: Database, fleet: Fleet, since: datetime) -> tuple[str,
     """Supplier, tags, subjects and who wears what (tags fitted at `since`, just before
     the stretch the simulator posts, so no tag is silent before it), straight into the
     registry; returns the supplier's and an admin's tokens."""
-    spec = fleet.spec
     async with db.transaction() as session:
         supplier, token = await registry.create_supplier(session, SupplierIn(name="throughput"))
         _, admin = await registry.create_user_token(session, Role.admin, "bench-admin")
     async with db.pool.acquire() as conn:
-        subjects = [spec.subject_id(i) for i in range(spec.tags)]
-        tags = [spec.tag_id(i) for i in range(spec.tags)]
-        await conn.copy_records_to_table(
-            "tags", records=[(t, supplier.id) for t in tags], columns=["id", "supplier_id"]
-        )
-        await conn.copy_records_to_table(
-            "subjects",
-            records=[
-                (s, f"TP/{i:06d}", f"Throughput {i}", "medium") for i, s in enumerate(subjects)
-            ],
-            columns=["id", "reference", "display_name", "risk"],
-        )
-        await conn.copy_records_to_table(
-            "tag_assignments",
-            records=[(uuid.uuid4(), t, s, since) for t, s in zip(tags, subjects, strict=True)],
-            columns=["id", "tag_id", "subject_id", "valid_from"],
-        )
+        await wear(conn, fleet, supplier.id, since)
     return token, admin
 
 
