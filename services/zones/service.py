@@ -18,6 +18,7 @@ from itertools import pairwise
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import shapely
 from shapely.geometry.base import BaseGeometry
 
@@ -150,6 +151,8 @@ def classify(zone: PreparedZone, fix: TrailFix) -> Containment:
     return classify_all(zone, [fix])[0]
 
 
+FloatArray = npt.NDArray[np.float64]
+
 _CONTAINMENTS = (
     Containment.outside,
     Containment.touching,
@@ -158,16 +161,26 @@ _CONTAINMENTS = (
 )
 
 
-def classify_all(zone: PreparedZone, fixes: Sequence[TrailFix]) -> list[Containment]:
-    """Each fix against the zone, all at once (shapely 2 over numpy arrays): inside with
-    all its accuracy circle, possibly inside, touching it with the circle, or outside."""
-    if not fixes:
-        return []
+def _project(zone: PreparedZone, fixes: Sequence[TrailFix]) -> tuple[FloatArray, FloatArray]:
     n = len(fixes)
-    x, y = zone.frame.points(
+    return zone.frame.points(
         np.fromiter((f.lat for f in fixes), np.float64, n),
         np.fromiter((f.lon for f in fixes), np.float64, n),
     )
+
+
+def classify_all(
+    zone: PreparedZone,
+    fixes: Sequence[TrailFix],
+    xy: tuple[FloatArray, FloatArray] | None = None,
+) -> list[Containment]:
+    """Each fix against the zone, all at once (shapely 2 over numpy arrays): inside with
+    all its accuracy circle, possibly inside, touching it with the circle, or outside.
+    `xy`: the fixes already in the zone's frame."""
+    if not fixes:
+        return []
+    n = len(fixes)
+    x, y = xy if xy is not None else _project(zone, fixes)
     accuracy = np.fromiter((f.accuracy_m for f in fixes), np.float64, n)
     points = shapely.points(x, y)
     inside = shapely.contains_xy(zone.shape, x, y)
@@ -309,7 +322,9 @@ def evaluate(
         return []
     lookback = timedelta(seconds=params.curfew_lookback_s)
     last_known = fixes[-1].ts
-    where = dict(zip((f.ts for f in fixes), classify_all(zone, fixes), strict=True))
+    x, y = _project(zone, fixes)
+    where = dict(zip((f.ts for f in fixes), classify_all(zone, fixes, (x, y)), strict=True))
+    frame_xy = {f.ts: (float(a), float(b)) for f, a, b in zip(fixes, x, y, strict=True)}
     episodes: list[Episode] = []
     for opens, closes in zone.windows(fixes[0].ts - lookback, last_known + timedelta(seconds=1)):
         inside_window = [f for f in fixes if opens <= f.ts < closes]
@@ -321,7 +336,7 @@ def evaluate(
         if zone.kind is ZoneKind.inclusion and zone.scheduled and ended:
             episodes += _gaps(zone, subject_id, inside_window, opens, closes, params)
         if zone.kind is ZoneKind.exclusion:
-            episodes += _segments(zone, subject_id, inside_window, params, where)
+            episodes += _segments(zone, subject_id, inside_window, params, where, frame_xy)
     episodes.sort(key=lambda e: (e.start, e.condition))
     return episodes
 
@@ -402,6 +417,7 @@ def _segments(
     fixes: list[TrailFix],
     params: CheckParams,
     where: Mapping[datetime, Containment],
+    frame_xy: Mapping[datetime, tuple[float, float]],
 ) -> list[Episode]:
     """A dash through a zone between two fixes outside it: the straight path between
     consecutive fixes close in time is checked too, and a crossing is a possible breach."""
@@ -420,12 +436,8 @@ def _segments(
     if not pairs:
         return out
     n = len(pairs)
-    ends = [f for pair in pairs for f in pair]
-    x, y = zone.frame.points(
-        np.fromiter((f.lat for f in ends), np.float64, 2 * n),
-        np.fromiter((f.lon for f in ends), np.float64, 2 * n),
-    )
-    paths = shapely.linestrings(np.stack([x, y], axis=1), indices=np.repeat(np.arange(n), 2))
+    ends = np.array([frame_xy[f.ts] for pair in pairs for f in pair])
+    paths = shapely.linestrings(ends, indices=np.repeat(np.arange(n), 2))
     # Most paths go nowhere near: one vectorised test, then the few that cross.
     for k in np.flatnonzero(shapely.intersects(zone.shape, paths)):
         a, b = pairs[k]
