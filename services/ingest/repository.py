@@ -67,9 +67,6 @@ class Partitions:
                 await create_partition(conn, table, day)
             self._known.add(day)
 
-    def days_of(self, moments: Iterable[datetime]) -> set[date]:
-        return {m.astimezone(UTC).date() for m in moments}
-
     async def ensure_ahead(self, conn: asyncpg.Connection, today: date, days: int) -> None:
         await self.ensure(conn, (today + timedelta(days=i) for i in range(-1, days + 1)))
 
@@ -164,7 +161,7 @@ async def store_fixes(
 ) -> StoreResult:
     """Writes fixes idempotently: a known (tag, ts) is skipped when identical and set aside
     in fix_conflicts when its position differs. One transaction for the whole batch."""
-    await partitions.ensure(conn, partitions.days_of(f.ts for f in fixes))
+    await partitions.ensure(conn, {f.ts.astimezone(UTC).date() for f in fixes})
     records = [
         (
             f.tag_id,
