@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 from shapely import MultiPolygon, Point, Polygon
 
 from services.common.geo import WGS84
+from services.common.trail import Reach
 from services.zones import service
 from services.zones.schedule import DatedException, LocalWindow, Schedule, Timetable, WeeklyWindow
 from services.zones.service import (
     Change,
     ChangeKind,
+    CheckParams,
     Condition,
     Confidence,
     Containment,
@@ -27,10 +29,12 @@ from services.zones.service import (
     Reported,
     TrailFix,
     ZoneKind,
+    check_zone,
     classify,
     crime_alert_id,
     episode_id,
     evaluate,
+    nothing_to_check,
     reconcile,
 )
 from tests.conftest import square
@@ -391,3 +395,87 @@ def test_trails_far_from_an_exclusion_zone_are_skipped_without_changing_any_answ
         checked += 1
         skipped += service._far_from(z, fixes)
     assert checked == 300 and 30 < skipped < 270  # both paths were exercised
+
+
+def _checker(
+    z: PreparedZone, batches: list[list[TrailFix]], shortcut: bool, params: CheckParams
+) -> tuple[list[tuple[ChangeKind, uuid.UUID, Reported | None]], int]:
+    """The zone checker's steps for one subject and zone, as the worker takes them, over
+    a sequence of batches: what it says, and how many batches it did not read back for."""
+    context = timedelta(hours=2)
+    gap = timedelta(seconds=params.segment_max_gap_s)
+    stored: dict[datetime, TrailFix] = {}
+    episodes: dict[uuid.UUID, Reported] = {}
+    said: list[tuple[ChangeKind, uuid.UUID, Reported | None]] = []
+    skipped = 0
+    for batch in batches:
+        stored.update((f.ts, f) for f in batch)
+        trail_now = [stored[t] for t in sorted(stored)]
+        lo, hi = min(f.ts for f in batch), max(f.ts for f in batch)
+        since = lo - context
+        reported = {k: r for k, r in episodes.items() if r.end is None or r.end >= since}
+        for r in reported.values():
+            if r.end is None or r.end >= since:
+                since = min(since, r.start)
+        reach = Reach.of([f for f in trail_now if lo - gap <= f.ts <= hi + gap])
+        if shortcut and nothing_to_check(z, reach, reported, since):
+            skipped += 1
+            continue
+        before = [f for f in trail_now if f.ts < since][-1:]
+        trail = before + [f for f in trail_now if f.ts >= since]
+        for change in check_zone(z, SUBJECT, trail, reported, since, params):
+            if change.episode is None:
+                del episodes[change.id]
+                said.append((change.kind, change.id, None))
+            else:
+                episodes[change.id] = Reported.of(change.episode)
+                said.append((change.kind, change.id, episodes[change.id]))
+    return said, skipped
+
+
+def test_subjects_nowhere_near_an_exclusion_zone_are_not_read_back_and_nothing_is_missed() -> None:
+    """The checker's shortcut (no trail read back when the new fixes, and every fix a
+    path from them reaches, are clear of the zone and nothing reported is open) says
+    exactly what the full check says, batch by batch, for random walks that pass near
+    and through the zone, delivered live, late and newest first, with resends."""
+    rng = random.Random(7)
+    params = CheckParams()
+    zones = [zone(), zone(half_m=30.0, buffer_m=40.0), zone(radius_m=60.0)]
+    said_total = skipped_total = batches_total = 0
+    for _ in range(120):
+        z = rng.choice(zones)
+        east, north = rng.uniform(-1500, 1500), rng.uniform(-1500, 1500)
+        fixes = []
+        ts = T0
+        for _ in range(rng.randint(20, 90)):
+            # Walk, with a pull towards the zone now and then, and gaps in the signal.
+            pull = 0.3 if rng.random() < 0.5 else 0.0
+            east += rng.uniform(-120, 120) - pull * east
+            north += rng.uniform(-120, 120) - pull * north
+            ts += timedelta(seconds=rng.choice([60, 60, 60, 120, 400]))
+            lat, lon = at_offset(east, north)
+            fixes.append(TrailFix("T", ts, ts, lat, lon, rng.choice([5.0, 15.0, 40.0, 250.0])))
+        batches: list[list[TrailFix]] = []
+        held: list[TrailFix] = []
+        for f in fixes:
+            if rng.random() < 0.15:
+                held.append(f)  # buffered on the tag
+                continue
+            batches.append([f])
+            if held and rng.random() < 0.3:
+                batches.append(held[::-1])  # the buffer, newest first
+                held = []
+            if rng.random() < 0.05:
+                batches.append([rng.choice(fixes)])  # a resend
+        if held:
+            batches.append(held)
+        full, none_skipped = _checker(z, batches, False, params)
+        fast, skipped = _checker(z, batches, True, params)
+        assert fast == full
+        assert none_skipped == 0
+        said_total += len(full)
+        skipped_total += skipped
+        batches_total += len(batches)
+    # Both paths were exercised: episodes were said, and many batches were not read back.
+    assert said_total > 50
+    assert 0.1 * batches_total < skipped_total < 0.9 * batches_total

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, time, timedelta
 import asyncpg
 
 from services.common.geo import degree_margin
-from services.common.trail import TrailFix
+from services.common.trail import Reach, TrailFix
 from services.ingest.schemas import DeviceEvent, FixMessage
 
 STAGING_COLUMNS = (
@@ -344,6 +344,34 @@ async def trails_since(
         [t for _, t in since],
     )
     return _by_subject(rows)
+
+
+async def reach_around(
+    conn: asyncpg.Connection,
+    spans: Sequence[tuple[uuid.UUID, datetime, datetime]],
+    pad_s: float,
+) -> dict[uuid.UUID, Reach]:
+    """For each (subject, first, last): the reach of the subject's stored fixes from
+    pad_s before `first` to pad_s after `last`, aggregated in the database (an
+    index-only scan; no row comes back but the box)."""
+    if not spans:
+        return {}
+    rows = await conn.fetch(
+        """
+        select r.subject_id, min(t.lon), min(t.lat), max(t.lon), max(t.lat), max(t.accuracy_m)
+        from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[]) as r(subject_id, lo, hi)
+        join trail_points t
+          on t.subject_id = r.subject_id
+         and t.ts >= r.lo - make_interval(secs => $4)
+         and t.ts <= r.hi + make_interval(secs => $4)
+        group by r.subject_id
+        """,
+        [s for s, _, _ in spans],
+        [lo for _, lo, _ in spans],
+        [hi for _, _, hi in spans],
+        pad_s,
+    )
+    return {r[0]: Reach(r[1], r[2], r[3], r[4], r[5]) for r in rows}
 
 
 @dataclass(frozen=True, slots=True)

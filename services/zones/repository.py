@@ -92,6 +92,26 @@ async def zones_for_subjects(
     return await _zone_rows(session, [Zone.id.in_(applies)])
 
 
+async def zones_by_id(session: AsyncSession, zone_ids: Sequence[uuid.UUID]) -> list[ZoneRow]:
+    return await _zone_rows(session, [Zone.id.in_(zone_ids)])
+
+
+async def zone_versions_for(
+    conn: asyncpg.Connection, subject_ids: Sequence[uuid.UUID]
+) -> list[tuple[uuid.UUID, uuid.UUID, int]]:
+    """(subject, zone, current version) for every zone that applies to these subjects:
+    enough to tell which prepared zones a checker already holds."""
+    rows = await conn.fetch(
+        """
+        select s.subject_id, z.id, z.version
+        from zone_subjects s join zones z on z.id = s.zone_id
+        where s.subject_id = any($1::uuid[])
+        """,
+        subject_ids,
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
 async def _zone_rows(session: AsyncSession, conditions: list[ColumnElement[bool]]) -> list[ZoneRow]:
     subjects = (
         select(func.array_agg(ZoneSubject.subject_id))
@@ -247,17 +267,21 @@ async def current_runs(session: AsyncSession, crime_id: uuid.UUID) -> list[Crime
     return [*([full] if full else []), *later.all()]
 
 
-async def touch_activity(session: AsyncSession, last_fix: dict[uuid.UUID, datetime]) -> None:
+async def touch_activity(conn: asyncpg.Connection, last_fix: dict[uuid.UUID, datetime]) -> None:
+    """Each subject's latest fix time, never moved back. In subject order, so two
+    checkers touching overlapping subjects take their row locks in the same order."""
     if not last_fix:
         return
-    stmt = insert(SubjectActivity).values(
-        [{"subject_id": s, "last_fix": t} for s, t in last_fix.items()]
-    )
-    await session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[SubjectActivity.subject_id],
-            set_={"last_fix": func.greatest(SubjectActivity.last_fix, stmt.excluded.last_fix)},
-        )
+    subjects = sorted(last_fix)
+    await conn.execute(
+        """
+        insert into subject_activity (subject_id, last_fix)
+        select * from unnest($1::uuid[], $2::timestamptz[])
+        on conflict (subject_id)
+        do update set last_fix = greatest(subject_activity.last_fix, excluded.last_fix)
+        """,
+        subjects,
+        [last_fix[s] for s in subjects],
     )
 
 

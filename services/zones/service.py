@@ -23,7 +23,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from services.common.geo import LocalFrame, degree_margin
-from services.common.trail import TrailFix
+from services.common.trail import Reach, TrailFix
 from services.zones.schedule import Timetable
 
 ALERT_NAMESPACE = uuid.UUID("5b0f1c8e-7a53-4d4a-9c2e-3a9f7d1e2b60")
@@ -346,16 +346,7 @@ def _far_from(zone: PreparedZone, fixes: Sequence[TrailFix]) -> bool:
     bounding box) stays clear of the zone's extent. For an exclusion zone such a trail
     shows nothing at all: every fix outside, nothing crossing. Most zones, most of the
     time, are nowhere near: this saves projecting the trail into each."""
-    lats = [f.lat for f in fixes]
-    lons = [f.lon for f in fixes]
-    margin = degree_margin(max(abs(min(lats)), abs(max(lats))), max(f.accuracy_m for f in fixes))
-    x0, y0, x1, y1 = zone.extent
-    return (
-        min(lons) - margin > x1
-        or max(lons) + margin < x0
-        or min(lats) - margin > y1
-        or max(lats) + margin < y0
-    )
+    return Reach.of(fixes).clear_of(zone.extent)
 
 
 def _ordered(trail: Sequence[TrailFix]) -> list[TrailFix]:
@@ -583,6 +574,49 @@ def reconcile(
         )
         changes.append(Change(ChangeKind.superseded, r.id, superseded_by=heir))
     return changes
+
+
+def check_zone(
+    zone: PreparedZone,
+    subject_id: uuid.UUID,
+    trail: Sequence[TrailFix],
+    reported: Mapping[uuid.UUID, Reported],
+    since: datetime,
+    params: CheckParams,
+) -> list[Change[Episode]]:
+    """What changed for one subject in one zone: the episodes of the trail read back from
+    `since` (led by the one fix before it), reconciled with those reported."""
+    current = [
+        e
+        for e in evaluate(zone, subject_id, trail, params)
+        # An episode at the very first fix read back, when that fix is from before the
+        # window, may have begun earlier still: not ours to call.
+        if not (trail and e.start == trail[0].ts < since)
+    ]
+    return reconcile(reported, current, (since, FOREVER))
+
+
+def nothing_to_check(
+    zone: PreparedZone,
+    reach: Reach | None,
+    reported: Mapping[uuid.UUID, Reported],
+    since: datetime,
+) -> bool:
+    """Whether check_zone would find no change, known without reading the trail back.
+
+    True for an exclusion zone with no reported episode open or ending in the window,
+    when the new fixes and every stored fix within a path's reach of them (`reach`: the
+    fixes from segment_max_gap_s before the first new fix to as long after the last)
+    stay clear of it. New fixes outside with certainty, on paths that cannot touch the
+    zone, can only interrupt runs of fixes inside, never make one; and every run the
+    trail held before was decided when its own fixes came, so it is among the reported
+    episodes, which force the check. A randomized test holds this to the full check."""
+    return (
+        zone.kind is ZoneKind.exclusion
+        and reach is not None
+        and reach.clear_of(zone.extent)
+        and not any(r.end is None or r.end >= since for r in reported.values())
+    )
 
 
 def episode_row(

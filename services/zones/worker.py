@@ -10,6 +10,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+import asyncpg
+
 from services.alerts.schemas import AlertEvent, AlertKind, AlertMessage, FixRef
 from services.common.bus import Bus
 from services.common.database import Database
@@ -35,9 +37,9 @@ from services.zones.service import (
     Reported,
     TrailFix,
     ZoneKind,
+    check_zone,
     episode_row,
-    evaluate,
-    reconcile,
+    nothing_to_check,
 )
 
 ZONES_GROUP = "tagtrail-zones"
@@ -82,33 +84,49 @@ class ZoneChecker:
         )
         self._prepared: dict[tuple[uuid.UUID, int], PreparedZone] = {}
 
-    def _prepare(self, row: repository.ZoneRow) -> PreparedZone:
-        key = (row.id, row.version)
-        zone = self._prepared.get(key)
-        if zone is None:
-            zone = self._prepared[key] = records.prepare(row)
-        return zone
+    async def _zones(
+        self, conn: asyncpg.Connection, subjects: list[uuid.UUID]
+    ) -> dict[uuid.UUID, list[PreparedZone]]:
+        """Each subject's zones, prepared. Only the (zone, version) pairs come from the
+        database each batch; a zone is read and prepared once a version."""
+        applies = await repository.zone_versions_for(conn, subjects)
+        missing = {z for _, z, v in applies if (z, v) not in self._prepared}
+        if missing:
+            async with self.db.sessions() as session:
+                for row in await repository.zones_by_id(session, list(missing)):
+                    self._prepared = {k: p for k, p in self._prepared.items() if k[0] != row.id} | {
+                        (row.id, row.version): records.prepare(row)
+                    }
+        zones: dict[uuid.UUID, list[PreparedZone]] = defaultdict(list)
+        for subject_id, zone_id, version in applies:
+            zone = self._prepared.get((zone_id, version))
+            # None: the zone changed again between the two reads; the next batch has it.
+            if zone is not None:
+                zones[subject_id].append(zone)
+        return zones
 
     async def handle(self, fixes: list[FixMessage]) -> None:
         batch: dict[uuid.UUID, list[FixMessage]] = defaultdict(list)
         for f in fixes:
             batch[f.subject_id].append(f)
-        async with self.db.transaction() as session:
+        async with self.db.pool.acquire() as conn:
             await repository.touch_activity(
-                session, {s: max(f.ts for f in fs) for s, fs in batch.items()}
+                conn, {s: max(f.ts for f in fs) for s, fs in batch.items()}
             )
-            zones: dict[uuid.UUID, list[PreparedZone]] = defaultdict(list)
-            for row in await repository.zones_for_subjects(session, list(batch)):
-                for subject_id in row.subject_ids:
-                    if subject_id in batch:
-                        zones[subject_id].append(self._prepare(row))
+            zones = await self._zones(conn, list(batch))
             if not zones:
                 return
-            context = timedelta(seconds=self.settings.context_s)
-            since = {s: min(f.ts for f in batch[s]) - context for s in zones}
-            reported: dict[tuple[uuid.UUID, uuid.UUID], dict[uuid.UUID, Reported]] = defaultdict(
-                dict
+            # Where each subject's trail went around the new fixes, as far as a path
+            # from them reaches: most subjects are nowhere near any of their zones.
+            reach = await trail_store.reach_around(
+                conn,
+                [(s, min(f.ts for f in batch[s]), max(f.ts for f in batch[s])) for s in zones],
+                self.params.segment_max_gap_s,
             )
+        context = timedelta(seconds=self.settings.context_s)
+        since = {s: min(f.ts for f in batch[s]) - context for s in zones}
+        reported: dict[tuple[uuid.UUID, uuid.UUID], dict[uuid.UUID, Reported]] = defaultdict(dict)
+        async with self.db.transaction() as session:
             for ep in await repository.reported_episodes(session, list(zones), min(since.values())):
                 reported[(ep.subject_id, ep.zone_id)][ep.id] = Reported(
                     ep.id,
@@ -121,26 +139,37 @@ class ZoneChecker:
                 # Read back far enough to see every episode still open in full.
                 if ep.end is None or ep.end >= since[ep.subject_id]:
                     since[ep.subject_id] = min(since[ep.subject_id], ep.start)
+            checks = {
+                s: live
+                for s, subject_zones in zones.items()
+                if (
+                    live := [
+                        z
+                        for z in subject_zones
+                        if not nothing_to_check(z, reach.get(s), reported[(s, z.id)], since[s])
+                    ]
+                )
+            }
+            if not checks:
+                return
             async with self.db.pool.acquire() as conn:
-                trails = await trail_store.trails_since(conn, list(since.items()))
+                trails = await trail_store.trails_since(conn, [(s, since[s]) for s in checks])
             alerts: list[AlertMessage] = []
             rows: list[dict[str, Any]] = []
-            for subject_id, subject_zones in zones.items():
+            for subject_id, subject_zones in checks.items():
                 trail = trails.get(subject_id, [])
                 new = {(f.tag_id, f.ts) for f in batch[subject_id]}
                 seen_before = max(
                     (f.ts for f in trail if (f.tag_id, f.ts) not in new), default=None
                 )
                 for zone in subject_zones:
-                    current = [
-                        e
-                        for e in evaluate(zone, subject_id, trail, self.params)
-                        # An episode at the very first fix read back, when that fix is from
-                        # before the window, may have begun earlier still: not ours to call.
-                        if not (trail and e.start == trail[0].ts < since[subject_id])
-                    ]
-                    changes = reconcile(
-                        reported[(subject_id, zone.id)], current, (since[subject_id], FOREVER)
+                    changes = check_zone(
+                        zone,
+                        subject_id,
+                        trail,
+                        reported[(subject_id, zone.id)],
+                        since[subject_id],
+                        self.params,
                     )
                     for change in changes:
                         alerts.append(
