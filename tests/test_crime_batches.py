@@ -249,8 +249,11 @@ async def test_both_directions_give_the_same_answer(
 
     # Crimes first (A, B), then the fixes arrive.
     first = await load_crimes("first-A") + await load_crimes("first-B")
-    for tag, fixes in paths.items():
-        await client.post("/v1/fixes", json={"tag_id": tag, "fixes": fixes}, headers=world.supplier)
+    # Both subjects' fixes in one stream, so one batch comes near both crimes, one
+    # subject each: the runs made together must keep each crime's subjects apart.
+    lines = [orjson.dumps({"tag_id": tag, **f}) for tag, fixes in paths.items() for f in fixes]
+    r = await client.post("/v1/fixes/stream", content=b"\n".join(lines), headers=world.supplier)
+    assert r.status_code == 202 and r.json()["accepted"] == 79, r.text
     from_fixes = await results(first)
     runs = [
         (await client.get(f"/v1/crimes/{c}/matches", headers=world.admin)).json() for c in first

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
-from sqlalchemy import MetaData
+from sqlalchemy import ColumnElement, MetaData, any_, bindparam
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -29,6 +31,12 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+def any_of(column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
+    """`column = any($1)`: one array parameter however many values. (`in_` makes a
+    parameter of each value, so a statement, and its plan, of each list length.)"""
+    return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))  # type: ignore[no-any-return]
 
 
 # JIT compilation pays off for long analytical queries, not ours: on a large partitioned

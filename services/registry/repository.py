@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.common.database import any_of
 from services.registry.models import (
     ManagerAssignment,
     Subject,
@@ -49,13 +50,21 @@ async def list_subjects(session: AsyncSession, limit: int, offset: int) -> Seque
 
 async def tags_with_assignments(
     session: AsyncSession, tag_ids: Sequence[str]
-) -> list[tuple[Tag, TagAssignment | None]]:
+) -> list[tuple[str, uuid.UUID, uuid.UUID | None, datetime | None, datetime | None]]:
+    """(tag, supplier, subject, from, to) for every wearing of these tags, or one row with
+    no wearing for a tag never fitted. Plain rows: ingest asks this for every request."""
     rows = await session.execute(
-        select(Tag, TagAssignment)
+        select(
+            Tag.id,
+            Tag.supplier_id,
+            TagAssignment.subject_id,
+            TagAssignment.valid_from,
+            TagAssignment.valid_to,
+        )
         .outerjoin(TagAssignment, TagAssignment.tag_id == Tag.id)
-        .where(Tag.id.in_(tag_ids))
+        .where(any_of(Tag.id, tag_ids))
     )
-    return [(tag, assignment) for tag, assignment in rows]
+    return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
 async def subjects_managed_at(
@@ -88,17 +97,29 @@ async def wearing_between(
     session: AsyncSession,
     start: datetime,
     end: datetime,
-    among: Collection[uuid.UUID] | None = None,
 ) -> Sequence[uuid.UUID]:
-    """Subjects (of `among`, if given) who wore a tag at any moment between start and end."""
+    """Subjects who wore a tag at any moment between start and end."""
     query = select(TagAssignment.subject_id).where(
         TagAssignment.valid_from <= end,
         or_(TagAssignment.valid_to.is_(None), TagAssignment.valid_to > start),
     )
-    if among is not None:
-        query = query.where(TagAssignment.subject_id.in_(list(among)))
     rows = await session.scalars(query.distinct())
     return rows.all()
+
+
+async def wearings_of(
+    session: AsyncSession, subject_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, list[tuple[datetime, datetime | None]]]:
+    """Every (from, to) during which each of these subjects wore a tag."""
+    rows = await session.execute(
+        select(TagAssignment.subject_id, TagAssignment.valid_from, TagAssignment.valid_to).where(
+            any_of(TagAssignment.subject_id, subject_ids)
+        )
+    )
+    out: dict[uuid.UUID, list[tuple[datetime, datetime | None]]] = {}
+    for subject_id, valid_from, valid_to in rows:
+        out.setdefault(subject_id, []).append((valid_from, valid_to))
+    return out
 
 
 async def responsible_at(

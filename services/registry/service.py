@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -57,12 +57,16 @@ class TagInfo:
 
 async def resolve_tags(session: AsyncSession, tag_ids: Sequence[str]) -> dict[str, TagInfo]:
     infos: dict[str, TagInfo] = {}
-    for tag, assignment in await repository.tags_with_assignments(session, list(set(tag_ids))):
-        info = infos.setdefault(tag.id, TagInfo(tag.id, tag.supplier_id))
-        if assignment is not None:
-            info.wearings.append(
-                Wearing(assignment.subject_id, assignment.valid_from, assignment.valid_to)
-            )
+    for (
+        tag_id,
+        supplier_id,
+        subject_id,
+        valid_from,
+        valid_to,
+    ) in await repository.tags_with_assignments(session, list(set(tag_ids))):
+        info = infos.setdefault(tag_id, TagInfo(tag_id, supplier_id))
+        if subject_id is not None and valid_from is not None:
+            info.wearings.append(Wearing(subject_id, valid_from, valid_to))
     return infos
 
 
@@ -172,9 +176,20 @@ async def wearing_between(
     session: AsyncSession,
     start: datetime,
     end: datetime,
-    among: Collection[uuid.UUID] | None = None,
 ) -> Sequence[uuid.UUID]:
-    return await repository.wearing_between(session, start, end, among)
+    return await repository.wearing_between(session, start, end)
+
+
+async def wearing_in(
+    session: AsyncSession, windows: Sequence[tuple[uuid.UUID, datetime, datetime]]
+) -> list[bool]:
+    """For each (subject, start, end): whether the subject wore a tag at any moment
+    between start and end (as wearing_between says, many windows in one read)."""
+    wearings = await repository.wearings_of(session, {s for s, _, _ in windows})
+    return [
+        any(f <= end and (t is None or t > start) for f, t in wearings.get(s, ()))
+        for s, start, end in windows
+    ]
 
 
 async def responsible_at(

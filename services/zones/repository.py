@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.common.database import any_of
 from services.common.geo import degree_margin
 from services.zones.models import (
     Crime,
@@ -93,7 +94,7 @@ async def zones_for_subjects(
 
 
 async def zones_by_id(session: AsyncSession, zone_ids: Sequence[uuid.UUID]) -> list[ZoneRow]:
-    return await _zone_rows(session, [Zone.id.in_(zone_ids)])
+    return await _zone_rows(session, [any_of(Zone.id, zone_ids)])
 
 
 async def zone_versions_for(
@@ -161,7 +162,7 @@ async def reported_episodes(
     """Episodes not superseded that were still going on at `since`, or began after it."""
     rows = await session.scalars(
         select(ZoneEpisode).where(
-            ZoneEpisode.subject_id.in_(subject_ids),
+            any_of(ZoneEpisode.subject_id, subject_ids),
             ZoneEpisode.state == "current",
             or_(ZoneEpisode.end.is_(None), ZoneEpisode.end >= since),
         )
@@ -199,6 +200,18 @@ async def add_crimes(session: AsyncSession, crimes: Sequence[Crime]) -> None:
 
 async def get_crime(session: AsyncSession, crime_id: uuid.UUID) -> Crime | None:
     return await session.get(Crime, crime_id)
+
+
+async def get_crimes(session: AsyncSession, crime_ids: Sequence[uuid.UUID]) -> list[Crime]:
+    rows = await session.scalars(
+        select(Crime).where(any_of(Crime.id, crime_ids)).order_by(Crime.id)
+    )
+    return list(rows.all())
+
+
+async def add_runs(session: AsyncSession, runs: Sequence[CrimeMatchRun]) -> None:
+    session.add_all(runs)
+    await session.flush()
 
 
 async def current_crime(session: AsyncSession, force: str, reference: str) -> Crime | None:
@@ -290,7 +303,7 @@ async def activity(
 ) -> dict[uuid.UUID, datetime]:
     rows = await session.execute(
         select(SubjectActivity.subject_id, SubjectActivity.last_fix).where(
-            SubjectActivity.subject_id.in_(subject_ids)
+            any_of(SubjectActivity.subject_id, subject_ids)
         )
     )
     return {s: t for s, t in rows}
@@ -300,7 +313,7 @@ async def reported_device_episodes(
     session: AsyncSession, subject_ids: Sequence[uuid.UUID], since: datetime | None = None
 ) -> list[DeviceEpisode]:
     query = select(DeviceEpisode).where(
-        DeviceEpisode.subject_id.in_(subject_ids), DeviceEpisode.state == "current"
+        any_of(DeviceEpisode.subject_id, subject_ids), DeviceEpisode.state == "current"
     )
     if since is not None:
         query = query.where(or_(DeviceEpisode.end.is_(None), DeviceEpisode.end >= since))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -22,8 +22,15 @@ from services.ingest.schemas import FixMessage
 from services.registry import service as registry
 from services.topics import ALERTS
 from services.zones import records, repository, service
-from services.zones.matching import ALGORITHM, Assessment, CrimeScene, MatchParams, match
-from services.zones.models import CrimeMatchRun
+from services.zones.matching import (
+    ALGORITHM,
+    Assessment,
+    CrimeScene,
+    MatchParams,
+    MatchResults,
+    match,
+)
+from services.zones.models import Crime, CrimeMatchRun
 from services.zones.schemas import CrimeMessage
 from services.zones.service import (
     FOREVER,
@@ -83,6 +90,7 @@ class ZoneChecker:
             no_data_after_s=settings.no_data_after_s,
         )
         self._prepared: dict[tuple[uuid.UUID, int], PreparedZone] = {}
+        self._versions: dict[uuid.UUID, int] = {}
 
     async def _zones(
         self, conn: asyncpg.Connection, subjects: list[uuid.UUID]
@@ -94,9 +102,11 @@ class ZoneChecker:
         if missing:
             async with self.db.sessions() as session:
                 for row in await repository.zones_by_id(session, list(missing)):
-                    self._prepared = {k: p for k, p in self._prepared.items() if k[0] != row.id} | {
-                        (row.id, row.version): records.prepare(row)
-                    }
+                    old = self._versions.get(row.id)
+                    if old is not None:
+                        self._prepared.pop((row.id, old), None)
+                    self._versions[row.id] = row.version
+                    self._prepared[(row.id, row.version)] = records.prepare(row)
         zones: dict[uuid.UUID, list[PreparedZone]] = defaultdict(list)
         for subject_id, zone_id, version in applies:
             zone = self._prepared.get((zone_id, version))
@@ -270,12 +280,10 @@ async def run_matching(
     settings: CheckSettings,
     crime_id: uuid.UUID,
     trigger: Trigger,
-    subjects: Collection[uuid.UUID] | None = None,
 ) -> CrimeMatchRun | None:
     """One matching run for one crime version: assess every subject who wore a tag in the
-    widened window (or, given `subjects`, those of them: whose new fixes came near),
-    keep the run as a record, and alert each matched subject's managers once per (crime
-    version, subject)."""
+    widened window, keep the run as a record, and alert each matched subject's managers
+    once per (crime version, subject)."""
     started = utcnow()
     clock = time.perf_counter()
     async with db.transaction() as session:
@@ -285,23 +293,12 @@ async def run_matching(
         params = match_params(settings, crime.category)
         scene = CrimeScene(crime.id, crime.lat, crime.lon, crime.starts_at, crime.ends_at)
         lo, hi = scene.window(params)
-        candidates = await registry.wearing_between(session, lo, hi, subjects)
+        candidates = await registry.wearing_between(session, lo, hi)
         reach = timedelta(seconds=params.segment_max_gap_s)
         async with db.pool.acquire() as conn:
             trails = await trail_store.trails_between(conn, candidates, lo - reach, hi + reach)
         results = match(scene, trails, candidates, params)
-        run = CrimeMatchRun(
-            crime_id=crime.id,
-            trigger=trigger.value,
-            algorithm=ALGORITHM,
-            parameters={
-                **params.as_dict(),
-                "scope": "every wearer" if subjects is None else "subjects with new fixes",
-            },
-            started_at=started,
-            duration_ms=round((time.perf_counter() - clock) * 1000, 2),
-            results=results.as_dict(),
-        )
+        run = _record(crime, trigger, params, "every wearer", started, clock, results)
         alerts = [
             _match_alert(crime.id, crime.category, a, params, settings) for a in results.matched
         ]
@@ -309,6 +306,86 @@ async def run_matching(
         await bus.publish(ALERTS, [(str(a.subject_id), a) for a in alerts])
         await repository.add_run(session, run)
     return run
+
+
+async def rerun_for_fixes(
+    db: Database,
+    bus: Bus,
+    settings: CheckSettings,
+    near: Mapping[uuid.UUID, Collection[uuid.UUID]],
+) -> list[CrimeMatchRun]:
+    """For each crime, a run over the subjects whose new fixes came near it (`near`):
+    the same assessment as run_matching's for those subjects, with every crime's reads
+    done together, one query each. Each run's record says its scope; GET .../matches
+    merges it with the last run over every wearer."""
+    if not near:
+        return []
+    started = utcnow()
+    clock = time.perf_counter()
+    async with db.transaction() as session:
+        plans = []
+        for crime in await repository.get_crimes(session, list(near)):
+            params = match_params(settings, crime.category)
+            scene = CrimeScene(crime.id, crime.lat, crime.lon, crime.starts_at, crime.ends_at)
+            plans.append((crime, params, scene, sorted(near[crime.id])))
+        windows = [
+            (s, *scene.window(params)) for _, params, scene, subjects in plans for s in subjects
+        ]
+        wearing = iter(await registry.wearing_in(session, windows))
+        wanted: list[list[uuid.UUID]] = [
+            [s for s in subjects if next(wearing)] for *_, subjects in plans
+        ]
+        reads = []
+        for (_, params, scene, _), candidates in zip(plans, wanted, strict=True):
+            lo, hi = scene.window(params)
+            reach = timedelta(seconds=params.segment_max_gap_s)
+            reads += [(s, lo - reach, hi + reach) for s in candidates]
+        async with db.pool.acquire() as conn:
+            found = iter(await trail_store.trails_in(conn, reads))
+        runs: list[CrimeMatchRun] = []
+        alerts: list[AlertMessage] = []
+        for (crime, params, scene, _), candidates in zip(plans, wanted, strict=True):
+            trails = {s: next(found) for s in candidates}
+            results = match(scene, trails, candidates, params)
+            runs.append(
+                _record(
+                    crime,
+                    Trigger.new_fixes,
+                    params,
+                    "subjects with new fixes",
+                    started,
+                    clock,
+                    results,
+                )
+            )
+            alerts += [
+                _match_alert(crime.id, crime.category, a, params, settings) for a in results.matched
+            ]
+        # Alerts first: a rerun after a crash derives the same ids, which the store absorbs.
+        await bus.publish(ALERTS, [(str(a.subject_id), a) for a in alerts])
+        await repository.add_runs(session, runs)
+    return runs
+
+
+def _record(
+    crime: Crime,
+    trigger: Trigger,
+    params: MatchParams,
+    scope: str,
+    started: datetime,
+    clock: float,
+    results: MatchResults,
+) -> CrimeMatchRun:
+    return CrimeMatchRun(
+        crime_id=crime.id,
+        trigger=trigger.value,
+        algorithm=ALGORITHM,
+        parameters={**params.as_dict(), "scope": scope},
+        started_at=started,
+        # For runs made together (new fixes), the time taken by them all.
+        duration_ms=round((time.perf_counter() - clock) * 1000, 2),
+        results=results.as_dict(),
+    )
 
 
 def _match_alert(
@@ -377,7 +454,4 @@ class CrimeMatcher:
         # Only the subjects whose fixes came near are looked at again: nobody else's
         # trail changed. (Re-running every wearer for every batch near a crime made
         # matching cost crimes x wearers per batch; see docs/benchmarks.md.)
-        for crime_id in sorted(near):
-            await run_matching(
-                self.db, self.bus, self.settings, crime_id, Trigger.new_fixes, near[crime_id]
-            )
+        await rerun_for_fixes(self.db, self.bus, self.settings, near)
