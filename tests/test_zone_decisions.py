@@ -28,14 +28,16 @@ from services.zones.service import (
     PreparedZone,
     Reported,
     TrailFix,
+    ZoneIndex,
     ZoneKind,
     check_zone,
     classify,
     crime_alert_id,
     episode_id,
     evaluate,
-    nothing_to_check,
     reconcile,
+    to_check,
+    unsettled,
 )
 from tests.conftest import square
 
@@ -418,7 +420,8 @@ def _checker(
             if r.end is None or r.end >= since:
                 since = min(since, r.start)
         reach = Reach.of([f for f in trail_now if lo - gap <= f.ts <= hi + gap])
-        if shortcut and nothing_to_check(z, reach, reported, since):
+        pending = {(SUBJECT, z.id)} if unsettled(reported, since) else set()
+        if shortcut and not to_check({SUBJECT: [z]}, {SUBJECT: reach}, pending, ZoneIndex([z])):
             skipped += 1
             continue
         before = [f for f in trail_now if f.ts < since][-1:]
@@ -479,3 +482,32 @@ def test_subjects_nowhere_near_an_exclusion_zone_are_not_read_back_and_nothing_i
     # Both paths were exercised: episodes were said, and many batches were not read back.
     assert said_total > 50
     assert 0.1 * batches_total < skipped_total < 0.9 * batches_total
+
+
+def test_the_zone_index_finds_exactly_the_zones_a_box_meets() -> None:
+    """The STRtree over zone extents answers, for many boxes at once, what testing each
+    box against each zone's extent answers."""
+    rng = random.Random(3)
+    zones = []
+    for i in range(60):
+        lat, lon = at_offset(rng.uniform(-3000, 3000), rng.uniform(-3000, 3000))
+        zones.append(
+            PreparedZone.build(
+                uuid.UUID(int=100 + i),
+                1,
+                ZoneKind.exclusion,
+                f"z{i}",
+                Point(lon, lat),
+                radius_m=rng.choice([50.0, 150.0, 400.0]),
+            )
+        )
+    index = ZoneIndex(zones)
+    reaches = []
+    for _ in range(200):
+        e, n = rng.uniform(-3500, 3500), rng.uniform(-3500, 3500)
+        (lat0, lon0), (lat1, lon1) = at_offset(e, n), at_offset(e + rng.uniform(0, 600), n + 300)
+        reaches.append(Reach(lon0, lat0, lon1, lat1, rng.choice([5.0, 80.0, 500.0])))
+    found = index.meeting([r.box() for r in reaches])
+    expected = [{z.id for z in zones if not r.clear_of(z.extent)} for r in reaches]
+    assert found == expected
+    assert sum(map(len, found)) > 50 and sum(1 for f in found if not f) > 20

@@ -44,6 +44,8 @@ class AlertMessage(BaseModel):
     """An event in an alert's life. alert_id derives from what the alert is about, so a
     replayed message lands on the same alert."""
 
+    model_config = ConfigDict(frozen=True)
+
     alert_id: uuid.UUID
     kind: AlertKind
     event: AlertEvent
@@ -177,6 +179,8 @@ class DeliveryOut(BaseModel):
 class AlertFeedMessage(BaseModel):
     """A filed alert event, on the alert-feed topic for downstream case-management
     systems. seq orders the feed and tells a consumer it has seen a message already."""
+
+    model_config = ConfigDict(frozen=True)
 
     seq: int
     event: str

@@ -37,13 +37,17 @@ class Reach:
         lons = [f.lon for f in fixes]
         return cls(min(lons), min(lats), max(lons), max(lats), max(f.accuracy_m for f in fixes))
 
+    def box(self) -> tuple[float, float, float, float]:
+        """The box widened by the accuracy radius: (min lon, min lat, max lon, max lat)."""
+        margin = degree_margin(max(abs(self.min_lat), abs(self.max_lat)), self.accuracy_m)
+        return (
+            self.min_lon - margin,
+            self.min_lat - margin,
+            self.max_lon + margin,
+            self.max_lat + margin,
+        )
+
     def clear_of(self, extent: tuple[float, float, float, float]) -> bool:
         """Whether the widened box misses `extent` (min lon, min lat, max lon, max lat)."""
-        margin = degree_margin(max(abs(self.min_lat), abs(self.max_lat)), self.accuracy_m)
-        x0, y0, x1, y1 = extent
-        return (
-            self.min_lon - margin > x1
-            or self.max_lon + margin < x0
-            or self.min_lat - margin > y1
-            or self.max_lat + margin < y0
-        )
+        x0, y0, x1, y1 = self.box()
+        return x0 > extent[2] or x1 < extent[0] or y0 > extent[3] or y1 < extent[1]

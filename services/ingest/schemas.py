@@ -71,7 +71,8 @@ class EventsResult(BaseModel):
 class FixMessage(BaseModel):
     """A validated fix on the points topic, attributed to the subject wearing the tag."""
 
-    model_config = ConfigDict(allow_inf_nan=False)
+    # Frozen: on the in-process bus every group shares the one object.
+    model_config = ConfigDict(allow_inf_nan=False, frozen=True)
 
     tag_id: str
     subject_id: uuid.UUID
@@ -110,6 +111,8 @@ class DeviceEventIn(BaseModel):
 
 class DeviceEvent(DeviceEventIn):
     """A device event on the device-events topic, attributed like a fix."""
+
+    model_config = ConfigDict(frozen=True)
 
     subject_id: uuid.UUID
     received_at: AwareDatetime

@@ -255,6 +255,8 @@ class MatchRunOut(BaseModel):
 class CrimeMessage(BaseModel):
     """A recorded crime on the crimes topic: its trail search runs on arrival."""
 
+    model_config = ConfigDict(frozen=True)
+
     id: uuid.UUID
     category: CrimeCategory
     lat: float

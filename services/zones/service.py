@@ -10,7 +10,7 @@ episodes around it are derived again (see reconcile).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -514,6 +514,7 @@ class EpisodeLike(Protocol):
 
 
 E = TypeVar("E", bound=EpisodeLike)
+S = TypeVar("S", bound=Hashable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -596,27 +597,65 @@ def check_zone(
     return reconcile(reported, current, (since, FOREVER))
 
 
-def nothing_to_check(
-    zone: PreparedZone,
-    reach: Reach | None,
-    reported: Mapping[uuid.UUID, Reported],
-    since: datetime,
-) -> bool:
-    """Whether check_zone would find no change, known without reading the trail back.
+class ZoneIndex:
+    """An STRtree over the extents of many zones: which of them a box meets, for many
+    boxes in one vectorised query."""
 
-    True for an exclusion zone with no reported episode open or ending in the window,
-    when the new fixes and every stored fix within a path's reach of them (`reach`: the
-    fixes from segment_max_gap_s before the first new fix to as long after the last)
-    stay clear of it. New fixes outside with certainty, on paths that cannot touch the
-    zone, can only interrupt runs of fixes inside, never make one; and every run the
-    trail held before was decided when its own fixes came, so it is among the reported
-    episodes, which force the check. A randomized test holds this to the full check."""
-    return (
-        zone.kind is ZoneKind.exclusion
-        and reach is not None
-        and reach.clear_of(zone.extent)
-        and not any(r.end is None or r.end >= since for r in reported.values())
-    )
+    def __init__(self, zones: Iterable[PreparedZone]) -> None:
+        self.zones = list(zones)
+        extents = np.array([z.extent for z in self.zones], dtype=float).reshape(-1, 4)
+        self._tree = shapely.STRtree(shapely.box(*extents.T))
+
+    def meeting(self, boxes: Sequence[tuple[float, float, float, float]]) -> list[set[uuid.UUID]]:
+        """For each box, the ids of the zones whose extent it meets (touching counts)."""
+        out: list[set[uuid.UUID]] = [set() for _ in boxes]
+        if not boxes or not self.zones:
+            return out
+        corners = np.array(boxes, dtype=float).reshape(-1, 4)
+        which, zone = self._tree.query(shapely.box(*corners.T), predicate="intersects")
+        for i, j in zip(which.tolist(), zone.tolist(), strict=True):
+            out[i].add(self.zones[j].id)
+        return out
+
+
+def to_check(
+    zones: Mapping[S, Sequence[PreparedZone]],
+    reach: Mapping[S, Reach],
+    unsettled: Collection[tuple[S, uuid.UUID]],
+    index: ZoneIndex,
+) -> dict[S, list[PreparedZone]]:
+    """Which of each subject's zones must be checked again, known without reading the
+    trail back; subjects with none are left out.
+
+    Left out: an exclusion zone with no reported episode still open or ending in the
+    window (`unsettled` pairs have one), when the new fixes and every stored fix within
+    a path's reach of them (`reach`: the fixes from segment_max_gap_s before the first
+    new fix to as long after the last) stay clear of it. New fixes outside with
+    certainty, on paths that cannot touch the zone, can only interrupt runs of fixes
+    inside, never make one; and every run the trail held before was decided when its
+    own fixes came, so it is among the reported episodes, which force the check. A
+    randomized test holds this to the full check, batch by batch."""
+    subjects = [s for s in zones if s in reach]
+    near = dict(zip(subjects, index.meeting([reach[s].box() for s in subjects]), strict=True))
+    out: dict[S, list[PreparedZone]] = {}
+    for s, subject_zones in zones.items():
+        meets = near.get(s)
+        live = [
+            z
+            for z in subject_zones
+            if z.kind is not ZoneKind.exclusion
+            or meets is None
+            or z.id in meets
+            or (s, z.id) in unsettled
+        ]
+        if live:
+            out[s] = live
+    return out
+
+
+def unsettled(reported: Mapping[uuid.UUID, Reported], since: datetime) -> bool:
+    """Whether any reported episode is still open or ends in the window from `since`."""
+    return any(r.end is None or r.end >= since for r in reported.values())
 
 
 def episode_row(

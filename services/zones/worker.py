@@ -43,10 +43,12 @@ from services.zones.service import (
     PreparedZone,
     Reported,
     TrailFix,
+    ZoneIndex,
     ZoneKind,
     check_zone,
     episode_row,
-    nothing_to_check,
+    to_check,
+    unsettled,
 )
 
 ZONES_GROUP = "tagtrail-zones"
@@ -91,6 +93,13 @@ class ZoneChecker:
         )
         self._prepared: dict[tuple[uuid.UUID, int], PreparedZone] = {}
         self._versions: dict[uuid.UUID, int] = {}
+        self._tree: ZoneIndex | None = None
+
+    def _index(self) -> ZoneIndex:
+        """An STRtree over every zone prepared so far, built again when one is added."""
+        if self._tree is None:
+            self._tree = ZoneIndex(self._prepared.values())
+        return self._tree
 
     async def _zones(
         self, conn: asyncpg.Connection, subjects: list[uuid.UUID]
@@ -107,6 +116,7 @@ class ZoneChecker:
                         self._prepared.pop((row.id, old), None)
                     self._versions[row.id] = row.version
                     self._prepared[(row.id, row.version)] = records.prepare(row)
+                    self._tree = None
         zones: dict[uuid.UUID, list[PreparedZone]] = defaultdict(list)
         for subject_id, zone_id, version in applies:
             zone = self._prepared.get((zone_id, version))
@@ -149,17 +159,12 @@ class ZoneChecker:
                 # Read back far enough to see every episode still open in full.
                 if ep.end is None or ep.end >= since[ep.subject_id]:
                     since[ep.subject_id] = min(since[ep.subject_id], ep.start)
-            checks = {
-                s: live
-                for s, subject_zones in zones.items()
-                if (
-                    live := [
-                        z
-                        for z in subject_zones
-                        if not nothing_to_check(z, reach.get(s), reported[(s, z.id)], since[s])
-                    ]
-                )
-            }
+            checks = to_check(
+                zones,
+                reach,
+                {k for k, eps in reported.items() if unsettled(eps, since[k[0]])},
+                self._index(),
+            )
             if not checks:
                 return
             async with self.db.pool.acquire() as conn:
