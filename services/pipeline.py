@@ -104,6 +104,7 @@ class Pipeline:
             bus.subscribe(DEAD_LETTER_GROUP + sfx, DEAD_LETTER, letters.handle, max_batch=batch)
         if Role.zones in self.roles:
             checker = ZoneChecker(db, bus, self.settings.check)
+            await checker.start()
             bus.subscribe(ZONES_GROUP + sfx, STORED, checker.handle, max_batch=batch)
             self._watch = DeviceWatch(db, bus, self.settings.check)
             bus.subscribe(

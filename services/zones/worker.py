@@ -95,6 +95,15 @@ class ZoneChecker:
         self._versions: dict[uuid.UUID, int] = {}
         self._tree: ZoneIndex | None = None
 
+    async def start(self) -> None:
+        """Prepares every zone there is now, so the first batches do not pay for it."""
+        async with self.db.sessions() as session:
+            rows = await repository.zones_by_id(session, None)
+        for row in rows:
+            self._versions[row.id] = row.version
+            self._prepared[(row.id, row.version)] = records.prepare(row)
+        self._tree = None
+
     def _index(self) -> ZoneIndex:
         """An STRtree over every zone prepared so far, built again when one is added."""
         if self._tree is None:
