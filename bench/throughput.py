@@ -264,6 +264,10 @@ async def main(argv: list[str] | None = None) -> int:
         "TAGTRAIL_DB_NAME": name,
         "TAGTRAIL_PORT": str(port),
         "TAGTRAIL_KAFKA_TOPIC_PREFIX": prefix,
+        # The stretch is posted as fast as the server takes it, so at first every tag's
+        # latest fix is as old as the stretch is long: the no-data watch would call every
+        # tag silent. Nobody is: its limit is set past the stretch.
+        "TAGTRAIL_CHECK_NO_DATA_AFTER_S": str(max(1800, (args.minutes + 5) * 60)),
     }
     commands = (
         [["run"]]
@@ -310,13 +314,14 @@ async def main(argv: list[str] | None = None) -> int:
                 spying.send_signal(signal.SIGINT)
                 await spying.wait()
             stored = await conn.fetchval("select count(*) from trail_points")
-            alerts = await conn.fetchval("select count(*) from alerts")
+            kinds = await conn.fetch("select kind, count(*) from alerts group by 1 order by 1")
+            alerts = ", ".join(f"{n} {kind}" for kind, n in kinds) or "0"
         rate = sent.fixes / took
         lat = np.percentile(sent.latencies, [50, 99]) * 1000
         print(
             f"end to end: {sent.fixes:,} fixes in {took:.1f} s = {rate:,.0f} fixes/s"
             f" (accepted {sent.accepted:,}, stored {stored:,}, rejected {sent.rejected},"
-            f" failed requests {sent.failures}); {alerts} alerts;"
+            f" failed requests {sent.failures}); alerts: {alerts};"
             f" request p50 {lat[0]:.0f} ms p99 {lat[1]:.0f} ms ({args.batch} fixes each)"
         )
         # Fix to alert: from when the fix that settled an alert reached the API to when
