@@ -265,9 +265,9 @@ async def main(argv: list[str] | None = None) -> int:
         "TAGTRAIL_PORT": str(port),
         "TAGTRAIL_KAFKA_TOPIC_PREFIX": prefix,
         # The stretch is posted as fast as the server takes it, so at first every tag's
-        # latest fix is as old as the stretch is long: the no-data watch would call every
-        # tag silent. Nobody is: its limit is set past the stretch.
-        "TAGTRAIL_CHECK_NO_DATA_AFTER_S": str(max(1800, (args.minutes + 5) * 60)),
+        # latest fix is as old as the stretch is long, and the device watch would call
+        # every tag silent. None is: its limit is set past the stretch.
+        "TAGTRAIL_CHECK_SILENCE_AFTER_S": str(max(1800, (args.minutes + 5) * 60)),
     }
     commands = (
         [["run"]]
