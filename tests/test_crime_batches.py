@@ -281,3 +281,37 @@ async def test_both_directions_give_the_same_answer(
     from_crimes = await results(second)
     assert from_fixes == from_crimes
     assert sorted(s for s, _ in from_fixes) == sorted(str(s) for s in world.subjects)
+
+
+async def test_a_path_past_a_scene_between_distant_fixes_is_found_from_the_fix_side(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    """Crime first, then two fixes 2.5 km either side of its scene, four minutes apart
+    (driving past it): their trail box meets the scene, so the fixes re-run the crime and
+    the path between them matches. Fixes of another subject far from it re-run nothing."""
+    start = (utcnow() - timedelta(hours=3)).replace(second=0, microsecond=0)
+    scene = (52.5800, -0.2500)
+    window = {"from": uk(start + timedelta(minutes=10)), "to": uk(start + timedelta(minutes=30))}
+    (crime_id,) = (
+        await upload(client, world, row(ref="PAST", lat=str(scene[0]), lon=str(scene[1]), **window))
+    )["crime_ids"]
+    before = (await client.get(f"/v1/crimes/{crime_id}/matches", headers=world.admin)).json()
+    assert before["trigger"] == "new_crime" and before["results"]["matched"] == []
+    at = start + timedelta(minutes=20)
+    drive = [
+        fix(at, scene[0], scene[1] - 0.037),
+        fix(at + timedelta(minutes=4), scene[0], scene[1] + 0.037),
+    ]
+    far = [fix(at + timedelta(minutes=m), 52.75, -0.60) for m in range(3)]
+    for tag, fixes in ((world.tags[1], far), (world.tags[0], drive)):
+        r = await client.post(
+            "/v1/fixes", json={"tag_id": tag, "fixes": fixes}, headers=world.supplier
+        )
+        assert r.status_code == 202, r.text
+    run = (await client.get(f"/v1/crimes/{crime_id}/matches", headers=world.admin)).json()
+    assert run["trigger"] == "new_fixes"
+    # One partial run, the driver's: the far subject's fixes re-ran nothing.
+    assert len(run["based_on"]) == 2
+    (matched,) = run["results"]["matched"]
+    assert matched["subject_id"] == str(world.subjects[0])
+    assert matched["closest"]["via"] == "segment"

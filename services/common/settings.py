@@ -88,9 +88,6 @@ class CheckSettings(BaseSettings):
     crime_segment_max_gap_s: float = Field(default=600.0, ge=0, le=600)
     # A gap in the trail longer than this over a crime window means it cannot rule out.
     crime_gap_s: float = Field(default=300.0, ge=30)
-    # New fixes this close to a crime (beyond its radius) re-run its matching, so a path
-    # between fixes that passes the scene is caught from the fix side too.
-    crime_trigger_reach_m: float = Field(default=2000.0, ge=0)
     # A fix received this long after it was taken makes its alert "late".
     late_after_s: float = Field(default=300.0, ge=0)
     # Zone decisions; the README explains each default.

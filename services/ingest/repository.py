@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import ClassVar
 
 import asyncpg
 
@@ -276,6 +277,42 @@ async def subjects_passing(
     first = datetime.fromtimestamp(earliest - earliest % BOX_BUCKET.total_seconds(), UTC)
     rows = await conn.fetch(SUBJECTS_PASSING_SQL, lat, lon, first, end, degree_margin(lat, reach_m))
     return sorted(r["subject_id"] for r in rows)
+
+
+@dataclass(frozen=True, slots=True)
+class TrailBox:
+    """A subject's trail box: a bucket's fixes and the paths from them, accuracy counted,
+    inside (min lon, min lat, max lon, max lat)."""
+
+    subject_id: uuid.UUID
+    bucket: datetime
+    box: tuple[float, float, float, float]
+
+    # How far past its bucket's start a box's paths can reach in time.
+    SPAN: ClassVar[timedelta] = BOX_BUCKET + BOX_MAX_GAP
+
+
+async def boxes_around(
+    conn: asyncpg.Connection, spans: Sequence[tuple[uuid.UUID, datetime, datetime]]
+) -> list[TrailBox]:
+    """For each (subject, first, last) of a batch of new stored fixes, the subject's trail
+    boxes those fixes can have changed: from BOX_MAX_GAP before the first (a path into it
+    starts there, in its start's box) to the last."""
+    if not spans:
+        return []
+    rows = await conn.fetch(
+        """
+        select b.subject_id, b.bucket,
+               st_xmin(b.box), st_ymin(b.box), st_xmax(b.box), st_ymax(b.box)
+        from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[]) as s(subject_id, lo, hi)
+        join trail_boxes b
+          on b.subject_id = s.subject_id and b.bucket between s.lo and s.hi
+        """,
+        [s for s, _, _ in spans],
+        [lo - BOX_MAX_GAP - BOX_BUCKET for _, lo, _ in spans],
+        [hi for _, _, hi in spans],
+    )
+    return [TrailBox(r[0], r[1], (r[2], r[3], r[4], r[5])) for r in rows]
 
 
 async def store_device_events(conn: asyncpg.Connection, events: Sequence[DeviceEvent]) -> int:

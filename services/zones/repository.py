@@ -93,9 +93,7 @@ async def zones_for_subjects(
     return await _zone_rows(session, [Zone.id.in_(applies)])
 
 
-async def zones_by_id(
-    session: AsyncSession, zone_ids: Sequence[uuid.UUID] | None
-) -> list[ZoneRow]:
+async def zones_by_id(session: AsyncSession, zone_ids: Sequence[uuid.UUID] | None) -> list[ZoneRow]:
     """These zones (None: every zone)."""
     return await _zone_rows(session, [] if zone_ids is None else [any_of(Zone.id, zone_ids)])
 
@@ -225,36 +223,38 @@ async def current_crime(session: AsyncSession, force: str, reference: str) -> Cr
     )
 
 
-async def crimes_near_fixes(
+async def crimes_meeting(
     conn: asyncpg.Connection,
-    fixes: Sequence[tuple[float, float, datetime, uuid.UUID]],
-    reach_m: float,
-    widen_s: float,
+    boxes: Sequence[tuple[uuid.UUID, datetime, datetime, tuple[float, float, float, float]]],
+    radius_m: float,
+    slack_s: float,
 ) -> dict[uuid.UUID, set[uuid.UUID]]:
-    """Current crimes whose widened window covers a fix's time and whose place is within
-    reach_m of it, each with the subjects of those fixes. fixes: (lat, lon, ts, subject)."""
-    if not fixes:
+    """Current crimes within radius_m of a box whose time span meets the crime's window
+    widened by slack_s, each with the subjects of those boxes.
+    boxes: (subject, from, to, (min lon, min lat, max lon, max lat))."""
+    if not boxes:
         return {}
+    margins = [degree_margin(max(abs(b[3][1]), abs(b[3][3])), radius_m) for b in boxes]
     rows = await conn.fetch(
         """
-        select distinct c.id, f.subject_id
-        from unnest($1::float8[], $2::float8[], $3::timestamptz[], $4::float8[], $7::uuid[])
-             as f(lat, lon, ts, margin, subject_id)
+        select distinct c.id, b.subject_id
+        from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[],
+                    $4::float8[], $5::float8[], $6::float8[], $7::float8[])
+             as b(subject_id, t0, t1, x0, y0, x1, y1)
         join crimes c
           on c.current
-         and c.starts_at - make_interval(secs => $6) <= f.ts
-         and c.ends_at + make_interval(secs => $6) >= f.ts
-         and c.geom && st_expand(st_setsrid(st_makepoint(f.lon, f.lat), 4326), f.margin)
-        where st_dwithin(c.geom::geography,
-                         st_setsrid(st_makepoint(f.lon, f.lat), 4326)::geography, $5)
+         and c.starts_at - make_interval(secs => $8) <= b.t1
+         and c.ends_at + make_interval(secs => $8) >= b.t0
+         and c.geom && st_makeenvelope(b.x0, b.y0, b.x1, b.y1, 4326)
         """,
-        [f[0] for f in fixes],
-        [f[1] for f in fixes],
-        [f[2] for f in fixes],
-        [degree_margin(f[0], reach_m) for f in fixes],
-        reach_m,
-        widen_s,
-        [f[3] for f in fixes],
+        [b[0] for b in boxes],
+        [b[1] for b in boxes],
+        [b[2] for b in boxes],
+        [b[3][0] - m for b, m in zip(boxes, margins, strict=True)],
+        [b[3][1] - m for b, m in zip(boxes, margins, strict=True)],
+        [b[3][2] + m for b, m in zip(boxes, margins, strict=True)],
+        [b[3][3] + m for b, m in zip(boxes, margins, strict=True)],
+        slack_s,
     )
     out: dict[uuid.UUID, set[uuid.UUID]] = {}
     for r in rows:

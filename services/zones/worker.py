@@ -450,20 +450,25 @@ class CrimeMatcher:
             await run_matching(self.db, self.bus, self.settings, crime.id, Trigger.new_crime)
 
     async def handle_fixes(self, fixes: list[FixMessage]) -> None:
-        reach = self.settings.crime_trigger_reach_m + max(
+        # The trail boxes the new fixes widened (the store made them before it told us):
+        # every fix, and every path to or from one, accuracy counted, lies in one. A
+        # crime none of them comes within its radius of cannot have a new match.
+        radius = max(
             [self.settings.crime_radius_m, *self.settings.crime_radius_by_category.values()]
         )
-        widen = self.settings.crime_slack_s + self.settings.crime_segment_max_gap_s
+        spans: dict[uuid.UUID, tuple[datetime, datetime]] = {}
+        for f in fixes:
+            lo, hi = spans.get(f.subject_id, (f.ts, f.ts))
+            spans[f.subject_id] = (min(lo, f.ts), max(hi, f.ts))
         async with self.db.pool.acquire() as conn:
-            near = await repository.crimes_near_fixes(
+            boxes = await trail_store.boxes_around(
+                conn, [(s, lo, hi) for s, (lo, hi) in spans.items()]
+            )
+            near = await repository.crimes_meeting(
                 conn,
-                [
-                    (f.lat, f.lon, f.ts, f.subject_id)
-                    for f in fixes
-                    if f.accuracy_m <= self.settings.crime_max_accuracy_m
-                ],
-                reach,
-                widen,
+                [(b.subject_id, b.bucket, b.bucket + b.SPAN, b.box) for b in boxes],
+                radius,
+                self.settings.crime_slack_s,
             )
         # Only the subjects whose fixes came near are looked at again: nobody else's
         # trail changed. (Re-running every wearer for every batch near a crime made
