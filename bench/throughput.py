@@ -164,6 +164,32 @@ async def add_zones_and_crimes(
             r.raise_for_status()
 
 
+async def verify_matches(url: str, admin: str, db: Database, start: datetime) -> tuple[int, int]:
+    """Whether matching from the fix side (runs the fixes made) found what a full run over
+    every wearer finds, for every crime whose window meets the posted stretch: their
+    matched subjects, before and after a manual re-run. Returns (matches, disagreements)."""
+    async with db.pool.acquire() as conn:
+        ids = await conn.fetch(
+            "select id from crimes where current and ends_at >= $1 order by id",
+            start - timedelta(hours=1),
+        )
+    matches = disagreements = 0
+    headers = {"Authorization": f"Bearer {admin}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as client:
+        for (crime_id,) in ids:
+
+            def matched(run: dict[str, object]) -> set[str]:
+                results = run["results"]
+                assert isinstance(results, dict)
+                return {m["subject_id"] for m in results["matched"]}
+
+            before = (await client.get(f"/v1/crimes/{crime_id}/matches")).json()
+            again = (await client.post(f"/v1/crimes/{crime_id}/matches/rerun")).json()
+            matches += len(matched(again))
+            disagreements += len(matched(before) ^ matched(again))
+    return matches, disagreements
+
+
 async def copy_ceiling(db: Database, fixes: int, tags: int) -> float:
     """Raw binary COPY of `fixes` fixes into trail_points (its indexes, no checks, no
     boxes): rows a second. Another fleet, on a day of its own, so nothing collides."""
@@ -338,14 +364,22 @@ async def main(argv: list[str] | None = None) -> int:
         if delays:
             ms = np.percentile([float(r["s"]) for r in delays], [50, 99]) * 1000
             print(f"fix to alert: n={len(delays)} p50 {ms[0]:.0f} ms p99 {ms[1]:.0f} ms")
+        found, wrong = await verify_matches(url, admin, db, start)
+        print(
+            f"crime matches found as the fixes came: {found}; a full re-run of every crime"
+            f" in the stretch disagrees on {wrong}"
+        )
         ceiling = await copy_ceiling(db, sent.fixes, args.tags)
         print(f"raw COPY into trail_points: {ceiling:,.0f} fixes/s; ratio {rate / ceiling:.3f}")
         peaks = ", ".join(f"tagtrail {c} {peak_rss_mib(p.pid):.0f} MiB" for c, p in procs.items())
         mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak memory: {peaks}, this benchmark {mine:.0f} MiB")
-        ok = sent.failures == 0 and stored == sent.accepted
+        ok = sent.failures == 0 and stored == sent.accepted and wrong == 0
         if not ok:
-            print("FAILED: requests failed, or accepted fixes were not all stored")
+            print(
+                "FAILED: requests failed, accepted fixes were not all stored, or matching"
+                " from the fix side missed what the crime side finds"
+            )
         return 0 if ok else 1
     finally:
         for p in procs.values():
