@@ -244,6 +244,14 @@ async def spy(folder: Path, name: str, pid: int) -> asyncio.subprocess.Process:
     )
 
 
+async def stop(procs: dict[str, asyncio.subprocess.Process]) -> None:
+    for p in procs.values():
+        if p.returncode is None:
+            p.terminate()
+    for p in procs.values():
+        await asyncio.wait_for(p.wait(), 30)
+
+
 async def wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
     async with httpx.AsyncClient(timeout=2) as client:
         for _ in range(600):
@@ -300,16 +308,20 @@ async def main(argv: list[str] | None = None) -> int:
         if args.bus == "memory"
         else [["api"], *(["worker", role] for role in ("store", "zones", "crimes", "dispatch"))]
     )
-    procs = {
-        " ".join(c): await asyncio.create_subprocess_exec(
-            str(ROOT / ".venv/bin/tagtrail"),
-            *c,
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        for c in commands
-    }
+
+    async def launch() -> dict[str, asyncio.subprocess.Process]:
+        return {
+            " ".join(c): await asyncio.create_subprocess_exec(
+                str(ROOT / ".venv/bin/tagtrail"),
+                *c,
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            for c in commands
+        }
+
+    procs = await launch()
     try:
         fleet = Fleet(FleetSpec(tags=args.tags, seed=4))
         start = datetime.now(UTC) - timedelta(minutes=args.minutes + 1)
@@ -321,6 +333,18 @@ async def main(argv: list[str] | None = None) -> int:
             f"fleet: {args.tags:,} tags; {args.zones:,} exclusion zones and {args.crimes:,}"
             f" crimes added in {time.perf_counter() - t0:.0f} s"
         )
+        # Every crime's own run done, then the service started again, as a running one
+        # finds itself: its zones prepared long ago (a checker prepares every zone when
+        # it starts, and a new zone when its first fix comes).
+        async with db.pool.acquire() as conn:
+            while True:
+                done = await conn.fetchval("select count(distinct crime_id) from crime_match_runs")
+                if done >= args.crimes:
+                    break
+                await asyncio.sleep(0.25)
+        await stop(procs)
+        procs = await launch()
+        await wait_ready(url, next(iter(procs.values())))
         bodies = list(batches(fleet, start, args.minutes, args.batch))
         t0 = time.perf_counter()
         spies = (
@@ -382,11 +406,7 @@ async def main(argv: list[str] | None = None) -> int:
             )
         return 0 if ok else 1
     finally:
-        for p in procs.values():
-            if p.returncode is None:
-                p.terminate()
-        for p in procs.values():
-            await asyncio.wait_for(p.wait(), 30)
+        await stop(procs)
         await db.close()
         await drop_database(settings, name)
 
