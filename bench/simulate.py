@@ -39,7 +39,7 @@ class Sent:
     latencies: list[float] = field(default_factory=list)
 
 
-def _window(fleet: Fleet, start: datetime, end: datetime) -> DayOfFixes:
+def window(fleet: Fleet, start: datetime, end: datetime) -> DayOfFixes:
     """The fleet's fixes between start and end, in time order."""
     parts = []
     day = start.date()
@@ -70,7 +70,7 @@ def batches(
     fixes of theirs go in a burst at the end of the next block, newest first."""
     rng = np.random.default_rng(seed)
     end = start + timedelta(minutes=minutes)
-    d = _window(fleet, start, end)
+    d = window(fleet, start, end)
     block = 600.0
     first = start.timestamp()
     held: list[int] = []
