@@ -375,6 +375,7 @@ async def main(argv: list[str] | None = None) -> int:
                 spying.send_signal(signal.SIGINT)
                 await spying.wait()
             stored = await conn.fetchval("select count(*) from trail_points")
+            dead = await conn.fetchval("select count(*) from dead_letters")
             kinds = await conn.fetch("select kind, count(*) from alerts group by 1 order by 1")
             alerts = ", ".join(f"{n} {kind}" for kind, n in kinds) or "0"
         rate = sent.fixes / took
@@ -382,7 +383,7 @@ async def main(argv: list[str] | None = None) -> int:
         print(
             f"end to end: {sent.fixes:,} fixes in {took:.1f} s = {rate:,.0f} fixes/s"
             f" (accepted {sent.accepted:,}, stored {stored:,}, rejected {sent.rejected},"
-            f" failed requests {sent.failures}); alerts: {alerts};"
+            f" failed requests {sent.failures}, dead letters {dead}); alerts: {alerts};"
             f" request p50 {lat[0]:.0f} ms p99 {lat[1]:.0f} ms ({args.batch} fixes each)"
         )
         # Fix to alert: from when the fix that settled an alert reached the API to when
@@ -416,11 +417,12 @@ async def main(argv: list[str] | None = None) -> int:
         peaks = ", ".join(f"tagtrail {c} {peak_rss_mib(p.pid):.0f} MiB" for c, p in procs.items())
         mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak memory: {peaks}, this benchmark {mine:.0f} MiB")
-        ok = sent.failures == 0 and stored == sent.accepted and wrong == 0
+        ok = sent.failures == 0 and stored == sent.accepted and wrong == 0 and dead == 0
         if not ok:
             print(
-                "FAILED: requests failed, accepted fixes were not all stored, or matching"
-                " from the fix side missed what the crime side finds"
+                "FAILED: requests failed, accepted fixes were not all stored, a handler"
+                " failed (dead letters), or matching from the fix side missed what the"
+                " crime side finds"
             )
         return 0 if ok else 1
     finally:

@@ -9,6 +9,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import ClassVar
 
 import asyncpg
+import numpy as np
+import numpy.typing as npt
 
 from services.common.geo import degree_margin
 from services.common.trail import Reach, TrailFix
@@ -280,39 +282,42 @@ async def subjects_passing(
 
 
 @dataclass(frozen=True, slots=True)
-class TrailBox:
-    """A subject's trail box: a bucket's fixes and the paths from them, accuracy counted,
-    inside (min lon, min lat, max lon, max lat)."""
+class TrailBoxes:
+    """Trail boxes as columns: a subject's bucket's fixes and the paths from them,
+    accuracy counted, lie inside (min lon, min lat, max lon, max lat), at times from the
+    bucket's start to `SPAN` later."""
 
-    subject_id: uuid.UUID
-    bucket: datetime
-    box: tuple[float, float, float, float]
+    subject_ids: list[uuid.UUID]
+    buckets: npt.NDArray[np.float64]  # the buckets' starts, seconds since the epoch
+    boxes: npt.NDArray[np.float64]  # (n, 4)
 
     # How far past its bucket's start a box's paths can reach in time.
     SPAN: ClassVar[timedelta] = BOX_BUCKET + BOX_MAX_GAP
+    # How far before a new fix the first box it can have changed starts.
+    BEFORE: ClassVar[timedelta] = BOX_MAX_GAP + BOX_BUCKET
 
 
 async def boxes_around(
-    conn: asyncpg.Connection, spans: Sequence[tuple[uuid.UUID, datetime, datetime]]
-) -> list[TrailBox]:
+    conn: asyncpg.Connection,
+    spans: Sequence[tuple[uuid.UUID, datetime, datetime]],
+) -> TrailBoxes:
     """For each (subject, first, last) of a batch of new stored fixes, the subject's trail
     boxes those fixes can have changed: from BOX_MAX_GAP before the first (a path into it
     starts there, in its start's box) to the last."""
-    if not spans:
-        return []
     rows = await conn.fetch(
         """
-        select b.subject_id, b.bucket,
+        select b.subject_id, extract(epoch from b.bucket),
                st_xmin(b.box), st_ymin(b.box), st_xmax(b.box), st_ymax(b.box)
         from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[]) as s(subject_id, lo, hi)
         join trail_boxes b
           on b.subject_id = s.subject_id and b.bucket between s.lo and s.hi
         """,
         [s for s, _, _ in spans],
-        [lo - BOX_MAX_GAP - BOX_BUCKET for _, lo, _ in spans],
+        [lo - TrailBoxes.BEFORE for _, lo, _ in spans],
         [hi for _, _, hi in spans],
     )
-    return [TrailBox(r[0], r[1], (r[2], r[3], r[4], r[5])) for r in rows]
+    values = np.array([tuple(r)[1:] for r in rows], dtype=np.float64).reshape(-1, 5)
+    return TrailBoxes([r[0] for r in rows], values[:, 0], values[:, 1:])
 
 
 async def store_device_events(conn: asyncpg.Connection, events: Sequence[DeviceEvent]) -> int:

@@ -15,7 +15,6 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.database import any_of
-from services.common.geo import degree_margin
 from services.zones.models import (
     Crime,
     CrimeMatchRun,
@@ -223,43 +222,32 @@ async def current_crime(session: AsyncSession, force: str, reference: str) -> Cr
     )
 
 
-async def crimes_meeting(
-    conn: asyncpg.Connection,
-    boxes: Sequence[tuple[uuid.UUID, datetime, datetime, tuple[float, float, float, float]]],
-    radius_m: float,
-    slack_s: float,
-) -> dict[uuid.UUID, set[uuid.UUID]]:
-    """Current crimes within radius_m of a box whose time span meets the crime's window
-    widened by slack_s, each with the subjects of those boxes.
-    boxes: (subject, from, to, (min lon, min lat, max lon, max lat))."""
-    if not boxes:
-        return {}
-    margins = [degree_margin(max(abs(b[3][1]), abs(b[3][3])), radius_m) for b in boxes]
+@dataclass(frozen=True, slots=True)
+class OpenScene:
+    id: uuid.UUID
+    lat: float
+    lon: float
+    starts_at: datetime
+    ends_at: datetime
+
+
+async def scenes_between(
+    conn: asyncpg.Connection, start: datetime, end: datetime, slack_s: float
+) -> list[OpenScene]:
+    """Current crimes whose window, widened by slack_s, meets start..end."""
     rows = await conn.fetch(
         """
-        select distinct c.id, b.subject_id
-        from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[],
-                    $4::float8[], $5::float8[], $6::float8[], $7::float8[])
-             as b(subject_id, t0, t1, x0, y0, x1, y1)
-        join crimes c
-          on c.current
-         and c.starts_at - make_interval(secs => $8) <= b.t1
-         and c.ends_at + make_interval(secs => $8) >= b.t0
-         and c.geom && st_makeenvelope(b.x0, b.y0, b.x1, b.y1, 4326)
+        select id, lat, lon, starts_at, ends_at
+        from crimes
+        where current
+          and ends_at >= $1::timestamptz - make_interval(secs => $3)
+          and starts_at <= $2::timestamptz + make_interval(secs => $3)
         """,
-        [b[0] for b in boxes],
-        [b[1] for b in boxes],
-        [b[2] for b in boxes],
-        [b[3][0] - m for b, m in zip(boxes, margins, strict=True)],
-        [b[3][1] - m for b, m in zip(boxes, margins, strict=True)],
-        [b[3][2] + m for b, m in zip(boxes, margins, strict=True)],
-        [b[3][3] + m for b, m in zip(boxes, margins, strict=True)],
+        start,
+        end,
         slack_s,
     )
-    out: dict[uuid.UUID, set[uuid.UUID]] = {}
-    for r in rows:
-        out.setdefault(r["id"], set()).add(r["subject_id"])
-    return out
+    return [OpenScene(*r) for r in rows]
 
 
 async def add_run(session: AsyncSession, run: CrimeMatchRun) -> None:

@@ -11,13 +11,16 @@ from enum import StrEnum
 from typing import Any
 
 import asyncpg
+import numpy as np
 
 from services.alerts.schemas import AlertEvent, AlertKind, AlertMessage, FixRef
 from services.common.bus import Bus
 from services.common.database import Database
+from services.common.geo import degree_margin
 from services.common.settings import CheckSettings
 from services.common.timeutil import utcnow
 from services.ingest import repository as trail_store
+from services.ingest.repository import TrailBoxes
 from services.ingest.schemas import FixMessage
 from services.registry import service as registry
 from services.topics import ALERTS
@@ -434,6 +437,30 @@ def _match_alert(
     )
 
 
+def _scenes_met(
+    scenes: list[repository.OpenScene], boxes: TrailBoxes, radius_m: float, slack_s: float
+) -> dict[uuid.UUID, set[uuid.UUID]]:
+    """For each scene some box meets (within radius_m, at a time in the scene's window
+    widened by slack_s), the subjects of those boxes."""
+    out: dict[uuid.UUID, set[uuid.UUID]] = {}
+    b = boxes.boxes
+    t0 = boxes.buckets
+    t1 = t0 + TrailBoxes.SPAN.total_seconds()
+    for scene in scenes:
+        m = degree_margin(scene.lat, radius_m)
+        hit = (
+            (t0 <= scene.ends_at.timestamp() + slack_s)
+            & (t1 >= scene.starts_at.timestamp() - slack_s)
+            & (b[:, 0] - m <= scene.lon)
+            & (b[:, 2] + m >= scene.lon)
+            & (b[:, 1] - m <= scene.lat)
+            & (b[:, 3] + m >= scene.lat)
+        )
+        if hit.any():
+            out[scene.id] = {boxes.subject_ids[i] for i in np.flatnonzero(hit)}
+    return out
+
+
 class CrimeMatcher:
     """Runs crime matching from both directions: a new crime (or version) is matched
     against the stored trails; stored fixes near a crime whose widened window covers them
@@ -450,26 +477,31 @@ class CrimeMatcher:
             await run_matching(self.db, self.bus, self.settings, crime.id, Trigger.new_crime)
 
     async def handle_fixes(self, fixes: list[FixMessage]) -> None:
-        # The trail boxes the new fixes widened (the store made them before it told us):
-        # every fix, and every path to or from one, accuracy counted, lies in one. A
-        # crime none of them comes within its radius of cannot have a new match.
+        if not fixes:
+            return
         radius = max(
             [self.settings.crime_radius_m, *self.settings.crime_radius_by_category.values()]
         )
+        slack = self.settings.crime_slack_s
         spans: dict[uuid.UUID, tuple[datetime, datetime]] = {}
         for f in fixes:
             lo, hi = spans.get(f.subject_id, (f.ts, f.ts))
             spans[f.subject_id] = (min(lo, f.ts), max(hi, f.ts))
+        first = min(lo for lo, _ in spans.values()) - TrailBoxes.BEFORE
+        last = max(hi for _, hi in spans.values()) + TrailBoxes.SPAN
         async with self.db.pool.acquire() as conn:
+            # Live fixes rarely fall in an open crime's window (crimes are recorded
+            # after the event): most batches stop here.
+            scenes = await repository.scenes_between(conn, first, last, slack)
+            if not scenes:
+                return
+            # The trail boxes the new fixes widened (the store made them before it told
+            # us): every fix, and every path to or from one, accuracy counted, lies in
+            # one. A crime none of them comes within its radius of has no new match.
             boxes = await trail_store.boxes_around(
                 conn, [(s, lo, hi) for s, (lo, hi) in spans.items()]
             )
-            near = await repository.crimes_meeting(
-                conn,
-                [(b.subject_id, b.bucket, b.bucket + b.SPAN, b.box) for b in boxes],
-                radius,
-                self.settings.crime_slack_s,
-            )
+        near = _scenes_met(scenes, boxes, radius, slack)
         # Only the subjects whose fixes came near are looked at again: nobody else's
         # trail changed. (Re-running every wearer for every batch near a crime made
         # matching cost crimes x wearers per batch; see docs/benchmarks.md.)
