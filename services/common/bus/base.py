@@ -115,11 +115,19 @@ class Bus(ABC):
     @abstractmethod
     async def ping(self) -> bool: ...
 
+    # A bus whose messages never leave the process hands them over as they are: nothing
+    # is serialised unless it has to be kept (a dead letter).
+    in_process: bool = False
+
     async def publish(self, topic: Topic[M], messages: Sequence[tuple[str, M]]) -> None:
         """Publishes (key, message) pairs; returns once they are durable."""
         if messages:
             await self.publish_raw(
-                topic, [Envelope(key.encode(), topic.encode(m), m) for key, m in messages]
+                topic,
+                [
+                    Envelope(key.encode(), b"" if self.in_process else topic.encode(m), m)
+                    for key, m in messages
+                ],
             )
 
     async def deliver(self, sub: Subscription, envelopes: Sequence[Envelope]) -> None:
@@ -169,7 +177,9 @@ class Bus(ABC):
             group=sub.group,
             topic=sub.topic.name,
             key=env.key.decode(errors="replace"),
-            payload=env.value.decode(errors="replace"),
+            payload=(
+                env.value or (sub.topic.encode(env.message) if env.message is not None else b"")
+            ).decode(errors="replace"),
             error=error[:4000],
             failed_at=datetime.now(UTC),
         )

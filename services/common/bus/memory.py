@@ -26,6 +26,8 @@ class _Item:
 
 
 class MemoryBus(Bus):
+    in_process = True
+
     def __init__(self, dead_letter: Topic[Any]) -> None:
         super().__init__(dead_letter)
         self._queues: dict[str, list[tuple[Subscription, asyncio.Queue[_Item]]]] = defaultdict(list)
