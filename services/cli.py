@@ -66,19 +66,24 @@ def _started() -> None:
 async def _serve(pipeline: Pipeline, host: str, port: int, demo: bool) -> None:
     from services.app import create_app
 
-    await pipeline.start()
-    _started()
-    app = create_app(pipeline, manage=False)
-    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    # Signals are ours before anything starts: a SIGTERM while starting is a clean stop.
     stop = asyncio.Event()
+    servers: list[uvicorn.Server] = []
 
     def shut_down() -> None:
         stop.set()
-        server.should_exit = True
+        for server in servers:
+            server.should_exit = True
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, shut_down)
+    await pipeline.start()
+    _started()
+    app = create_app(pipeline, manage=False)
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    servers.append(server)
+    server.should_exit = stop.is_set()
     tasks = [asyncio.create_task(server.serve(), name="http")]
     if demo:
         from services.demo import run_demo
@@ -105,12 +110,13 @@ async def _serve(pipeline: Pipeline, host: str, port: int, demo: bool) -> None:
 
 
 async def _work(pipeline: Pipeline) -> None:
-    await pipeline.start()
-    _started()
+    # Signals are ours before anything starts: a SIGTERM while starting is a clean stop.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    await pipeline.start()
+    _started()
     try:
         await stop.wait()
     finally:

@@ -51,12 +51,24 @@ async def processes(settings: Settings, database: str, db: Database) -> AsyncIte
             )
         )
     url = f"http://127.0.0.1:{port}"
+    logs: list[list[bytes]] = [[] for _ in procs]
+
+    async def drain(k: int) -> None:
+        stream = procs[k].stderr
+        assert stream is not None
+        while line := await stream.readline():
+            logs[k].append(line)
+
+    readers = [asyncio.create_task(drain(k)) for k in range(len(procs))]
 
     async def ready() -> int:
-        for p in procs:
+        for k, p in enumerate(procs):
             if p.returncode is not None:
-                err = (await p.stderr.read()).decode() if p.stderr else ""
+                err = b"".join(logs[k]).decode()
                 raise AssertionError(f"a role exited early:\n{err[-3000:]}")
+        # Every worker started (a SIGTERM before that is the default one: killed).
+        if not all(any(b"pipeline started" in line for line in log) for log in logs):
+            return 0
         try:
             async with httpx.AsyncClient(base_url=url) as http:
                 return (await http.get("/readyz")).status_code
@@ -71,6 +83,7 @@ async def processes(settings: Settings, database: str, db: Database) -> AsyncIte
             if p.returncode is None:
                 p.send_signal(signal.SIGTERM)
         codes = [await asyncio.wait_for(p.wait(), 30) for p in procs]
+        await asyncio.gather(*readers)
         assert codes == [0] * len(procs), codes
 
 

@@ -153,8 +153,9 @@ async def ingest(
     settings: IngestSettings,
 ) -> IngestResult:
     admitted, rejected = await admit(session, supplier, items, now, settings, StreamedFix)
+    # Built from fields StreamedFix has just validated: no second validation.
     fixes = [
-        FixMessage(subject_id=subject, received_at=now, **fix.model_dump())
+        FixMessage.model_construct(subject_id=subject, received_at=now, **fix.model_dump())
         for fix, subject in admitted
     ]
     fresh, duplicates, conflicts = await _separate_resends(db, fixes)

@@ -12,6 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from services.common.bus.base import Backoff, Bus, BusUnavailable, Envelope, Subscription, Topic
 from services.common.metrics import CONSUMER_LAG
@@ -21,6 +22,30 @@ log = logging.getLogger(__name__)
 
 # Large enough for a full ingest batch of fixes in one request.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+
+class KeyPartitioner:
+    """aiokafka's default partitioner (murmur2 of the key, as the Java client does), with
+    each key's answer kept: the hash is pure Python, and the same few thousand tag ids
+    come back all day. Keyless messages are left to the default."""
+
+    MAX_KEYS = 200_000
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[bytes, tuple[int, ...]], int] = {}
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(DefaultPartitioner()(key, all_partitions, available))
+        k = (key, tuple(all_partitions))
+        partition = self._known.get(k)
+        if partition is None:
+            if len(self._known) >= self.MAX_KEYS:
+                self._known.clear()
+            partition = self._known[k] = int(DefaultPartitioner()(key, all_partitions, available))
+        return partition
+
+
 # How long stop() lets consumers finish the batch in hand before cancelling them.
 GRACE_S = 15.0
 
@@ -64,6 +89,7 @@ class KafkaBus(Bus):
             enable_idempotence=True,
             acks="all",
             linger_ms=2,
+            partitioner=KeyPartitioner(),
             max_request_size=MAX_REQUEST_BYTES,
         )
         await self._producer.start()
