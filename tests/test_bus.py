@@ -11,10 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from pydantic import BaseModel
 
 from services.common.bus import Bus, Envelope, Topic
-from services.common.bus.kafka import KafkaBus
+from services.common.bus.kafka import KafkaBus, KeyPartitioner
 from services.common.bus.memory import MemoryBus
 from services.common.bus.messages import DeadLetter
 from services.common.database import Database
@@ -174,3 +175,16 @@ async def test_ingest_answers_503_and_accepts_nothing_when_the_bus_is_down(
     assert "retry" in r.json()["error"] or "not running" in r.json()["error"]
     async with db.pool.acquire() as conn:
         assert await conn.fetchval("select count(*) from trail_points") == 0
+
+
+def test_the_kept_partitions_are_the_default_partitioners() -> None:
+    """Keeping each key's partition changes no answer: the same partition as aiokafka's
+    (and Java's) murmur2 for every key and partition count, first time and again."""
+    keep = KeyPartitioner()
+    for n in (1, 3, 8, 16):
+        parts = list(range(n))
+        for i in range(300):
+            key = f"TAG-{i:05d}".encode()
+            expected = DefaultPartitioner()(key, parts, parts)
+            assert keep(key, parts, parts) == expected
+            assert keep(key, parts, parts) == expected

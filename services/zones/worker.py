@@ -131,8 +131,11 @@ class ZoneChecker:
                     self._tree = None
         zones: dict[uuid.UUID, list[PreparedZone]] = defaultdict(list)
         for subject_id, zone_id, version in applies:
-            zone = self._prepared.get((zone_id, version))
-            # None: the zone changed again between the two reads; the next batch has it.
+            # A zone that changed again between the two reads is checked by the version
+            # just read (the newer one); one deleted in between is checked no more.
+            zone = self._prepared.get((zone_id, version)) or self._prepared.get(
+                (zone_id, self._versions.get(zone_id, version))
+            )
             if zone is not None:
                 zones[subject_id].append(zone)
         return zones
