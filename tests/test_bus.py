@@ -86,6 +86,10 @@ async def test_order_per_key_is_kept(recorder_bus: tuple[Recorder, Bus]) -> None
     messages = [(f"tag-{i % 3}", Reading(key=f"tag-{i % 3}", n=i)) for i in range(60) if i != 13]
     for start in range(0, len(messages), 7):
         await bus.publish(READINGS, messages[start : start + 7])
+    # And one publish larger than a Kafka record batch holds, a key's records in several.
+    many = [(f"tag-{i % 3}", Reading(key=f"tag-{i % 3}", n=i)) for i in range(60, 4060)]
+    await bus.publish(READINGS, many)
+    messages += many
     await eventually(lambda: _value(len(recorder.seen)), lambda n: n == len(messages))
     for key in ("tag-0", "tag-1", "tag-2"):
         ns = [r.n for r in recorder.seen if r.key == key]

@@ -56,6 +56,7 @@ class KafkaBus(Bus):
     ) -> None:
         super().__init__(dead_letter)
         self.settings = settings
+        self._partitioner = KeyPartitioner()
         self.topics = list(topics)
         self._producer: AIOKafkaProducer | None = None
         self._consumers: list[AIOKafkaConsumer] = []
@@ -89,7 +90,7 @@ class KafkaBus(Bus):
             enable_idempotence=True,
             acks="all",
             linger_ms=2,
-            partitioner=KeyPartitioner(),
+            partitioner=self._partitioner,
             max_request_size=MAX_REQUEST_BYTES,
         )
         await self._producer.start()
@@ -140,9 +141,27 @@ class KafkaBus(Bus):
         if self._producer is None:
             raise RuntimeError("the Kafka bus is not started")
         name = self.physical(topic)
+        producer = self._producer
         try:
-            sends = [await self._producer.send(name, e.value, key=e.key) for e in envelopes]
-            # acks=all: each future resolves once every in-sync replica has the record.
+            # Records go in batches a partition, built here: one send a batch, not a
+            # send (and a future) a record. Per key, order is kept: one key, one
+            # partition, whose batches go in the order they were filled.
+            partitions = sorted(await producer.partitions_for(name))
+            filling: dict[int, Any] = {}
+            sends: list[asyncio.Future[Any]] = []
+            for e in envelopes:
+                p = self._partitioner(e.key, partitions, partitions)
+                batch = filling.get(p)
+                if batch is not None and batch.append(key=e.key, value=e.value, timestamp=None):
+                    continue
+                if batch is not None:
+                    sends.append(await producer.send_batch(batch, name, partition=p))
+                batch = filling[p] = producer.create_batch()
+                if batch.append(key=e.key, value=e.value, timestamp=None) is None:
+                    raise BusUnavailable(f"a message of {len(e.value)} bytes is too large")
+            for p, batch in filling.items():
+                sends.append(await producer.send_batch(batch, name, partition=p))
+            # acks=all: each future resolves once every in-sync replica has the batch.
             await asyncio.gather(*sends)
         except KafkaError as exc:
             # Some records may be on the bus already; a retry re-sends them, and every
