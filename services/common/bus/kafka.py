@@ -152,7 +152,10 @@ class KafkaBus(Bus):
             for e in envelopes:
                 p = self._partitioner(e.key, partitions, partitions)
                 batch = filling.get(p)
-                if batch is not None and batch.append(key=e.key, value=e.value, timestamp=None):
+                if (
+                    batch is not None
+                    and batch.append(key=e.key, value=e.value, timestamp=None) is not None
+                ):
                     continue
                 if batch is not None:
                     sends.append(await producer.send_batch(batch, name, partition=p))
