@@ -14,6 +14,7 @@ from services.common.database import Database
 from services.common.settings import Settings
 from services.common.timeutil import utcnow
 from services.pipeline import ALL_ROLES, Pipeline
+from services.zones import repository as zone_repository
 from tests.conftest import World, enrol, fix, square
 
 HOME = (52.5650, -0.2700)
@@ -90,12 +91,25 @@ async def test_bad_zone_properties_are_explained(
     assert says in r.text
 
 
-async def test_zone_versions(client: httpx.AsyncClient, world: World) -> None:
+async def test_zone_versions(client: httpx.AsyncClient, world: World, db: Database) -> None:
+    async def generation() -> int:
+        async with db.pool.acquire() as conn:
+            return await zone_repository.zone_generation(conn)
+
+    # Zone checkers keep which zones apply to whom until the zones' generation moves:
+    # every change moves it, reading does not.
+    before = await generation()
     body = feature(polygon(*HOME, 50), subject_id=str(world.subjects[0]))
     zone_id = (await client.post("/v1/zones", json=body, headers=world.admin)).json()["id"]
+    created = await generation()
+    assert created > before
+    await client.get(f"/v1/zones/{zone_id}", headers=world.admin)
+    assert await generation() == created
     body["properties"]["buffer_m"] = 25
+    body["properties"]["subject_ids"] = [str(world.subjects[1])]
     r = await client.put(f"/v1/zones/{zone_id}", json=body, headers=world.admin)
     assert r.status_code == 200
+    assert await generation() > created
     assert r.json()["properties"]["version"] == 2
     versions = (await client.get(f"/v1/zones/{zone_id}/versions", headers=world.admin)).json()
     assert [v["version"] for v in versions] == [1, 2]

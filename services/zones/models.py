@@ -8,6 +8,7 @@ from typing import Any
 
 from geoalchemy2 import Geometry
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -70,6 +71,17 @@ class ZoneVersion(Base):
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     definition: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ZoneGeneration(Base):
+    """One row whose value a trigger (migration 0004) bumps with every change to zones or
+    zone_subjects: a zone checker keeps which zones apply to whom in memory and reads
+    this one number a batch."""
+
+    __tablename__ = "zone_generation"
+
+    id: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
 
 
 class ZoneEpisode(Base):

@@ -97,20 +97,23 @@ async def zones_by_id(session: AsyncSession, zone_ids: Sequence[uuid.UUID] | Non
     return await _zone_rows(session, [] if zone_ids is None else [any_of(Zone.id, zone_ids)])
 
 
-async def zone_versions_for(
-    conn: asyncpg.Connection, subject_ids: Sequence[uuid.UUID]
-) -> list[tuple[uuid.UUID, uuid.UUID, int]]:
-    """(subject, zone, current version) for every zone that applies to these subjects:
-    enough to tell which prepared zones a checker already holds."""
-    rows = await conn.fetch(
-        """
-        select s.subject_id, z.id, z.version
-        from zone_subjects s join zones z on z.id = s.zone_id
-        where s.subject_id = any($1::uuid[])
-        """,
-        subject_ids,
-    )
-    return [(r[0], r[1], r[2]) for r in rows]
+async def zone_map(
+    conn: asyncpg.Connection,
+) -> tuple[int, list[tuple[uuid.UUID, uuid.UUID, int]]]:
+    """The zones' generation and, as of it, (subject, zone, current version) for every
+    zone and subject it applies to: one snapshot, so the map is the generation's."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        generation = await zone_generation(conn)
+        rows = await conn.fetch(
+            "select s.subject_id, z.id, z.version"
+            " from zone_subjects s join zones z on z.id = s.zone_id"
+        )
+    return generation, [(r[0], r[1], r[2]) for r in rows]
+
+
+async def zone_generation(conn: asyncpg.Connection) -> int:
+    """A number that moves with every committed change to zones or whom they apply to."""
+    return int(await conn.fetchval("select value from zone_generation"))
 
 
 async def _zone_rows(session: AsyncSession, conditions: list[ColumnElement[bool]]) -> list[ZoneRow]:

@@ -97,6 +97,9 @@ class ZoneChecker:
         self._prepared: dict[tuple[uuid.UUID, int], PreparedZone] = {}
         self._versions: dict[uuid.UUID, int] = {}
         self._tree: ZoneIndex | None = None
+        # Which zones apply to whom, as of the zones' generation (None: not read yet).
+        self._generation: int | None = None
+        self._applying: dict[uuid.UUID, list[PreparedZone]] = {}
 
     async def start(self) -> None:
         """Prepares every zone there is now, so the first batches do not pay for it."""
@@ -116,29 +119,34 @@ class ZoneChecker:
     async def _zones(
         self, conn: asyncpg.Connection, subjects: list[uuid.UUID]
     ) -> dict[uuid.UUID, list[PreparedZone]]:
-        """Each subject's zones, prepared. Only the (zone, version) pairs come from the
-        database each batch; a zone is read and prepared once a version."""
-        applies = await repository.zone_versions_for(conn, subjects)
-        missing = {z for _, z, v in applies if (z, v) not in self._prepared}
-        if missing:
-            async with self.db.sessions() as session:
-                for row in await repository.zones_by_id(session, list(missing)):
-                    old = self._versions.get(row.id)
-                    if old is not None:
-                        self._prepared.pop((row.id, old), None)
-                    self._versions[row.id] = row.version
-                    self._prepared[(row.id, row.version)] = records.prepare(row)
-                    self._tree = None
-        zones: dict[uuid.UUID, list[PreparedZone]] = defaultdict(list)
-        for subject_id, zone_id, version in applies:
-            # A zone that changed again between the two reads is checked by the version
-            # just read (the newer one); one deleted in between is checked no more.
-            zone = self._prepared.get((zone_id, version)) or self._prepared.get(
-                (zone_id, self._versions.get(zone_id, version))
-            )
-            if zone is not None:
-                zones[subject_id].append(zone)
-        return zones
+        """Each subject's zones, prepared. Which zones apply to whom is kept in memory
+        and read again only when the zones' generation has moved (a trigger bumps it
+        with every change, in the changing transaction); a zone is read and prepared
+        once a version."""
+        if await repository.zone_generation(conn) != self._generation:
+            self._generation, applies = await repository.zone_map(conn)
+            missing = {z for _, z, v in applies if (z, v) not in self._prepared}
+            if missing:
+                async with self.db.sessions() as session:
+                    for row in await repository.zones_by_id(session, list(missing)):
+                        old = self._versions.get(row.id)
+                        if old is not None:
+                            self._prepared.pop((row.id, old), None)
+                        self._versions[row.id] = row.version
+                        self._prepared[(row.id, row.version)] = records.prepare(row)
+                        self._tree = None
+            applying: dict[uuid.UUID, list[PreparedZone]] = defaultdict(list)
+            for subject_id, zone_id, version in applies:
+                # A zone changed again since the map was read is checked by the version
+                # just prepared; the generation moved too, so the next batch reads the
+                # map again.
+                zone = self._prepared.get((zone_id, version)) or self._prepared.get(
+                    (zone_id, self._versions.get(zone_id, version))
+                )
+                if zone is not None:
+                    applying[subject_id].append(zone)
+            self._applying = dict(applying)
+        return {s: self._applying[s] for s in subjects if s in self._applying}
 
     async def handle(self, fixes: list[FixMessage]) -> None:
         batch: dict[uuid.UUID, list[FixMessage]] = defaultdict(list)
