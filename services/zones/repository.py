@@ -92,9 +92,8 @@ async def zones_for_subjects(
     return await _zone_rows(session, [Zone.id.in_(applies)])
 
 
-async def zones_by_id(session: AsyncSession, zone_ids: Sequence[uuid.UUID] | None) -> list[ZoneRow]:
-    """These zones (None: every zone)."""
-    return await _zone_rows(session, [] if zone_ids is None else [any_of(Zone.id, zone_ids)])
+async def zones_by_id(session: AsyncSession, zone_ids: Sequence[uuid.UUID]) -> list[ZoneRow]:
+    return await _zone_rows(session, [any_of(Zone.id, zone_ids)])
 
 
 async def zone_map(

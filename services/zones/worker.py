@@ -102,13 +102,10 @@ class ZoneChecker:
         self._applying: dict[uuid.UUID, list[PreparedZone]] = {}
 
     async def start(self) -> None:
-        """Prepares every zone there is now, so the first batches do not pay for it."""
-        async with self.db.sessions() as session:
-            rows = await repository.zones_by_id(session, None)
-        for row in rows:
-            self._versions[row.id] = row.version
-            self._prepared[(row.id, row.version)] = records.prepare(row)
-        self._tree = None
+        """Reads which zones apply to whom and prepares them, so the first batches do
+        not pay for it."""
+        async with self.db.pool.acquire() as conn:
+            await self._zones(conn, [])
 
     def _index(self) -> ZoneIndex:
         """An STRtree over every zone prepared so far, built again when one is added."""
