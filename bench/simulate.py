@@ -18,7 +18,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -39,8 +39,15 @@ class Sent:
     latencies: list[float] = field(default_factory=list)
 
 
-def window(fleet: Fleet, start: datetime, end: datetime) -> DayOfFixes:
-    """The fleet's fixes between start and end, in time order."""
+def window(
+    fleet: Fleet, start: datetime, end: datetime, lag: timedelta = timedelta(0)
+) -> DayOfFixes:
+    """The fleet's fixes between start and end, in time order. With a lag, what the
+    fleet did that much earlier, stamped as if it happened between start and end (a
+    benchmark replays the same fleet time whenever it runs)."""
+    if lag:
+        d = window(fleet, start - lag, end - lag)
+        return replace(d, ts=d.ts + lag.total_seconds())
     parts = []
     day = start.date()
     while datetime.combine(day, datetime.min.time(), UTC) < end:
@@ -64,13 +71,15 @@ def batches(
     batch_fixes: int = 2000,
     offline_share: float = 0.03,
     seed: int = 3,
+    lag: timedelta = timedelta(0),
 ) -> Iterator[list[bytes]]:
     """NDJSON lines in the order the supplier sends them, `batch_fixes` a request. Every
     ten minutes of fleet time, `offline_share` of the tags lose their link: that block's
-    fixes of theirs go in a burst at the end of the next block, newest first."""
+    fixes of theirs go in a burst at the end of the next block, newest first. `lag` as
+    for window()."""
     rng = np.random.default_rng(seed)
     end = start + timedelta(minutes=minutes)
-    d = window(fleet, start, end)
+    d = window(fleet, start, end, lag)
     block = 600.0
     first = start.timestamp()
     held: list[int] = []

@@ -56,6 +56,9 @@ def free_port() -> int:
 
 
 # Consumer groups each topic must have, all caught up, before a Kafka run is done.
+# The fleet time every run posts, whatever the clock says: a weekday afternoon, when
+# the fleet is out and about (the fixes are stamped as the last half hour).
+FLEET_TIME = datetime(2026, 3, 11, 13, 30, tzinfo=UTC)
 KAFKA_CONSUMERS = {"points": 1, "stored-points": 2}
 
 
@@ -91,6 +94,29 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(procs: dict[str, int]) -> dict[str, float]:
+    """CPU time (user and system) used so far by each named process, by every
+    PostgreSQL process together, by Kafka's JVM, and by this benchmark."""
+    out = dict.fromkeys([*procs, "PostgreSQL", "Kafka", "benchmark"], 0.0)
+    names = {pid: name for name, pid in procs.items()} | {os.getpid(): "benchmark"}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # ended meanwhile
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        pid = int(stat.parent.name)
+        name = names.get(pid) or {"postgres": "PostgreSQL", "java": "Kafka"}.get(comm)
+        if name is not None:
+            # utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+            out[name] += (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
 async def enrol_fleet(db: Database, fleet: Fleet, since: datetime) -> tuple[str, str]:
     """Supplier, tags, subjects and who wears what (tags fitted at `since`, just before
     the stretch the simulator posts, so no tag is silent before it), straight into the
@@ -104,7 +130,14 @@ async def enrol_fleet(db: Database, fleet: Fleet, since: datetime) -> tuple[str,
 
 
 async def add_zones_and_crimes(
-    url: str, admin: str, fleet: Fleet, zones: int, crimes: int, start: datetime, minutes: float
+    url: str,
+    admin: str,
+    fleet: Fleet,
+    zones: int,
+    crimes: int,
+    start: datetime,
+    minutes: float,
+    lag: timedelta,
 ) -> None:
     """Exclusion zones (victims' streets, 150 m) at random places in the area, each for
     one subject, one in twenty of them on that subject's way during the stretch (where
@@ -116,7 +149,7 @@ async def add_zones_and_crimes(
     spec = fleet.spec
     headers = {"Authorization": f"Bearer {admin}"}
     r_m = spec.metro_radius_km * 1000
-    stretch = window(fleet, start, start + timedelta(minutes=minutes))
+    stretch = window(fleet, start, start + timedelta(minutes=minutes), lag)
     moving = stretch.speed_mps > 1.0
 
     def place() -> tuple[float, float]:
@@ -336,10 +369,15 @@ async def main(argv: list[str] | None = None) -> int:
     try:
         fleet = Fleet(FleetSpec(tags=args.tags, seed=4))
         start = datetime.now(UTC) - timedelta(minutes=args.minutes + 1)
+        # Whenever it runs, the benchmark posts the same fleet time, stamped as the last
+        # half hour: the fleet moves by the time of day, so runs are comparable.
+        lag = start - FLEET_TIME
         supplier, admin = await enrol_fleet(db, fleet, start - timedelta(minutes=1))
         await wait_ready(url, next(iter(procs.values())))
         t0 = time.perf_counter()
-        await add_zones_and_crimes(url, admin, fleet, args.zones, args.crimes, start, args.minutes)
+        await add_zones_and_crimes(
+            url, admin, fleet, args.zones, args.crimes, start, args.minutes, lag
+        )
         print(
             f"fleet: {args.tags:,} tags; {args.zones:,} exclusion zones and {args.crimes:,}"
             f" crimes added in {time.perf_counter() - t0:.0f} s"
@@ -356,7 +394,9 @@ async def main(argv: list[str] | None = None) -> int:
         await stop(procs)
         procs = await launch()
         await wait_ready(url, next(iter(procs.values())))
-        bodies = list(batches(fleet, start, args.minutes, args.batch))
+        bodies = list(batches(fleet, start, args.minutes, args.batch, lag=lag))
+        pids = {c: p.pid for c, p in procs.items()}
+        cpu0 = cpu_seconds(pids)
         t0 = time.perf_counter()
         spies = (
             [await spy(args.profile, c, p.pid) for c, p in procs.items()] if args.profile else []
@@ -371,6 +411,7 @@ async def main(argv: list[str] | None = None) -> int:
                     break
                 await asyncio.sleep(0.25)
             took = time.perf_counter() - t0
+            cpu1 = cpu_seconds(pids)
             for spying in spies:
                 spying.send_signal(signal.SIGINT)
                 await spying.wait()
@@ -385,6 +426,16 @@ async def main(argv: list[str] | None = None) -> int:
             f" (accepted {sent.accepted:,}, stored {stored:,}, rejected {sent.rejected},"
             f" failed requests {sent.failures}, dead letters {dead}); alerts: {alerts};"
             f" request p50 {lat[0]:.0f} ms p99 {lat[1]:.0f} ms ({args.batch} fixes each)"
+        )
+        used = {k: cpu1[k] - cpu0[k] for k in cpu1}
+        print(
+            f"CPU while fixes flowed ({took:.1f} s x {os.cpu_count()} cores ="
+            f" {took * (os.cpu_count() or 1):.1f} s): "
+            + ", ".join(
+                f"{k} {v:.1f} s ({v / sent.fixes * 1e6:.0f} µs a fix)"
+                for k, v in used.items()
+                if v > 0
+            )
         )
         # Fix to alert: from when the fix that settled an alert reached the API to when
         # the alert was filed, both by the server's clock. The settling fix: the latest of

@@ -51,8 +51,8 @@ ALL_ROLES = frozenset(Role)
 
 def make_bus(settings: Settings, kind: str) -> Bus:
     if kind == "kafka":
-        return KafkaBus(settings.kafka, DEAD_LETTER, ALL)
-    return MemoryBus(DEAD_LETTER)
+        return KafkaBus(settings.kafka, DEAD_LETTER, ALL, lanes=settings.bus.lanes)
+    return MemoryBus(DEAD_LETTER, lanes=settings.bus.lanes)
 
 
 class Pipeline:

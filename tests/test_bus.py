@@ -55,10 +55,30 @@ class Recorder:
         self.letters.extend(batch)
 
 
+# Consumers a group has in the process: every test runs with more than one.
+LANES = 3
+
+
 def make_bus(kind: str, settings: Settings) -> Bus:
     if kind == "kafka":
-        return KafkaBus(kafka_settings(settings).kafka, DEAD, [READINGS, DEAD])
-    return MemoryBus(DEAD)
+        return KafkaBus(kafka_settings(settings).kafka, DEAD, [READINGS, DEAD], lanes=LANES)
+    return MemoryBus(DEAD, lanes=LANES)
+
+
+async def lanes_of(bus: Bus, keys: list[str]) -> dict[str, int]:
+    """Which of the readers' lanes each key's messages go to: on the in-process bus by
+    the key's hash, on Kafka by the consumer the broker gave the key's partition."""
+    if isinstance(bus, MemoryBus):
+        return {k: hash(k.encode()) % bus.lanes for k in keys}
+    assert isinstance(bus, KafkaBus)
+    readers = [c for c in bus._consumers if c.subscription() == {bus.physical(READINGS)}]
+    await eventually(
+        lambda: _value(sum(len(c.assignment()) for c in readers)),
+        lambda n: n == bus.settings.partitions,
+    )
+    parts = list(range(bus.settings.partitions))
+    owner = {tp.partition: i for i, c in enumerate(readers) for tp in c.assignment()}
+    return {k: owner[KeyPartitioner()(k.encode(), parts, parts)] for k in keys}
 
 
 @pytest.fixture(params=["memory", "kafka"])
@@ -117,6 +137,43 @@ async def test_an_undecodable_message_is_dead_lettered(recorder_bus: tuple[Recor
     await eventually(lambda: _value(len(recorder.letters)), lambda n: n == 1)
     await eventually(lambda: _value(len(recorder.seen)), lambda n: n == 1)
     assert recorder.letters[0].error.startswith("undecodable")
+
+
+async def test_a_batch_held_up_in_one_lane_does_not_hold_up_another(
+    kind: str, settings: Settings
+) -> None:
+    """While one batch waits (on PostgreSQL, say), the group's other lanes go on: a
+    message for another lane is handled before the held one is let go."""
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    async def handle(batch: list[Reading]) -> None:
+        for r in batch:
+            if r.n == 0:
+                await release.wait()
+            seen.append(r.key)
+
+    bus = make_bus(kind, settings)
+    bus.subscribe("test-lanes", READINGS, handle)
+    bus.subscribe("test-dead", DEAD, Recorder().dead)
+    await bus.start()
+    try:
+        keys = [f"tag-{i}" for i in range(40)]
+        lane = await lanes_of(bus, keys)
+        held = keys[0]
+        other = next(k for k in keys if lane[k] != lane[held])
+        # The in-process bus's publish returns once handled: the held one is left running.
+        publishing = asyncio.create_task(bus.publish(READINGS, [(held, Reading(key=held, n=0))]))
+        await asyncio.sleep(0.2)
+        await bus.publish(READINGS, [(other, Reading(key=other, n=1))])
+        await eventually(lambda: _value(list(seen)), lambda s: other in s)
+        assert held not in seen
+        release.set()
+        await publishing
+        await eventually(lambda: _value(list(seen)), lambda s: held in s)
+    finally:
+        release.set()
+        await bus.stop()
 
 
 async def test_transient_failures_are_retried_not_dead_lettered(

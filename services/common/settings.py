@@ -57,6 +57,15 @@ class KafkaSettings(BaseSettings):
     max_batch: int = Field(default=2000, ge=1, le=100_000)
 
 
+class BusSettings(BaseSettings):
+    model_config = _config("TAGTRAIL_BUS_")
+
+    # How many batches of one consumer group a process works on at once. One tag's
+    # messages always go to the same lane (on Kafka: are in one partition), so they stay
+    # in order; while one batch waits on PostgreSQL, another is worked on.
+    lanes: int = Field(default=2, ge=1, le=64)
+
+
 class IngestSettings(BaseSettings):
     model_config = _config("TAGTRAIL_INGEST_")
 
@@ -188,6 +197,7 @@ class Settings:
         self.app = AppSettings()
         self.db = DatabaseSettings()
         self.kafka = KafkaSettings()
+        self.bus = BusSettings()
         self.ingest = IngestSettings()
         self.check = CheckSettings()
         self.alerts = AlertSettings()

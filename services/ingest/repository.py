@@ -283,11 +283,13 @@ async def subjects_passing(
 
 @dataclass(frozen=True, slots=True)
 class TrailBoxes:
-    """Trail boxes as columns: a subject's bucket's fixes and the paths from them,
-    accuracy counted, lie inside (min lon, min lat, max lon, max lat), at times from the
-    bucket's start to `SPAN` later."""
+    """Trail boxes as columns: box i is of subject `subjects[owner[i]]`; that subject's
+    fixes in the bucket and the paths from them, accuracy counted, lie inside
+    (min lon, min lat, max lon, max lat), at times from the bucket's start to `SPAN`
+    later."""
 
-    subject_ids: list[uuid.UUID]
+    subjects: list[uuid.UUID]
+    owner: npt.NDArray[np.int64]
     buckets: npt.NDArray[np.float64]  # the buckets' starts, seconds since the epoch
     boxes: npt.NDArray[np.float64]  # (n, 4)
 
@@ -304,11 +306,15 @@ async def boxes_around(
     """For each (subject, first, last) of a batch of new stored fixes, the subject's trail
     boxes those fixes can have changed: from BOX_MAX_GAP before the first (a path into it
     starts there, in its start's box) to the last."""
-    rows = await conn.fetch(
+    # Thousands of boxes a batch: they come back as one row of arrays (numbers, decoded
+    # in C), not a record a box, and subjects by their place in `spans`.
+    row = await conn.fetchrow(
         """
-        select b.subject_id, extract(epoch from b.bucket),
-               st_xmin(b.box), st_ymin(b.box), st_xmax(b.box), st_ymax(b.box)
-        from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[]) as s(subject_id, lo, hi)
+        select array_agg(s.i - 1), array_agg(date_part('epoch', b.bucket)),
+               array_agg(st_xmin(b.box)), array_agg(st_ymin(b.box)),
+               array_agg(st_xmax(b.box)), array_agg(st_ymax(b.box))
+        from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
+            with ordinality as s(subject_id, lo, hi, i)
         join trail_boxes b
           on b.subject_id = s.subject_id and b.bucket between s.lo and s.hi
         """,
@@ -316,8 +322,13 @@ async def boxes_around(
         [lo - TrailBoxes.BEFORE for _, lo, _ in spans],
         [hi for _, _, hi in spans],
     )
-    values = np.array([tuple(r)[1:] for r in rows], dtype=np.float64).reshape(-1, 5)
-    return TrailBoxes([r[0] for r in rows], values[:, 0], values[:, 1:])
+    owner, buckets, *sides = (() if v is None else v for v in row)
+    return TrailBoxes(
+        [s for s, _, _ in spans],
+        np.array(owner, dtype=np.int64),
+        np.array(buckets, dtype=np.float64),
+        np.array(sides, dtype=np.float64).reshape(4, -1).T,
+    )
 
 
 async def store_device_events(conn: asyncpg.Connection, events: Sequence[DeviceEvent]) -> int:

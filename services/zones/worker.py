@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import defaultdict
@@ -100,6 +101,9 @@ class ZoneChecker:
         # Which zones apply to whom, as of the zones' generation (None: not read yet).
         self._generation: int | None = None
         self._applying: dict[uuid.UUID, list[PreparedZone]] = {}
+        # Batches are handled a few at once (bus lanes): one of them reads the map again
+        # while the others wait for it, rather than check against the old one.
+        self._refreshing = asyncio.Lock()
 
     async def start(self) -> None:
         """Reads which zones apply to whom and prepares them, so the first batches do
@@ -120,30 +124,40 @@ class ZoneChecker:
         and read again only when the zones' generation has moved (a trigger bumps it
         with every change, in the changing transaction); a zone is read and prepared
         once a version."""
-        if await repository.zone_generation(conn) != self._generation:
-            self._generation, applies = await repository.zone_map(conn)
-            missing = {z for _, z, v in applies if (z, v) not in self._prepared}
-            if missing:
-                async with self.db.sessions() as session:
-                    for row in await repository.zones_by_id(session, list(missing)):
-                        old = self._versions.get(row.id)
-                        if old is not None:
-                            self._prepared.pop((row.id, old), None)
-                        self._versions[row.id] = row.version
-                        self._prepared[(row.id, row.version)] = records.prepare(row)
-                        self._tree = None
-            applying: dict[uuid.UUID, list[PreparedZone]] = defaultdict(list)
-            for subject_id, zone_id, version in applies:
-                # A zone changed again since the map was read is checked by the version
-                # just prepared; the generation moved too, so the next batch reads the
-                # map again.
-                zone = self._prepared.get((zone_id, version)) or self._prepared.get(
-                    (zone_id, self._versions.get(zone_id, version))
-                )
-                if zone is not None:
-                    applying[subject_id].append(zone)
-            self._applying = dict(applying)
+        generation = await repository.zone_generation(conn)
+        if generation != self._generation:
+            async with self._refreshing:
+                if generation != self._generation:
+                    await self._read_map(conn)
         return {s: self._applying[s] for s in subjects if s in self._applying}
+
+    async def _read_map(self, conn: asyncpg.Connection) -> None:
+        """Reads which zones apply to whom, with the generation it is of, and prepares
+        the zones not prepared yet. The generation is set last: a batch that finds it
+        current finds the map that goes with it."""
+        generation, applies = await repository.zone_map(conn)
+        missing = {z for _, z, v in applies if (z, v) not in self._prepared}
+        if missing:
+            async with self.db.sessions() as session:
+                for row in await repository.zones_by_id(session, list(missing)):
+                    old = self._versions.get(row.id)
+                    if old is not None:
+                        self._prepared.pop((row.id, old), None)
+                    self._versions[row.id] = row.version
+                    self._prepared[(row.id, row.version)] = records.prepare(row)
+                    self._tree = None
+        applying: dict[uuid.UUID, list[PreparedZone]] = defaultdict(list)
+        for subject_id, zone_id, version in applies:
+            # A zone changed again since the map was read is checked by the version
+            # just prepared; the generation moved too, so the next batch reads the
+            # map again.
+            zone = self._prepared.get((zone_id, version)) or self._prepared.get(
+                (zone_id, self._versions.get(zone_id, version))
+            )
+            if zone is not None:
+                applying[subject_id].append(zone)
+        self._applying = dict(applying)
+        self._generation = generation
 
     async def handle(self, fixes: list[FixMessage]) -> None:
         batch: dict[uuid.UUID, list[FixMessage]] = defaultdict(list)
@@ -465,7 +479,7 @@ def _scenes_met(
             & (b[:, 3] + m >= scene.lat)
         )
         if hit.any():
-            out[scene.id] = {boxes.subject_ids[i] for i in np.flatnonzero(hit)}
+            out[scene.id] = {boxes.subjects[i] for i in np.unique(boxes.owner[hit])}
     return out
 
 

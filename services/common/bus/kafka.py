@@ -52,16 +52,25 @@ GRACE_S = 15.0
 
 class KafkaBus(Bus):
     def __init__(
-        self, settings: KafkaSettings, dead_letter: Topic[Any], topics: Sequence[Topic[Any]]
+        self,
+        settings: KafkaSettings,
+        dead_letter: Topic[Any],
+        topics: Sequence[Topic[Any]],
+        lanes: int = 1,
     ) -> None:
         super().__init__(dead_letter)
         self.settings = settings
+        # Consumers a group has in this process; the broker shares the topic's
+        # partitions among them (and those of other processes in the group), so each
+        # works on its own partitions' batches while another waits on PostgreSQL.
+        self.lanes = lanes
         self._partitioner = KeyPartitioner()
         self.topics = list(topics)
         self._producer: AIOKafkaProducer | None = None
         self._consumers: list[AIOKafkaConsumer] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._lags: dict[int, dict[int, int]] = {}
 
     def physical(self, topic: Topic[Any]) -> str:
         return self.settings.topic_prefix + topic.name
@@ -94,20 +103,30 @@ class KafkaBus(Bus):
             max_request_size=MAX_REQUEST_BYTES,
         )
         await self._producer.start()
-        for sub in self.subscriptions:
-            consumer = AIOKafkaConsumer(
-                self.physical(sub.topic),
-                bootstrap_servers=self.settings.bootstrap,
-                # One group per (role, topic): a role on two topics never rebalances both.
-                group_id=f"{sub.group}.{sub.topic.name}",
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_partition_fetch_bytes=MAX_REQUEST_BYTES,
-                fetch_max_bytes=4 * MAX_REQUEST_BYTES,
+        lanes = [(sub, lane) for sub in self.subscriptions for lane in range(self.lanes)]
+        for sub, _ in lanes:
+            self._consumers.append(
+                AIOKafkaConsumer(
+                    self.physical(sub.topic),
+                    bootstrap_servers=self.settings.bootstrap,
+                    # One group per (role, topic): a role on two topics never rebalances
+                    # both.
+                    group_id=f"{sub.group}.{sub.topic.name}",
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    max_partition_fetch_bytes=MAX_REQUEST_BYTES,
+                    fetch_max_bytes=4 * MAX_REQUEST_BYTES,
+                    # A group's lanes join together; a member that missed a rebalance
+                    # hears of it at its next heartbeat.
+                    heartbeat_interval_ms=1000,
+                )
             )
-            await consumer.start()
-            self._consumers.append(consumer)
-            self._tasks.append(asyncio.create_task(self._consume(sub, consumer), name=sub.group))
+        # Together, so a group's lanes join in one rebalance rather than one each.
+        await asyncio.gather(*(c.start() for c in self._consumers))
+        for (sub, lane), consumer in zip(lanes, self._consumers, strict=True):
+            self._tasks.append(
+                asyncio.create_task(self._consume(sub, consumer), name=f"{sub.group}/{lane}")
+            )
 
     async def stop(self) -> None:
         # Graceful first: each consumer finishes and commits the batch in hand.
@@ -208,4 +227,7 @@ class KafkaBus(Bus):
                 continue
             with contextlib.suppress(KafkaError, AssertionError):
                 total += max(0, high - await consumer.position(tp))
-        CONSUMER_LAG.labels(sub.group, sub.topic.name).set(total)
+        # The group's lag in this process: its lanes' together.
+        lags = self._lags.setdefault(id(sub), {})
+        lags[id(consumer)] = total
+        CONSUMER_LAG.labels(sub.group, sub.topic.name).set(sum(lags.values()))

@@ -20,25 +20,53 @@ from services.common.metrics import CONSUMER_LAG
 
 
 @dataclass
+class _Publish:
+    """One publish call: how many of its deliveries are still to be handled, and the
+    future its caller waits on."""
+
+    left: int
+    done: asyncio.Future[None]
+
+    def handled(self) -> None:
+        self.left -= 1
+        if self.left == 0 and not self.done.done():
+            self.done.set_result(None)
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+
+@dataclass(slots=True)
 class _Item:
     envelope: Envelope
-    done: asyncio.Future[None]
+    publish: _Publish
 
 
 class MemoryBus(Bus):
+    """Each group's messages are split into `lanes` by key, a consumer a lane: one key is
+    always in the same lane (in order, as in a Kafka partition), and a group works on up
+    to `lanes` batches at once, so one batch waiting on PostgreSQL does not hold up the
+    rest."""
+
     in_process = True
 
-    def __init__(self, dead_letter: Topic[Any]) -> None:
+    def __init__(self, dead_letter: Topic[Any], lanes: int = 1) -> None:
         super().__init__(dead_letter)
-        self._queues: dict[str, list[tuple[Subscription, asyncio.Queue[_Item]]]] = defaultdict(list)
+        self.lanes = lanes
+        self._queues: dict[str, list[list[asyncio.Queue[_Item]]]] = defaultdict(list)
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
 
     async def start(self) -> None:
         for sub in self.subscriptions:
-            queue: asyncio.Queue[_Item] = asyncio.Queue()
-            self._queues[sub.topic.name].append((sub, queue))
-            self._tasks.append(asyncio.create_task(self._consume(sub, queue), name=sub.group))
+            lanes: list[asyncio.Queue[_Item]] = [asyncio.Queue() for _ in range(self.lanes)]
+            self._queues[sub.topic.name].append(lanes)
+            for i, queue in enumerate(lanes):
+                task = asyncio.create_task(
+                    self._consume(sub, queue, lanes), name=f"{sub.group}/{i}"
+                )
+                self._tasks.append(task)
         self._running = True
 
     async def stop(self) -> None:
@@ -51,9 +79,10 @@ class MemoryBus(Bus):
         self._tasks.clear()
         # Whoever still waits on a message that will now never be handled hears so.
         for subscribers in self._queues.values():
-            for _, queue in subscribers:
-                while not queue.empty():
-                    _fail([queue.get_nowait()], BusUnavailable("the bus stopped"))
+            for lanes in subscribers:
+                for queue in lanes:
+                    while not queue.empty():
+                        queue.get_nowait().publish.failed(BusUnavailable("the bus stopped"))
         self._queues.clear()
 
     async def ping(self) -> bool:
@@ -66,23 +95,26 @@ class MemoryBus(Bus):
         if not subscribers:
             # Nothing here would ever handle it: accepting it would be losing it.
             raise BusUnavailable(f"no worker handles {topic.name!r} in this process")
-        loop = asyncio.get_running_loop()
-        waits: list[asyncio.Future[None]] = []
-        for _, queue in subscribers:
+        if not envelopes:
+            return
+        publish = _Publish(
+            len(subscribers) * len(envelopes), asyncio.get_running_loop().create_future()
+        )
+        n = self.lanes
+        for lanes in subscribers:
             for env in envelopes:
-                item = _Item(env, loop.create_future())
-                queue.put_nowait(item)
-                waits.append(item.done)
-        if waits:
-            await asyncio.gather(*waits)
+                lanes[hash(env.key) % n if n > 1 else 0].put_nowait(_Item(env, publish))
+        await publish.done
 
-    async def _consume(self, sub: Subscription, queue: asyncio.Queue[_Item]) -> None:
+    async def _consume(
+        self, sub: Subscription, queue: asyncio.Queue[_Item], lanes: list[asyncio.Queue[_Item]]
+    ) -> None:
         lag = CONSUMER_LAG.labels(sub.group, sub.topic.name)
         while True:
             items = [await queue.get()]
             while len(items) < sub.max_batch and not queue.empty():
                 items.append(queue.get_nowait())
-            lag.set(queue.qsize())
+            lag.set(sum(q.qsize() for q in lanes))
             try:
                 await self.deliver(sub, [i.envelope for i in items])
             except asyncio.CancelledError:
@@ -92,11 +124,9 @@ class MemoryBus(Bus):
                 _fail(items, exc)
                 continue
             for i in items:
-                if not i.done.done():
-                    i.done.set_result(None)
+                i.publish.handled()
 
 
 def _fail(items: list[_Item], exc: BaseException) -> None:
     for i in items:
-        if not i.done.done():
-            i.done.set_exception(exc)
+        i.publish.failed(exc)
