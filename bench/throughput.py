@@ -316,7 +316,7 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=30.0, help="fleet time to post")
     parser.add_argument("--zones", type=int, default=10_000)
     parser.add_argument("--crimes", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
     parser.add_argument("--batch", type=int, default=2000, help="fixes a request")
     parser.add_argument("--bus", choices=["memory", "kafka"], default="memory")
     parser.add_argument(

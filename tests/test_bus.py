@@ -22,7 +22,7 @@ from services.common.database import Database
 from services.common.settings import Settings
 from services.common.timeutil import utcnow
 from services.pipeline import Pipeline
-from tests.conftest import enrol, eventually, fix, kafka_settings
+from tests.conftest import enrol, eventually, fix, kafka_settings, square
 
 
 class Reading(BaseModel):
@@ -249,3 +249,42 @@ def test_the_kept_partitions_are_the_default_partitioners() -> None:
             expected = DefaultPartitioner()(key, parts, parts)
             assert keep(key, parts, parts) == expected
             assert keep(key, parts, parts) == expected
+
+
+async def test_more_waiting_requests_than_connections_all_get_through(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """On the in-process bus an ingest request waits until its fixes are stored and
+    checked, and the handlers need connections; waiting requests must not hold them all
+    (they once did, and 16 at once deadlocked `tagtrail run` until the pool timed out)."""
+    world = await enrol(client, db, n=1)
+    # A zone, so that the zone checker opens a transaction for each batch.
+    zone = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [square(52.58, -0.25, 150)]},
+        "properties": {"subject_id": str(world.subjects[0]), "kind": "exclusion", "name": "Z"},
+    }
+    r = await client.post("/v1/zones", json=zone, headers=world.admin)
+    assert r.status_code == 201, r.text
+    many = 3 * settings.db.pool_size
+    start = utcnow() - timedelta(hours=1)
+
+    async def post(i: int) -> int:
+        body = {"tag_id": world.tags[0], "fixes": [fix(start + timedelta(seconds=i))]}
+        r = await client.post("/v1/fixes", json=body, headers=world.supplier)
+        return r.status_code
+
+    async with asyncio.timeout(20):
+        codes = await asyncio.gather(*(post(i) for i in range(many)))
+    assert codes == [202] * many
+    async with db.pool.acquire() as conn:
+        assert await conn.fetchval("select count(*) from trail_points") == many
+
+
+def test_lanes_must_leave_the_dispatcher_a_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TAGTRAIL_DB_POOL_SIZE", "6")
+    monkeypatch.setenv("TAGTRAIL_BUS_LANES", "3")
+    with pytest.raises(ValueError, match="TAGTRAIL_DB_POOL_SIZE"):
+        Settings()
+    monkeypatch.setenv("TAGTRAIL_BUS_LANES", "2")
+    Settings()

@@ -57,6 +57,8 @@ class Database:
         engine = create_async_engine(
             settings.sqlalchemy_url(database),
             pool_size=settings.pool_size,
+            # Up to twice pool_size under load (settings.py counts on it).
+            max_overflow=settings.pool_size,
             pool_pre_ping=True,
             connect_args={"server_settings": SERVER_SETTINGS},
         )

@@ -190,6 +190,9 @@ class AppSettings(BaseSettings):
         return self
 
 
+ALERTING_GROUPS = 4
+
+
 class Settings:
     """All settings, read once per process."""
 
@@ -208,6 +211,15 @@ class Settings:
             # whose partition retention has already dropped.
             raise ValueError(
                 "TAGTRAIL_RETENTION_FIXES_DAYS must be at least TAGTRAIL_INGEST_MAX_FIX_AGE_DAYS"
+            )
+        # On the in-process bus, a lane of a group that raises alerts (zones, crimes on
+        # two topics, the device watch) holds its connection while the dispatcher handles
+        # them: all of those at once, and the silence watch, must leave the dispatcher
+        # one. A process may open twice pool_size (database.py).
+        if ALERTING_GROUPS * self.bus.lanes + 2 > 2 * self.db.pool_size:
+            raise ValueError(
+                f"TAGTRAIL_DB_POOL_SIZE must be at least {ALERTING_GROUPS} x TAGTRAIL_BUS_LANES"
+                " / 2 + 1, or lanes can wait on each other for connections"
             )
 
 

@@ -176,6 +176,7 @@ async def ingest(
     settings: IngestSettings,
 ) -> IngestResult:
     admitted, rejected = await admit(session, supplier, items, now, settings, StreamedFix)
+    await _release(session)
     # From the fields StreamedFix has just validated (pydantic's validator, in Rust,
     # builds a model faster than model_construct does in Python).
     fixes = [
@@ -207,12 +208,21 @@ async def ingest_events(
 ) -> EventsResult:
     """Device events: validated and attributed like fixes, then put on the bus."""
     admitted, rejected = await admit(session, supplier, items, now, settings, DeviceEventIn)
+    await _release(session)
     events = [
         DeviceEvent(subject_id=subject, received_at=now, **event.model_dump())
         for event, subject in admitted
     ]
     await bus.publish(DEVICE_EVENTS, [(e.tag_id, e) for e in events])
     return EventsResult(accepted=len(events), rejected=rejected)
+
+
+async def _release(session: AsyncSession) -> None:
+    """Ends the request's transaction (it has only read) before the bus is waited on, so
+    no connection is held meanwhile: on the in-process bus the handlers that publish
+    waits for need connections of their own, and however many requests wait, they must
+    not hold them all."""
+    await session.commit()
 
 
 def _position(m: FixMessage) -> tuple[float, float, float]:
