@@ -102,6 +102,8 @@ BOX_MAX_ACCURACY_M = 1000.0
 # a successor to. Arrival order does not matter: boxes only grow, and a fix that arrives
 # late finds its neighbours stored. A box that already holds a point is left alone: no
 # new row version, no index entry. (Degrees per metre err large: 110 km a degree.)
+# $1 and $2: the first and last fix time in {source}, so that the planner looks only in
+# the partitions of those days (and the gap around them), not in every day's per fix.
 _FIXES = f"(select * from {{source}} where accuracy_m <= {BOX_MAX_ACCURACY_M})"
 _GAP = f"interval '{BOX_MAX_GAP.total_seconds():.0f} seconds'"
 
@@ -128,6 +130,7 @@ from (
             from trail_points t
             where t.subject_id = f.subject_id and t.ts > f.ts and t.ts <= f.ts + {_GAP}
               and t.accuracy_m <= {BOX_MAX_ACCURACY_M}
+              and t.ts between $1::timestamptz and $2::timestamptz + {_GAP}
         ) later where between_min is null or accuracy_m < between_min
     ) n
     union all
@@ -139,6 +142,7 @@ from (
             from trail_points t
             where t.subject_id = f.subject_id and t.ts < f.ts and t.ts >= f.ts - {_GAP}
               and t.accuracy_m <= {BOX_MAX_ACCURACY_M}
+              and t.ts between $1::timestamptz - {_GAP} and $2::timestamptz
         ) earlier where between_min is null or between_min > f.accuracy_m
     ) p
 ) points
@@ -214,7 +218,13 @@ async def store_fixes(
         )
         # Now stored, the new fixes' neighbours (stored before, or in this batch) are
         # visible to the box update.
-        await conn.execute(BOXES_SQL.format(source="fix_inserted"))
+        first = min(f.ts for f in fixes)
+        last = max(f.ts for f in fixes)
+        await conn.execute(BOXES_SQL.format(source="fix_inserted"), first, last)
+        # Only a fix the insert skipped can conflict with a stored one (or with another
+        # in the batch); nearly always every fix is new, and the look-up is not needed.
+        if inserted == len(records):
+            return StoreResult(int(inserted), 0)
         conflicts = await conn.fetchval(
             """
             with c as (
@@ -247,9 +257,14 @@ async def stored_positions(
         select t.tag_id, t.ts, t.lat, t.lon, t.accuracy_m
         from unnest($1::text[], $2::timestamptz[]) as k(tag_id, ts)
         join trail_points t on t.tag_id = k.tag_id and t.ts = k.ts
+        -- Bounds the planner can see, so it looks only in the days' partitions the
+        -- keys are in, not in every day's for every key.
+        where t.ts between $3 and $4
         """,
         [k[0] for k in keys],
         [k[1] for k in keys],
+        min(k[1] for k in keys),
+        max(k[1] for k in keys),
     )
     return {(r["tag_id"], r["ts"]): (r["lat"], r["lon"], r["accuracy_m"]) for r in rows}
 
@@ -317,10 +332,14 @@ async def boxes_around(
             with ordinality as s(subject_id, lo, hi, i)
         join trail_boxes b
           on b.subject_id = s.subject_id and b.bucket between s.lo and s.hi
+        -- The same bounds over all, which the planner sees: only those days' partitions.
+        where b.bucket between $4 and $5
         """,
         [s for s, _, _ in spans],
         [lo - TrailBoxes.BEFORE for _, lo, _ in spans],
         [hi for _, _, hi in spans],
+        min(lo for _, lo, _ in spans) - TrailBoxes.BEFORE,
+        max(hi for _, _, hi in spans),
     )
     owner, buckets, *sides = (() if v is None else v for v in row)
     return TrailBoxes(
@@ -417,12 +436,17 @@ async def reach_around(
           on t.subject_id = r.subject_id
          and t.ts >= r.lo - make_interval(secs => $4)
          and t.ts <= r.hi + make_interval(secs => $4)
+        -- The same bounds over all, which the planner sees: only those days' partitions.
+        where t.ts between $5::timestamptz - make_interval(secs => $4)
+                       and $6::timestamptz + make_interval(secs => $4)
         group by r.subject_id
         """,
         [s for s, _, _ in spans],
         [lo for _, lo, _ in spans],
         [hi for _, _, hi in spans],
         pad_s,
+        min(lo for _, lo, _ in spans),
+        max(hi for _, _, hi in spans),
     )
     return {r[0]: Reach(r[1], r[2], r[3], r[4], r[5]) for r in rows}
 
