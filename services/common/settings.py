@@ -218,8 +218,8 @@ class Settings:
         # one. A process may open twice pool_size (database.py).
         if ALERTING_GROUPS * self.bus.lanes + 2 > 2 * self.db.pool_size:
             raise ValueError(
-                f"TAGTRAIL_DB_POOL_SIZE must be at least {ALERTING_GROUPS} x TAGTRAIL_BUS_LANES"
-                " / 2 + 1, or lanes can wait on each other for connections"
+                f"TAGTRAIL_DB_POOL_SIZE must be at least {ALERTING_GROUPS // 2} x"
+                " TAGTRAIL_BUS_LANES + 1, or lanes can wait on each other for connections"
             )
 
 
