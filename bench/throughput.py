@@ -11,8 +11,9 @@ a 202 means stored and checked); on Kafka, `tagtrail api` and one `tagtrail work
 role on topics of their own, and the run ends when every consumer group has caught up.
 Each against a database of its own: the fleet, its zones and crimes are enrolled, then
 the fleet simulator posts a stretch of fleet time as fast as the server takes it.
-Prints fixes a second end to end, the raw COPY rate of the same number of fixes into
-trail_points, their ratio, and the peak memory of each process.
+Prints fixes a second end to end, the CPU time each process used meanwhile, the raw
+COPY rate of the same number of fixes into trail_points, their ratio, and the peak
+memory of each process.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def free_port() -> int:
 
 # Consumer groups each topic must have, all caught up, before a Kafka run is done.
 # The fleet time every run posts, whatever the clock says: a weekday afternoon, when
-# the fleet is out and about (the fixes are stamped as the last half hour).
+# the fleet is out and about (its fixes are stamped as the stretch just before the run).
 FLEET_TIME = datetime(2026, 3, 11, 13, 30, tzinfo=UTC)
 KAFKA_CONSUMERS = {"points": 1, "stored-points": 2}
 
