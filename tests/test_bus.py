@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import BaseModel
 
@@ -132,8 +133,11 @@ async def test_a_poison_message_is_dead_lettered_and_its_batch_survives(
 
 async def test_an_undecodable_message_is_dead_lettered(recorder_bus: tuple[Recorder, Bus]) -> None:
     recorder, bus = recorder_bus
-    await bus.publish_raw(READINGS, [Envelope(b"k", b'{"key": "k", "n": "lots"}')])
-    await bus.publish(READINGS, [("k", Reading(key="k", n=1))])
+    # In one publish: on Kafka, one record (a pack) holds both.
+    await bus.publish_raw(
+        READINGS,
+        [Envelope(b"k", b'{"key": "k", "n": "lots"}'), Envelope(b"k", b'{"key": "k", "n": 1}')],
+    )
     await eventually(lambda: _value(len(recorder.letters)), lambda n: n == 1)
     await eventually(lambda: _value(len(recorder.seen)), lambda n: n == 1)
     assert recorder.letters[0].error.startswith("undecodable")
@@ -288,3 +292,22 @@ def test_lanes_must_leave_the_dispatcher_a_connection(monkeypatch: pytest.Monkey
         Settings()
     monkeypatch.setenv("TAGTRAIL_BUS_LANES", "2")
     Settings()
+
+
+async def test_kafka_reads_plain_records_beside_packed_ones(settings: Settings) -> None:
+    """tagtrail packs a publish's messages for a partition into one record; a record
+    another producer wrote, one message and no pack header, is read as well."""
+    recorder = Recorder()
+    bus = await started(make_bus("kafka", settings), recorder)
+    assert isinstance(bus, KafkaBus)
+    producer = AIOKafkaProducer(bootstrap_servers=bus.settings.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(bus.physical(READINGS), b'{"key": "k", "n": 1}', key=b"k")
+        await bus.publish(READINGS, [("k", Reading(key="k", n=n)) for n in (2, 3)])
+        await eventually(lambda: _value(len(recorder.seen)), lambda n: n == 3)
+        assert [r.n for r in recorder.seen] == [1, 2, 3]
+        assert recorder.letters == []
+    finally:
+        await producer.stop()
+        await bus.stop()

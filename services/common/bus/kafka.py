@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from services.common.bus.base import Backoff, Bus, BusUnavailable, Envelope, Subscription, Topic
 from services.common.metrics import CONSUMER_LAG
@@ -44,6 +47,65 @@ class KeyPartitioner:
                 self._known.clear()
             partition = self._known[k] = int(DefaultPartitioner()(key, all_partitions, available))
         return partition
+
+
+# Messages of one publish for one partition travel packed, several to a record: its
+# value a JSON array of [key, message] pairs, marked by this header. A consumer then
+# parses a record at once (pydantic, in Rust) instead of a message at a time, and the
+# broker and clients handle a record where they handled hundreds. A record without the
+# header is one message, as another producer may write it.
+PACKED = ("tagtrail-pack", b"1")
+# Well under the broker's default limit on a record (1 MiB).
+PACK_BYTES = 256 * 1024
+# Records a fetch: packs of up to a few hundred messages each.
+RECORDS_A_FETCH = 50
+
+
+def pack(envelopes: Sequence[Envelope]) -> Iterator[tuple[bytes, bytes]]:
+    """(first key, packed value) for runs of envelopes of at most PACK_BYTES."""
+    pieces: list[bytes] = []
+    size = 0
+    first = b""
+    for e in envelopes:
+        piece = b"[" + orjson.dumps(e.key.decode()) + b"," + e.value + b"]"
+        if pieces and size + len(piece) > PACK_BYTES:
+            yield first, b"[" + b",".join(pieces) + b"]"
+            pieces, size = [], 0
+        if not pieces:
+            first = e.key
+        pieces.append(piece)
+        size += len(piece) + 1
+    if pieces:
+        yield first, b"[" + b",".join(pieces) + b"]"
+
+
+_ADAPTERS: dict[type[BaseModel], TypeAdapter[list[tuple[str, Any]]]] = {}
+
+
+def _packs_of(model: type[BaseModel]) -> TypeAdapter[list[tuple[str, Any]]]:
+    adapter = _ADAPTERS.get(model)
+    if adapter is None:
+        adapter = _ADAPTERS[model] = TypeAdapter(list[tuple[str, model]])  # type: ignore[valid-type]
+    return adapter
+
+
+def unpack(topic: Topic[Any], record: Any) -> list[Envelope]:
+    """The messages of a record: decoded already when the whole pack is valid; when one
+    is not, each as it came, so that it alone goes to the dead letters."""
+    value = record.value or b""
+    if PACKED not in (record.headers or ()):
+        return [Envelope(record.key or b"", value)]
+    try:
+        return [
+            Envelope(k.encode(), b"", m) for k, m in _packs_of(topic.model).validate_json(value)
+        ]
+    except ValidationError:
+        pass
+    try:
+        pairs = orjson.loads(value)
+        return [Envelope(str(k).encode(), orjson.dumps(m)) for k, m in pairs]
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return [Envelope(record.key or b"", value)]
 
 
 # How long stop() lets consumers finish the batch in hand before cancelling them.
@@ -162,26 +224,23 @@ class KafkaBus(Bus):
         name = self.physical(topic)
         producer = self._producer
         try:
-            # Records go in batches a partition, built here: one send a batch, not a
-            # send (and a future) a record. Per key, order is kept: one key, one
-            # partition, whose batches go in the order they were filled.
             partitions = sorted(await producer.partitions_for(name))
-            filling: dict[int, Any] = {}
-            sends: list[asyncio.Future[Any]] = []
+            by_partition: dict[int, list[Envelope]] = defaultdict(list)
             for e in envelopes:
-                p = self._partitioner(e.key, partitions, partitions)
-                batch = filling.get(p)
-                if (
-                    batch is not None
-                    and batch.append(key=e.key, value=e.value, timestamp=None) is not None
-                ):
-                    continue
-                if batch is not None:
+                by_partition[self._partitioner(e.key, partitions, partitions)].append(e)
+            # One send a partition's record batch, not a send (and a future) a record;
+            # and a partition's messages packed into few records. Per key, order is
+            # kept: one key, one partition, whose packs go in the order they were made.
+            sends: list[asyncio.Future[Any]] = []
+            for p, group in by_partition.items():
+                batch = producer.create_batch()
+                for key, value in pack(group):
+                    if batch.append(key=key, value=value, timestamp=None, headers=[PACKED]):
+                        continue
                     sends.append(await producer.send_batch(batch, name, partition=p))
-                batch = filling[p] = producer.create_batch()
-                if batch.append(key=e.key, value=e.value, timestamp=None) is None:
-                    raise BusUnavailable(f"a message of {len(e.value)} bytes is too large")
-            for p, batch in filling.items():
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None, headers=[PACKED]) is None:
+                        raise BusUnavailable(f"a message of {len(value)} bytes is too large")
                 sends.append(await producer.send_batch(batch, name, partition=p))
             # acks=all: each future resolves once every in-sync replica has the batch.
             await asyncio.gather(*sends)
@@ -194,7 +253,7 @@ class KafkaBus(Bus):
         backoff = Backoff()
         while not self._stopping.is_set():
             try:
-                batches = await consumer.getmany(timeout_ms=500, max_records=sub.max_batch)
+                batches = await consumer.getmany(timeout_ms=500, max_records=RECORDS_A_FETCH)
             except KafkaError as exc:
                 log.warning("%s: fetch failed, retrying: %r", sub.group, exc)
                 await backoff.wait()
@@ -205,11 +264,10 @@ class KafkaBus(Bus):
             # Records of one partition stay in order, and one key lives in one partition,
             # so per-tag order survives joining the partitions' lists.
             envelopes = [
-                Envelope(r.key or b"", r.value or b"")
-                for records in batches.values()
-                for r in records
+                e for records in batches.values() for r in records for e in unpack(sub.topic, r)
             ]
-            await self.deliver(sub, envelopes)
+            for i in range(0, len(envelopes), sub.max_batch):
+                await self.deliver(sub, envelopes[i : i + sub.max_batch])
             offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
             try:
                 await consumer.commit(offsets)
