@@ -10,14 +10,15 @@ from services.common.bus.messages import DeadLetter
 from services.ingest.schemas import DeviceEvent, FixMessage
 from services.zones.schemas import CrimeMessage
 
-POINTS = Topic("points", FixMessage)
+POINTS = Topic("points", FixMessage, packed=True)
 # Fixes once they are in trail_points: what the zone checker works from, so the trail it
 # reads back always holds every fix it has been told about.
-STORED = Topic("stored-points", FixMessage)
-DEVICE_EVENTS = Topic("device-events", DeviceEvent)
-STORED_EVENTS = Topic("stored-device-events", DeviceEvent)
-CRIMES = Topic("crimes", CrimeMessage)
-ALERTS = Topic("alerts", AlertMessage)
+STORED = Topic("stored-points", FixMessage, packed=True)
+DEVICE_EVENTS = Topic("device-events", DeviceEvent, packed=True)
+STORED_EVENTS = Topic("stored-device-events", DeviceEvent, packed=True)
+CRIMES = Topic("crimes", CrimeMessage, packed=True)
+ALERTS = Topic("alerts", AlertMessage, packed=True)
+# Read by operators and by other systems: one message a record.
 DEAD_LETTER = Topic("dead-letter", DeadLetter)
 # Filed alert events for downstream systems, relayed from the live feed (Kafka only).
 ALERT_FEED = Topic("alert-feed", AlertFeedMessage)

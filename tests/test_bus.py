@@ -11,11 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import BaseModel
 
-from services.common.bus import Bus, Envelope, Topic
+from services.common.bus import Bus, Envelope, Topic, kafka
 from services.common.bus.kafka import KafkaBus, KeyPartitioner
 from services.common.bus.memory import MemoryBus
 from services.common.bus.messages import DeadLetter
@@ -31,7 +31,7 @@ class Reading(BaseModel):
     n: int
 
 
-READINGS = Topic("readings", Reading)
+READINGS = Topic("readings", Reading, packed=True)
 DEAD = Topic("dead-letter", DeadLetter)
 
 
@@ -102,8 +102,12 @@ async def recorder_bus(kind: str, settings: Settings) -> AsyncIterator[tuple[Rec
     await bus.stop()
 
 
-async def test_order_per_key_is_kept(recorder_bus: tuple[Recorder, Bus]) -> None:
+async def test_order_per_key_is_kept(
+    recorder_bus: tuple[Recorder, Bus], monkeypatch: pytest.MonkeyPatch
+) -> None:
     recorder, bus = recorder_bus
+    # Small packs on Kafka, so that a key's messages span many records and batches.
+    monkeypatch.setattr(kafka, "PACK_BYTES", 2000)
     messages = [(f"tag-{i % 3}", Reading(key=f"tag-{i % 3}", n=i)) for i in range(60) if i != 13]
     for start in range(0, len(messages), 7):
         await bus.publish(READINGS, messages[start : start + 7])
@@ -310,4 +314,27 @@ async def test_kafka_reads_plain_records_beside_packed_ones(settings: Settings) 
         assert recorder.letters == []
     finally:
         await producer.stop()
+        await bus.stop()
+
+
+async def test_kafka_topics_others_read_carry_one_message_a_record(settings: Settings) -> None:
+    """The alert feed and the dead letters are read by other systems: no packs there."""
+    plain = Topic("plain-readings", Reading)
+    bus = KafkaBus(kafka_settings(settings).kafka, DEAD, [plain, DEAD])
+    await bus.start()
+    consumer = AIOKafkaConsumer(
+        bus.physical(plain), bootstrap_servers=bus.settings.bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        await bus.publish(plain, [("k", Reading(key="k", n=n)) for n in range(3)])
+        records: list[Any] = []
+        async with asyncio.timeout(20):
+            while len(records) < 3:
+                for batch in (await consumer.getmany(timeout_ms=500)).values():
+                    records.extend(batch)
+        assert [Reading.model_validate_json(r.value).n for r in records] == [0, 1, 2]
+        assert all(not r.headers for r in records)
+    finally:
+        await consumer.stop()
         await bus.stop()

@@ -35,6 +35,9 @@ class Topic(Generic[M]):
 
     name: str
     model: type[M]
+    # On Kafka, a publish's messages for a partition may travel several to a record
+    # (kafka.py). Only for topics tagtrail alone reads: others see one message a record.
+    packed: bool = False
 
     def encode(self, message: M) -> bytes:
         return message.model_dump_json().encode()

@@ -49,7 +49,8 @@ class KeyPartitioner:
         return partition
 
 
-# Messages of one publish for one partition travel packed, several to a record: its
+# Messages of one publish for one partition travel packed (on topics marked so, which
+# only tagtrail reads), several to a record: its
 # value a JSON array of [key, message] pairs, marked by this header. A consumer then
 # parses a record at once (pydantic, in Rust) instead of a message at a time, and the
 # broker and clients handle a record where they handled hundreds. A record without the
@@ -232,14 +233,16 @@ class KafkaBus(Bus):
             # and a partition's messages packed into few records. Per key, order is
             # kept: one key, one partition, whose packs go in the order they were made.
             sends: list[asyncio.Future[Any]] = []
+            headers = [PACKED] if topic.packed else []
             for p, group in by_partition.items():
                 batch = producer.create_batch()
-                for key, value in pack(group):
-                    if batch.append(key=key, value=value, timestamp=None, headers=[PACKED]):
+                records = pack(group) if topic.packed else ((e.key, e.value) for e in group)
+                for key, value in records:
+                    if batch.append(key=key, value=value, timestamp=None, headers=headers):
                         continue
                     sends.append(await producer.send_batch(batch, name, partition=p))
                     batch = producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None, headers=[PACKED]) is None:
+                    if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                         raise BusUnavailable(f"a message of {len(value)} bytes is too large")
                 sends.append(await producer.send_batch(batch, name, partition=p))
             # acks=all: each future resolves once every in-sync replica has the batch.
