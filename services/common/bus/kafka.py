@@ -49,12 +49,12 @@ class KeyPartitioner:
         return partition
 
 
-# Messages of one publish for one partition travel packed (on topics marked so, which
-# only tagtrail reads), several to a record: its
-# value a JSON array of [key, message] pairs, marked by this header. A consumer then
-# parses a record at once (pydantic, in Rust) instead of a message at a time, and the
-# broker and clients handle a record where they handled hundreds. A record without the
-# header is one message, as another producer may write it.
+# On topics marked packed (which only tagtrail reads), a publish's messages for one
+# partition travel several to a record: its value a JSON array of [key, message] pairs,
+# marked by this header. A consumer then parses a record at once (pydantic, in Rust)
+# instead of a message at a time, and the broker and clients handle one record where
+# they handled hundreds. A record without the header is one message, as another
+# producer may write it.
 PACKED = ("tagtrail-pack", b"1")
 # Well under the broker's default limit on a record (1 MiB).
 PACK_BYTES = 256 * 1024
