@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import func, or_, select
@@ -19,10 +19,20 @@ from services.alerts.models import (
     RelayPosition,
     Subscription,
 )
+from services.common.database import any_of
 
 
 async def lock(session: AsyncSession, alert_id: uuid.UUID) -> Alert | None:
     return await session.get(Alert, alert_id, with_for_update=True)
+
+
+async def lock_all(session: AsyncSession, alert_ids: Iterable[uuid.UUID]) -> None:
+    """Locks these alerts (those that exist) in one statement, in id order so that two
+    lockers cannot wait on each other, and keeps them in the session: `session.get`
+    then finds each without a query."""
+    await session.scalars(
+        select(Alert).where(any_of(Alert.id, alert_ids)).order_by(Alert.id).with_for_update()
+    )
 
 
 async def add(session: AsyncSession, alert: Alert) -> None:

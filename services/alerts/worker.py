@@ -84,13 +84,15 @@ async def record(
 
 
 async def file(session: AsyncSession, m: AlertMessage) -> str | None:
-    """Applies one alert event; returns the event receivers must hear of, if any.
+    """Applies one alert event, its alert locked by the caller if it exists; returns the
+    event receivers must hear of, if any.
 
     Idempotent: the alert id is the key. A zone alert's events carry the whole episode
     as it now stands, so applying one twice, or replaying them in order, ends in the
     same row. A manager's acknowledgement or closing is never undone by an update.
     """
-    alert = await repository.lock(session, m.alert_id)
+    # Locked already, with the rest of its batch (Dispatcher.handle).
+    alert = await session.get(Alert, m.alert_id)
     if m.event is AlertEvent.superseded:
         if alert is None or alert.state == AlertState.superseded:
             return None
@@ -154,9 +156,12 @@ class Dispatcher:
 
     async def handle(self, messages: list[AlertMessage]) -> None:
         async with self.db.transaction() as session:
+            await repository.lock_all(session, sorted({m.alert_id for m in messages}))
             for m in messages:
                 event = await file(session, m)
                 if event is not None:
-                    alert = await repository.lock(session, m.alert_id)
+                    # As stored (the database's clock stamps it): what receivers get.
+                    await session.flush()
+                    alert = await session.get(Alert, m.alert_id, populate_existing=True)
                     assert alert is not None
                     await enqueue(session, alert, event)
