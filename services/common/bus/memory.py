@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from zlib import crc32
 
 from services.common.bus.base import Bus, BusUnavailable, Envelope, Subscription, Topic
 from services.common.metrics import CONSUMER_LAG
@@ -44,8 +45,9 @@ class _Item:
 
 
 class MemoryBus(Bus):
-    """Each group's messages are split into `lanes` by key, a consumer a lane: one key is
-    always in the same lane (in order, as in a Kafka partition), and a group works on up
+    """Each group's messages are split into `lanes` by key (its CRC-32: the same lanes in
+    every run), a consumer a lane: one key is always in the same lane (in order, as in a
+    Kafka partition), and a group works on up
     to `lanes` batches at once, so one batch waiting on PostgreSQL does not hold up the
     rest."""
 
@@ -103,7 +105,7 @@ class MemoryBus(Bus):
         n = self.lanes
         for lanes in subscribers:
             for env in envelopes:
-                lanes[hash(env.key) % n if n > 1 else 0].put_nowait(_Item(env, publish))
+                lanes[crc32(env.key) % n if n > 1 else 0].put_nowait(_Item(env, publish))
         await publish.done
 
     async def _consume(
