@@ -94,7 +94,7 @@ async def load_day(conn: asyncpg.Connection, fleet: Fleet, day: date) -> tuple[i
     # The trail boxes, by the same SQL the store runs on every batch.
     for d in (day - timedelta(days=1), day):
         await create_partition(conn, "trail_boxes", d)
-    await conn.execute(BOXES_SQL.format(source=name), lo, hi)
+    await conn.execute(BOXES_SQL.format(source=name))
     await conn.execute(f"vacuum analyze {partition_name(day, 'trail_boxes')}")
     return len(fixes), t1 - t0, time.perf_counter() - t1
 

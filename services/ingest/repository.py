@@ -102,8 +102,6 @@ BOX_MAX_ACCURACY_M = 1000.0
 # a successor to. Arrival order does not matter: boxes only grow, and a fix that arrives
 # late finds its neighbours stored. A box that already holds a point is left alone: no
 # new row version, no index entry. (Degrees per metre err large: 110 km a degree.)
-# $1 and $2: the first and last fix time in {source}, so that the planner looks only in
-# the partitions of those days (and the gap around them), not in every day's per fix.
 _FIXES = f"(select * from {{source}} where accuracy_m <= {BOX_MAX_ACCURACY_M})"
 _GAP = f"interval '{BOX_MAX_GAP.total_seconds():.0f} seconds'"
 
@@ -130,7 +128,6 @@ from (
             from trail_points t
             where t.subject_id = f.subject_id and t.ts > f.ts and t.ts <= f.ts + {_GAP}
               and t.accuracy_m <= {BOX_MAX_ACCURACY_M}
-              and t.ts between $1::timestamptz and $2::timestamptz + {_GAP}
         ) later where between_min is null or accuracy_m < between_min
     ) n
     union all
@@ -142,7 +139,6 @@ from (
             from trail_points t
             where t.subject_id = f.subject_id and t.ts < f.ts and t.ts >= f.ts - {_GAP}
               and t.accuracy_m <= {BOX_MAX_ACCURACY_M}
-              and t.ts between $1::timestamptz - {_GAP} and $2::timestamptz
         ) earlier where between_min is null or between_min > f.accuracy_m
     ) p
 ) points
@@ -218,9 +214,7 @@ async def store_fixes(
         )
         # Now stored, the new fixes' neighbours (stored before, or in this batch) are
         # visible to the box update.
-        first = min(f.ts for f in fixes)
-        last = max(f.ts for f in fixes)
-        await conn.execute(BOXES_SQL.format(source="fix_inserted"), first, last)
+        await conn.execute(BOXES_SQL.format(source="fix_inserted"))
         # Only a fix the insert skipped can conflict with a stored one (or with another
         # in the batch); nearly always every fix is new, and the look-up is not needed.
         if inserted == len(records):
