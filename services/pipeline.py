@@ -90,7 +90,7 @@ class Pipeline:
     async def start(self) -> Runtime:
         db = await Database.connect(self.settings.db, self.database)
         bus = make_bus(self.settings, self.bus_kind)
-        batch = self.settings.kafka.max_batch
+        batch = self.settings.bus.max_batch
         sfx = self.group_suffix
         if Role.store in self.roles:
             self._store = StoreWorker(db, bus)

@@ -53,8 +53,6 @@ class KafkaSettings(BaseSettings):
     bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = "tagtrail."
     partitions: int = Field(default=8, ge=1, le=1024)
-    # How many messages one handler call may receive; larger batches make COPY cheaper.
-    max_batch: int = Field(default=2000, ge=1, le=100_000)
 
 
 class BusSettings(BaseSettings):
@@ -64,6 +62,11 @@ class BusSettings(BaseSettings):
     # messages always go to the same lane (on Kafka: are in one partition), so they stay
     # in order; while one batch waits on PostgreSQL, another is worked on.
     lanes: int = Field(default=2, ge=1, le=64)
+    # How many messages one handler call may receive. Every batch costs each group a
+    # dozen statements and their round trips whatever its size, so under load larger
+    # batches go further; a quiet bus hands over what it has, so this costs no latency
+    # then (docs/benchmarks.md).
+    max_batch: int = Field(default=8000, ge=1, le=100_000)
 
 
 class IngestSettings(BaseSettings):
@@ -172,6 +175,10 @@ class AppSettings(BaseSettings):
     port: int = 8000
     # Bodies of the admin and query routes (zones, crime batches); ingest has its own.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # The event loop every tagtrail process runs on: uvloop (libuv; its socket reads and
+    # writes, which carry every HTTP body and every PostgreSQL and Kafka exchange, cost
+    # far less than asyncio's own, see docs/benchmarks.md), or Python's asyncio loop.
+    loop: str = Field(default="uvloop", pattern="^(uvloop|asyncio)$")
 
     @model_validator(mode="after")
     def _refuse_dev_defaults(self) -> AppSettings:

@@ -91,4 +91,6 @@ async def post_device_events(
         request, settings.max_body_bytes, "events", settings.max_fixes_per_batch
     )
     items = [Item(i, raw) for i, raw in enumerate(events)]
-    return await service.ingest_events(session, runtime.bus, supplier, items, utcnow(), settings)
+    return await service.ingest_events(
+        session, runtime.db, runtime.bus, supplier, items, utcnow(), settings
+    )

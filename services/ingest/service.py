@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+import asyncpg
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -117,7 +118,7 @@ def validate(item: Item, bounds: Bounds, model: type[Incoming]) -> Incoming | Re
 
 
 async def admit(
-    session: AsyncSession,
+    conn: asyncpg.Connection,
     supplier: Principal,
     items: Sequence[Item],
     now: datetime,
@@ -135,7 +136,7 @@ async def admit(
             rejected.append(outcome)
         else:
             valid.append((item.index, outcome))
-    tags = await registry.resolve_tags(session, [v.tag_id for _, v in valid])
+    tags = await registry.resolve_tags(conn, [v.tag_id for _, v in valid])
     admitted: list[tuple[Incoming, uuid.UUID]] = []
     for index, value in valid:
         subject = attribute(tags, supplier, index, value.tag_id, value.ts)
@@ -175,15 +176,16 @@ async def ingest(
     now: datetime,
     settings: IngestSettings,
 ) -> IngestResult:
-    admitted, rejected = await admit(session, supplier, items, now, settings, StreamedFix)
     await _release(session)
-    # From the fields StreamedFix has just validated (pydantic's validator, in Rust,
-    # builds a model faster than model_construct does in Python).
-    fixes = [
-        FixMessage.model_validate({**fix.__dict__, "subject_id": subject, "received_at": now})
-        for fix, subject in admitted
-    ]
-    fresh, duplicates, conflicts = await _separate_resends(db, fixes)
+    async with db.pool.acquire() as conn:
+        admitted, rejected = await admit(conn, supplier, items, now, settings, StreamedFix)
+        # From the fields StreamedFix has just validated (pydantic's validator, in Rust,
+        # builds a model faster than model_construct does in Python).
+        fixes = [
+            FixMessage.model_validate({**fix.__dict__, "subject_id": subject, "received_at": now})
+            for fix, subject in admitted
+        ]
+        fresh, duplicates, conflicts = await _separate_resends(conn, fixes)
     await bus.publish(POINTS, [(m.tag_id, m) for m in fresh])
 
     FIXES_ACCEPTED.inc(len(fresh) - conflicts)
@@ -200,6 +202,7 @@ async def ingest(
 
 async def ingest_events(
     session: AsyncSession,
+    db: Database,
     bus: Bus,
     supplier: Principal,
     items: Sequence[Item],
@@ -207,8 +210,9 @@ async def ingest_events(
     settings: IngestSettings,
 ) -> EventsResult:
     """Device events: validated and attributed like fixes, then put on the bus."""
-    admitted, rejected = await admit(session, supplier, items, now, settings, DeviceEventIn)
     await _release(session)
+    async with db.pool.acquire() as conn:
+        admitted, rejected = await admit(conn, supplier, items, now, settings, DeviceEventIn)
     events = [
         DeviceEvent(subject_id=subject, received_at=now, **event.model_dump())
         for event, subject in admitted
@@ -218,10 +222,11 @@ async def ingest_events(
 
 
 async def _release(session: AsyncSession) -> None:
-    """Ends the request's transaction (it has only read) before the bus is waited on, so
-    no connection is held meanwhile: on the in-process bus the handlers that publish
-    waits for need connections of their own, and however many requests wait, they must
-    not hold them all."""
+    """Ends the request's transaction (it has only authenticated the supplier) before
+    anything else: ingest reads on a raw connection of its own, given back before the
+    bus is waited on, so no connection is held meanwhile: on the in-process bus the
+    handlers that publish waits for need connections of their own, and however many
+    requests wait, they must not hold them all."""
     await session.commit()
 
 
@@ -230,12 +235,11 @@ def _position(m: FixMessage) -> tuple[float, float, float]:
 
 
 async def _separate_resends(
-    db: Database, fixes: list[FixMessage]
+    conn: asyncpg.Connection, fixes: list[FixMessage]
 ) -> tuple[list[FixMessage], int, int]:
     """Drops identical re-sends (in the request or already stored); keeps conflicting ones,
     which the store worker sets aside, and counts them."""
-    async with db.pool.acquire() as conn:
-        stored = await repository.stored_positions(conn, [(f.tag_id, f.ts) for f in fixes])
+    stored = await repository.stored_positions(conn, [(f.tag_id, f.ts) for f in fixes])
     seen: dict[tuple[str, datetime], tuple[float, float, float]] = dict(stored)
     fresh: list[FixMessage] = []
     duplicates = conflicts = 0

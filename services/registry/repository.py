@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime
 
+import asyncpg
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -49,22 +50,18 @@ async def list_subjects(session: AsyncSession, limit: int, offset: int) -> Seque
 
 
 async def tags_with_assignments(
-    session: AsyncSession, tag_ids: Sequence[str]
-) -> list[tuple[str, uuid.UUID, uuid.UUID | None, datetime | None, datetime | None]]:
+    conn: asyncpg.Connection, tag_ids: Sequence[str]
+) -> list[asyncpg.Record]:
     """(tag, supplier, subject, from, to) for every wearing of these tags, or one row with
-    no wearing for a tag never fitted. Plain rows: ingest asks this for every request."""
-    rows = await session.execute(
-        select(
-            Tag.id,
-            Tag.supplier_id,
-            TagAssignment.subject_id,
-            TagAssignment.valid_from,
-            TagAssignment.valid_to,
-        )
-        .outerjoin(TagAssignment, TagAssignment.tag_id == Tag.id)
-        .where(any_of(Tag.id, tag_ids))
+    no wearing for a tag never fitted. Raw asyncpg: ingest asks this for every request."""
+    return await conn.fetch(
+        """
+        select t.id, t.supplier_id, a.subject_id, a.valid_from, a.valid_to
+        from tags t left join tag_assignments a on a.tag_id = t.id
+        where t.id = any($1::text[])
+        """,
+        tag_ids,
     )
-    return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
 async def subjects_managed_at(

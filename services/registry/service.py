@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import asyncpg
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -55,7 +56,7 @@ class TagInfo:
         return None
 
 
-async def resolve_tags(session: AsyncSession, tag_ids: Sequence[str]) -> dict[str, TagInfo]:
+async def resolve_tags(conn: asyncpg.Connection, tag_ids: Sequence[str]) -> dict[str, TagInfo]:
     infos: dict[str, TagInfo] = {}
     for (
         tag_id,
@@ -63,7 +64,7 @@ async def resolve_tags(session: AsyncSession, tag_ids: Sequence[str]) -> dict[st
         subject_id,
         valid_from,
         valid_to,
-    ) in await repository.tags_with_assignments(session, list(set(tag_ids))):
+    ) in await repository.tags_with_assignments(conn, list(set(tag_ids))):
         info = infos.setdefault(tag_id, TagInfo(tag_id, supplier_id))
         if subject_id is not None and valid_from is not None:
             info.wearings.append(Wearing(subject_id, valid_from, valid_to))

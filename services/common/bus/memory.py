@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,34 +40,64 @@ class _Publish:
 
 @dataclass(slots=True)
 class _Item:
-    envelope: Envelope
+    """A publish's messages for one lane: they are queued, taken and marked handled
+    together, not one by one."""
+
+    envelopes: list[Envelope]
     publish: _Publish
+
+
+class _Lane:
+    """One consumer's queue of items, taken a batch of up to max_batch messages at once."""
+
+    def __init__(self) -> None:
+        self.items: deque[_Item] = deque()
+        self.messages = 0
+        self._ready = asyncio.Event()
+
+    def put(self, item: _Item) -> None:
+        self.items.append(item)
+        self.messages += len(item.envelopes)
+        self._ready.set()
+
+    async def take(self, max_batch: int) -> list[_Item]:
+        """The oldest items, whole, up to max_batch messages (at least one item; publish
+        splits items to fit)."""
+        while not self.items:
+            self._ready.clear()
+            await self._ready.wait()
+        taken = [self.items.popleft()]
+        n = len(taken[0].envelopes)
+        while self.items and n + len(self.items[0].envelopes) <= max_batch:
+            taken.append(self.items.popleft())
+            n += len(taken[-1].envelopes)
+        self.messages -= n
+        return taken
 
 
 class MemoryBus(Bus):
     """Each group's messages are split into `lanes` by key (its CRC-32: the same lanes in
     every run), a consumer a lane: one key is always in the same lane (in order, as in a
-    Kafka partition), and a group works on up
-    to `lanes` batches at once, so one batch waiting on PostgreSQL does not hold up the
-    rest."""
+    Kafka partition), and a group works on up to `lanes` batches at once, so one batch
+    waiting on PostgreSQL does not hold up the rest. A publish's messages for a lane
+    travel as one item (split to fit max_batch), so the bus's own work is per batch, not
+    per message."""
 
     in_process = True
 
     def __init__(self, dead_letter: Topic[Any], lanes: int = 1) -> None:
         super().__init__(dead_letter)
         self.lanes = lanes
-        self._queues: dict[str, list[list[asyncio.Queue[_Item]]]] = defaultdict(list)
+        self._queues: dict[str, list[tuple[Subscription, list[_Lane]]]] = defaultdict(list)
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
 
     async def start(self) -> None:
         for sub in self.subscriptions:
-            lanes: list[asyncio.Queue[_Item]] = [asyncio.Queue() for _ in range(self.lanes)]
-            self._queues[sub.topic.name].append(lanes)
-            for i, queue in enumerate(lanes):
-                task = asyncio.create_task(
-                    self._consume(sub, queue, lanes), name=f"{sub.group}/{i}"
-                )
+            lanes = [_Lane() for _ in range(self.lanes)]
+            self._queues[sub.topic.name].append((sub, lanes))
+            for i, lane in enumerate(lanes):
+                task = asyncio.create_task(self._consume(sub, lane, lanes), name=f"{sub.group}/{i}")
                 self._tasks.append(task)
         self._running = True
 
@@ -81,10 +111,10 @@ class MemoryBus(Bus):
         self._tasks.clear()
         # Whoever still waits on a message that will now never be handled hears so.
         for subscribers in self._queues.values():
-            for lanes in subscribers:
-                for queue in lanes:
-                    while not queue.empty():
-                        queue.get_nowait().publish.failed(BusUnavailable("the bus stopped"))
+            for _, lanes in subscribers:
+                for lane in lanes:
+                    _fail(list(lane.items), BusUnavailable("the bus stopped"))
+                    lane.items.clear()
         self._queues.clear()
 
     async def ping(self) -> bool:
@@ -99,26 +129,31 @@ class MemoryBus(Bus):
             raise BusUnavailable(f"no worker handles {topic.name!r} in this process")
         if not envelopes:
             return
-        publish = _Publish(
-            len(subscribers) * len(envelopes), asyncio.get_running_loop().create_future()
-        )
         n = self.lanes
-        for lanes in subscribers:
+        by_lane: dict[int, list[Envelope]] = defaultdict(list)
+        if n == 1:
+            by_lane[0] = list(envelopes)
+        else:
             for env in envelopes:
-                lanes[crc32(env.key) % n if n > 1 else 0].put_nowait(_Item(env, publish))
+                by_lane[crc32(env.key) % n].append(env)
+        chunks = [
+            (lanes[lane], part[i : i + sub.max_batch])
+            for sub, lanes in subscribers
+            for lane, part in by_lane.items()
+            for i in range(0, len(part), sub.max_batch)
+        ]
+        publish = _Publish(len(chunks), asyncio.get_running_loop().create_future())
+        for lane, chunk in chunks:
+            lane.put(_Item(chunk, publish))
         await publish.done
 
-    async def _consume(
-        self, sub: Subscription, queue: asyncio.Queue[_Item], lanes: list[asyncio.Queue[_Item]]
-    ) -> None:
+    async def _consume(self, sub: Subscription, lane: _Lane, lanes: list[_Lane]) -> None:
         lag = CONSUMER_LAG.labels(sub.group, sub.topic.name)
         while True:
-            items = [await queue.get()]
-            while len(items) < sub.max_batch and not queue.empty():
-                items.append(queue.get_nowait())
-            lag.set(sum(q.qsize() for q in lanes))
+            items = await lane.take(sub.max_batch)
+            lag.set(sum(q.messages for q in lanes))
             try:
-                await self.deliver(sub, [i.envelope for i in items])
+                await self.deliver(sub, [e for i in items for e in i.envelopes])
             except asyncio.CancelledError:
                 _fail(items, BusUnavailable("the bus stopped"))
                 raise
