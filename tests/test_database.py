@@ -19,10 +19,12 @@ from services.common.settings import Settings
 from services.ingest.repository import (
     BOX_BUCKET,
     BOX_MAX_GAP,
+    STORED_POSITIONS_SQL,
     SUBJECTS_PASSING_SQL,
     Partitions,
     partition_name,
     store_fixes,
+    stored_positions,
     subjects_passing,
 )
 from services.ingest.schemas import FixMessage
@@ -95,6 +97,41 @@ async def test_near_place_and_time_uses_the_indexes(db: Database) -> None:
             )
         )
         assert "Seq Scan" not in plan and "subject_id" in plan, plan
+
+
+async def test_resend_look_up_probes_the_key_however_much_trail_the_day_holds(
+    db: Database,
+) -> None:
+    """Ingest asks, for every request, which of its fixes are stored already. Live fixes
+    are newer than anything the statistics have seen, and as a plain join the planner
+    scanned the day's whole trail for them (330 ms a request two hours into a day, more
+    as it went on): it must probe the primary key, a key at a time."""
+    day = datetime(2026, 11, 21, 11, tzinfo=UTC)
+    subjects = [uuid.uuid4() for _ in range(200)]
+    fixes = [
+        FixMessage(
+            tag_id=f"RS-{i % 200}",
+            subject_id=subjects[i % 200],
+            ts=day + timedelta(minutes=i // 200),
+            received_at=day,
+            lat=51.5 + (i % 200) * 0.001,
+            lon=-0.1,
+            accuracy_m=10.0,
+        )
+        for i in range(24_000)
+    ]
+    async with db.pool.acquire() as conn:
+        assert (await store_fixes(conn, Partitions(), fixes)).inserted == 24_000
+        await conn.execute("analyze trail_points")
+        # The next minute's fixes, newer than anything stored: a live request.
+        after = day + timedelta(hours=2)
+        live = [(f"RS-{i}", after) for i in range(200)]
+        args = ([k for k, _ in live], [after] * 200, after, after)
+        plan = "\n".join(r[0] for r in await conn.fetch("explain " + STORED_POSITIONS_SQL, *args))
+        assert "Seq Scan" not in plan and "pkey" in plan, plan
+        resent = ("RS-3", fixes[3].ts)
+        assert await stored_positions(conn, live) == {}
+        assert await stored_positions(conn, [*live, resent]) == {resent: (51.503, -0.1, 10.0)}
 
 
 async def test_trail_boxes_hold_every_path_whatever_order_fixes_arrive_in(db: Database) -> None:

@@ -240,27 +240,34 @@ async def store_fixes(
     return StoreResult(int(inserted), int(conflicts))
 
 
+# $1 tag ids, $2 fix times, $3/$4 the first and last of them. One probe of the primary key
+# a key, in the days' partitions the planner keeps by $3/$4. As a plain join the planner
+# read every fix of the day between $3 and $4 instead: live fixes are newer than the
+# statistics know, so it expects none there and scans. It found the whole day's trail
+# that way, 330 ms a request with two hours stored, and more as the day went on
+# (docs/benchmarks.md, fourth session). The limit keeps the lateral a lateral.
+STORED_POSITIONS_SQL = """
+select k.tag_id, k.ts, t.lat, t.lon, t.accuracy_m
+from unnest($1::text[], $2::timestamptz[]) as k(tag_id, ts)
+cross join lateral (
+    select lat, lon, accuracy_m from trail_points t
+    where t.tag_id = k.tag_id and t.ts = k.ts and t.ts between $3 and $4
+    limit 1
+) t
+"""
+
+
 async def stored_positions(
     conn: asyncpg.Connection, keys: Sequence[tuple[str, datetime]]
 ) -> dict[tuple[str, datetime], tuple[float, float, float]]:
     """The stored (lat, lon, accuracy) of whichever of these (tag, ts) are already stored."""
     if not keys:
         return {}
+    times = [k[1] for k in keys]
     rows = await conn.fetch(
-        """
-        select t.tag_id, t.ts, t.lat, t.lon, t.accuracy_m
-        from unnest($1::text[], $2::timestamptz[]) as k(tag_id, ts)
-        join trail_points t on t.tag_id = k.tag_id and t.ts = k.ts
-        -- Bounds the planner can see, so it looks only in the days' partitions the
-        -- keys are in, not in every day's for every key.
-        where t.ts between $3 and $4
-        """,
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        min(k[1] for k in keys),
-        max(k[1] for k in keys),
+        STORED_POSITIONS_SQL, [k[0] for k in keys], times, min(times), max(times)
     )
-    return {(r["tag_id"], r["ts"]): (r["lat"], r["lon"], r["accuracy_m"]) for r in rows}
+    return {(r[0], r[1]): (r[2], r[3], r[4]) for r in rows}
 
 
 # $1 lat, $2 lon, $3/$4 bucket range, $5 box margin (degrees).
