@@ -9,8 +9,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 import uvicorn
 
@@ -62,17 +61,6 @@ def _tune_collector() -> None:
 def _started() -> None:
     gc.collect()
     gc.freeze()
-
-
-def _run(main: Coroutine[Any, Any, None], loop: str) -> None:
-    """Runs a process's main coroutine on the configured event loop."""
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if loop == "uvloop":
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main)
 
 
 async def _serve(pipeline: Pipeline, host: str, port: int, demo: bool) -> None:
@@ -197,15 +185,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         migrate()
         pipeline = Pipeline(settings, bus=args.bus, roles=ALL_ROLES)
         host, port = args.host or settings.app.host, args.port or settings.app.port
-        _run(_serve(pipeline, host, port, args.demo), settings.app.loop)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve(pipeline, host, port, args.demo))
     elif args.command == "api":
         _tune_collector()
         pipeline = Pipeline(settings, bus="kafka")
         host, port = args.host or settings.app.host, args.port or settings.app.port
-        _run(_serve(pipeline, host, port, demo=False), settings.app.loop)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve(pipeline, host, port, demo=False))
     elif args.command == "worker":
         _tune_collector()
-        _run(_work(Pipeline(settings, bus="kafka", roles=[Role(args.role)])), settings.app.loop)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_work(Pipeline(settings, bus="kafka", roles=[Role(args.role)])))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from services.common.settings import Settings
 from services.ingest.repository import (
     BOX_BUCKET,
     BOX_MAX_GAP,
+    CONFLICTS_SQL,
+    STAGING_SQL,
     STORED_POSITIONS_SQL,
     SUBJECTS_PASSING_SQL,
     Partitions,
@@ -99,7 +101,7 @@ async def test_near_place_and_time_uses_the_indexes(db: Database) -> None:
         assert "Seq Scan" not in plan and "subject_id" in plan, plan
 
 
-async def test_resend_look_up_probes_the_key_however_much_trail_the_day_holds(
+async def test_resend_look_ups_probe_the_key_however_much_trail_is_stored(
     db: Database,
 ) -> None:
     """Ingest asks, for every request, which of its fixes are stored already. Live fixes
@@ -132,6 +134,14 @@ async def test_resend_look_up_probes_the_key_however_much_trail_the_day_holds(
         resent = ("RS-3", fixes[3].ts)
         assert await stored_positions(conn, live) == {}
         assert await stored_positions(conn, [*live, resent]) == {resent: (51.503, -0.1, 10.0)}
+        # The store's look-up of conflicting duplicates likewise (as a plain join it
+        # hashed every partition of the trail).
+        async with conn.transaction():
+            await conn.execute(STAGING_SQL)
+            plan = "\n".join(
+                r[0] for r in await conn.fetch("explain " + CONFLICTS_SQL, after, after)
+            )
+            assert "Seq Scan on trail_points" not in plan and "pkey" in plan, plan
 
 
 async def test_trail_boxes_hold_every_path_whatever_order_fixes_arrive_in(db: Database) -> None:

@@ -175,10 +175,6 @@ class AppSettings(BaseSettings):
     port: int = 8000
     # Bodies of the admin and query routes (zones, crime batches); ingest has its own.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
-    # The event loop every tagtrail process runs on: uvloop (libuv; its socket reads and
-    # writes, which carry every HTTP body and every PostgreSQL and Kafka exchange, cost
-    # far less than asyncio's own, see docs/benchmarks.md), or Python's asyncio loop.
-    loop: str = Field(default="uvloop", pattern="^(uvloop|asyncio)$")
 
     @model_validator(mode="after")
     def _refuse_dev_defaults(self) -> AppSettings:

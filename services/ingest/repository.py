@@ -153,6 +153,45 @@ on conflict (subject_id, bucket) do update
 """
 
 
+# The store's staging tables, one pair a connection, emptied by every commit.
+STAGING_SQL = """
+create temp table if not exists fix_staging (
+    tag_id text, ts timestamptz, received_at timestamptz, subject_id uuid,
+    lat float8, lon float8, accuracy_m float8, speed_mps float8,
+    heading_deg float8, source text, sats int2, hdop float8
+) on commit delete rows;
+create temp table if not exists fix_inserted (
+    subject_id uuid, ts timestamptz, lat float8, lon float8, accuracy_m float8
+) on commit delete rows
+"""
+
+# Staged fixes whose (tag, ts) is stored with another position, set aside; $1/$2 the
+# batch's first and last fix time.
+CONFLICTS_SQL = """
+with c as (
+    insert into fix_conflicts (tag_id, ts, received_at, subject_id, lat, lon,
+        accuracy_m, stored_lat, stored_lon, stored_accuracy_m)
+    select distinct on (s.tag_id, s.ts, s.lat, s.lon, s.accuracy_m)
+        s.tag_id, s.ts, s.received_at, s.subject_id, s.lat, s.lon, s.accuracy_m,
+        t.lat, t.lon, t.accuracy_m
+    from fix_staging s
+    -- As STORED_POSITIONS_SQL: a probe of the primary key a fix, in the
+    -- batch's days' partitions only (a plain join hashed every partition of
+    -- the trail, a whole year's of it in production).
+    cross join lateral (
+        select lat, lon, accuracy_m from trail_points t
+        where t.tag_id = s.tag_id and t.ts = s.ts and t.ts between $1 and $2
+        limit 1
+    ) t
+    where (s.lat, s.lon, s.accuracy_m) is distinct from (t.lat, t.lon, t.accuracy_m)
+    on conflict on constraint uq_fix_conflicts_fix
+        do update set occurrences = fix_conflicts.occurrences + 1
+    returning 1
+)
+select count(*) from c
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class StoreResult:
     inserted: int
@@ -183,18 +222,7 @@ async def store_fixes(
         for f in fixes
     ]
     async with conn.transaction():
-        await conn.execute(
-            """
-            create temp table if not exists fix_staging (
-                tag_id text, ts timestamptz, received_at timestamptz, subject_id uuid,
-                lat float8, lon float8, accuracy_m float8, speed_mps float8,
-                heading_deg float8, source text, sats int2, hdop float8
-            ) on commit delete rows;
-            create temp table if not exists fix_inserted (
-                subject_id uuid, ts timestamptz, lat float8, lon float8, accuracy_m float8
-            ) on commit delete rows
-            """
-        )
+        await conn.execute(STAGING_SQL)
         await conn.copy_records_to_table("fix_staging", records=records, columns=STAGING_COLUMNS)
         inserted = await conn.fetchval(
             """
@@ -220,22 +248,7 @@ async def store_fixes(
         if inserted == len(records):
             return StoreResult(int(inserted), 0)
         conflicts = await conn.fetchval(
-            """
-            with c as (
-                insert into fix_conflicts (tag_id, ts, received_at, subject_id, lat, lon,
-                    accuracy_m, stored_lat, stored_lon, stored_accuracy_m)
-                select distinct on (s.tag_id, s.ts, s.lat, s.lon, s.accuracy_m)
-                    s.tag_id, s.ts, s.received_at, s.subject_id, s.lat, s.lon, s.accuracy_m,
-                    t.lat, t.lon, t.accuracy_m
-                from fix_staging s
-                join trail_points t on t.tag_id = s.tag_id and t.ts = s.ts
-                where (s.lat, s.lon, s.accuracy_m) is distinct from (t.lat, t.lon, t.accuracy_m)
-                on conflict on constraint uq_fix_conflicts_fix
-                    do update set occurrences = fix_conflicts.occurrences + 1
-                returning 1
-            )
-            select count(*) from c
-            """
+            CONFLICTS_SQL, min(f.ts for f in fixes), max(f.ts for f in fixes)
         )
     return StoreResult(int(inserted), int(conflicts))
 
