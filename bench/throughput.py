@@ -46,6 +46,7 @@ from services.common.settings import Settings
 from services.ingest.repository import Partitions
 from services.registry import service as registry
 from services.registry.schemas import SupplierIn
+from services.zones.worker import check_params, episodes_afresh
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -233,6 +234,24 @@ async def verify_matches(url: str, admin: str, db: Database, start: datetime) ->
             matches += len(matched(again))
             disagreements += len(matched(before) ^ matched(again))
     return matches, disagreements
+
+
+async def verify_zones(db: Database, settings: Settings, start: datetime) -> tuple[int, int]:
+    """Whether the zone episodes the checker decided batch by batch as the fixes came
+    (the alerts standing, not superseded by later ones) are those the whole stored
+    trail shows, derived afresh. Returns (standing, disagreements)."""
+    derived = {
+        e.id
+        for e in await episodes_afresh(
+            db, check_params(settings.check), start, datetime.now(UTC) + timedelta(hours=1)
+        )
+    }
+    async with db.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "select id from alerts where zone_id is not null and state <> 'superseded'"
+        )
+    standing = {r["id"] for r in rows}
+    return len(standing), len(standing ^ derived)
 
 
 async def copy_ceiling(db: Database, fixes: int, tags: int) -> float:
@@ -505,17 +524,29 @@ async def main(argv: list[str] | None = None) -> int:
             f"crime matches found as the fixes came: {found}; a full re-run of every crime"
             f" in the stretch disagrees on {wrong}"
         )
+        episodes, differ = await verify_zones(db, settings, start - history)
+        print(
+            f"zone episodes standing (history and stretch): {episodes}; derived afresh"
+            f" from the whole stored trail, they differ on {differ}"
+        )
         ceiling = await copy_ceiling(db, sent.fixes, args.tags)
         print(f"raw COPY into trail_points: {ceiling:,.0f} fixes/s; ratio {rate / ceiling:.3f}")
         peaks = ", ".join(f"tagtrail {c} {peak_rss_mib(p.pid):.0f} MiB" for c, p in procs.items())
         mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak memory: {peaks}, this benchmark {mine:.0f} MiB")
-        ok = sent.failures == 0 and stored == sent.accepted and wrong == 0 and dead == 0
+        ok = (
+            sent.failures == 0
+            and stored == sent.accepted
+            and wrong == 0
+            and differ == 0
+            and dead == 0
+        )
         if not ok:
             print(
                 "FAILED: requests failed, accepted fixes were not all stored, a handler"
-                " failed (dead letters), or matching from the fix side missed what the"
-                " crime side finds"
+                " failed (dead letters), matching from the fix side missed what the"
+                " crime side finds, or the zone episodes decided as fixes came are not"
+                " those of the whole trail"
             )
         return 0 if ok else 1
     finally:

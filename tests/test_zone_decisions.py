@@ -4,6 +4,7 @@ already reported, whatever order fixes arrive in."""
 
 from __future__ import annotations
 
+import math
 import random
 import uuid
 from datetime import UTC, datetime, time, timedelta
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shapely import MultiPolygon, Point, Polygon
 
-from services.common.geo import WGS84
+from services.common.geo import WGS84, LocalFrame
 from services.common.trail import Reach
 from services.zones import service
 from services.zones.schedule import DatedException, LocalWindow, Schedule, Timetable, WeeklyWindow
@@ -511,3 +512,17 @@ def test_the_zone_index_finds_exactly_the_zones_a_box_meets() -> None:
     expected = [{z.id for z in zones if not r.clear_of(z.extent)} for r in reaches]
     assert found == expected
     assert sum(map(len, found)) > 50 and sum(1 for f in found if not f) > 20
+
+
+@pytest.mark.parametrize("lat, lon", [(52.549, -0.251), (51.45, -2.65), (54.96, -1.55)])
+def test_a_frame_centred_kilometres_away_still_measures_the_ellipsoid(
+    lat: float, lon: float
+) -> None:
+    """Zones share a frame centred on the nearest tenth of a degree: up to 7 km from a
+    zone, whose distances must still be those on the ellipsoid to well under a
+    millimetre in a kilometre."""
+    frame = LocalFrame(lat, lon)
+    for bearing in range(0, 360, 30):
+        lon2, lat2, _ = WGS84.fwd(lon, lat, bearing, 1000.0)
+        (x1, y1), (x2, y2) = frame.point(lat, lon), frame.point(lat2, lon2)
+        assert math.hypot(x2 - x1, y2 - y1) == pytest.approx(1000.0, abs=0.001)
