@@ -91,7 +91,7 @@ async def load_day(conn: asyncpg.Connection, fleet: Fleet, day: date) -> tuple[i
     # Autovacuum would get there on its own; a benchmark should not wait on it. Vacuum
     # marks the pages all-visible, which index-only scans of the trail need.
     await conn.execute(f"vacuum analyze {name}")
-    # The trail boxes, by the same SQL the store runs on every batch.
+    # The trail boxes, by the store's rule in one statement (a test holds the two together).
     for d in (day - timedelta(days=1), day):
         await create_partition(conn, "trail_boxes", d)
     await conn.execute(BOXES_SQL.format(source=name))

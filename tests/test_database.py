@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import pytest
 from alembic import command
 from alembic.config import Config
 
@@ -19,7 +20,9 @@ from services.common.settings import Settings
 from services.ingest.repository import (
     BOX_BUCKET,
     BOX_MAX_GAP,
+    BOXES_SQL,
     CONFLICTS_SQL,
+    NEIGHBOURS_SQL,
     STAGING_SQL,
     STORED_POSITIONS_SQL,
     SUBJECTS_PASSING_SQL,
@@ -142,6 +145,50 @@ async def test_resend_look_ups_probe_the_key_however_much_trail_is_stored(
                 r[0] for r in await conn.fetch("explain " + CONFLICTS_SQL, after, after)
             )
             assert "Seq Scan on trail_points" not in plan and "pkey" in plan, plan
+        # The store's read of each subject's fixes around a batch, for the trail boxes:
+        # a range of the (subject, time) index a subject.
+        spans = ([*subjects], [after - BOX_MAX_GAP] * 200, [after + BOX_MAX_GAP] * 200)
+        args = (*spans, after - BOX_MAX_GAP, after + BOX_MAX_GAP)
+        plan = "\n".join(r[0] for r in await conn.fetch("explain " + NEIGHBOURS_SQL, *args))
+        assert "Seq Scan" not in plan and "Cond: ((subject_id = s.subject_id)" in plan, plan
+
+
+def _wandering(rng: random.Random, subject: uuid.UUID, tag: str) -> list[FixMessage]:
+    """400 fixes of one subject, at uneven intervals and of uneven accuracy, across a
+    midnight (two days' partitions)."""
+    t = datetime(2026, 11, 20, 23, 0, tzinfo=UTC)
+    lat, lon, fixes = 51.5 + rng.uniform(-0.1, 0.1), -0.12, []
+    for _ in range(400):
+        t += timedelta(seconds=rng.choice([5, 30, 60, 60, 60, 300, 599, 600, 900]))
+        lat += rng.uniform(-0.01, 0.01)
+        lon += rng.uniform(-0.01, 0.01)
+        fixes.append(
+            FixMessage(
+                tag_id=tag,
+                subject_id=subject,
+                ts=t,
+                received_at=t,
+                lat=lat,
+                lon=lon,
+                accuracy_m=rng.choice([3.0, 12.0, 12.0, 40.0, 250.0, 800.0, 1500.0]),
+            )
+        )
+    return fixes
+
+
+async def _arrive(
+    rng: random.Random, conn: asyncpg.Connection, fixes: list[FixMessage], shuffled: bool
+) -> None:
+    """Stores the fixes in batches of random size, some of them twice."""
+    arrivals = fixes[:]
+    if shuffled:
+        rng.shuffle(arrivals)
+    arrivals += fixes[:50]  # resent: changes nothing
+    partitions = Partitions()
+    while arrivals:
+        size = rng.randint(1, 40)
+        await store_fixes(conn, partitions, arrivals[:size])
+        arrivals = arrivals[size:]
 
 
 async def test_trail_boxes_hold_every_path_whatever_order_fixes_arrive_in(db: Database) -> None:
@@ -152,32 +199,9 @@ async def test_trail_boxes_hold_every_path_whatever_order_fixes_arrive_in(db: Da
     uploads, resends)."""
     rng = random.Random(7)
     subject = uuid.uuid4()
-    t = datetime(2026, 11, 20, 23, 0, tzinfo=UTC)  # crosses midnight: two days' partitions
-    lat, lon, fixes = 51.5, -0.12, []
-    for _ in range(400):
-        t += timedelta(seconds=rng.choice([5, 30, 60, 60, 60, 300, 599, 600, 900]))
-        lat += rng.uniform(-0.01, 0.01)
-        lon += rng.uniform(-0.01, 0.01)
-        fixes.append(
-            FixMessage(
-                tag_id="BOX-1",
-                subject_id=subject,
-                ts=t,
-                received_at=t,
-                lat=lat,
-                lon=lon,
-                accuracy_m=rng.choice([3.0, 12.0, 12.0, 40.0, 250.0, 800.0, 1500.0]),
-            )
-        )
-    arrivals = fixes[:]
-    rng.shuffle(arrivals)
-    arrivals += fixes[:50]  # resent: changes nothing
-    partitions = Partitions()
+    fixes = _wandering(rng, subject, "BOX-1")
     async with db.pool.acquire() as conn:
-        while arrivals:
-            size = rng.randint(1, 40)
-            await store_fixes(conn, partitions, arrivals[:size])
-            arrivals = arrivals[size:]
+        await _arrive(rng, conn, fixes, shuffled=True)
         boxes = {
             r["bucket"]: r
             for r in await conn.fetch(
@@ -208,6 +232,30 @@ async def test_trail_boxes_hold_every_path_whatever_order_fixes_arrive_in(db: Da
                     )
             checked += 1
     assert checked > 600
+
+
+async def test_the_bulk_box_statement_makes_the_boxes_the_store_makes(db: Database) -> None:
+    """BOXES_SQL (bulk loads, bench/proximity.py) and the store's widen_boxes apply one
+    rule two ways: over a whole trail at once the one must make the boxes the other made
+    batch by batch as the fixes came in order. (Out of order, the store's can be larger:
+    two fixes are consecutive until the one between them arrives, and boxes only grow.)"""
+    rng = random.Random(11)
+    subjects = [uuid.uuid4() for _ in range(3)]
+    fixes = [f for i, s in enumerate(subjects) for f in _wandering(rng, s, f"BULK-{i}")]
+    box_sql = (
+        "select subject_id, bucket, st_xmin(box), st_ymin(box), st_xmax(box), st_ymax(box)"
+        " from trail_boxes where subject_id = any($1) order by 1, 2"
+    )
+    async with db.pool.acquire() as conn:
+        await _arrive(rng, conn, sorted(fixes, key=lambda f: f.ts), shuffled=False)
+        stored = await conn.fetch(box_sql, subjects)
+        await conn.execute("truncate trail_boxes")
+        await conn.execute(BOXES_SQL.format(source="trail_points"))
+        bulk = await conn.fetch(box_sql, subjects)
+    assert len(stored) > 100
+    assert [tuple(r[:2]) for r in bulk] == [tuple(r[:2]) for r in stored]
+    for a, b in zip(bulk, stored, strict=True):
+        assert list(a[2:]) == pytest.approx(list(b[2:]), abs=1e-9), (a, b)
 
 
 async def test_upgrading_a_stored_trail_gives_it_boxes(settings: Settings) -> None:

@@ -58,7 +58,7 @@ trail_points = Table(
 
 # Where each subject was, coarsely, in each 5-minute bucket: the bounding box of the
 # accuracy circles of their fixes in it and of the fixes each path from them leads to
-# (see BOXES_SQL in repository.py). Proximity search finds who passed a place by these
+# (see widen_boxes in repository.py). Proximity search finds who passed a place by these
 # boxes, a handful of rows, instead of by every fix nearby. Partitioned by day like
 # trail_points, and dropped with it.
 trail_boxes = Table(

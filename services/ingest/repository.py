@@ -93,15 +93,178 @@ async def create_partition(conn: asyncpg.Connection, table: str, day: date) -> N
 # matching limit within it).
 BOX_MAX_ACCURACY_M = 1000.0
 
-# Widens the trail boxes by stored fixes, those in {source} (a table, or a subquery
-# with an alias, with subject_id, ts, lat, lon, accuracy_m). Matching pairs consecutive
-# fixes among those accurate enough for it, so which fix follows which depends on that
+# Widens the trail boxes by a batch of stored fixes. Matching pairs consecutive fixes
+# among those accurate enough for it, so which fix follows which depends on that
 # threshold; for every threshold at once, the box of a fix's bucket holds the fix and
-# each later fix (up to BOX_MAX_GAP on) more accurate than all between them. So a fix
+# each later fix (up to BOX_MAX_GAP on) more accurate than all between them. So a new fix
 # widens its own box by those successors, and the boxes of the earlier fixes it is such
 # a successor to. Arrival order does not matter: boxes only grow, and a fix that arrives
-# late finds its neighbours stored. A box that already holds a point is left alone: no
-# new row version, no index entry. (Degrees per metre err large: 110 km a degree.)
+# late finds its neighbours stored. (Degrees per metre err large: 110 km a degree.)
+#
+# The pairs are found here, in numpy, from each subject's stored fixes around the batch
+# (one index range a subject), not in SQL: a lateral look at each new fix's neighbours
+# both ways, with a window over them (BOXES_SQL below), cost PostgreSQL about 25 µs a
+# fix; this costs it about 13, and Python 2 (docs/benchmarks.md, fifth session).
+
+# $1 subject ids, $2/$3 each one's first and last new fix, widened by BOX_MAX_GAP; $4/$5
+# the least and greatest of those, which the planner sees: only those days' partitions.
+# One row of arrays, decoded in C, not a record a fix. `offset 0` keeps the lateral a
+# lateral: flattened into a join, the planner read the whole day's partition for it (as
+# for STORED_POSITIONS_SQL below).
+NEIGHBOURS_SQL = f"""
+select array_agg(s.i - 1), array_agg(date_part('epoch', t.ts)),
+       array_agg(t.lat), array_agg(t.lon), array_agg(t.accuracy_m)
+from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
+    with ordinality as s(subject_id, lo, hi, i)
+cross join lateral (
+    select ts, lat, lon, accuracy_m from trail_points t
+    where t.subject_id = s.subject_id and t.ts between s.lo and s.hi
+      and t.ts between $4 and $5 and t.accuracy_m <= {BOX_MAX_ACCURACY_M}
+    offset 0
+) t
+"""
+
+# A box that already holds what a batch adds is left alone: no new row version, no
+# index entry.
+WIDEN_SQL = """
+insert into trail_boxes (subject_id, bucket, box)
+select subject_id, to_timestamp(bucket), st_makeenvelope(x0, y0, x1, y1, 4326)
+from unnest($1::uuid[], $2::float8[], $3::float8[], $4::float8[], $5::float8[], $6::float8[])
+    as b(subject_id, bucket, x0, y0, x1, y1)
+on conflict (subject_id, bucket) do update
+    set box = st_envelope(st_collect(trail_boxes.box, excluded.box))
+    where not trail_boxes.box ~ excluded.box
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class BoxPoints:
+    """Accuracy circles to put in trail boxes: circle i in the box of subject
+    `owner[i]` (an index) for the bucket starting at `bucket[i]` (epoch seconds)."""
+
+    owner: npt.NDArray[np.int64]
+    bucket: npt.NDArray[np.float64]
+    lat: npt.NDArray[np.float64]
+    lon: npt.NDArray[np.float64]
+    accuracy_m: npt.NDArray[np.float64]
+
+
+def box_points(
+    owner: npt.NDArray[np.int64],
+    ts: npt.NDArray[np.float64],
+    lat: npt.NDArray[np.float64],
+    lon: npt.NDArray[np.float64],
+    accuracy_m: npt.NDArray[np.float64],
+    new: npt.NDArray[np.bool_],
+) -> BoxPoints:
+    """What new fixes add to the boxes, given every stored fix (accurate enough for boxes)
+    within BOX_MAX_GAP of them, sorted by (owner, ts): each new fix in its own bucket's
+    box, and each fix that is a successor of another (later, within BOX_MAX_GAP, more
+    accurate than every fix between) in the box of that other's bucket, where either of
+    the two is new. Pure."""
+    gap = BOX_MAX_GAP.total_seconds()
+    bucket_s = BOX_BUCKET.total_seconds()
+    n = len(ts)
+    firsts = [np.flatnonzero(new)]
+    seconds = [firsts[0]]
+    # Fixes k apart: a pair if the later is more accurate than the k - 1 between, whose
+    # least accuracy `between` carries from one k to the next.
+    between = np.full(n, np.inf)
+    for k in range(1, n):
+        i = np.arange(n - k)
+        j = i + k
+        near = (owner[j] == owner[i]) & (ts[j] - ts[i] <= gap)
+        if not near.any():
+            break
+        if k > 1:
+            between[: n - k] = np.minimum(between[: n - k], accuracy_m[i + k - 1])
+        pair = near & (accuracy_m[j] < between[: n - k]) & (new[i] | new[j])
+        firsts.append(i[pair])
+        seconds.append(j[pair])
+    first = np.concatenate(firsts)
+    second = np.concatenate(seconds)
+    return BoxPoints(
+        owner[first],
+        np.floor(ts[first] / bucket_s) * bucket_s,
+        lat[second],
+        lon[second],
+        accuracy_m[second],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BoxGrowth:
+    """Boxes as columns, one per (owner, bucket), rounded outwards to BOX_GRID."""
+
+    owner: npt.NDArray[np.int64]
+    bucket: npt.NDArray[np.float64]
+    sides: npt.NDArray[np.float64]  # (n, 4): min lon, min lat, max lon, max lat
+
+
+def boxes_of(points: BoxPoints) -> BoxGrowth:
+    """The box of each (owner, bucket) the points fall in: their accuracy circles' extent,
+    rounded outwards to the grid. Pure."""
+    if len(points.owner) == 0:
+        return BoxGrowth(points.owner, points.bucket, np.zeros((0, 4)))
+    order = np.lexsort((points.bucket, points.owner))
+    owner, bucket = points.owner[order], points.bucket[order]
+    lat, lon, accuracy_m = points.lat[order], points.lon[order], points.accuracy_m[order]
+    dlat = accuracy_m / 110000.0
+    dlon = accuracy_m / (110000.0 * np.cos(np.radians(np.minimum(np.abs(lat) + 0.1, 89.9))))
+    starts = np.flatnonzero(np.r_[True, (owner[1:] != owner[:-1]) | (bucket[1:] != bucket[:-1])])
+    sides = np.column_stack(
+        [
+            np.floor(np.minimum.reduceat(lon - dlon, starts) / BOX_GRID) * BOX_GRID,
+            np.floor(np.minimum.reduceat(lat - dlat, starts) / BOX_GRID) * BOX_GRID,
+            (np.floor(np.maximum.reduceat(lon + dlon, starts) / BOX_GRID) + 1) * BOX_GRID,
+            (np.floor(np.maximum.reduceat(lat + dlat, starts) / BOX_GRID) + 1) * BOX_GRID,
+        ]
+    )
+    return BoxGrowth(owner[starts], bucket[starts], sides)
+
+
+async def widen_boxes(conn: asyncpg.Connection, fixes: Sequence[FixMessage]) -> None:
+    """Widens the trail boxes by these fixes, stored in this transaction."""
+    spans: dict[uuid.UUID, list[datetime]] = {}
+    for f in fixes:
+        if f.accuracy_m > BOX_MAX_ACCURACY_M:
+            continue
+        span = spans.get(f.subject_id)
+        if span is None:
+            spans[f.subject_id] = [f.ts, f.ts]
+        elif f.ts < span[0]:
+            span[0] = f.ts
+        elif f.ts > span[1]:
+            span[1] = f.ts
+    if not spans:
+        return
+    subjects = list(spans)
+    los = [spans[s][0] - BOX_MAX_GAP for s in subjects]
+    his = [spans[s][1] + BOX_MAX_GAP for s in subjects]
+    row = await conn.fetchrow(NEIGHBOURS_SQL, subjects, los, his, min(los), max(his))
+    owner = np.array(row[0] or (), dtype=np.int64)
+    ts, lat, lon, accuracy_m = (np.array(v or (), dtype=np.float64) for v in row[1:])
+    order = np.lexsort((ts, owner))
+    owner = owner[order]
+    ts, lat, lon, accuracy_m = (a[order] for a in (ts, lat, lon, accuracy_m))
+    first = np.array([spans[s][0].timestamp() for s in subjects])
+    last = np.array([spans[s][1].timestamp() for s in subjects])
+    # Stored fixes amid the batch's count as new too: a superset, and boxes only grow.
+    new = (ts >= first[owner]) & (ts <= last[owner])
+    grown = boxes_of(box_points(owner, ts, lat, lon, accuracy_m, new))
+    if len(grown.owner):
+        await conn.execute(
+            WIDEN_SQL,
+            [subjects[i] for i in grown.owner.tolist()],
+            grown.bucket.tolist(),
+            *(side.tolist() for side in grown.sides.T),
+        )
+
+
+# The same widening in one statement, by stored fixes in {source} (a table, or a
+# subquery with an alias, with subject_id, ts, lat, lon, accuracy_m): for bulk loads a
+# day at a time (bench/proximity.py), where a lateral look both ways from each fix is
+# the simpler way. A test holds it to widen_boxes, box for box.
 _FIXES = f"(select * from {{source}} where accuracy_m <= {BOX_MAX_ACCURACY_M})"
 _GAP = f"interval '{BOX_MAX_GAP.total_seconds():.0f} seconds'"
 
@@ -153,15 +316,12 @@ on conflict (subject_id, bucket) do update
 """
 
 
-# The store's staging tables, one pair a connection, emptied by every commit.
+# The store's staging table, one a connection, emptied by every commit.
 STAGING_SQL = """
 create temp table if not exists fix_staging (
     tag_id text, ts timestamptz, received_at timestamptz, subject_id uuid,
     lat float8, lon float8, accuracy_m float8, speed_mps float8,
     heading_deg float8, source text, sats int2, hdop float8
-) on commit delete rows;
-create temp table if not exists fix_inserted (
-    subject_id uuid, ts timestamptz, lat float8, lon float8, accuracy_m float8
 ) on commit delete rows
 """
 
@@ -233,16 +393,14 @@ async def store_fixes(
                     heading_deg, source, sats, hdop, st_setsrid(st_makepoint(lon, lat), 4326)
                 from fix_staging
                 on conflict (tag_id, ts) do nothing
-                returning subject_id, ts, lat, lon, accuracy_m
-            ), kept as (
-                insert into fix_inserted select * from ins returning 1
+                returning 1
             )
-            select count(*) from kept
+            select count(*) from ins
             """
         )
         # Now stored, the new fixes' neighbours (stored before, or in this batch) are
         # visible to the box update.
-        await conn.execute(BOXES_SQL.format(source="fix_inserted"))
+        await widen_boxes(conn, fixes)
         # Only a fix the insert skipped can conflict with a stored one (or with another
         # in the batch); nearly always every fix is new, and the look-up is not needed.
         if inserted == len(records):
