@@ -20,12 +20,17 @@ from services.common.settings import Settings
 from services.ingest.repository import (
     BOX_BUCKET,
     BOX_MAX_GAP,
+    BOXES_AROUND_SQL,
     BOXES_SQL,
     CONFLICTS_SQL,
+    FIRST_FIXES_SQL,
     NEIGHBOURS_SQL,
+    REACH_SQL,
     STAGING_SQL,
     STORED_POSITIONS_SQL,
     SUBJECTS_PASSING_SQL,
+    TRAILS_IN_SQL,
+    TRAILS_SINCE_SQL,
     Partitions,
     partition_name,
     store_fixes,
@@ -104,13 +109,14 @@ async def test_near_place_and_time_uses_the_indexes(db: Database) -> None:
         assert "Seq Scan" not in plan and "subject_id" in plan, plan
 
 
-async def test_resend_look_ups_probe_the_key_however_much_trail_is_stored(
+async def test_batch_reads_probe_an_index_however_much_trail_is_stored(
     db: Database,
 ) -> None:
     """Ingest asks, for every request, which of its fixes are stored already. Live fixes
     are newer than anything the statistics have seen, and as a plain join the planner
     scanned the day's whole trail for them (330 ms a request two hours into a day, more
-    as it went on): it must probe the primary key, a key at a time."""
+    as it went on): it must probe the primary key, a key at a time. Likewise every
+    read of many subjects' trails a batch makes."""
     day = datetime(2026, 11, 21, 11, tzinfo=UTC)
     subjects = [uuid.uuid4() for _ in range(200)]
     fixes = [
@@ -127,7 +133,7 @@ async def test_resend_look_ups_probe_the_key_however_much_trail_is_stored(
     ]
     async with db.pool.acquire() as conn:
         assert (await store_fixes(conn, Partitions(), fixes)).inserted == 24_000
-        await conn.execute("analyze trail_points")
+        await conn.execute("analyze trail_points, trail_boxes")
         # The next minute's fixes, newer than anything stored: a live request.
         after = day + timedelta(hours=2)
         live = [(f"RS-{i}", after) for i in range(200)]
@@ -145,12 +151,26 @@ async def test_resend_look_ups_probe_the_key_however_much_trail_is_stored(
                 r[0] for r in await conn.fetch("explain " + CONFLICTS_SQL, after, after)
             )
             assert "Seq Scan on trail_points" not in plan and "pkey" in plan, plan
-        # The store's read of each subject's fixes around a batch, for the trail boxes:
-        # a range of the (subject, time) index a subject.
-        spans = ([*subjects], [after - BOX_MAX_GAP] * 200, [after + BOX_MAX_GAP] * 200)
-        args = (*spans, after - BOX_MAX_GAP, after + BOX_MAX_GAP)
-        plan = "\n".join(r[0] for r in await conn.fetch("explain " + NEIGHBOURS_SQL, *args))
-        assert "Seq Scan" not in plan and "Cond: ((subject_id = s.subject_id)" in plan, plan
+        # Every read of many subjects' trails around a batch: a range of the (subject,
+        # time) index a subject, whether the batch is live or an hour back. (As plain
+        # joins, each was hashed over the day's partition, or every partition.)
+        for lo in (after, day + timedelta(minutes=60)):
+            hi = lo + timedelta(minutes=4)
+            n = len(subjects)
+            statements = {
+                NEIGHBOURS_SQL: (subjects, [lo] * n, [hi] * n, lo, hi),
+                REACH_SQL: (subjects, [lo] * n, [hi] * n, 300.0, lo, hi),
+                TRAILS_SINCE_SQL: (subjects, [lo - timedelta(hours=2)] * n, lo),
+                TRAILS_IN_SQL: (subjects, [lo] * n, [hi] * n, lo, hi),
+                FIRST_FIXES_SQL: (subjects, [lo] * n, lo),
+                BOXES_AROUND_SQL: (subjects, [lo] * n, [hi] * n, lo, hi),
+            }
+            # (Empty partitions, of days ahead, are scanned: there is nothing in them.)
+            stored = [partition_name(day.date(), t) for t in ("trail_points", "trail_boxes")]
+            for sql, args in statements.items():
+                plan = "\n".join(r[0] for r in await conn.fetch("explain " + sql, *args))
+                assert "Hash Join" not in plan and "Cond: ((subject_id = " in plan, plan
+                assert not any(f"Seq Scan on {name}" in plan for name in stored), plan
 
 
 def _wandering(rng: random.Random, subject: uuid.UUID, tag: str) -> list[FixMessage]:

@@ -1,4 +1,13 @@
-"""All SQL of ingest: COPY of fixes into trail_points, partitions, and trail look-ups."""
+"""All SQL of ingest: COPY of fixes into trail_points, partitions, and trail look-ups.
+
+Reads of many subjects' trails at once go a subject at a time: a lateral subquery each,
+kept one by `offset 0` (or a `limit`), so each is a range of the (subject, time) index.
+Written as plain joins, the planner hashed them instead, reading every fix of the day's
+partition (or of every partition) to keep a few hundred: live fixes are newer than its
+statistics, so it expects few rows and scans. The cost grew with each day's trail
+(docs/benchmarks.md, fourth and fifth sessions); tests/test_database.py holds each plan
+to the index.
+"""
 
 from __future__ import annotations
 
@@ -486,6 +495,24 @@ class TrailBoxes:
     BEFORE: ClassVar[timedelta] = BOX_MAX_GAP + BOX_BUCKET
 
 
+# $1-$3 (subject, first, last) as arrays; $4/$5 the least first and greatest last.
+BOXES_AROUND_SQL = """
+select array_agg(s.i - 1), array_agg(date_part('epoch', b.bucket)),
+       array_agg(st_xmin(b.box)), array_agg(st_ymin(b.box)),
+       array_agg(st_xmax(b.box)), array_agg(st_ymax(b.box))
+from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
+    with ordinality as s(subject_id, lo, hi, i)
+cross join lateral (
+    select bucket, box from trail_boxes b
+    where b.subject_id = s.subject_id and b.bucket between s.lo and s.hi
+      -- The same bounds over all, which the planner sees: only those days'
+      -- partitions.
+      and b.bucket between $4 and $5
+    offset 0
+) b
+"""
+
+
 async def boxes_around(
     conn: asyncpg.Connection,
     spans: Sequence[tuple[uuid.UUID, datetime, datetime]],
@@ -496,17 +523,7 @@ async def boxes_around(
     # Thousands of boxes a batch: they come back as one row of arrays (numbers, decoded
     # in C), not a record a box, and subjects by their place in `spans`.
     row = await conn.fetchrow(
-        """
-        select array_agg(s.i - 1), array_agg(date_part('epoch', b.bucket)),
-               array_agg(st_xmin(b.box)), array_agg(st_ymin(b.box)),
-               array_agg(st_xmax(b.box)), array_agg(st_ymax(b.box))
-        from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
-            with ordinality as s(subject_id, lo, hi, i)
-        join trail_boxes b
-          on b.subject_id = s.subject_id and b.bucket between s.lo and s.hi
-        -- The same bounds over all, which the planner sees: only those days' partitions.
-        where b.bucket between $4 and $5
-        """,
+        BOXES_AROUND_SQL,
         [s for s, _, _ in spans],
         [lo - TrailBoxes.BEFORE for _, lo, _ in spans],
         [hi for _, _, hi in spans],
@@ -562,32 +579,65 @@ def _by_subject(rows: Sequence[asyncpg.Record]) -> dict[uuid.UUID, list[TrailFix
     return out
 
 
+# $1/$2 (subject, since) as arrays; $3 the earliest since.
+TRAILS_SINCE_SQL = """
+select r.subject_id, t.tag_id, t.ts, t.received_at, t.lat, t.lon, t.accuracy_m
+from unnest($1::uuid[], $2::timestamptz[]) as r(subject_id, since)
+cross join lateral (
+    select tag_id, ts, received_at, lat, lon, accuracy_m from trail_points t
+    where t.subject_id = r.subject_id and t.ts >= r.since
+      -- The earliest over all, which the planner sees: only partitions from it.
+      and t.ts >= $3
+    offset 0
+) t
+union all
+select p.subject_id, p.tag_id, p.ts, p.received_at, p.lat, p.lon, p.accuracy_m
+from unnest($1::uuid[], $2::timestamptz[]) as r(subject_id, since)
+cross join lateral (
+    select subject_id, tag_id, ts, received_at, lat, lon, accuracy_m
+    from trail_points
+    where subject_id = r.subject_id and ts < r.since
+    order by ts desc
+    limit 1
+) p
+order by 1, 3
+"""
+
+
 async def trails_since(
     conn: asyncpg.Connection, since: Sequence[tuple[uuid.UUID, datetime]]
 ) -> dict[uuid.UUID, list[TrailFix]]:
     """Each subject's trail from `since` on, in time order, together with the one fix
     just before `since` (so a caller can tell whether something began earlier)."""
+    if not since:
+        return {}
     rows = await conn.fetch(
-        """
-        select t.subject_id, t.tag_id, t.ts, t.received_at, t.lat, t.lon, t.accuracy_m
-        from unnest($1::uuid[], $2::timestamptz[]) as r(subject_id, since)
-        join trail_points t on t.subject_id = r.subject_id and t.ts >= r.since
-        union all
-        select p.subject_id, p.tag_id, p.ts, p.received_at, p.lat, p.lon, p.accuracy_m
-        from unnest($1::uuid[], $2::timestamptz[]) as r(subject_id, since)
-        cross join lateral (
-            select subject_id, tag_id, ts, received_at, lat, lon, accuracy_m
-            from trail_points
-            where subject_id = r.subject_id and ts < r.since
-            order by ts desc
-            limit 1
-        ) p
-        order by 1, 3
-        """,
+        TRAILS_SINCE_SQL,
         [s for s, _ in since],
         [t for _, t in since],
+        min(t for _, t in since),
     )
     return _by_subject(rows)
+
+
+# $1-$3 (subject, first, last) as arrays; $4 the pad (s); $5/$6 the least first and
+# greatest last.
+REACH_SQL = """
+select r.subject_id, min(t.lon), min(t.lat), max(t.lon), max(t.lat), max(t.accuracy_m)
+from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[]) as r(subject_id, lo, hi)
+cross join lateral (
+    select lon, lat, accuracy_m from trail_points t
+    where t.subject_id = r.subject_id
+      and t.ts >= r.lo - make_interval(secs => $4)
+      and t.ts <= r.hi + make_interval(secs => $4)
+      -- The same bounds over all, which the planner sees: only those days'
+      -- partitions.
+      and t.ts between $5::timestamptz - make_interval(secs => $4)
+                   and $6::timestamptz + make_interval(secs => $4)
+    offset 0
+) t
+group by r.subject_id
+"""
 
 
 async def reach_around(
@@ -601,18 +651,7 @@ async def reach_around(
     if not spans:
         return {}
     rows = await conn.fetch(
-        """
-        select r.subject_id, min(t.lon), min(t.lat), max(t.lon), max(t.lat), max(t.accuracy_m)
-        from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[]) as r(subject_id, lo, hi)
-        join trail_points t
-          on t.subject_id = r.subject_id
-         and t.ts >= r.lo - make_interval(secs => $4)
-         and t.ts <= r.hi + make_interval(secs => $4)
-        -- The same bounds over all, which the planner sees: only those days' partitions.
-        where t.ts between $5::timestamptz - make_interval(secs => $4)
-                       and $6::timestamptz + make_interval(secs => $4)
-        group by r.subject_id
-        """,
+        REACH_SQL,
         [s for s, _, _ in spans],
         [lo for _, lo, _ in spans],
         [hi for _, _, hi in spans],
@@ -652,19 +691,30 @@ async def device_events_since(
     return out
 
 
+# $1/$2 (subject, since) as arrays; $3 the earliest since.
+FIRST_FIXES_SQL = """
+select r.subject_id, t.ts
+from unnest($1::uuid[], $2::timestamptz[]) as r(subject_id, since)
+cross join lateral (
+    select ts from trail_points t
+    where t.subject_id = r.subject_id and t.ts > r.since and t.ts > $3
+    order by ts
+    limit 1
+) t
+"""
+
+
 async def first_fixes_after(
     conn: asyncpg.Connection, since: Sequence[tuple[uuid.UUID, datetime]]
 ) -> dict[uuid.UUID, datetime]:
     """Each subject's first fix after a moment (when a silence ended)."""
+    if not since:
+        return {}
     rows = await conn.fetch(
-        """
-        select r.subject_id, min(t.ts) as ts
-        from unnest($1::uuid[], $2::timestamptz[]) as r(subject_id, since)
-        join trail_points t on t.subject_id = r.subject_id and t.ts > r.since
-        group by r.subject_id
-        """,
+        FIRST_FIXES_SQL,
         [s for s, _ in since],
         [t for _, t in since],
+        min(t for _, t in since),
     )
     return {r["subject_id"]: r["ts"] for r in rows}
 
@@ -687,6 +737,21 @@ async def trails_between(
     return _by_subject(rows)
 
 
+# $1-$3 (subject, start, end) as arrays; $4/$5 the least start and greatest end.
+TRAILS_IN_SQL = """
+select w.k, t.tag_id, t.ts, t.received_at, t.lat, t.lon, t.accuracy_m
+from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
+     with ordinality as w(subject_id, lo, hi, k)
+cross join lateral (
+    select tag_id, ts, received_at, lat, lon, accuracy_m from trail_points t
+    where t.subject_id = w.subject_id and t.ts between w.lo and w.hi
+      and t.ts between $4 and $5
+    offset 0
+) t
+order by w.k, t.ts
+"""
+
+
 async def trails_in(
     conn: asyncpg.Connection, windows: Sequence[tuple[uuid.UUID, datetime, datetime]]
 ) -> list[list[TrailFix]]:
@@ -696,16 +761,12 @@ async def trails_in(
     if not windows:
         return out
     rows = await conn.fetch(
-        """
-        select w.k, t.tag_id, t.ts, t.received_at, t.lat, t.lon, t.accuracy_m
-        from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
-             with ordinality as w(subject_id, lo, hi, k)
-        join trail_points t on t.subject_id = w.subject_id and t.ts between w.lo and w.hi
-        order by w.k, t.ts
-        """,
+        TRAILS_IN_SQL,
         [s for s, _, _ in windows],
         [lo for _, lo, _ in windows],
         [hi for _, _, hi in windows],
+        min(lo for _, lo, _ in windows),
+        max(hi for _, _, hi in windows),
     )
     for k, *fix in rows:
         out[k - 1].append(TrailFix(*fix))
