@@ -18,6 +18,7 @@ from services.common.database import Database
 from services.common.settings import Settings
 from services.common.timeutil import utcnow
 from services.pipeline import ALL_ROLES, Pipeline
+from services.zones.worker import check_params, episodes_afresh
 from tests.conftest import enrol, eventually, fix, kafka_settings, serve, square
 
 ZONE_CENTRE = (52.5720, -0.2390)
@@ -177,9 +178,10 @@ async def test_a_crime_recorded_after_the_fact_matches_stored_trails(
 
 
 async def test_a_backlog_uploaded_out_of_order_raises_exactly_the_right_alerts(
-    live: str, db: Database
+    live: str, db: Database, settings: Settings
 ) -> None:
-    """A tag out of signal for hours uploads its buffer in pieces, in the wrong order."""
+    """A tag out of signal for hours uploads its buffer in pieces, in the wrong order:
+    the alerts left standing are the episodes the whole trail shows, derived afresh."""
     async with httpx.AsyncClient(base_url=live, timeout=30) as http:
         world = await enrol(http, db, n=1, prefix="BACKLOG")
         shop = (52.5900, -0.2800)
@@ -227,6 +229,11 @@ async def test_a_backlog_uploaded_out_of_order_raises_exactly_the_right_alerts(
             assert len(a["evidence"]) == 5
         r = await http.get("/v1/alerts", params={"state": "superseded"}, headers=world.manager)
         assert all(s["superseded_by"] in {a["id"] for a in items} for s in r.json()["items"])
+        afresh = await episodes_afresh(
+            db, check_params(settings.check), start - timedelta(hours=1), utcnow()
+        )
+        mine = {str(e.id) for e in afresh if str(e.subject_id) == str(world.subjects[0])}
+        assert mine == {a["id"] for a in items}
 
 
 async def test_filed_alerts_reach_downstream_systems_on_the_kafka_alert_feed(
