@@ -117,9 +117,7 @@ BOX_MAX_ACCURACY_M = 1000.0
 
 # $1 subject ids, $2/$3 each one's first and last new fix, widened by BOX_MAX_GAP; $4/$5
 # the least and greatest of those, which the planner sees: only those days' partitions.
-# One row of arrays, decoded in C, not a record a fix. `offset 0` keeps the lateral a
-# lateral: flattened into a join, the planner read the whole day's partition for it (as
-# for STORED_POSITIONS_SQL below).
+# One row of arrays, decoded in C, not a record a fix; `offset 0` as the module says.
 NEIGHBOURS_SQL = f"""
 select array_agg(s.i - 1), array_agg(date_part('epoch', t.ts)),
        array_agg(t.lat), array_agg(t.lon), array_agg(t.accuracy_m)

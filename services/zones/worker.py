@@ -90,7 +90,9 @@ async def episodes_afresh(
     """Every zone episode of every subject's stored trail between start and end, derived
     from the whole of it at once: what the zone checker's episodes, decided batch by
     batch as fixes came (and superseded as late ones changed them), must add up to.
-    For audits and the throughput benchmark, not the live path (it reads every trail)."""
+    For audits and the throughput benchmark, not the live path (it reads every trail).
+    It reads and prepares the zones itself rather than through ZoneChecker's cached map,
+    so a fault in that cache cannot hide from the comparison."""
     async with db.pool.acquire() as conn:
         _, applies = await repository.zone_map(conn)
     async with db.sessions() as session:
