@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from shapely import MultiPolygon, Point, Polygon
 
 from services.common.geo import WGS84, LocalFrame
-from services.common.trail import Reach
+from services.common.trail import Reach, Reaches
 from services.zones import service
 from services.zones.schedule import DatedException, LocalWindow, Schedule, Timetable, WeeklyWindow
 from services.zones.service import (
@@ -28,8 +28,8 @@ from services.zones.service import (
     Episode,
     PreparedZone,
     Reported,
+    SubjectZones,
     TrailFix,
-    ZoneIndex,
     ZoneKind,
     check_zone,
     classify,
@@ -422,7 +422,9 @@ def _checker(
                 since = min(since, r.start)
         reach = Reach.of([f for f in trail_now if lo - gap <= f.ts <= hi + gap])
         pending = {(SUBJECT, z.id)} if unsettled(reported, since) else set()
-        if shortcut and not to_check({SUBJECT: [z]}, {SUBJECT: reach}, pending, ZoneIndex([z])):
+        if shortcut and not to_check(
+            {SUBJECT: SubjectZones.of([z])}, Reaches.of({SUBJECT: reach}), pending
+        ):
             skipped += 1
             continue
         before = [f for f in trail_now if f.ts < since][-1:]
@@ -485,33 +487,57 @@ def test_subjects_nowhere_near_an_exclusion_zone_are_not_read_back_and_nothing_i
     assert 0.1 * batches_total < skipped_total < 0.9 * batches_total
 
 
-def test_the_zone_index_finds_exactly_the_zones_a_box_meets() -> None:
-    """The STRtree over zone extents answers, for many boxes at once, what testing each
-    box against each zone's extent answers."""
+def test_to_check_keeps_exactly_the_exclusion_zones_a_reach_meets() -> None:
+    """For many subjects at once, in one pass over arrays, to_check keeps the exclusion
+    zones whose extent a subject's reach meets (as Reach.clear_of tells, touching
+    counts), those with an unsettled episode, every inclusion zone, and every zone of a
+    subject with no reach; and leaves out subjects with none of them."""
     rng = random.Random(3)
-    zones = []
-    for i in range(60):
+
+    def placed(i: int, kind: ZoneKind) -> PreparedZone:
         lat, lon = at_offset(rng.uniform(-3000, 3000), rng.uniform(-3000, 3000))
-        zones.append(
-            PreparedZone.build(
-                uuid.UUID(int=100 + i),
-                1,
-                ZoneKind.exclusion,
-                f"z{i}",
-                Point(lon, lat),
-                radius_m=rng.choice([50.0, 150.0, 400.0]),
-            )
+        return PreparedZone.build(
+            uuid.UUID(int=100 + i),
+            1,
+            kind,
+            f"z{i}",
+            Point(lon, lat),
+            radius_m=rng.choice([50.0, 150.0, 400.0]),
         )
-    index = ZoneIndex(zones)
-    reaches = []
-    for _ in range(200):
-        e, n = rng.uniform(-3500, 3500), rng.uniform(-3500, 3500)
-        (lat0, lon0), (lat1, lon1) = at_offset(e, n), at_offset(e + rng.uniform(0, 600), n + 300)
-        reaches.append(Reach(lon0, lat0, lon1, lat1, rng.choice([5.0, 80.0, 500.0])))
-    found = index.meeting([r.box() for r in reaches])
-    expected = [{z.id for z in zones if not r.clear_of(z.extent)} for r in reaches]
+
+    subjects = [uuid.UUID(int=10_000 + k) for k in range(200)]
+    zones: dict[uuid.UUID, SubjectZones] = {}
+    reach: dict[uuid.UUID, Reach] = {}
+    n = 0
+    for s in subjects:
+        kinds = [ZoneKind.exclusion] * rng.randint(0, 6) + [ZoneKind.inclusion] * (
+            rng.random() < 0.1
+        )
+        zones[s] = SubjectZones.of(placed((n := n + 1), kind) for kind in kinds)
+        if rng.random() < 0.95:
+            e, no = rng.uniform(-3500, 3500), rng.uniform(-3500, 3500)
+            (lat0, lon0) = at_offset(e, no)
+            (lat1, lon1) = at_offset(e + rng.uniform(0, 600), no + 300)
+            reach[s] = Reach(lon0, lat0, lon1, lat1, rng.choice([5.0, 80.0, 500.0]))
+    unsettled = {(s, z.id) for s in subjects[::7] for z in zones[s].exclusion[:1]}
+    found = to_check(zones, Reaches.of(reach), unsettled)
+    expected = {}
+    for s in subjects:
+        kept = [
+            z
+            for z in zones[s].zones
+            if s not in reach
+            or z.kind is not ZoneKind.exclusion
+            or not reach[s].clear_of(z.extent)
+            or (s, z.id) in unsettled
+        ]
+        if kept:
+            expected[s] = kept
     assert found == expected
-    assert sum(map(len, found)) > 50 and sum(1 for f in found if not f) > 20
+    met = sum(1 for s in reach for z in zones[s].exclusion if not reach[s].clear_of(z.extent))
+    # Every case came up: zones met, and missed, subjects left out, and kept in full.
+    assert met > 30 and len(found) < len(subjects) - 20
+    assert any(s not in reach and zones[s].zones for s in subjects)
 
 
 @pytest.mark.parametrize("lat, lon", [(52.549, -0.251), (51.45, -2.65), (54.96, -1.55)])

@@ -33,6 +33,14 @@ def degree_margin(lat: float, radius_m: float) -> float:
     return radius_m / (_M_PER_DEG_LAT * cos_lat) * 1.05
 
 
+def degree_margins(
+    lat: npt.NDArray[np.float64], radius_m: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """degree_margin of many points at once."""
+    cos_lat = np.maximum(np.cos(np.radians(np.minimum(np.abs(lat) + 1.0, 89.0))), 0.01)
+    return np.asarray(radius_m / (_M_PER_DEG_LAT * cos_lat) * 1.05, dtype=np.float64)
+
+
 @lru_cache(maxsize=4096)
 def _local_transformer(lat0: float, lon0: float) -> Transformer:
     # The operation spelt out as a PROJ pipeline (degrees to radians, then the

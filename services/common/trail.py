@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from services.common.geo import degree_margin
+import numpy as np
+import numpy.typing as npt
+
+from services.common.geo import degree_margin, degree_margins
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +55,32 @@ class Reach:
         """Whether the widened box misses `extent` (min lon, min lat, max lon, max lat)."""
         x0, y0, x1, y1 = self.box()
         return x0 > extent[2] or x1 < extent[0] or y0 > extent[3] or y1 < extent[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Reaches:
+    """The Reach of each of many subjects' fixes, as columns: row i is subject
+    `subjects[i]`'s bounding box (min lon, min lat, max lon, max lat) and largest
+    accuracy radius."""
+
+    subjects: list[uuid.UUID]
+    sides: npt.NDArray[np.float64]  # (n, 4)
+    accuracy_m: npt.NDArray[np.float64]
+
+    @classmethod
+    def of(cls, reach: Mapping[uuid.UUID, Reach]) -> Reaches:
+        subjects = list(reach)
+        return cls(
+            subjects,
+            np.array(
+                [(r.min_lon, r.min_lat, r.max_lon, r.max_lat) for r in reach.values()],
+                dtype=np.float64,
+            ).reshape(-1, 4),
+            np.array([r.accuracy_m for r in reach.values()], dtype=np.float64),
+        )
+
+    def boxes(self) -> npt.NDArray[np.float64]:
+        """Each row's box widened by its accuracy radius, as Reach.box widens one."""
+        s = self.sides
+        margin = degree_margins(np.maximum(np.abs(s[:, 1]), np.abs(s[:, 3])), self.accuracy_m)
+        return s + np.outer(margin, [-1.0, -1.0, 1.0, 1.0])

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.geo import degree_margin
-from services.common.trail import Reach, TrailFix
+from services.common.trail import Reaches, TrailFix
 from services.ingest.schemas import DeviceEvent, FixMessage
 
 STAGING_COLUMNS = (
@@ -39,6 +39,20 @@ STAGING_COLUMNS = (
     "sats",
     "hdop",
 )
+
+
+# Reads that come back as numbers in bulk (thousands a batch) send each column as one
+# bytea, the values' binary forms end to end (`string_agg(float8send(x), '')`), which
+# numpy reads at once: no Python float or int a value, nor a list to build an array
+# from, as a float8[] column gives.
+def floats(column: bytes | None) -> npt.NDArray[np.float64]:
+    """A column of float8send values, concatenated (big-endian doubles)."""
+    return np.frombuffer(column or b"", dtype=">f8").astype(np.float64)
+
+
+def ints(column: bytes | None) -> npt.NDArray[np.int64]:
+    """A column of int8send values, concatenated (big-endian 64-bit integers)."""
+    return np.frombuffer(column or b"", dtype=">i8").astype(np.int64)
 
 
 # Tables partitioned by day: the trail, and its boxes.
@@ -117,10 +131,11 @@ BOX_MAX_ACCURACY_M = 1000.0
 
 # $1 subject ids, $2/$3 each one's first and last new fix, widened by BOX_MAX_GAP; $4/$5
 # the least and greatest of those, which the planner sees: only those days' partitions.
-# One row of arrays, decoded in C, not a record a fix; `offset 0` as the module says.
+# One row of columns (`floats` above), not a record a fix; `offset 0` as the module says.
 NEIGHBOURS_SQL = f"""
-select array_agg(s.i - 1), array_agg(date_part('epoch', t.ts)),
-       array_agg(t.lat), array_agg(t.lon), array_agg(t.accuracy_m)
+select string_agg(int8send(s.i - 1), ''), string_agg(float8send(date_part('epoch', t.ts)), ''),
+       string_agg(float8send(t.lat), ''), string_agg(float8send(t.lon), ''),
+       string_agg(float8send(t.accuracy_m), '')
 from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
     with ordinality as s(subject_id, lo, hi, i)
 cross join lateral (
@@ -249,8 +264,8 @@ async def widen_boxes(conn: asyncpg.Connection, fixes: Sequence[FixMessage]) -> 
     los = [spans[s][0] - BOX_MAX_GAP for s in subjects]
     his = [spans[s][1] + BOX_MAX_GAP for s in subjects]
     row = await conn.fetchrow(NEIGHBOURS_SQL, subjects, los, his, min(los), max(his))
-    owner = np.array(row[0] or (), dtype=np.int64)
-    ts, lat, lon, accuracy_m = (np.array(v or (), dtype=np.float64) for v in row[1:])
+    owner = ints(row[0])
+    ts, lat, lon, accuracy_m = (floats(v) for v in row[1:])
     order = np.lexsort((ts, owner))
     owner = owner[order]
     ts, lat, lon, accuracy_m = (a[order] for a in (ts, lat, lon, accuracy_m))
@@ -495,9 +510,9 @@ class TrailBoxes:
 
 # $1-$3 (subject, first, last) as arrays; $4/$5 the least first and greatest last.
 BOXES_AROUND_SQL = """
-select array_agg(s.i - 1), array_agg(date_part('epoch', b.bucket)),
-       array_agg(st_xmin(b.box)), array_agg(st_ymin(b.box)),
-       array_agg(st_xmax(b.box)), array_agg(st_ymax(b.box))
+select string_agg(int8send(s.i - 1), ''), string_agg(float8send(date_part('epoch', b.bucket)), ''),
+       string_agg(float8send(st_xmin(b.box)), ''), string_agg(float8send(st_ymin(b.box)), ''),
+       string_agg(float8send(st_xmax(b.box)), ''), string_agg(float8send(st_ymax(b.box)), '')
 from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
     with ordinality as s(subject_id, lo, hi, i)
 cross join lateral (
@@ -518,8 +533,8 @@ async def boxes_around(
     """For each (subject, first, last) of a batch of new stored fixes, the subject's trail
     boxes those fixes can have changed: from BOX_MAX_GAP before the first (a path into it
     starts there, in its start's box) to the last."""
-    # Thousands of boxes a batch: they come back as one row of arrays (numbers, decoded
-    # in C), not a record a box, and subjects by their place in `spans`.
+    # Thousands of boxes a batch: they come back as one row of columns (`floats`), not a
+    # record a box, and subjects by their place in `spans`.
     row = await conn.fetchrow(
         BOXES_AROUND_SQL,
         [s for s, _, _ in spans],
@@ -528,12 +543,11 @@ async def boxes_around(
         min(lo for _, lo, _ in spans) - TrailBoxes.BEFORE,
         max(hi for _, _, hi in spans),
     )
-    owner, buckets, *sides = (() if v is None else v for v in row)
     return TrailBoxes(
         [s for s, _, _ in spans],
-        np.array(owner, dtype=np.int64),
-        np.array(buckets, dtype=np.float64),
-        np.array(sides, dtype=np.float64).reshape(4, -1).T,
+        ints(row[0]),
+        floats(row[1]),
+        np.column_stack([floats(v) for v in row[2:]]).reshape(-1, 4),
     )
 
 
@@ -620,9 +634,16 @@ async def trails_since(
 
 # $1-$3 (subject, first, last) as arrays; $4 the pad (s); $5/$6 the least first and
 # greatest last.
+# One row of columns (`floats`): each subject's place in $1, then its reach.
 REACH_SQL = """
-select r.subject_id, min(t.lon), min(t.lat), max(t.lon), max(t.lat), max(t.accuracy_m)
-from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[]) as r(subject_id, lo, hi)
+select string_agg(int8send(i), ''), string_agg(float8send(x0), ''),
+       string_agg(float8send(y0), ''), string_agg(float8send(x1), ''),
+       string_agg(float8send(y1), ''), string_agg(float8send(accuracy_m), '')
+from (
+select r.i - 1 as i, min(t.lon) as x0, min(t.lat) as y0, max(t.lon) as x1, max(t.lat) as y1,
+       max(t.accuracy_m) as accuracy_m
+from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
+    with ordinality as r(subject_id, lo, hi, i)
 cross join lateral (
     select lon, lat, accuracy_m from trail_points t
     where t.subject_id = r.subject_id
@@ -634,7 +655,8 @@ cross join lateral (
                    and $6::timestamptz + make_interval(secs => $4)
     offset 0
 ) t
-group by r.subject_id
+group by r.i
+) reach
 """
 
 
@@ -642,13 +664,13 @@ async def reach_around(
     conn: asyncpg.Connection,
     spans: Sequence[tuple[uuid.UUID, datetime, datetime]],
     pad_s: float,
-) -> dict[uuid.UUID, Reach]:
+) -> Reaches:
     """For each (subject, first, last): the reach of the subject's stored fixes from
     pad_s before `first` to pad_s after `last`, aggregated in the database (an
-    index-only scan; no row comes back but the box)."""
+    index-only scan; no row comes back but the box). Subjects with none are left out."""
     if not spans:
-        return {}
-    rows = await conn.fetch(
+        return Reaches([], np.zeros((0, 4)), np.zeros(0))
+    row = await conn.fetchrow(
         REACH_SQL,
         [s for s, _, _ in spans],
         [lo for _, lo, _ in spans],
@@ -657,7 +679,12 @@ async def reach_around(
         min(lo for _, lo, _ in spans),
         max(hi for _, _, hi in spans),
     )
-    return {r[0]: Reach(r[1], r[2], r[3], r[4], r[5]) for r in rows}
+    which = ints(row[0])
+    return Reaches(
+        [spans[i][0] for i in which.tolist()],
+        np.column_stack([floats(v) for v in row[1:5]]).reshape(-1, 4),
+        floats(row[5]),
+    )
 
 
 @dataclass(frozen=True, slots=True)

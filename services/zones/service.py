@@ -23,7 +23,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from services.common.geo import LocalFrame, degree_margin
-from services.common.trail import Reach, TrailFix
+from services.common.trail import Reach, Reaches, TrailFix
 from services.zones.schedule import Timetable
 
 ALERT_NAMESPACE = uuid.UUID("5b0f1c8e-7a53-4d4a-9c2e-3a9f7d1e2b60")
@@ -597,33 +597,28 @@ def check_zone(
     return reconcile(reported, current, (since, FOREVER))
 
 
-class ZoneIndex:
-    """An STRtree over the extents of many zones: which of them a box meets, for many
-    boxes in one vectorised query."""
+@dataclass(frozen=True)
+class SubjectZones:
+    """A subject's zones, with the extents of its exclusion zones as one array (min lon,
+    min lat, max lon, max lat a row), for to_check."""
 
-    def __init__(self, zones: Iterable[PreparedZone]) -> None:
-        self.zones = list(zones)
-        extents = np.array([z.extent for z in self.zones], dtype=float).reshape(-1, 4)
-        self._tree = shapely.STRtree(shapely.box(*extents.T))
+    zones: tuple[PreparedZone, ...]
+    exclusion: tuple[PreparedZone, ...]
+    extents: FloatArray
 
-    def meeting(self, boxes: Sequence[tuple[float, float, float, float]]) -> list[set[uuid.UUID]]:
-        """For each box, the ids of the zones whose extent it meets (touching counts)."""
-        out: list[set[uuid.UUID]] = [set() for _ in boxes]
-        if not boxes or not self.zones:
-            return out
-        corners = np.array(boxes, dtype=float).reshape(-1, 4)
-        which, zone = self._tree.query(shapely.box(*corners.T), predicate="intersects")
-        for i, j in zip(which.tolist(), zone.tolist(), strict=True):
-            out[i].add(self.zones[j].id)
-        return out
+    @classmethod
+    def of(cls, zones: Iterable[PreparedZone]) -> SubjectZones:
+        zones = tuple(zones)
+        exclusion = tuple(z for z in zones if z.kind is ZoneKind.exclusion)
+        extents = np.array([z.extent for z in exclusion], dtype=np.float64).reshape(-1, 4)
+        return cls(zones, exclusion, extents)
 
 
 def to_check(
-    zones: Mapping[S, Sequence[PreparedZone]],
-    reach: Mapping[S, Reach],
-    unsettled: Collection[tuple[S, uuid.UUID]],
-    index: ZoneIndex,
-) -> dict[S, list[PreparedZone]]:
+    zones: Mapping[uuid.UUID, SubjectZones],
+    reach: Reaches,
+    unsettled: Collection[tuple[uuid.UUID, uuid.UUID]],
+) -> dict[uuid.UUID, list[PreparedZone]]:
     """Which of each subject's zones must be checked again, known without reading the
     trail back; subjects with none are left out.
 
@@ -634,22 +629,43 @@ def to_check(
     certainty, on paths that cannot touch the zone, can only interrupt runs of fixes
     inside, never make one; and every run the trail held before was decided when its
     own fixes came, so it is among the reported episodes, which force the check. A
-    randomized test holds this to the full check, batch by batch."""
-    subjects = [s for s in zones if s in reach]
-    near = dict(zip(subjects, index.meeting([reach[s].box() for s in subjects]), strict=True))
-    out: dict[S, list[PreparedZone]] = {}
+    randomized test holds this to the full check, batch by batch.
+
+    Every (subject, exclusion zone) pair is tested in one pass over arrays: a batch
+    holds about a fix a subject at live rates, so this runs for each subject's few
+    zones about once a fix."""
+    row = {s: i for i, s in enumerate(reach.subjects)}
+    tested = [(s, row[s]) for s, z in zones.items() if s in row and z.exclusion]
+    live: dict[uuid.UUID, set[uuid.UUID]] = {}
+    for s, z in unsettled:
+        live.setdefault(s, set()).add(z)
+    if tested:
+        counts = np.array([len(zones[s].exclusion) for s, _ in tested])
+        boxes = reach.boxes()[np.repeat([i for _, i in tested], counts)]
+        extents = np.concatenate([zones[s].extents for s, _ in tested])
+        meets = (
+            (boxes[:, 0] <= extents[:, 2])
+            & (boxes[:, 2] >= extents[:, 0])
+            & (boxes[:, 1] <= extents[:, 3])
+            & (boxes[:, 3] >= extents[:, 1])
+        )
+        starts = np.cumsum(counts) - counts
+        for k in np.flatnonzero(meets).tolist():
+            j = int(np.searchsorted(starts, k, side="right")) - 1
+            s = tested[j][0]
+            live.setdefault(s, set()).add(zones[s].exclusion[k - starts[j]].id)
+    out: dict[uuid.UUID, list[PreparedZone]] = {}
     for s, subject_zones in zones.items():
-        meets = near.get(s)
-        live = [
+        ids = live.get(s)
+        if s in row and not ids and len(subject_zones.exclusion) == len(subject_zones.zones):
+            continue  # the common case: nothing to check
+        checked = [
             z
-            for z in subject_zones
-            if z.kind is not ZoneKind.exclusion
-            or meets is None
-            or z.id in meets
-            or (s, z.id) in unsettled
+            for z in subject_zones.zones
+            if s not in row or z.kind is not ZoneKind.exclusion or (ids and z.id in ids)
         ]
-        if live:
-            out[s] = live
+        if checked:
+            out[s] = checked
     return out
 
 

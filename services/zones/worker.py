@@ -46,8 +46,8 @@ from services.zones.service import (
     Episode,
     PreparedZone,
     Reported,
+    SubjectZones,
     TrailFix,
-    ZoneIndex,
     ZoneKind,
     check_zone,
     episode_row,
@@ -139,10 +139,9 @@ class ZoneChecker:
         self.params = check_params(settings)
         self._prepared: dict[tuple[uuid.UUID, int], PreparedZone] = {}
         self._versions: dict[uuid.UUID, int] = {}
-        self._tree: ZoneIndex | None = None
         # Which zones apply to whom, as of the zones' generation (None: not read yet).
         self._generation: int | None = None
-        self._applying: dict[uuid.UUID, list[PreparedZone]] = {}
+        self._applying: dict[uuid.UUID, SubjectZones] = {}
         # Batches are handled a few at once (bus lanes): one of them reads the map again
         # while the others wait for it, rather than check against the old one.
         self._refreshing = asyncio.Lock()
@@ -153,15 +152,9 @@ class ZoneChecker:
         async with self.db.pool.acquire() as conn:
             await self._zones(conn, [])
 
-    def _index(self) -> ZoneIndex:
-        """An STRtree over every zone prepared so far, built again when one is added."""
-        if self._tree is None:
-            self._tree = ZoneIndex(self._prepared.values())
-        return self._tree
-
     async def _zones(
         self, conn: asyncpg.Connection, subjects: list[uuid.UUID]
-    ) -> dict[uuid.UUID, list[PreparedZone]]:
+    ) -> dict[uuid.UUID, SubjectZones]:
         """Each subject's zones, prepared. Which zones apply to whom is kept in memory
         and read again only when the zones' generation has moved (a trigger bumps it
         with every change, in the changing transaction); a zone is read and prepared
@@ -187,7 +180,6 @@ class ZoneChecker:
                         self._prepared.pop((row.id, old), None)
                     self._versions[row.id] = row.version
                     self._prepared[(row.id, row.version)] = records.prepare(row)
-                    self._tree = None
         applying: dict[uuid.UUID, list[PreparedZone]] = defaultdict(list)
         for subject_id, zone_id, version in applies:
             # A zone changed again since the map was read is checked by the version
@@ -198,7 +190,7 @@ class ZoneChecker:
             )
             if zone is not None:
                 applying[subject_id].append(zone)
-        self._applying = dict(applying)
+        self._applying = {s: SubjectZones.of(zones) for s, zones in applying.items()}
         self._generation = generation
 
     async def handle(self, fixes: list[FixMessage]) -> None:
@@ -239,7 +231,6 @@ class ZoneChecker:
                 zones,
                 reach,
                 {k for k, eps in reported.items() if unsettled(eps, since[k[0]])},
-                self._index(),
             )
             if not checks:
                 return
