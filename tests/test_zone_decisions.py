@@ -9,7 +9,9 @@ import random
 import uuid
 from datetime import UTC, datetime, time, timedelta
 
+import numpy as np
 import pytest
+import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from shapely import MultiPolygon, Point, Polygon
@@ -113,6 +115,55 @@ def test_point_zones_buffers_and_multipolygons() -> None:
     assert classify(multi, fix(0, 0, accuracy_m=5)) is Containment.inside
     assert classify(multi, fix(0, 0, accuracy_m=5, north_m=2224)) is Containment.inside
     assert classify(multi, fix(0, 0, accuracy_m=5, north_m=1100)) is Containment.outside
+
+
+def test_containment_of_many_fixes_at_once_is_the_distance_from_each() -> None:
+    """classify_all skips distances it can tell are beyond the accuracy (by the zone's
+    bounds, then GEOS's within-distance test); each answer is still the one the
+    distances give, fixes on the edge and at exactly their accuracy from it included."""
+    rng = random.Random(11)
+    lat, lon = CENTRE
+    shapes = [
+        (Polygon(square(lat, lon, 100)), {}),
+        (Point(lon, lat), {"radius_m": 60.0}),
+        (Polygon(square(lat, lon, 40)), {"buffer_m": 25.0}),
+    ]
+    for geometry, kwargs in shapes:
+        z = PreparedZone.build(ZONE_ID, 1, ZoneKind.exclusion, "z", geometry, **kwargs)  # type: ignore[arg-type]
+        fixes = [
+            fix(
+                0,
+                rng.uniform(-300, 300),
+                rng.choice([3.0, 10.0, 50.0, 300.0]),
+                rng.uniform(-300, 300),
+            )
+            for _ in range(400)
+        ]
+        x, y = z.frame.points(np.array([f.lat for f in fixes]), np.array([f.lon for f in fixes]))
+        # And fixes at exactly their accuracy from the edge, either side.
+        edge = shapely.distance(z.boundary, shapely.points(x, y))
+        exact = [
+            TrailFix(f.tag_id, f.ts, f.received_at, f.lat, f.lon, float(d))
+            for f, d in zip(fixes[:50], edge[:50], strict=True)
+        ]
+        fixes += exact
+        x, y = z.frame.points(np.array([f.lat for f in fixes]), np.array([f.lon for f in fixes]))
+        points = shapely.points(x, y)
+        expected = []
+        for f, p in zip(fixes, points, strict=True):
+            if z.shape.contains(p):
+                inside_by = z.boundary.distance(p)
+                expected.append(
+                    Containment.inside if inside_by >= f.accuracy_m else Containment.possibly_inside
+                )
+            else:
+                away = z.shape.distance(p)
+                expected.append(
+                    Containment.touching if away <= f.accuracy_m else Containment.outside
+                )
+        found = service.classify_all(z, fixes)
+        assert found == expected
+        assert len(set(found)) == 4
 
 
 # Exclusion episodes ----------------------------------------------------------------
