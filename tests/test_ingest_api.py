@@ -10,7 +10,10 @@ import orjson
 import pytest
 
 from services.common.database import Database
+from services.common.settings import Settings
 from services.common.timeutil import utcnow
+from services.ingest.schemas import Rejection, StreamedFix
+from services.ingest.service import NOT_JSON, Bounds, Item, validate, validate_all
 from tests.conftest import World, enrol, fix
 
 
@@ -304,3 +307,22 @@ async def test_device_events_are_validated_and_stored(
     async with db.pool.acquire() as conn:
         kinds = await conn.fetch("select kind from device_events order by kind")
     assert [k["kind"] for k in kinds] == ["battery_low", "tamper"]
+
+
+def test_a_request_is_validated_in_one_call_with_the_answers_of_one_call_a_fix() -> None:
+    """validate_all checks a request's fixes in one call when they are all valid, and
+    each on its own when one is not: either way, each answer is what validating that
+    fix alone gives, a fix past the bounds and one that is not JSON included."""
+    settings = Settings().ingest
+    now = utcnow()
+    bounds = Bounds.at(now, settings)
+    good = [Item(i, {"tag_id": "T1", **fix(now - timedelta(minutes=i))}) for i in range(5)]
+    too_vague = Item(5, {"tag_id": "T1", **fix(now, accuracy_m=20_000)})
+    ahead = Item(6, {"tag_id": "T1", **fix(now + timedelta(hours=1))})
+    offset = Item(7, {"tag_id": "T1", **fix(now), "ts": "2026-11-25T11:00:00+01:00"})
+    bad = [Item(8, {"tag_id": "T1", **fix(now), "lat": 91}), Item(9, NOT_JSON), Item(10, [1])]
+    for items in ([*good, too_vague, ahead, offset], [*good, *bad, too_vague, ahead]):
+        alone = [validate(item, bounds, StreamedFix) for item in items]
+        assert validate_all(items, bounds, StreamedFix) == alone
+        assert any(isinstance(a, StreamedFix) for a in alone)
+        assert any(isinstance(a, Rejection) for a in alone)

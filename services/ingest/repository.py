@@ -24,6 +24,7 @@ import numpy.typing as npt
 from services.common.geo import degree_margin
 from services.common.trail import Reaches, TrailFix
 from services.ingest.schemas import DeviceEvent, FixMessage
+from services.ingest.schemas import spans as time_spans
 
 STAGING_COLUMNS = (
     "tag_id",
@@ -247,17 +248,7 @@ def boxes_of(points: BoxPoints) -> BoxGrowth:
 
 async def widen_boxes(conn: asyncpg.Connection, fixes: Sequence[FixMessage]) -> None:
     """Widens the trail boxes by these fixes, stored in this transaction."""
-    spans: dict[uuid.UUID, list[datetime]] = {}
-    for f in fixes:
-        if f.accuracy_m > BOX_MAX_ACCURACY_M:
-            continue
-        span = spans.get(f.subject_id)
-        if span is None:
-            spans[f.subject_id] = [f.ts, f.ts]
-        elif f.ts < span[0]:
-            span[0] = f.ts
-        elif f.ts > span[1]:
-            span[1] = f.ts
+    spans = time_spans(f for f in fixes if f.accuracy_m <= BOX_MAX_ACCURACY_M)
     if not spans:
         return
     subjects = list(spans)
@@ -380,12 +371,23 @@ class StoreResult:
     conflicts: int
 
 
+def days_of(fixes: Sequence[FixMessage]) -> set[date]:
+    """The UTC days of these fixes' times: when they span less than a day (live batches
+    do), those of the first and the last, without converting every time to UTC."""
+    if not fixes:
+        return set()
+    first, last = min(f.ts for f in fixes), max(f.ts for f in fixes)
+    if last - first < timedelta(days=1):
+        return {first.astimezone(UTC).date(), last.astimezone(UTC).date()}
+    return {f.ts.astimezone(UTC).date() for f in fixes}
+
+
 async def store_fixes(
     conn: asyncpg.Connection, partitions: Partitions, fixes: Sequence[FixMessage]
 ) -> StoreResult:
     """Writes fixes idempotently: a known (tag, ts) is skipped when identical and set aside
     in fix_conflicts when its position differs. One transaction for the whole batch."""
-    await partitions.ensure(conn, {f.ts.astimezone(UTC).date() for f in fixes})
+    await partitions.ensure(conn, days_of(fixes))
     records = [
         (
             f.tag_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -86,6 +87,20 @@ class FixMessage(BaseModel):
     source: FixSource = FixSource.gps
     sats: int | None = None
     hdop: float | None = None
+
+
+def spans(fixes: Iterable[FixMessage]) -> dict[uuid.UUID, list[datetime]]:
+    """Each subject's first and last fix time among these, in one pass."""
+    out: dict[uuid.UUID, list[datetime]] = {}
+    for f in fixes:
+        span = out.get(f.subject_id)
+        if span is None:
+            out[f.subject_id] = [f.ts, f.ts]
+        elif f.ts < span[0]:
+            span[0] = f.ts
+        elif f.ts > span[1]:
+            span[1] = f.ts
+    return out
 
 
 class DeviceEventKind(StrEnum):

@@ -7,10 +7,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, TypeVar
 
 import asyncpg
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import TzInfo
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.auth import Principal
@@ -61,7 +63,10 @@ Incoming = TypeVar("Incoming", StreamedFix, DeviceEventIn)
 
 @dataclass(frozen=True, slots=True)
 class Bounds:
-    """What a request's fixes and events are held to, worked out once a request."""
+    """What a request's fixes and events are held to, worked out once a request. Its
+    times are in the UTC pydantic gives times that end in Z: comparing two times with
+    the same tzinfo object is a comparison of their fields, and with different ones it
+    asks each for its offset, nine times as long (0.84 µs against 0.09, measured)."""
 
     max_accuracy_m: float
     earliest: datetime
@@ -73,6 +78,7 @@ class Bounds:
     @classmethod
     def at(cls, now: datetime, settings: IngestSettings) -> Bounds:
         skew = timedelta(seconds=settings.max_clock_skew_s)
+        now = now.astimezone(TzInfo(0))
         return cls(
             max_accuracy_m=settings.max_accuracy_m,
             earliest=now - timedelta(days=settings.max_fix_age_days),
@@ -94,23 +100,49 @@ def validate(item: Item, bounds: Bounds, model: type[Incoming]) -> Incoming | Re
     except ValidationError as exc:
         field, reason = describe(exc)
         return Rejection(index=item.index, field=field, error=reason)
+    return within(item.index, value, bounds)
+
+
+_FIX_MESSAGES = TypeAdapter(list[FixMessage])
+
+
+@cache
+def _list_of(model: type[Incoming]) -> TypeAdapter[list[Incoming]]:
+    return TypeAdapter(list[model])  # type: ignore[valid-type]
+
+
+def validate_all(
+    items: Sequence[Item], bounds: Bounds, model: type[Incoming]
+) -> list[Incoming | Rejection]:
+    """validate, for each item. Nearly always every item is valid, and the schema then
+    checks them all in one call (a third quicker than a call each); if any is not, each
+    is checked on its own, so one bad item never affects another."""
+    try:
+        values = _list_of(model).validate_python([item.raw for item in items])
+    except ValidationError:
+        return [validate(item, bounds, model) for item in items]
+    return [within(item.index, v, bounds) for item, v in zip(items, values, strict=True)]
+
+
+def within(index: int, value: Incoming, bounds: Bounds) -> Incoming | Rejection:
+    """Checks a fix or device event the schema has passed against the bounds; pure."""
     if isinstance(value, StreamedFix) and value.accuracy_m > bounds.max_accuracy_m:
         return Rejection(
-            index=item.index,
+            index=index,
             field="accuracy_m",
             error=f"must be at most {bounds.max_accuracy_m:g} m",
         )
     if value.ts > bounds.latest:
         ahead = (value.ts - bounds.now).total_seconds()
         return Rejection(
-            index=item.index,
+            index=index,
             field="ts",
             error=f"is {ahead:.0f} s in the future "
             f"(allowed clock skew {bounds.skew.total_seconds():g} s)",
         )
     if value.ts < bounds.earliest:
         return Rejection(
-            index=item.index,
+            index=index,
             field="ts",
             error=f"is more than {bounds.max_fix_age_days} days old",
         )
@@ -124,26 +156,25 @@ async def admit(
     now: datetime,
     settings: IngestSettings,
     model: type[Incoming],
-) -> tuple[list[tuple[Incoming, uuid.UUID]], list[Rejection]]:
+) -> tuple[list[tuple[Item, Incoming, uuid.UUID]], list[Rejection]]:
     """Validates each item on its own and attributes the valid ones to the subject wearing
     the tag at their time. One bad item never affects another."""
     rejected: list[Rejection] = []
-    valid: list[tuple[int, Incoming]] = []
+    valid: list[tuple[Item, Incoming]] = []
     bounds = Bounds.at(now, settings)
-    for item in items:
-        outcome = validate(item, bounds, model)
+    for item, outcome in zip(items, validate_all(items, bounds, model), strict=True):
         if isinstance(outcome, Rejection):
             rejected.append(outcome)
         else:
-            valid.append((item.index, outcome))
+            valid.append((item, outcome))
     tags = await registry.resolve_tags(conn, [v.tag_id for _, v in valid])
-    admitted: list[tuple[Incoming, uuid.UUID]] = []
-    for index, value in valid:
-        subject = attribute(tags, supplier, index, value.tag_id, value.ts)
+    admitted: list[tuple[Item, Incoming, uuid.UUID]] = []
+    for item, value in valid:
+        subject = attribute(tags, supplier, item.index, value.tag_id, value.ts)
         if isinstance(subject, Rejection):
             rejected.append(subject)
         else:
-            admitted.append((value, subject))
+            admitted.append((item, value, subject))
     rejected.sort(key=lambda r: r.index)
     return admitted, rejected
 
@@ -179,12 +210,16 @@ async def ingest(
     await _release(session)
     async with db.pool.acquire() as conn:
         admitted, rejected = await admit(conn, supplier, items, now, settings, StreamedFix)
-        # From the fields StreamedFix has just validated (pydantic's validator, in Rust,
-        # builds a model faster than model_construct does in Python).
-        fixes = [
-            FixMessage.model_validate({**fix.__dict__, "subject_id": subject, "received_at": now})
-            for fix, subject in admitted
-        ]
+        # From the JSON values StreamedFix has just passed, not its fields: pydantic's
+        # validator, in Rust, builds a model from strings and numbers faster than from
+        # datetimes and enums (2.2 µs against 3.4 a fix, measured), or than
+        # model_construct does in Python.
+        fixes = _FIX_MESSAGES.validate_python(
+            [
+                {**item.raw, "subject_id": subject, "received_at": now}
+                for item, _, subject in admitted
+            ]
+        )
         fresh, duplicates, conflicts = await _separate_resends(conn, fixes)
     await bus.publish(POINTS, [(m.tag_id, m) for m in fresh])
 
@@ -215,7 +250,7 @@ async def ingest_events(
         admitted, rejected = await admit(conn, supplier, items, now, settings, DeviceEventIn)
     events = [
         DeviceEvent(subject_id=subject, received_at=now, **event.model_dump())
-        for event, subject in admitted
+        for _, event, subject in admitted
     ]
     await bus.publish(DEVICE_EVENTS, [(e.tag_id, e) for e in events])
     return EventsResult(accepted=len(events), rejected=rejected)

@@ -23,6 +23,7 @@ from services.common.timeutil import utcnow
 from services.ingest import repository as trail_store
 from services.ingest.repository import TrailBoxes
 from services.ingest.schemas import FixMessage
+from services.ingest.schemas import spans as time_spans
 from services.registry import service as registry
 from services.topics import ALERTS
 from services.zones import records, repository, service
@@ -197,10 +198,9 @@ class ZoneChecker:
         batch: dict[uuid.UUID, list[FixMessage]] = defaultdict(list)
         for f in fixes:
             batch[f.subject_id].append(f)
+        spans = time_spans(fixes)
         async with self.db.pool.acquire() as conn:
-            await repository.touch_activity(
-                conn, {s: max(f.ts for f in fs) for s, fs in batch.items()}
-            )
+            await repository.touch_activity(conn, {s: last for s, (_, last) in spans.items()})
             zones = await self._zones(conn, list(batch))
             if not zones:
                 return
@@ -208,11 +208,11 @@ class ZoneChecker:
             # from them reaches: most subjects are nowhere near any of their zones.
             reach = await trail_store.reach_around(
                 conn,
-                [(s, min(f.ts for f in batch[s]), max(f.ts for f in batch[s])) for s in zones],
+                [(s, spans[s][0], spans[s][1]) for s in zones],
                 self.params.segment_max_gap_s,
             )
         context = timedelta(seconds=self.settings.context_s)
-        since = {s: min(f.ts for f in batch[s]) - context for s in zones}
+        since = {s: spans[s][0] - context for s in zones}
         reported: dict[tuple[uuid.UUID, uuid.UUID], dict[uuid.UUID, Reported]] = defaultdict(dict)
         async with self.db.transaction() as session:
             for ep in await repository.reported_episodes(session, list(zones), min(since.values())):
@@ -538,10 +538,7 @@ class CrimeMatcher:
             [self.settings.crime_radius_m, *self.settings.crime_radius_by_category.values()]
         )
         slack = self.settings.crime_slack_s
-        spans: dict[uuid.UUID, tuple[datetime, datetime]] = {}
-        for f in fixes:
-            lo, hi = spans.get(f.subject_id, (f.ts, f.ts))
-            spans[f.subject_id] = (min(lo, f.ts), max(hi, f.ts))
+        spans = time_spans(fixes)
         first = min(lo for lo, _ in spans.values()) - TrailBoxes.BEFORE
         last = max(hi for _, hi in spans.values()) + TrailBoxes.SPAN
         async with self.db.pool.acquire() as conn:
