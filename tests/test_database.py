@@ -211,6 +211,47 @@ async def _arrive(
         arrivals = arrivals[size:]
 
 
+async def test_fixes_go_straight_into_the_trail_and_a_stored_one_sends_the_batch_round(
+    db: Database,
+) -> None:
+    """The store COPYs a batch straight into trail_points, the point as EWKB. A batch
+    with a fix already stored (a re-send that raced its twin) cannot: it goes through
+    the staging table instead, each fix on its own, the conflicting one set aside.
+    Either way every stored point is the fix's own position, in WGS84."""
+    day = datetime(2026, 11, 21, 9, tzinfo=UTC)
+    subject = uuid.uuid4()
+
+    def at(minute: int, lat: float = 51.5) -> FixMessage:
+        return FixMessage(
+            tag_id="ST-1",
+            subject_id=subject,
+            ts=day + timedelta(minutes=minute),
+            received_at=day,
+            lat=lat + minute * 1e-4,
+            lon=-0.12 - minute * 1e-4,
+            accuracy_m=10.0,
+        )
+
+    partitions = Partitions()
+    async with db.pool.acquire() as conn:
+        straight = await store_fixes(conn, partitions, [at(m) for m in range(10)])
+        # Minute 9 again as it was, minute 8 moved: neither is stored a second time.
+        round_ = await store_fixes(
+            conn, partitions, [at(9), at(8, lat=51.6), *(at(m) for m in range(10, 15))]
+        )
+        rows = await conn.fetch(
+            "select lat, lon, st_x(geom) x, st_y(geom) y, st_srid(geom) srid"
+            " from trail_points where subject_id = $1",
+            subject,
+        )
+        set_aside = await conn.fetchval("select count(*) from fix_conflicts")
+    assert (straight.inserted, straight.conflicts) == (10, 0)
+    assert (round_.inserted, round_.conflicts) == (5, 1)
+    assert set_aside == 1
+    assert len(rows) == 15
+    assert all((r["x"], r["y"], r["srid"]) == (r["lon"], r["lat"], 4326) for r in rows)
+
+
 async def test_trail_boxes_hold_every_path_whatever_order_fixes_arrive_in(db: Database) -> None:
     """The invariant proximity search stands on: for two fixes no more than BOX_MAX_GAP
     apart that are consecutive among those accurate enough for matching, whatever that

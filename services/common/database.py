@@ -45,6 +45,19 @@ def any_of(column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
 SERVER_SETTINGS = {"jit": "off"}
 
 
+async def _prepare_connection(conn: asyncpg.Connection) -> None:
+    """Geometry values as EWKB bytes both ways in binary format: the store COPYs points
+    into trail_points so (PostGIS's binary input takes EWKB as it is), where asyncpg
+    has no codec of its own for the type. Before the migrations have made PostGIS
+    there is no such type, and nothing to store either."""
+    try:
+        await conn.set_type_codec(
+            "geometry", schema="public", encoder=bytes, decoder=bytes, format="binary"
+        )
+    except ValueError:
+        pass  # no geometry type in this database (yet)
+
+
 @dataclass
 class Database:
     engine: AsyncEngine
@@ -67,6 +80,7 @@ class Database:
             min_size=1,
             max_size=settings.pool_size,
             server_settings=SERVER_SETTINGS,
+            init=_prepare_connection,
         )
         return cls(engine, async_sessionmaker(engine, expire_on_commit=False), pool)
 

@@ -11,6 +11,7 @@ to the index.
 
 from __future__ import annotations
 
+import struct
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -365,6 +366,31 @@ select count(*) from c
 """
 
 
+# The staged fixes not stored yet, stored.
+INSERT_STAGED_SQL = """
+with ins as (
+    insert into trail_points (tag_id, ts, received_at, subject_id, lat, lon,
+        accuracy_m, speed_mps, heading_deg, source, sats, hdop, geom)
+    select tag_id, ts, received_at, subject_id, lat, lon, accuracy_m, speed_mps,
+        heading_deg, source, sats, hdop, st_setsrid(st_makepoint(lon, lat), 4326)
+    from fix_staging
+    on conflict (tag_id, ts) do nothing
+    returning 1
+)
+select count(*) from ins
+"""
+
+TRAIL_COLUMNS = (*STAGING_COLUMNS, "geom")
+# EWKB of a 2-D point with an SRID (4326): byte order (little-endian), type with the
+# SRID flag, SRID, x, y.
+_EWKB_POINT = struct.Struct("<BIIdd")
+_EWKB_POINT_SRID = 0x20000001
+
+
+def _point(lon: float, lat: float) -> bytes:
+    return _EWKB_POINT.pack(1, _EWKB_POINT_SRID, 4326, lon, lat)
+
+
 @dataclass(frozen=True, slots=True)
 class StoreResult:
     inserted: int
@@ -402,26 +428,32 @@ async def store_fixes(
             f.source.value,
             f.sats,
             f.hdop,
+            _point(f.lon, f.lat),
         )
         for f in fixes
     ]
     async with conn.transaction():
-        await conn.execute(STAGING_SQL)
-        await conn.copy_records_to_table("fix_staging", records=records, columns=STAGING_COLUMNS)
-        inserted = await conn.fetchval(
-            """
-            with ins as (
-                insert into trail_points (tag_id, ts, received_at, subject_id, lat, lon,
-                    accuracy_m, speed_mps, heading_deg, source, sats, hdop, geom)
-                select tag_id, ts, received_at, subject_id, lat, lon, accuracy_m, speed_mps,
-                    heading_deg, source, sats, hdop, st_setsrid(st_makepoint(lon, lat), 4326)
-                from fix_staging
-                on conflict (tag_id, ts) do nothing
-                returning 1
+        try:
+            # Straight into the trail: nearly always every fix is new (ingest has set
+            # re-sends aside). Binary COPY, the point as EWKB, is the fastest way in
+            # (about 8 µs of PostgreSQL a fix here, against about 29 through a staging
+            # table and an insert that skips known fixes: docs/benchmarks.md, sixth
+            # session). A savepoint, so that a fix already stored undoes only this.
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    "trail_points",
+                    records=records,
+                    columns=TRAIL_COLUMNS,
+                )
+            inserted = len(records)
+        except asyncpg.UniqueViolationError:
+            # One of them is stored already (a re-send that raced its twin, or a
+            # conflicting one): each fix on its own, through the staging table.
+            await conn.execute(STAGING_SQL)
+            await conn.copy_records_to_table(
+                "fix_staging", records=[r[:-1] for r in records], columns=STAGING_COLUMNS
             )
-            select count(*) from ins
-            """
-        )
+            inserted = await conn.fetchval(INSERT_STAGED_SQL)
         # Now stored, the new fixes' neighbours (stored before, or in this batch) are
         # visible to the box update.
         await widen_boxes(conn, fixes)

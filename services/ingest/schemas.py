@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 
 def _rfc3339_text(value: Any) -> Any:
@@ -18,7 +18,17 @@ def _rfc3339_text(value: Any) -> Any:
     return value
 
 
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
+def _in_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+# A time in UTC's own tzinfo, as asyncpg gives times back. A fix's time is compared with
+# stored ones and sent to PostgreSQL several times on its way; with the tzinfo pydantic
+# gives (its own, even for Z), each comparison asks both sides for their offset and each
+# encoding converts it, 0.4 to 0.8 µs a time against 0.05 (docs/benchmarks.md, sixth
+# session). Converted once here, for 0.4 µs.
+UtcTime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text), AfterValidator(_in_utc)]
 
 
 class FixSource(StrEnum):
@@ -77,8 +87,8 @@ class FixMessage(BaseModel):
 
     tag_id: str
     subject_id: uuid.UUID
-    ts: AwareDatetime
-    received_at: AwareDatetime
+    ts: UtcTime
+    received_at: UtcTime
     lat: float
     lon: float
     accuracy_m: float
@@ -130,4 +140,4 @@ class DeviceEvent(DeviceEventIn):
     model_config = ConfigDict(frozen=True)
 
     subject_id: uuid.UUID
-    received_at: AwareDatetime
+    received_at: UtcTime

@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 
 import asyncpg
 from pydantic import TypeAdapter, ValidationError
-from pydantic_core import TzInfo
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.auth import Principal
@@ -63,10 +62,7 @@ Incoming = TypeVar("Incoming", StreamedFix, DeviceEventIn)
 
 @dataclass(frozen=True, slots=True)
 class Bounds:
-    """What a request's fixes and events are held to, worked out once a request. Its
-    times are in the UTC pydantic gives times that end in Z: comparing two times with
-    the same tzinfo object is a comparison of their fields, and with different ones it
-    asks each for its offset, nine times as long (0.84 µs against 0.09, measured)."""
+    """What a request's fixes and events are held to, worked out once a request."""
 
     max_accuracy_m: float
     earliest: datetime
@@ -78,7 +74,6 @@ class Bounds:
     @classmethod
     def at(cls, now: datetime, settings: IngestSettings) -> Bounds:
         skew = timedelta(seconds=settings.max_clock_skew_s)
-        now = now.astimezone(TzInfo(0))
         return cls(
             max_accuracy_m=settings.max_accuracy_m,
             earliest=now - timedelta(days=settings.max_fix_age_days),
