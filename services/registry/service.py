@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 from sqlalchemy.exc import IntegrityError
@@ -35,8 +36,10 @@ from services.registry.schemas import (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Wearing:
+class Wearing(NamedTuple):
+    """One subject's time wearing a tag. (A named tuple: made for every tag of every
+    request, and half as quick to make as a frozen dataclass.)"""
+
     subject_id: uuid.UUID
     valid_from: datetime
     valid_to: datetime | None
