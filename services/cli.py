@@ -10,6 +10,8 @@ import logging
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -18,21 +20,29 @@ from services.common.database import Database
 from services.common.settings import get_settings
 from services.pipeline import ALL_ROLES, Pipeline, Role
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 log = logging.getLogger("tagtrail")
 
 
 def migrate(url: str | None = None) -> None:
     """Brings the database to the newest schema (Alembic upgrade head)."""
-    from pathlib import Path
-
     from alembic import command
+
+    command.upgrade(alembic_config(url), "head")
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """The project's Alembic configuration, for the database at url (by default the
+    one the settings name)."""
     from alembic.config import Config
 
-    ini = Path(__file__).resolve().parent.parent / "alembic.ini"
-    config = Config(str(ini))
+    config = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"))
     if url is not None:
-        config.set_main_option("sqlalchemy.url", url)
-    command.upgrade(config, "head")
+        # The ini file's interpolation reads % (escaped characters in the URL) as its own.
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
 
 
 class _Server(uvicorn.Server):

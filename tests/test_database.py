@@ -7,16 +7,16 @@ import itertools
 import random
 import uuid
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import asyncpg
 import pytest
 from alembic import command
-from alembic.config import Config
+from sqlalchemy.engine import make_url
 
+from services.cli import alembic_config
 from services.common.database import Database
 from services.common.geo import WGS84
-from services.common.settings import Settings
+from services.common.settings import DatabaseSettings, Settings
 from services.ingest.repository import (
     BOX_BUCKET,
     BOX_MAX_GAP,
@@ -39,12 +39,31 @@ from services.ingest.repository import (
 )
 from services.ingest.schemas import FixMessage
 
-ROOT = Path(__file__).resolve().parent.parent
+
+def test_connection_urls_carry_any_password_and_a_socket_directory() -> None:
+    """The password (and user and database name) may hold any character, and the host
+    may be the directory of the server's socket: the URLs SQLAlchemy, asyncpg and
+    Alembic are given read back as the settings say."""
+    password = "p@ss:w/rd%?#"
+    tcp = DatabaseSettings(host="db.example", port=5433, password=password, name="trail")
+    url = make_url(tcp.sqlalchemy_url())
+    assert (url.password, url.host, url.port, url.database) == (
+        password,
+        "db.example",
+        5433,
+        "trail",
+    )
+    socket = DatabaseSettings(host="/var/run/pg", port=5433, password=password)
+    url = make_url(socket.sqlalchemy_url("other"))
+    assert (url.password, url.host, url.database) == (password, None, "other")
+    assert url.query == {"host": "/var/run/pg", "port": "5433"}
+    assert make_url(socket.asyncpg_dsn()).query["host"] == "/var/run/pg"
+    config = alembic_config(socket.sqlalchemy_url())
+    assert config.get_main_option("sqlalchemy.url") == socket.sqlalchemy_url()
 
 
 def test_migrations_match_the_models(settings: Settings, database: str) -> None:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("sqlalchemy.url", settings.db.sqlalchemy_url(database))
+    config = alembic_config(settings.db.sqlalchemy_url(database))
     # Raises when autogenerate would find any difference.
     command.check(config)
 
@@ -326,8 +345,7 @@ async def test_upgrading_a_stored_trail_gives_it_boxes(settings: Settings) -> No
     admin = await asyncpg.connect(settings.db.asyncpg_dsn("postgres"))
     await admin.execute(f"create database {name}")
     try:
-        config = Config(str(ROOT / "alembic.ini"))
-        config.set_main_option("sqlalchemy.url", settings.db.sqlalchemy_url(name))
+        config = alembic_config(settings.db.sqlalchemy_url(name))
         await asyncio.to_thread(command.upgrade, config, "0002")
         subject = uuid.uuid4()
         day = datetime(2026, 11, 20, tzinfo=UTC)

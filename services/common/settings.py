@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,16 +36,22 @@ class DatabaseSettings(BaseSettings):
     pool_size: int = Field(default=10, ge=1, le=100)
 
     def sqlalchemy_url(self, database: str | None = None) -> str:
-        return (
-            f"postgresql+asyncpg://{self.user}:{self.password.get_secret_value()}"
-            f"@{self.host}:{self.port}/{database or self.name}"
-        )
+        return self._url("postgresql+asyncpg", database)
 
     def asyncpg_dsn(self, database: str | None = None) -> str:
-        return (
-            f"postgresql://{self.user}:{self.password.get_secret_value()}"
-            f"@{self.host}:{self.port}/{database or self.name}"
-        )
+        return self._url("postgresql", database)
+
+    def _url(self, scheme: str, database: str | None) -> str:
+        """A connection URL, user, password and database name escaped (a password may
+        hold any character). A host that starts with / is the directory of the
+        server's Unix socket."""
+        user = quote(self.user, safe="")
+        password = quote(self.password.get_secret_value(), safe="")
+        name = quote(database or self.name, safe="")
+        if self.host.startswith("/"):
+            socket = urlencode({"host": self.host, "port": self.port})
+            return f"{scheme}://{user}:{password}@/{name}?{socket}"
+        return f"{scheme}://{user}:{password}@{self.host}:{self.port}/{name}"
 
 
 class KafkaSettings(BaseSettings):
