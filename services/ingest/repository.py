@@ -436,7 +436,7 @@ async def store_fixes(
         try:
             # Straight into the trail: nearly always every fix is new (ingest has set
             # re-sends aside). Binary COPY, the point as EWKB, is the fastest way in
-            # (about 8 µs of PostgreSQL a fix here, against about 29 through a staging
+            # (19 µs of PostgreSQL a fix in the benchmark, against 29 through a staging
             # table and an insert that skips known fixes: docs/benchmarks.md, sixth
             # session). A savepoint, so that a fix already stored undoes only this.
             async with conn.transaction():
