@@ -48,14 +48,16 @@ SERVER_SETTINGS = {"jit": "off"}
 async def _prepare_connection(conn: asyncpg.Connection) -> None:
     """Geometry values as EWKB bytes both ways in binary format: the store COPYs points
     into trail_points so (PostGIS's binary input takes EWKB as it is), where asyncpg
-    has no codec of its own for the type. Before the migrations have made PostGIS
-    there is no such type, and nothing to store either."""
-    try:
+    has no codec of its own for the type. In whichever schema PostGIS was installed;
+    before the migrations have made it there is no such type, and nothing to store."""
+    schema = await conn.fetchval(
+        "select n.nspname from pg_type t join pg_namespace n on n.oid = t.typnamespace"
+        " where t.typname = 'geometry' limit 1"
+    )
+    if schema is not None:
         await conn.set_type_codec(
-            "geometry", schema="public", encoder=bytes, decoder=bytes, format="binary"
+            "geometry", schema=schema, encoder=bytes, decoder=bytes, format="binary"
         )
-    except ValueError:
-        pass  # no geometry type in this database (yet)
 
 
 @dataclass
