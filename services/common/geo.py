@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from functools import lru_cache
 
@@ -29,14 +28,14 @@ def degree_margin(lat: float, radius_m: float) -> float:
 
     Used only to build index-friendly bounding boxes; the exact test is always geodesic.
     """
-    cos_lat = max(math.cos(math.radians(min(abs(lat) + 1.0, 89.0))), 0.01)
-    return radius_m / (_M_PER_DEG_LAT * cos_lat) * 1.05
+    return float(degree_margins(np.float64(lat), np.float64(radius_m)))
 
 
 def degree_margins(
-    lat: npt.NDArray[np.float64], radius_m: npt.NDArray[np.float64]
+    lat: npt.NDArray[np.float64] | np.float64, radius_m: npt.NDArray[np.float64] | np.float64
 ) -> npt.NDArray[np.float64]:
-    """degree_margin of many points at once."""
+    """degree_margin of many points at once (and the one rule for both, so a box built
+    one point at a time and one built in arrays agree to the bit)."""
     cos_lat = np.maximum(np.cos(np.radians(np.minimum(np.abs(lat) + 1.0, 89.0))), 0.01)
     return np.asarray(radius_m / (_M_PER_DEG_LAT * cos_lat) * 1.05, dtype=np.float64)
 

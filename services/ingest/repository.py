@@ -674,22 +674,22 @@ select string_agg(int8send(i), ''), string_agg(float8send(x0), ''),
        string_agg(float8send(y0), ''), string_agg(float8send(x1), ''),
        string_agg(float8send(y1), ''), string_agg(float8send(accuracy_m), '')
 from (
-select r.i - 1 as i, min(t.lon) as x0, min(t.lat) as y0, max(t.lon) as x1, max(t.lat) as y1,
-       max(t.accuracy_m) as accuracy_m
-from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
-    with ordinality as r(subject_id, lo, hi, i)
-cross join lateral (
-    select lon, lat, accuracy_m from trail_points t
-    where t.subject_id = r.subject_id
-      and t.ts >= r.lo - make_interval(secs => $4)
-      and t.ts <= r.hi + make_interval(secs => $4)
-      -- The same bounds over all, which the planner sees: only those days'
-      -- partitions.
-      and t.ts between $5::timestamptz - make_interval(secs => $4)
-                   and $6::timestamptz + make_interval(secs => $4)
-    offset 0
-) t
-group by r.i
+    select r.i - 1 as i, min(t.lon) as x0, min(t.lat) as y0, max(t.lon) as x1,
+           max(t.lat) as y1, max(t.accuracy_m) as accuracy_m
+    from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
+        with ordinality as r(subject_id, lo, hi, i)
+    cross join lateral (
+        select lon, lat, accuracy_m from trail_points t
+        where t.subject_id = r.subject_id
+          and t.ts >= r.lo - make_interval(secs => $4)
+          and t.ts <= r.hi + make_interval(secs => $4)
+          -- The same bounds over all, which the planner sees: only those days'
+          -- partitions.
+          and t.ts between $5::timestamptz - make_interval(secs => $4)
+                       and $6::timestamptz + make_interval(secs => $4)
+        offset 0
+    ) t
+    group by r.i
 ) reach
 """
 

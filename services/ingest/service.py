@@ -11,7 +11,7 @@ from functools import cache
 from typing import Any, TypeVar
 
 import asyncpg
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.auth import Principal
@@ -98,11 +98,12 @@ def validate(item: Item, bounds: Bounds, model: type[Incoming]) -> Incoming | Re
     return within(item.index, value, bounds)
 
 
-_FIX_MESSAGES = TypeAdapter(list[FixMessage])
+Model = TypeVar("Model", bound=BaseModel)
 
 
 @cache
-def _list_of(model: type[Incoming]) -> TypeAdapter[list[Incoming]]:
+def _list_of(model: type[Model]) -> TypeAdapter[list[Model]]:
+    """Validates a list of the model's values in one call."""
     return TypeAdapter(list[model])  # type: ignore[valid-type]
 
 
@@ -209,7 +210,7 @@ async def ingest(
         # validator, in Rust, builds a model from strings and numbers faster than from
         # datetimes and enums (2.2 µs against 3.4 a fix, measured), or than
         # model_construct does in Python.
-        fixes = _FIX_MESSAGES.validate_python(
+        fixes = _list_of(FixMessage).validate_python(
             [
                 {**item.raw, "subject_id": subject, "received_at": now}
                 for item, _, subject in admitted
