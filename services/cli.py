@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import sys
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from services.common import collector
 from services.common.auth import Role as UserRole
 from services.common.database import Database
 from services.common.settings import get_settings
@@ -54,25 +54,6 @@ class _Server(uvicorn.Server):
         yield
 
 
-# Python's collector starts a young collection every 700 new container objects and a
-# full one whenever enough of them survive. A server holds hundreds of thousands of
-# long-lived objects (prepared zones, the ORM's metadata, the modules), which every full
-# collection walks: at the defaults the whole pipeline spent a quarter of its time in
-# them (docs/benchmarks.md). Larger young generations make far fewer collections and
-# let short-lived batch objects die before they are promoted; what start-up made is
-# frozen out of the collector's sight altogether.
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def _tune_collector() -> None:
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
-def _started() -> None:
-    gc.collect()
-    gc.freeze()
-
-
 async def _serve(pipeline: Pipeline, host: str, port: int, demo: bool) -> None:
     from services.app import create_app
 
@@ -89,7 +70,9 @@ async def _serve(pipeline: Pipeline, host: str, port: int, demo: bool) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, shut_down)
     await pipeline.start()
-    _started()
+    collector.freeze()
+    collecting = collector.Collector()
+    collecting.start()
     app = create_app(pipeline, manage=False)
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
     servers.append(server)
@@ -116,6 +99,7 @@ async def _serve(pipeline: Pipeline, host: str, port: int, demo: bool) -> None:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(t, 10)
+        await collecting.stop()
         await pipeline.stop()
 
 
@@ -126,10 +110,13 @@ async def _work(pipeline: Pipeline) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await pipeline.start()
-    _started()
+    collector.freeze()
+    collecting = collector.Collector()
+    collecting.start()
     try:
         await stop.wait()
     finally:
+        await collecting.stop()
         await pipeline.stop()
 
 
@@ -191,20 +178,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "token":
         asyncio.run(_token(UserRole(args.role), args.name))
     elif args.command == "run":
-        _tune_collector()
+        collector.tune()
         migrate()
         pipeline = Pipeline(settings, bus=args.bus, roles=ALL_ROLES)
         host, port = args.host or settings.app.host, args.port or settings.app.port
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(pipeline, host, port, args.demo))
     elif args.command == "api":
-        _tune_collector()
+        collector.tune()
         pipeline = Pipeline(settings, bus="kafka")
         host, port = args.host or settings.app.host, args.port or settings.app.port
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(pipeline, host, port, demo=False))
     elif args.command == "worker":
-        _tune_collector()
+        collector.tune()
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_work(Pipeline(settings, bus="kafka", roles=[Role(args.role)])))
 
