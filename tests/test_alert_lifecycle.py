@@ -17,6 +17,7 @@ import orjson
 import pytest
 import uvicorn
 from aiosmtpd.controller import Controller
+from sqlalchemy import event
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -34,6 +35,7 @@ from services.alerts.service import (
     signature,
     transition,
 )
+from services.alerts.worker import Dispatcher
 from services.common.auth import Role
 from services.common.database import Database
 from services.common.errors import Conflict
@@ -141,6 +143,37 @@ async def test_acknowledge_then_close_with_history(
         ("acknowledged", "closed", "manager-LIFE"),
     ]
     assert detail["history"][-1]["note"] == "GPS drift by the river"
+
+
+async def test_a_batch_of_updates_reads_its_alerts_once(
+    client: httpx.AsyncClient, world: World, db: Database
+) -> None:
+    dispatcher = Dispatcher(db)
+    first = [opened(s, ago_min=m) for m in (5, 6, 7) for s in world.subjects]
+    await dispatcher.handle(first)
+    statements: list[str] = []
+
+    def executed(*args: Any) -> None:
+        statements.append(args[2])
+
+    engine = db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", executed)
+    grown = {"event": AlertEvent.updated, "confidence": "probable", "reason": "grew"}
+    try:
+        await dispatcher.handle([m.model_copy(update=grown) for m in first])
+    finally:
+        event.remove(engine, "before_cursor_execute", executed)
+    reads = [s for s in statements if s.lstrip().lower().startswith("select")]
+    # The lock reads every alert of the batch; nothing reads one again.
+    assert len(reads) == 1, reads
+    # An alert opened and updated in one batch is filed once, updated.
+    new = opened(world.subjects[0])
+    await dispatcher.handle([new, new.model_copy(update=grown)])
+    got = (await client.get(f"/v1/alerts/{new.alert_id}", headers=world.manager)).json()
+    assert [h["to_state"] for h in got["history"]] == ["open"]
+    for m in [*first, new]:
+        got = (await client.get(f"/v1/alerts/{m.alert_id}", headers=world.manager)).json()
+        assert (got["confidence"], got["reason"], got["state"]) == ("probable", "grew", "open")
 
 
 async def test_routing_is_fixed_when_it_happened(

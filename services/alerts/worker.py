@@ -83,16 +83,14 @@ async def record(
     )
 
 
-async def file(session: AsyncSession, m: AlertMessage) -> str | None:
-    """Applies one alert event, its alert locked by the caller if it exists; returns the
-    event receivers must hear of, if any.
+async def file(session: AsyncSession, m: AlertMessage, alert: Alert | None) -> str | None:
+    """Applies one alert event to its alert, locked by the caller (None: not filed yet);
+    returns the event receivers must hear of, if any.
 
     Idempotent: the alert id is the key. A zone alert's events carry the whole episode
     as it now stands, so applying one twice, or replaying them in order, ends in the
     same row. A manager's acknowledgement or closing is never undone by an update.
     """
-    # Locked already, with the rest of its batch (Dispatcher.handle).
-    alert = await session.get(Alert, m.alert_id)
     if m.event is AlertEvent.superseded:
         if alert is None or alert.state == AlertState.superseded:
             return None
@@ -156,12 +154,17 @@ class Dispatcher:
 
     async def handle(self, messages: list[AlertMessage]) -> None:
         async with self.db.transaction() as session:
-            await repository.lock_all(session, sorted({m.alert_id for m in messages}))
+            alerts = {
+                a.id: a
+                for a in await repository.lock_all(session, sorted({m.alert_id for m in messages}))
+            }
             for m in messages:
-                event = await file(session, m)
+                event = await file(session, m, alerts.get(m.alert_id))
                 if event is not None:
                     # As stored (the database's clock stamps it): what receivers get.
                     await session.flush()
                     alert = await session.get(Alert, m.alert_id, populate_existing=True)
                     assert alert is not None
+                    # A new one, for a later event of the same alert in this batch.
+                    alerts[m.alert_id] = alert
                     await enqueue(session, alert, event)
