@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pytest
 
-from services.common.geo import WGS84
+from services.common.geo import WGS84, degree_margin
 from services.common.timeutil import local_to_utc
+from services.ingest.repository import TrailBoxes
 from services.zones.matching import CrimeScene, MatchParams, Outcome, assess, match
+from services.zones.repository import OpenScene
 from services.zones.service import TrailFix
+from services.zones.worker import _scenes_met
 
 SCENE = (52.5800, -0.2500)
 LONDON = ZoneInfo("Europe/London")
@@ -145,3 +150,51 @@ def test_crimes_in_summer_and_winter_time(local: str, utc_hour: int) -> None:
     a = assess(crime_at(start, minutes=10), subject(1), [*there, *away], PARAMS)
     expected = Outcome.matched if utc_hour == 13 else Outcome.ruled_out
     assert a.outcome is expected
+
+
+def test_the_crime_trigger_finds_each_scene_a_box_meets_as_a_scene_by_scene_pass_does() -> None:
+    """The trigger's one pass over (box, scene) pairs against the plain test of every box
+    for each scene, on random scenes and boxes with many near misses."""
+    rng = random.Random(7)
+    t = datetime(2026, 3, 11, 13, 0, tzinfo=UTC).timestamp()
+    subjects = [uuid.uuid4() for _ in range(40)]
+    for _ in range(30):
+        scenes = []
+        for _ in range(rng.randint(1, 60)):
+            start = t + rng.uniform(-7200, 7200)
+            scenes.append(
+                OpenScene(
+                    uuid.uuid4(),
+                    SCENE[0] + rng.uniform(-0.05, 0.05),
+                    SCENE[1] + rng.uniform(-0.08, 0.08),
+                    datetime.fromtimestamp(start, UTC),
+                    datetime.fromtimestamp(start + rng.uniform(0, 3600), UTC),
+                )
+            )
+        n = rng.randint(0, 400)
+        x0 = np.array([SCENE[1] + rng.uniform(-0.09, 0.09) for _ in range(n)])
+        y0 = np.array([SCENE[0] + rng.uniform(-0.06, 0.06) for _ in range(n)])
+        w = np.array([rng.choice([0.0, 0.0005, 0.002, 0.02]) for _ in range(n)])
+        boxes = TrailBoxes(
+            subjects,
+            np.array([rng.randrange(len(subjects)) for _ in range(n)], dtype=np.int64),
+            np.array([t + 300 * rng.randint(-30, 30) for _ in range(n)], dtype=np.float64),
+            np.column_stack([x0, y0, x0 + w, y0 + w / 2]).reshape(n, 4),
+        )
+        radius, slack = rng.choice([100.0, 500.0]), rng.choice([0.0, 900.0])
+        expected: dict[uuid.UUID, set[uuid.UUID]] = {}
+        b, t0 = boxes.boxes, boxes.buckets
+        t1 = t0 + TrailBoxes.SPAN.total_seconds()
+        for s in scenes:
+            m = degree_margin(s.lat, radius)
+            hit = (
+                (t0 <= s.ends_at.timestamp() + slack)
+                & (t1 >= s.starts_at.timestamp() - slack)
+                & (b[:, 0] - m <= s.lon)
+                & (b[:, 2] + m >= s.lon)
+                & (b[:, 1] - m <= s.lat)
+                & (b[:, 3] + m >= s.lat)
+            )
+            if hit.any():
+                expected[s.id] = {subjects[i] for i in np.unique(boxes.owner[hit])}
+        assert _scenes_met(scenes, boxes, radius, slack) == expected
