@@ -125,12 +125,14 @@ class Bus(ABC):
     in_process: bool = False
 
     async def publish(self, topic: Topic[M], messages: Sequence[tuple[str, M]]) -> None:
-        """Publishes (key, message) pairs; returns once they are durable."""
+        """Publishes (key, message) pairs; returns once they are durable. A packed
+        topic's messages are encoded by the bus, many at once, as it packs them."""
         if messages:
+            encode = not (self.in_process or topic.packed)
             await self.publish_raw(
                 topic,
                 [
-                    Envelope(key.encode(), b"" if self.in_process else topic.encode(m), m)
+                    Envelope(key.encode(), topic.encode(m) if encode else b"", m)
                     for key, m in messages
                 ],
             )
