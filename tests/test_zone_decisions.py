@@ -28,6 +28,7 @@ from services.zones.service import (
     Confidence,
     Containment,
     Episode,
+    Placements,
     PreparedZone,
     Reported,
     SubjectZones,
@@ -452,10 +453,15 @@ def test_trails_far_from_an_exclusion_zone_are_skipped_without_changing_any_answ
 
 
 def _checker(
-    z: PreparedZone, batches: list[list[TrailFix]], shortcut: bool, params: CheckParams
+    z: PreparedZone,
+    batches: list[list[TrailFix]],
+    shortcut: bool,
+    params: CheckParams,
+    placements: Placements | None = None,
 ) -> tuple[list[tuple[ChangeKind, uuid.UUID, Reported | None]], int]:
     """The zone checker's steps for one subject and zone, as the worker takes them, over
-    a sequence of batches: what it says, and how many batches it did not read back for."""
+    a sequence of batches: what it says, and how many batches it did not read back for.
+    `placements`: fixes placed before, kept between batches as the worker keeps them."""
     context = timedelta(hours=2)
     gap = timedelta(seconds=params.segment_max_gap_s)
     stored: dict[datetime, TrailFix] = {}
@@ -480,7 +486,7 @@ def _checker(
             continue
         before = [f for f in trail_now if f.ts < since][-1:]
         trail = before + [f for f in trail_now if f.ts >= since]
-        for change in check_zone(z, SUBJECT, trail, reported, since, params):
+        for change in check_zone(z, SUBJECT, trail, reported, since, params, placements):
             if change.episode is None:
                 del episodes[change.id]
                 said.append((change.kind, change.id, None))
@@ -529,6 +535,10 @@ def test_subjects_nowhere_near_an_exclusion_zone_are_not_read_back_and_nothing_i
         full, none_skipped = _checker(z, batches, False, params)
         fast, skipped = _checker(z, batches, True, params)
         assert fast == full
+        # Fixes placed once and kept between batches: the same, batch by batch.
+        kept = Placements()
+        assert _checker(z, batches, True, params, kept) == (fast, skipped)
+        assert _checker(z, batches, False, params, kept) == (full, 0)
         assert none_skipped == 0
         said_total += len(full)
         skipped_total += skipped
@@ -603,3 +613,37 @@ def test_a_frame_centred_kilometres_away_still_measures_the_ellipsoid(
         lon2, lat2, _ = WGS84.fwd(lon, lat, bearing, 1000.0)
         (x1, y1), (x2, y2) = frame.point(lat, lon), frame.point(lat2, lon2)
         assert math.hypot(x2 - x1, y2 - y1) == pytest.approx(1000.0, abs=0.001)
+
+
+def test_placements_kept_between_batches_answer_as_placing_afresh_and_stay_bounded() -> None:
+    """Fixes placed against zones and kept (for many subjects and two versions of a
+    zone, the oldest pairs dropped past the bound) give the very containments and frame
+    positions that placing every fix afresh gives."""
+    rng = random.Random(5)
+    versions = [
+        zone(),
+        PreparedZone.build(ZONE_ID, 2, ZoneKind.exclusion, "test", Polygon(square(*CENTRE, 40.0))),
+    ]
+    kept = Placements(max_fixes=300)
+    subjects = [uuid.UUID(int=50 + k) for k in range(12)]
+    trails: dict[uuid.UUID, list[TrailFix]] = {s: [] for s in subjects}
+    for step in range(200):
+        s = rng.choice(subjects)
+        lat, lon = at_offset(rng.uniform(-300, 300), rng.uniform(-300, 300))
+        ts = T0 + timedelta(minutes=step)
+        trails[s] = [
+            *trails[s][-rng.randint(0, 60) :],
+            TrailFix("T", ts, ts, lat, lon, rng.choice([5.0, 40.0, 250.0])),
+        ]
+        z = rng.choice(versions)
+        if rng.random() < 0.2:
+            # Another fix at the same time as the last (a second tag): a new placing.
+            east, north = rng.uniform(-300, 300), rng.uniform(-300, 300)
+            trails[s].append(TrailFix("U", ts, ts, *at_offset(east, north), 15.0))
+        fixes = trails[s]
+        x, y = service._project(z, fixes)
+        where = service.classify_all(z, fixes, (x, y))
+        afresh = list(zip(where, x.tolist(), y.tolist(), strict=True))
+        assert kept.place(z, s, fixes) == afresh
+        assert len(kept) <= max(300, len(fixes))
+    assert len(kept) > 100

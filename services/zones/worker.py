@@ -45,6 +45,7 @@ from services.zones.service import (
     Condition,
     Confidence,
     Episode,
+    Placements,
     PreparedZone,
     Reported,
     SubjectZones,
@@ -146,6 +147,8 @@ class ZoneChecker:
         # Batches are handled a few at once (bus lanes): one of them reads the map again
         # while the others wait for it, rather than check against the old one.
         self._refreshing = asyncio.Lock()
+        # Fixes placed against zones, kept for the batches that read them back again.
+        self._placements = Placements()
 
     async def start(self) -> None:
         """Reads which zones apply to whom and prepares them, so the first batches do
@@ -252,6 +255,7 @@ class ZoneChecker:
                         reported[(subject_id, zone.id)],
                         since[subject_id],
                         self.params,
+                        self._placements,
                     )
                     for change in changes:
                         alerts.append(
