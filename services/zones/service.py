@@ -216,6 +216,13 @@ _FixKey = tuple[datetime, float, float, float]
 _Placed = tuple[Containment, float, float]
 
 
+def _place(zone: PreparedZone, fixes: Sequence[TrailFix]) -> list[_Placed]:
+    """Each fix's containment and position in the zone's frame."""
+    x, y = _project(zone, fixes)
+    where = classify_all(zone, fixes, (x, y))
+    return list(zip(where, x.tolist(), y.tolist(), strict=True))
+
+
 class Placements:
     """Each (subject, zone version)'s fixes as last placed against the zone. The zone
     checker derives a subject's episodes again from the trail read back around every
@@ -247,11 +254,8 @@ class Placements:
         keys = [(f.ts, f.lat, f.lon, f.accuracy_m) for f in fixes]
         new = [i for i, k in enumerate(keys) if k not in known]
         if new:
-            some = [fixes[i] for i in new]
-            x, y = _project(zone, some)
-            where = classify_all(zone, some, (x, y))
-            for i, c, a, b in zip(new, where, x.tolist(), y.tolist(), strict=True):
-                known[keys[i]] = (c, a, b)
+            for i, p in zip(new, _place(zone, [fixes[i] for i in new]), strict=True):
+                known[keys[i]] = p
         placed = [known[k] for k in keys]
         kept = dict(zip(keys, placed, strict=True))
         self._pairs[pair] = kept
@@ -392,13 +396,9 @@ def evaluate(
         return []
     lookback = timedelta(seconds=params.curfew_lookback_s)
     last_known = fixes[-1].ts
-    if placements is None:
-        x, y = _project(zone, fixes)
-        placed: list[_Placed] = list(
-            zip(classify_all(zone, fixes, (x, y)), x.tolist(), y.tolist(), strict=True)
-        )
-    else:
-        placed = placements.place(zone, subject_id, fixes)
+    placed = (
+        _place(zone, fixes) if placements is None else placements.place(zone, subject_id, fixes)
+    )
     where = {f.ts: p[0] for f, p in zip(fixes, placed, strict=True)}
     frame_xy = {f.ts: (p[1], p[2]) for f, p in zip(fixes, placed, strict=True)}
     episodes: list[Episode] = []
