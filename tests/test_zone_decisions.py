@@ -8,13 +8,14 @@ import math
 import random
 import uuid
 from datetime import UTC, datetime, time, timedelta
+from itertools import pairwise
 
 import numpy as np
 import pytest
 import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from shapely import MultiPolygon, Point, Polygon
+from shapely import LineString, MultiPolygon, Point, Polygon
 
 from services.common.geo import WGS84, LocalFrame
 from services.common.trail import Reach, Reaches
@@ -424,6 +425,102 @@ def test_any_arrival_order_ends_in_the_same_episodes(
     assert reconcile(reported, evaluate(z, SUBJECT, trail + trail), span) == []
 
 
+def _episodes_a_fix_at_a_time(
+    z: PreparedZone, trail: list[TrailFix], params: CheckParams
+) -> list[Episode]:
+    """The episodes of an unscheduled exclusion zone, the plain way: every fix in turn,
+    every pair of consecutive fixes in turn, gaps measured exactly. What evaluate does
+    in arrays, jumping between supporting fixes, must give the same."""
+    roles = service._ROLES[z.kind]
+    role = [roles[c] for c in service.classify_all(z, trail)]
+    out: list[Episode] = []
+    run: service._Run | None = None
+    for f, r in zip(trail, role, strict=True):
+        if r in (service._Role.strong, service._Role.weak):
+            run = run or service._Run(f.ts, f"first supporting fix at {f.ts.isoformat()}")
+            run.add(f, r)
+        elif r is service._Role.clear:
+            episode = run.episode(z, SUBJECT, f.ts, params) if run else None
+            out += [episode] if episode else []
+            run = None
+        elif run is not None:
+            run.interrupt()
+    episode = run.episode(z, SUBJECT, None, params) if run else None
+    out += [episode] if episode else []
+    for (a, ra), (b, rb) in pairwise(zip(trail, role, strict=True)):
+        ends = {ra, rb}
+        if (b.ts - a.ts).total_seconds() > params.segment_max_gap_s or ends & {
+            service._Role.strong,
+            service._Role.weak,
+        }:
+            continue
+        path = LineString([z.frame.point(a.lat, a.lon), z.frame.point(b.lat, b.lon)])
+        crossing = path.intersection(z.shape)
+        if not crossing.is_empty and crossing.length > 0:
+            out.append(
+                Episode(
+                    SUBJECT,
+                    z.id,
+                    z.version,
+                    z.kind,
+                    Condition.breach,
+                    a.ts,
+                    b.ts,
+                    Confidence.possible,
+                    b.ts,
+                    (a, b),
+                    f"the straight path between fixes at {a.ts.isoformat()} and "
+                    f"{b.ts.isoformat()} crosses {crossing.length:.0f} m of the zone",
+                    {
+                        "implied_speed_mps": round(path.length / (b.ts - a.ts).total_seconds(), 1),
+                        "segment": True,
+                    },
+                )
+            )
+    return sorted(out, key=lambda e: (e.start, e.condition))
+
+
+def test_episodes_in_arrays_are_those_found_a_fix_and_a_pair_at_a_time() -> None:
+    """Random walks in and out of and past zones, with gaps between fixes at the
+    segment limit to the microsecond, on either side of it and far over it: evaluate
+    (placing fixes at once, runs found by jumping between supporting fixes, paths
+    tested as arrays) finds exactly the episodes a plain loop over fixes and pairs
+    finds."""
+    rng = random.Random(11)
+    zones = [zone(half_m=30.0), zone(half_m=80.0), zone(radius_m=40.0)]
+    segments = runs = 0
+    for _ in range(200):
+        # A limit of whole seconds is exact in floats of epoch seconds; one of 300.3 s
+        # is not, and a gap of exactly that is then measured again.
+        params = CheckParams(segment_max_gap_s=rng.choice([300.0, 300.3]))
+        limit = timedelta(seconds=params.segment_max_gap_s)
+        steps = [
+            timedelta(seconds=60),
+            limit,
+            limit,
+            limit - timedelta(microseconds=1),
+            limit + timedelta(microseconds=1),
+            timedelta(seconds=1234, microseconds=567),
+        ]
+        z = rng.choice(zones)
+        east, north = rng.uniform(-600, 600), rng.uniform(-600, 600)
+        ts = T0 + timedelta(microseconds=rng.randrange(1_000_000))
+        trail = []
+        for _ in range(rng.randint(2, 80)):
+            pull = 0.4 if rng.random() < 0.4 else 0.0
+            east += rng.uniform(-150, 150) - pull * east
+            north += rng.uniform(-150, 150) - pull * north
+            ts += rng.choice(steps)
+            lat, lon = at_offset(east, north)
+            trail.append(TrailFix("T", ts, ts, lat, lon, rng.choice([5.0, 20.0, 60.0, 200.0])))
+        found = evaluate(z, SUBJECT, trail, params)
+        assert found == _episodes_a_fix_at_a_time(z, trail, params)
+        assert evaluate(z, SUBJECT, trail, params, Placements()) == found
+        segments += sum(1 for e in found if e.details.get("segment"))
+        runs += sum(1 for e in found if not e.details.get("segment"))
+    assert segments > 20 and runs > 50  # both kinds were found, many times
+
+
 def test_trails_far_from_an_exclusion_zone_are_skipped_without_changing_any_answer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -643,7 +740,10 @@ def test_placements_kept_between_batches_answer_as_placing_afresh_and_stay_bound
         fixes = trails[s]
         x, y = service._project(z, fixes)
         where = service.classify_all(z, fixes, (x, y))
-        afresh = list(zip(where, x.tolist(), y.tolist(), strict=True))
+        codes = [service._CONTAINMENTS.index(c) for c in where]
+        times = [f.ts.timestamp() for f in fixes]
+        afresh = list(zip(codes, x.tolist(), y.tolist(), times, strict=True))
         assert kept.place(z, s, fixes) == afresh
-        assert len(kept) <= max(300, len(fixes))
+        # A pair keeps its trail's fixes, and those of the trail before until as many.
+        assert len(kept) <= max(300, 2 * len(fixes))
     assert len(kept) > 100

@@ -10,12 +10,14 @@ episodes around it are derived again (see reconcile).
 from __future__ import annotations
 
 import uuid
+from bisect import bisect_left
 from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from itertools import pairwise
-from typing import Any, Generic, Protocol, TypeVar
+from itertools import chain, pairwise
+from operator import attrgetter, lt
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -182,8 +184,15 @@ def classify_all(
     `xy`: the fixes already in the zone's frame."""
     if not fixes:
         return []
-    n = len(fixes)
     x, y = xy if xy is not None else _project(zone, fixes)
+    return [_CONTAINMENTS[c] for c in _containment_codes(zone, fixes, x, y).tolist()]
+
+
+def _containment_codes(
+    zone: PreparedZone, fixes: Sequence[TrailFix], x: FloatArray, y: FloatArray
+) -> npt.NDArray[np.int64]:
+    """classify_all as indices into _CONTAINMENTS."""
+    n = len(fixes)
     accuracy = np.fromiter((f.accuracy_m for f in fixes), np.float64, n)
     inside = shapely.contains_xy(zone.shape, x, y)
     # Only the distance each case needs (to the edge from inside, to the zone from
@@ -206,21 +215,24 @@ def classify_all(
             points = shapely.points(x[which], y[which])
             close = shapely.dwithin(shape, points, reach[which])
             distances[which[close]] = shapely.distance(shape, points[close])
-    code = np.where(inside, np.where(edge >= accuracy, 3, 2), np.where(away <= accuracy, 1, 0))
-    return [_CONTAINMENTS[c] for c in code]
+    return np.where(inside, np.where(edge >= accuracy, 3, 2), np.where(away <= accuracy, 1, 0))
 
 
 # A fix as far as its place against a zone goes: when, where, and how accurately.
 _FixKey = tuple[datetime, float, float, float]
-# Its place: containment, and its position in the zone's frame.
-_Placed = tuple[Containment, float, float]
+_fix_key = attrgetter("ts", "lat", "lon", "accuracy_m")
+# Its place: containment (an index into _CONTAINMENTS), its position in the zone's
+# frame, and its time in seconds since the epoch (as a float: to tell the gaps between
+# fixes in one step; near a limit, the exact time decides).
+_Placed = tuple[int, float, float, float]
 
 
 def _place(zone: PreparedZone, fixes: Sequence[TrailFix]) -> list[_Placed]:
-    """Each fix's containment and position in the zone's frame."""
+    """Each fix's containment, position in the zone's frame, and time."""
     x, y = _project(zone, fixes)
-    where = classify_all(zone, fixes, (x, y))
-    return list(zip(where, x.tolist(), y.tolist(), strict=True))
+    codes = _containment_codes(zone, fixes, x, y)
+    times = [f.ts.timestamp() for f in fixes]
+    return list(zip(codes.tolist(), x.tolist(), y.tolist(), times, strict=True))
 
 
 class Placements:
@@ -230,9 +242,10 @@ class Placements:
     those same fixes again was a tenth of its time (docs/benchmarks.md, seventh
     session); only the new ones need it. Both are element-wise, so a fix placed alone
     or with others is placed alike, to the bit. What a pair keeps is its last trail's
-    fixes; the pairs used longest ago go first when the fixes kept pass `max_fixes`
-    (100,000 fixes took 32 MB, measured). A 121-fix trail near a zone, one fix new:
-    evaluate took 1,162 µs against 1,461 placing every fix (best of 7)."""
+    fixes (and those of the trail before, until they are as many again); the pairs used
+    longest ago go first when the fixes kept pass `max_fixes` (100,000 fixes took 32
+    MB, measured). A 121-fix trail near a zone, one fix new: evaluate took 1,162 µs
+    against 1,461 placing every fix (best of 7)."""
 
     def __init__(self, max_fixes: int = 100_000) -> None:
         self.max_fixes = max_fixes
@@ -245,21 +258,24 @@ class Placements:
     def place(
         self, zone: PreparedZone, subject_id: uuid.UUID, fixes: Sequence[TrailFix]
     ) -> list[_Placed]:
-        """Each fix's containment and frame position, computing only those not kept."""
+        """Each fix's place (as _place), computing only those not kept."""
         pair = (subject_id, zone.id, zone.version)
         # Taken out and put back last: dicts keep insertion order, so the first pair
         # is the one used longest ago.
         known = self._pairs.pop(pair, {})
         self._fixes -= len(known)
-        keys = [(f.ts, f.lat, f.lon, f.accuracy_m) for f in fixes]
-        new = [i for i, k in enumerate(keys) if k not in known]
+        keys = list(map(_fix_key, fixes))
+        found: list[_Placed | None] = list(map(known.get, keys))
+        new = [i for i, p in enumerate(found) if p is None]
         if new:
             for i, p in zip(new, _place(zone, [fixes[i] for i in new]), strict=True):
-                known[keys[i]] = p
-        placed = [known[k] for k in keys]
-        kept = dict(zip(keys, placed, strict=True))
-        self._pairs[pair] = kept
-        self._fixes += len(kept)
+                known[keys[i]] = found[i] = p
+        placed = cast(list[_Placed], found)  # each one missing is placed now
+        if len(known) > 2 * len(keys):
+            # The trail has moved on: keep what this one holds.
+            known = dict(zip(keys, placed, strict=True))
+        self._pairs[pair] = known
+        self._fixes += len(known)
         while self._fixes > self.max_fixes and len(self._pairs) > 1:
             self._fixes -= len(self._pairs.pop(next(iter(self._pairs))))
         return placed
@@ -285,6 +301,23 @@ _ROLES: dict[ZoneKind, dict[Containment, _Role]] = {
         Containment.possibly_inside: _Role.neutral,
         Containment.inside: _Role.clear,
     },
+}
+
+
+# The same, indexed by containment code (as _CONTAINMENTS): no Enum hashing a fix.
+_ROLE_TABLE: dict[ZoneKind, tuple[_Role, ...]] = {
+    kind: tuple(roles[c] for c in _CONTAINMENTS) for kind, roles in _ROLES.items()
+}
+# Whether a fix supports an episode (strong or weak), by containment code.
+_SUPPORTING: dict[ZoneKind, npt.NDArray[np.bool_]] = {
+    kind: np.array([r in (_Role.strong, _Role.weak) for r in table])
+    for kind, table in _ROLE_TABLE.items()
+}
+# Whether a fix can end a path checked for a crossing, by containment code: neither
+# strong nor weak.
+_PATH_ENDS: dict[ZoneKind, npt.NDArray[np.bool_]] = {
+    kind: np.array([r not in (_Role.strong, _Role.weak) for r in table])
+    for kind, table in _ROLE_TABLE.items()
 }
 
 
@@ -391,28 +424,43 @@ def evaluate(
 ) -> list[Episode]:
     """Every episode the trail shows for this zone, derived from the trail alone.
     `placements`: fixes placed against zones before, kept to be placed once."""
-    fixes = _ordered(trail)
+    fixes, times = _ordered(trail)
     if not fixes or (zone.kind is ZoneKind.exclusion and _far_from(zone, fixes)):
         return []
     lookback = timedelta(seconds=params.curfew_lookback_s)
-    last_known = fixes[-1].ts
+    last_known = times[-1]
     placed = (
         _place(zone, fixes) if placements is None else placements.place(zone, subject_id, fixes)
     )
-    where = {f.ts: p[0] for f, p in zip(fixes, placed, strict=True)}
-    frame_xy = {f.ts: (p[1], p[2]) for f, p in zip(fixes, placed, strict=True)}
+    # Columns: containment code, x, y, time (as _Placed).
+    where = np.fromiter(chain.from_iterable(placed), np.float64, 4 * len(placed)).reshape(-1, 4)
+    codes = where[:, 0].astype(np.int64)
+    table = _ROLE_TABLE[zone.kind]
+    roles = [table[c] for c in codes.tolist()]
+    supporting = np.flatnonzero(_SUPPORTING[zone.kind][codes]).tolist()
     episodes: list[Episode] = []
-    for opens, closes in zone.windows(fixes[0].ts - lookback, last_known + timedelta(seconds=1)):
-        inside_window = [f for f in fixes if opens <= f.ts < closes]
-        before = [f for f in fixes if opens - lookback <= f.ts < opens]
+    for opens, closes in zone.windows(times[0] - lookback, last_known + timedelta(seconds=1)):
+        # The fixes in [opens, closes), and those in the lookback before it: slices,
+        # the trail being in time order.
+        lo, hi = bisect_left(times, opens), bisect_left(times, closes)
+        before = bisect_left(times, opens - lookback)
         ended = closes <= last_known
         episodes += _runs(
-            zone, subject_id, inside_window, opens, closes, before, ended, params, where
+            zone,
+            subject_id,
+            fixes,
+            roles,
+            supporting,
+            (lo, hi),
+            before < lo,
+            (opens, closes),
+            ended,
+            params,
         )
         if zone.kind is ZoneKind.inclusion and zone.scheduled and ended:
-            episodes += _gaps(zone, subject_id, inside_window, opens, closes, params)
+            episodes += _gaps(zone, subject_id, fixes[lo:hi], opens, closes, params)
         if zone.kind is ZoneKind.exclusion:
-            episodes += _segments(zone, subject_id, inside_window, params, where, frame_xy)
+            episodes += _segments(zone, subject_id, fixes, where, lo, hi, params)
     episodes.sort(key=lambda e: (e.start, e.condition))
     return episodes
 
@@ -425,7 +473,12 @@ def _far_from(zone: PreparedZone, fixes: Sequence[TrailFix]) -> bool:
     return Reach.of(fixes).clear_of(zone.extent)
 
 
-def _ordered(trail: Sequence[TrailFix]) -> list[TrailFix]:
+def _ordered(trail: Sequence[TrailFix]) -> tuple[list[TrailFix], list[datetime]]:
+    """The trail in time order, one fix an instant, and its times."""
+    times = [f.ts for f in trail]
+    if all(map(lt, times, times[1:])):
+        # As trails are read back: in order already.
+        return list(trail), times
     by_time: dict[datetime, TrailFix] = {}
     for f in trail:
         # One position per instant: a tag swap can give one subject two fixes at once;
@@ -433,32 +486,44 @@ def _ordered(trail: Sequence[TrailFix]) -> list[TrailFix]:
         known = by_time.get(f.ts)
         if known is None or f.accuracy_m < known.accuracy_m:
             by_time[f.ts] = f
-    return [by_time[t] for t in sorted(by_time)]
+    times = sorted(by_time)
+    return [by_time[t] for t in times], times
 
 
 def _runs(
     zone: PreparedZone,
     subject_id: uuid.UUID,
     fixes: list[TrailFix],
-    opens: datetime,
-    closes: datetime,
-    before: list[TrailFix],
+    roles: list[_Role],
+    supporting: list[int],
+    span: tuple[int, int],
+    lookback: bool,
+    window: tuple[datetime, datetime],
     ended: bool,
     params: CheckParams,
-    where: Mapping[datetime, Containment],
 ) -> list[Episode]:
-    roles = _ROLES[zone.kind]
+    """The runs of supporting fixes among fixes[lo:hi] (`span`) in the window (opens,
+    closes): `roles` says each fix's role and `supporting` lists, in order, the
+    indices of the strong and weak ones; `lookback`: whether the fix before lo is in
+    the curfew's lookback."""
+    (lo, hi), (opens, closes) = span, window
     out: list[Episode] = []
     run: _Run | None = None
-    if zone.kind is ZoneKind.inclusion and zone.scheduled and before:
+    if zone.kind is ZoneKind.inclusion and zone.scheduled and lookback:
         # Outside when the curfew starts is a breach from the start, not from a crossing.
-        last = before[-1]
-        role = roles[where[last.ts]]
+        role = roles[lo - 1]
         if role in (_Role.strong, _Role.weak):
             run = _Run(opens, f"outside when the curfew began at {opens.isoformat()}")
-            run.add(last, role)
-    for f in fixes:
-        role = roles[where[f.ts]]
+            run.add(fixes[lo - 1], role)
+    i = lo
+    while i < hi:
+        if run is None:
+            # Nothing happens until a supporting fix: straight to the next one.
+            k = bisect_left(supporting, i)
+            if k == len(supporting) or supporting[k] >= hi:
+                break
+            i = supporting[k]
+        f, role = fixes[i], roles[i]
         if role in (_Role.strong, _Role.weak):
             if run is None:
                 run = _Run(f.ts, f"first supporting fix at {f.ts.isoformat()}")
@@ -471,6 +536,7 @@ def _runs(
                 run = None
         elif run is not None:
             run.interrupt()
+        i += 1
     if run is not None:
         episode = run.episode(zone, subject_id, closes if ended else None, params)
         if episode is not None:
@@ -478,42 +544,59 @@ def _runs(
     return out
 
 
+# The float seconds between two fixes' times err by well under this; a gap within it
+# of the limit is measured again exactly.
+_GAP_DOUBT_S = 1e-5
+
+
 def _segments(
     zone: PreparedZone,
     subject_id: uuid.UUID,
     fixes: list[TrailFix],
+    placed: FloatArray,
+    lo: int,
+    hi: int,
     params: CheckParams,
-    where: Mapping[datetime, Containment],
-    frame_xy: Mapping[datetime, tuple[float, float]],
 ) -> list[Episode]:
     """A dash through a zone between two fixes outside it: the straight path between
-    consecutive fixes close in time is checked too, and a crossing is a possible breach."""
+    consecutive fixes close in time (among fixes[lo:hi]; `placed`, their places as
+    columns of _Placed) is checked too, and a crossing is a possible breach. One pass
+    over arrays: at 5,000 fixes a second the zone checker spent 6.5 % of its time here,
+    a pair at a time (docs/benchmarks.md, eighth session)."""
     out: list[Episode] = []
-    roles = _ROLES[zone.kind]
-    pairs = [
-        (a, b)
-        for a, b in pairwise(fixes)
-        if (b.ts - a.ts).total_seconds() <= params.segment_max_gap_s
-        # A strong end is covered by a run of fixes inside; a weak one says enough.
-        and roles[where[a.ts]] is not _Role.strong
-        and roles[where[b.ts]] is not _Role.strong
-        and roles[where[a.ts]] is not _Role.weak
-        and roles[where[b.ts]] is not _Role.weak
-    ]
-    if not pairs:
+    if hi - lo < 2:
         return out
-    n = len(pairs)
-    ends = np.array([frame_xy[f.ts] for pair in pairs for f in pair])
-    paths = shapely.linestrings(ends, indices=np.repeat(np.arange(n), 2))
+    where = placed[lo:hi]
+    # A strong end is covered by a run of fixes inside; a weak one says enough.
+    open_end = _PATH_ENDS[zone.kind][where[:, 0].astype(np.int64)]
+    gap = np.diff(where[:, 3])
+    limit = params.segment_max_gap_s
+    close = gap <= limit
+    for k in np.flatnonzero(np.abs(gap - limit) <= _GAP_DOUBT_S):
+        close[k] = (fixes[lo + k + 1].ts - fixes[lo + k].ts).total_seconds() <= limit
+    # Only a path whose box meets the zone's can cross it.
+    x, y = where[:, 1], where[:, 2]
+    x0, y0, x1, y1 = zone.bounds
+    near = (
+        (np.minimum(x[:-1], x[1:]) <= x1)
+        & (np.maximum(x[:-1], x[1:]) >= x0)
+        & (np.minimum(y[:-1], y[1:]) <= y1)
+        & (np.maximum(y[:-1], y[1:]) >= y0)
+    )
+    starts = np.flatnonzero(close & near & open_end[:-1] & open_end[1:])
+    if not len(starts):
+        return out
+    ends = np.stack([where[starts, 1:3], where[starts + 1, 1:3]], axis=1)
+    paths = shapely.linestrings(ends)
     # Most paths go nowhere near: one vectorised test, then the few that cross.
     for k in np.flatnonzero(shapely.intersects(zone.shape, paths)):
-        a, b = pairs[k]
-        gap = (b.ts - a.ts).total_seconds()
+        a, b = fixes[lo + starts[k]], fixes[lo + starts[k] + 1]
+        gap_s = (b.ts - a.ts).total_seconds()
         path = paths[k]
         crossing = path.intersection(zone.shape)
         if crossing.is_empty or crossing.length == 0:
             continue
-        speed = path.length / gap if gap > 0 else float("inf")
+        speed = path.length / gap_s if gap_s > 0 else float("inf")
         out.append(
             Episode(
                 subject_id=subject_id,
