@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
 
+from services.common.auth import Principal, Role
 from services.common.database import Database
 from services.common.settings import Settings
 from services.common.timeutil import utcnow
-from services.ingest.schemas import Rejection, StreamedFix
-from services.ingest.service import NOT_JSON, Bounds, Item, validate, validate_all
+from services.ingest.schemas import FixMessage, Rejection, StreamedFix
+from services.ingest.service import (
+    NOT_JSON,
+    Bounds,
+    Item,
+    admit,
+    admit_clean,
+    validate,
+    validate_all,
+)
 from tests.conftest import World, enrol, fix
 
 
@@ -326,3 +337,98 @@ def test_a_request_is_validated_in_one_call_with_the_answers_of_one_call_a_fix()
         assert validate_all(items, bounds, StreamedFix) == alone
         assert any(isinstance(a, StreamedFix) for a in alone)
         assert any(isinstance(a, Rejection) for a in alone)
+
+
+async def _admitted_fix_by_fix(
+    conn: asyncpg.Connection, supplier: Principal, items: list[Item], now: datetime
+) -> list[FixMessage]:
+    """The messages the full path makes: each fix validated as a device's fix,
+    attributed, then made a message."""
+    admitted, rejected = await admit(conn, supplier, items, now, Settings().ingest, StreamedFix)
+    assert rejected == []
+    return [
+        FixMessage.model_validate({**item.raw, "subject_id": subject, "received_at": now})
+        for item, _, subject in admitted
+    ]
+
+
+def _written(rng: random.Random, ts: datetime) -> str:
+    """A time as a supplier may write it: in UTC or at an offset, to whole seconds or to
+    one to six decimals."""
+    offset = timezone(timedelta(minutes=rng.choice([0, 0, 60, -330, 840])))
+    local = ts.astimezone(offset)
+    digits = rng.choice([0, 1, 3, 6])
+    text = local.strftime("%Y-%m-%dT%H:%M:%S")
+    if digits:
+        text += "." + f"{local.microsecond:06d}"[:digits]
+    return text + (
+        "Z"
+        if offset.utcoffset(None) == timedelta(0) and rng.random() < 0.5
+        else local.strftime("%z")[:3] + ":" + local.strftime("%z")[3:]
+    )
+
+
+async def test_a_clean_request_is_admitted_in_one_validation_as_the_full_path_admits_it(
+    client: httpx.AsyncClient, world: World, db: Database
+) -> None:
+    """admit_clean (every fix validated once, as a message) makes the very messages the
+    full path makes, times in UTC's own tzinfo, for random clean requests; and leaves
+    to the full path any request with one fix it would reject, or with a time it does not
+    read plainly."""
+    rng = random.Random(4)
+    supplier = Principal(world.supplier_id, Role.supplier, "supplier-T")
+    other = await enrol(client, db, n=1, prefix="U")
+    now = utcnow()
+    async with db.pool.acquire() as conn:
+        for _ in range(30):
+            raws = []
+            for k in range(rng.randint(1, 40)):
+                ts = now - timedelta(seconds=rng.uniform(0, 86400 * 29), microseconds=k)
+                raw: dict[str, Any] = fix(
+                    _written(rng, ts),
+                    lat=rng.uniform(-90, 90),
+                    lon=rng.uniform(-180, 180),
+                    accuracy_m=rng.choice([0.5, 8, 35.25, 10_000]),
+                    tag_id=rng.choice(world.tags),
+                )
+                for name, value in [
+                    ("speed_mps", 3.5),
+                    ("heading_deg", 359.9),
+                    ("sats", 7),
+                    ("hdop", 1.2),
+                    ("source", "wifi"),
+                    ("extra", "x"),
+                ]:
+                    if rng.random() < 0.5:
+                        raw[name] = value if rng.random() < 0.8 else None
+                if raw.get("source") is None:
+                    raw.pop("source", None)
+                raws.append(raw)
+            items = [Item(i, r) for i, r in enumerate(raws)]
+            quick = await admit_clean(conn, supplier, items, now, Settings().ingest)
+            assert quick == await _admitted_fix_by_fix(conn, supplier, items, now)
+            assert all(m.ts.tzinfo is UTC for m in quick)
+        good = fix(now_minus(60), tag_id=world.tags[0])
+        for case, bad in [
+            ("lat above 90", {**good, "lat": 90.5}),
+            ("accuracy over the limit", {**good, "accuracy_m": 20_000}),
+            ("heading 360", {**good, "heading_deg": 360}),
+            ("unknown source", {**good, "source": "psychic"}),
+            ("unknown tag", {**good, "tag_id": "NO-SUCH-TAG"}),
+            ("another supplier's tag", {**good, "tag_id": other.tags[0]}),
+            ("tag id a number", {**good, "tag_id": 7}),
+            ("ts in the future", {**good, "ts": (now + timedelta(hours=1)).isoformat()}),
+            ("ts over a year old", {**good, "ts": (now - timedelta(days=400)).isoformat()}),
+            ("ts before the tag was worn", {**good, "ts": (now - timedelta(days=60)).isoformat()}),
+            ("ts 30 February", {**good, "ts": "2026-02-30T10:00:00Z"}),
+            ("ts as epoch number", {**good, "ts": 1764064800}),
+            ("ts lower-case z", {**good, "ts": now_minus(60).strftime("%Y-%m-%dt%H:%M:%Sz")}),
+            (
+                "ts to the nanosecond",
+                {**good, "ts": now_minus(60).strftime("%Y-%m-%dT%H:%M:%S.%f123Z")},
+            ),
+            ("not an object", [good]),
+            ("not JSON", NOT_JSON),
+        ]:
+            items = [Item(0, good), Item(1, bad), Item(2, good)]
+            assert await admit_clean(conn, supplier, items, now, Settings().ingest) is None, case

@@ -38,26 +38,37 @@ class FixSource(StrEnum):
     rf = "rf"
 
 
+# A fix's bounds, the same for a device's fix and for the message on the points topic.
+TagId = Annotated[str, Field(min_length=1, max_length=64)]
+Latitude = Annotated[float, Field(ge=-90, le=90)]
+Longitude = Annotated[float, Field(ge=-180, le=180)]
+AccuracyM = Annotated[float, Field(gt=0)]
+SpeedMps = Annotated[float | None, Field(ge=0, le=150)]
+HeadingDeg = Annotated[float | None, Field(ge=0, lt=360)]
+Satellites = Annotated[int | None, Field(ge=0, le=64)]
+Hdop = Annotated[float | None, Field(ge=0, le=100)]
+
+
 class Fix(BaseModel):
     """One position from a tag, with its horizontal accuracy (a circle, not a point)."""
 
     model_config = ConfigDict(allow_inf_nan=False, extra="ignore")
 
     ts: Timestamp
-    lat: float = Field(ge=-90, le=90)
-    lon: float = Field(ge=-180, le=180)
-    accuracy_m: float = Field(gt=0)
-    speed_mps: float | None = Field(default=None, ge=0, le=150)
-    heading_deg: float | None = Field(default=None, ge=0, lt=360)
+    lat: Latitude
+    lon: Longitude
+    accuracy_m: AccuracyM
+    speed_mps: SpeedMps = None
+    heading_deg: HeadingDeg = None
     source: FixSource = FixSource.gps
-    sats: int | None = Field(default=None, ge=0, le=64)
-    hdop: float | None = Field(default=None, ge=0, le=100)
+    sats: Satellites = None
+    hdop: Hdop = None
 
 
 class StreamedFix(Fix):
     """One line of the NDJSON stream: a fix that names its own tag."""
 
-    tag_id: str = Field(min_length=1, max_length=64)
+    tag_id: TagId
 
 
 class Rejection(BaseModel):
@@ -79,24 +90,27 @@ class EventsResult(BaseModel):
     rejected: list[Rejection] = []
 
 
+# Held to a device fix's bounds too: ingest admits a clean request's fixes by validating
+# them as messages straight away (services/ingest/service.py).
 class FixMessage(BaseModel):
-    """A validated fix on the points topic, attributed to the subject wearing the tag."""
+    """A validated fix on the points topic, attributed to the subject wearing the tag,
+    within the bounds of a device's fix."""
 
     # Frozen: on the in-process bus every group shares the one object.
     model_config = ConfigDict(allow_inf_nan=False, frozen=True)
 
-    tag_id: str
+    tag_id: TagId
     subject_id: uuid.UUID
     ts: UtcTime
     received_at: UtcTime
-    lat: float
-    lon: float
-    accuracy_m: float
-    speed_mps: float | None = None
-    heading_deg: float | None = None
+    lat: Latitude
+    lon: Longitude
+    accuracy_m: AccuracyM
+    speed_mps: SpeedMps = None
+    heading_deg: HeadingDeg = None
     source: FixSource = FixSource.gps
-    sats: int | None = None
-    hdop: float | None = None
+    sats: Satellites = None
+    hdop: Hdop = None
 
 
 def spans(fixes: Iterable[FixMessage]) -> dict[uuid.UUID, list[datetime]]:
