@@ -6,10 +6,11 @@ import asyncio
 import itertools
 import random
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import asyncpg
 import pytest
+import shapely
 from alembic import command
 from sqlalchemy.engine import make_url
 
@@ -17,6 +18,7 @@ from services.cli import alembic_config
 from services.common.database import Database
 from services.common.geo import WGS84
 from services.common.settings import DatabaseSettings, Settings
+from services.ingest.pgcopy import TRAIL_COLUMNS, chunks, encode, rows_of
 from services.ingest.repository import (
     BOX_BUCKET,
     BOX_MAX_GAP,
@@ -32,12 +34,14 @@ from services.ingest.repository import (
     TRAILS_IN_SQL,
     TRAILS_SINCE_SQL,
     Partitions,
+    _staged,
+    days_of,
     partition_name,
     store_fixes,
     stored_positions,
     subjects_passing,
 )
-from services.ingest.schemas import FixMessage
+from services.ingest.schemas import FixMessage, FixSource
 
 
 def test_connection_urls_carry_any_password_and_a_socket_directory() -> None:
@@ -269,6 +273,94 @@ async def test_fixes_go_straight_into_the_trail_and_a_stored_one_sends_the_batch
     assert set_aside == 1
     assert len(rows) == 15
     assert all((r["x"], r["y"], r["srid"]) == (r["lon"], r["lat"], 4326) for r in rows)
+
+
+async def test_rows_encoded_from_columns_are_those_asyncpg_writes_value_by_value(
+    db: Database,
+) -> None:
+    """The store's COPY stream, built from columns with numpy, holds exactly the rows
+    asyncpg writes from the same fixes a value at a time: tags of every length and in
+    any script, every source, each optional value there or not, times to the
+    microsecond from 1970 to 2100, the point at the fix's position."""
+    rng = random.Random(8)
+    tags = ["T", "TAG-0001", "étiquette-ü", "标签-7", "x" * 64]
+    fixes = []
+    for _ in range(600):
+        ts = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(
+            microseconds=rng.randrange(130 * 365 * 86400 * 10**6)
+        )
+        fixes.append(
+            FixMessage(
+                tag_id=rng.choice(tags),
+                subject_id=uuid.UUID(int=rng.getrandbits(128)),
+                ts=ts,
+                received_at=ts + timedelta(microseconds=rng.randrange(10**10)),
+                lat=rng.uniform(-90, 90),
+                lon=rng.uniform(-180, 180),
+                accuracy_m=rng.choice([0.001, 7.5, rng.uniform(0, 5000)]),
+                speed_mps=rng.choice([None, 0.0, rng.uniform(0, 150)]),
+                heading_deg=rng.choice([None, rng.uniform(0, 359.99)]),
+                source=rng.choice(list(FixSource)),
+                sats=rng.choice([None, 0, 64, rng.randrange(65)]),
+                hdop=rng.choice([None, rng.uniform(0, 100)]),
+            )
+        )
+    async with db.pool.acquire() as conn:
+        for table in ("by_value", "by_column"):
+            await conn.execute(f"create temp table {table} (like trail_points)")
+        await conn.copy_records_to_table(
+            "by_value",
+            records=[
+                # The point as shapely writes it: EWKB, little-endian, with its SRID.
+                (*_staged(f), shapely.to_wkb(point, include_srid=True, byte_order=1))
+                for f in fixes
+                for point in [shapely.set_srid(shapely.points(f.lon, f.lat), 4326)]
+            ],
+            columns=TRAIL_COLUMNS,
+        )
+        await conn.copy_to_table(
+            "by_column",
+            source=chunks(encode(rows_of(fixes))),
+            columns=TRAIL_COLUMNS,
+            format="binary",
+        )
+        counts = await conn.fetchrow(
+            "select (select count(*) from by_value), (select count(*) from by_column),"
+            " (select count(*) from (table by_value except table by_column) d),"
+            " (select count(*) from (table by_column except table by_value) d),"
+            " (select count(distinct (hdop is null, sats is null, source)) from by_column)"
+        )
+    assert tuple(counts) == (600, 600, 0, 0, counts[4]) and counts[4] > 10
+
+
+def test_the_days_of_a_batch_are_those_of_its_times_in_utc() -> None:
+    """A batch's days (for its partitions) from its times as COPY rows hold them: the
+    last microsecond of a day and the first of the next, before 2000 too, and a buffered
+    upload over several days."""
+    times = [
+        datetime(2026, 11, 26, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 11, 27, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 11, 20, 12, tzinfo=timezone(timedelta(hours=-5))),
+    ]
+    fixes = [
+        FixMessage(
+            tag_id="T",
+            subject_id=uuid.UUID(int=1),
+            ts=t,
+            received_at=t,
+            lat=51.5,
+            lon=-0.1,
+            accuracy_m=5.0,
+        )
+        for t in times
+    ]
+    assert days_of(rows_of(fixes).ts) == {
+        date(2026, 11, 26),
+        date(2026, 11, 27),
+        date(1999, 12, 31),
+        date(2026, 11, 20),
+    }
 
 
 async def test_trail_boxes_hold_every_path_whatever_order_fixes_arrive_in(db: Database) -> None:

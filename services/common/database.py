@@ -46,10 +46,10 @@ SERVER_SETTINGS = {"jit": "off"}
 
 
 async def _prepare_connection(conn: asyncpg.Connection) -> None:
-    """Geometry values as EWKB bytes both ways in binary format: the store COPYs points
-    into trail_points so (PostGIS's binary input takes EWKB as it is), where asyncpg
-    has no codec of its own for the type. In whichever schema PostGIS was installed;
-    before the migrations have made it there is no such type, and nothing to store."""
+    """Geometry values as EWKB bytes both ways in binary format (PostGIS's binary input
+    takes EWKB as it is), where asyncpg has no codec of its own for the type: for
+    records COPYed or read with a geometry in them. In whichever schema PostGIS was
+    installed; before the migrations have made it there is no such type."""
     schema = await conn.fetchval(
         "select n.nspname from pg_type t join pg_namespace n on n.oid = t.typnamespace"
         " where t.typname = 'geometry' limit 1"

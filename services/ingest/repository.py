@@ -11,7 +11,6 @@ to the index.
 
 from __future__ import annotations
 
-import struct
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -24,23 +23,9 @@ import numpy.typing as npt
 
 from services.common.geo import degree_margin
 from services.common.trail import Reaches, TrailFix
+from services.ingest.pgcopy import STAGING_COLUMNS, TRAIL_COLUMNS, chunks, encode, rows_of
 from services.ingest.schemas import DeviceEvent, FixMessage
 from services.ingest.schemas import spans as time_spans
-
-STAGING_COLUMNS = (
-    "tag_id",
-    "ts",
-    "received_at",
-    "subject_id",
-    "lat",
-    "lon",
-    "accuracy_m",
-    "speed_mps",
-    "heading_deg",
-    "source",
-    "sats",
-    "hdop",
-)
 
 
 # Reads that come back as numbers in bulk (thousands a batch) send each column as one
@@ -380,15 +365,27 @@ with ins as (
 select count(*) from ins
 """
 
-TRAIL_COLUMNS = (*STAGING_COLUMNS, "geom")
-# EWKB of a 2-D point with an SRID (4326): byte order (little-endian), type with the
-# SRID flag, SRID, x, y.
-_EWKB_POINT = struct.Struct("<BIIdd")
-_EWKB_POINT_SRID = 0x20000001
+
+PG_EPOCH_DAY = date(2000, 1, 1)
+DAY_US = 86_400_000_000
 
 
-def _point(lon: float, lat: float) -> bytes:
-    return _EWKB_POINT.pack(1, _EWKB_POINT_SRID, 4326, lon, lat)
+def _staged(f: FixMessage) -> tuple[object, ...]:
+    """A fix as a row of the staging table."""
+    return (
+        f.tag_id,
+        f.ts,
+        f.received_at,
+        f.subject_id,
+        f.lat,
+        f.lon,
+        f.accuracy_m,
+        f.speed_mps,
+        f.heading_deg,
+        f.source.value,
+        f.sats,
+        f.hdop,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,15 +394,9 @@ class StoreResult:
     conflicts: int
 
 
-def days_of(fixes: Sequence[FixMessage]) -> set[date]:
-    """The UTC days of these fixes' times: when they span less than a day (live batches
-    do), those of the first and the last, without converting every time to UTC."""
-    if not fixes:
-        return set()
-    first, last = min(f.ts for f in fixes), max(f.ts for f in fixes)
-    if last - first < timedelta(days=1):
-        return {first.astimezone(UTC).date(), last.astimezone(UTC).date()}
-    return {f.ts.astimezone(UTC).date() for f in fixes}
+def days_of(ts: npt.NDArray[np.int64]) -> set[date]:
+    """The UTC days of these times (microseconds since 2000-01-01 UTC, as TrailRows)."""
+    return {PG_EPOCH_DAY + timedelta(days=d) for d in np.unique(ts // DAY_US).tolist()}
 
 
 async def store_fixes(
@@ -413,45 +404,30 @@ async def store_fixes(
 ) -> StoreResult:
     """Writes fixes idempotently: a known (tag, ts) is skipped when identical and set aside
     in fix_conflicts when its position differs. One transaction for the whole batch."""
-    await partitions.ensure(conn, days_of(fixes))
-    records = [
-        (
-            f.tag_id,
-            f.ts,
-            f.received_at,
-            f.subject_id,
-            f.lat,
-            f.lon,
-            f.accuracy_m,
-            f.speed_mps,
-            f.heading_deg,
-            f.source.value,
-            f.sats,
-            f.hdop,
-            _point(f.lon, f.lat),
-        )
-        for f in fixes
-    ]
+    rows = rows_of(fixes)
+    await partitions.ensure(conn, days_of(rows.ts))
     async with conn.transaction():
         try:
             # Straight into the trail: nearly always every fix is new (ingest has set
-            # re-sends aside). Binary COPY, the point as EWKB, is the fastest way in
-            # (19 µs of PostgreSQL a fix in the benchmark, against 29 through a staging
-            # table and an insert that skips known fixes: docs/benchmarks.md, sixth
-            # session). A savepoint, so that a fix already stored undoes only this.
+            # re-sends aside). Binary COPY, built from columns (services/ingest/pgcopy.py),
+            # is the fastest way in (19 µs of PostgreSQL a fix in the benchmark, against
+            # 29 through a staging table and an insert that skips known fixes:
+            # docs/benchmarks.md, sixth session). A savepoint, so that a fix already
+            # stored undoes only this.
             async with conn.transaction():
-                await conn.copy_records_to_table(
+                await conn.copy_to_table(
                     "trail_points",
-                    records=records,
+                    source=chunks(encode(rows)),
                     columns=TRAIL_COLUMNS,
+                    format="binary",
                 )
-            inserted = len(records)
+            inserted = len(fixes)
         except asyncpg.UniqueViolationError:
             # One of them is stored already (a re-send that raced its twin, or a
             # conflicting one): each fix on its own, through the staging table.
             await conn.execute(STAGING_SQL)
             await conn.copy_records_to_table(
-                "fix_staging", records=[r[:-1] for r in records], columns=STAGING_COLUMNS
+                "fix_staging", records=[_staged(f) for f in fixes], columns=STAGING_COLUMNS
             )
             inserted = await conn.fetchval(INSERT_STAGED_SQL)
         # Now stored, the new fixes' neighbours (stored before, or in this batch) are
@@ -459,7 +435,7 @@ async def store_fixes(
         await widen_boxes(conn, fixes)
         # Only a fix the insert skipped can conflict with a stored one (or with another
         # in the batch); nearly always every fix is new, and the look-up is not needed.
-        if inserted == len(records):
+        if inserted == len(fixes):
             return StoreResult(int(inserted), 0)
         conflicts = await conn.fetchval(
             CONFLICTS_SQL, min(f.ts for f in fixes), max(f.ts for f in fixes)

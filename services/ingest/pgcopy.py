@@ -1,0 +1,204 @@
+"""PostgreSQL's binary COPY format for trail_points rows, built with numpy from columns:
+the rows of a batch become one bytes object without a Python object a value. The
+store writes every batch this way (asyncpg's `copy_records_to_table` encodes a value
+at a time: with the tuple a fix it needs, 2.8 to 3.1 µs of Python a fix into a table
+like trail_points, against 1.9 to 2.5 this way, best of 9 with 8,000 fixes:
+docs/benchmarks.md, eighth session), and the benchmarks load history and measure the
+raw ceiling with it, so the ceiling is the store's own encoding."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import numpy.typing as npt
+
+from services.ingest.schemas import FixMessage, FixSource
+
+# The columns written, in the order every row holds them.
+STAGING_COLUMNS = (
+    "tag_id",
+    "ts",
+    "received_at",
+    "subject_id",
+    "lat",
+    "lon",
+    "accuracy_m",
+    "speed_mps",
+    "heading_deg",
+    "source",
+    "sats",
+    "hdop",
+)
+TRAIL_COLUMNS = (*STAGING_COLUMNS, "geom")
+
+HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+TRAILER = struct.pack(">h", -1)
+PG_EPOCH_S = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
+# EWKB of a 2-D point with an SRID: little-endian flag, type with the SRID bit, 4326, x, y.
+EWKB_POINT_SRID = 0x20000001
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+SOURCES = tuple(FixSource)
+# A fix's source by the identity of its member (one of SOURCES): an Enum member's hash
+# is a Python function, an id() is not.
+_SOURCE_CODE = {id(s): i for i, s in enumerate(SOURCES)}
+
+
+@dataclass(frozen=True, slots=True)
+class TrailRows:
+    """trail_points rows as columns. Row i's tag is `tags[tag[i]]` and its source
+    `sources[source[i]]` (UTF-8); times are microseconds since 2000-01-01 UTC;
+    `subject_id` holds 16 bytes a row. A value that is not there: NaN for the optional
+    floats (a fix has no NaN to confuse it with), -1 for sats."""
+
+    tags: Sequence[bytes]
+    tag: IntArray
+    ts: IntArray
+    received_at: IntArray
+    subject_id: npt.NDArray[np.void]
+    lat: FloatArray
+    lon: FloatArray
+    accuracy_m: FloatArray
+    speed_mps: FloatArray
+    heading_deg: FloatArray
+    sources: Sequence[bytes]
+    source: IntArray
+    sats: IntArray
+    hdop: FloatArray
+
+
+def micros(epoch_s: FloatArray) -> IntArray:
+    """Seconds since 1970 as microseconds since 2000. Exact for times taken to the
+    microsecond: a float of seconds near today errs by under 0.3 µs."""
+    return np.round((epoch_s - PG_EPOCH_S) * 1e6).astype(np.int64)
+
+
+def _floats(values: Sequence[float | None], n: int) -> FloatArray:
+    return np.fromiter((np.nan if v is None else v for v in values), np.float64, n)
+
+
+def rows_of(fixes: Sequence[FixMessage]) -> TrailRows:
+    """The fixes as trail rows, a pass over them a column."""
+    n = len(fixes)
+    tag_index: dict[str, int] = {}
+    tag = np.fromiter((tag_index.setdefault(f.tag_id, len(tag_index)) for f in fixes), np.int64, n)
+    return TrailRows(
+        tags=[t.encode() for t in tag_index],
+        tag=tag,
+        ts=micros(np.fromiter((f.ts.timestamp() for f in fixes), np.float64, n)),
+        received_at=micros(np.fromiter((f.received_at.timestamp() for f in fixes), np.float64, n)),
+        subject_id=np.frombuffer(b"".join([f.subject_id.bytes for f in fixes]), dtype="V16"),
+        lat=np.fromiter((f.lat for f in fixes), np.float64, n),
+        lon=np.fromiter((f.lon for f in fixes), np.float64, n),
+        accuracy_m=np.fromiter((f.accuracy_m for f in fixes), np.float64, n),
+        speed_mps=_floats([f.speed_mps for f in fixes], n),
+        heading_deg=_floats([f.heading_deg for f in fixes], n),
+        sources=[s.value.encode() for s in SOURCES],
+        source=np.fromiter((_SOURCE_CODE[id(f.source)] for f in fixes), np.int64, n),
+        sats=np.fromiter((-1 if f.sats is None else f.sats for f in fixes), np.int64, n),
+        hdop=_floats([f.hdop for f in fixes], n),
+    )
+
+
+_OPTIONAL = (("speed_mps", ">f8"), ("heading_deg", ">f8"), ("sats", ">i2"), ("hdop", ">f8"))
+
+
+def _dtype(tag_len: int, source_len: int, present: Sequence[bool]) -> np.dtype[np.void]:
+    """One row's layout: the field count, then each value's length and bytes (a length
+    of -1 and no bytes for a value that is not there)."""
+    speed, heading, sats, hdop = (
+        [field] if there else [] for field, there in zip(_OPTIONAL, present, strict=True)
+    )
+    return np.dtype(
+        [
+            ("nfields", ">i2"),
+            ("tag_n", ">i4"),
+            ("tag_id", f"S{tag_len}"),
+            ("ts_n", ">i4"),
+            ("ts", ">i8"),
+            ("received_at_n", ">i4"),
+            ("received_at", ">i8"),
+            ("subject_id_n", ">i4"),
+            ("subject_id", "V16"),
+            ("lat_n", ">i4"),
+            ("lat", ">f8"),
+            ("lon_n", ">i4"),
+            ("lon", ">f8"),
+            ("accuracy_m_n", ">i4"),
+            ("accuracy_m", ">f8"),
+            ("speed_mps_n", ">i4"),
+            *speed,
+            ("heading_deg_n", ">i4"),
+            *heading,
+            ("source_n", ">i4"),
+            ("source", f"S{source_len}"),
+            ("sats_n", ">i4"),
+            *sats,
+            ("hdop_n", ">i4"),
+            *hdop,
+            ("geom_n", ">i4"),
+            ("g_order", "u1"),
+            ("g_type", "<u4"),
+            ("g_srid", "<u4"),
+            ("g_x", "<f8"),
+            ("g_y", "<f8"),
+        ]
+    )
+
+
+def encode(rows: TrailRows) -> bytes:
+    """The rows as one binary COPY stream (header, rows, trailer) of TRAIL_COLUMNS, the
+    point made of (lon, lat). Rows of one layout (tag and source lengths, which values
+    are there: nearly always one or two layouts a batch) are laid out at once; the
+    stream holds them layout by layout, not in the order given."""
+    tag_len = np.array([len(t) for t in rows.tags], dtype=np.int64)[rows.tag]
+    source_len = np.array([len(s) for s in rows.sources], dtype=np.int64)[rows.source]
+    present = np.column_stack(
+        [
+            ~np.isnan(rows.speed_mps),
+            ~np.isnan(rows.heading_deg),
+            rows.sats >= 0,
+            ~np.isnan(rows.hdop),
+        ]
+    )
+    layout = (tag_len * 256 + source_len) * 16 + present @ np.array([1, 2, 4, 8])
+    tags = np.array(rows.tags, dtype=np.bytes_)
+    sources = np.array(rows.sources, dtype=np.bytes_)
+    parts = [HEADER]
+    for key in np.unique(layout):
+        i = np.flatnonzero(layout == key)
+        there = present[i[0]]
+        block = np.empty(len(i), dtype=_dtype(int(tag_len[i[0]]), int(source_len[i[0]]), there))
+        block["nfields"] = len(TRAIL_COLUMNS)
+        block["tag_n"] = tag_len[i[0]]
+        block["tag_id"] = tags[rows.tag[i]]
+        block["ts_n"] = block["received_at_n"] = block["lat_n"] = block["lon_n"] = 8
+        block["accuracy_m_n"] = 8
+        block["ts"], block["received_at"] = rows.ts[i], rows.received_at[i]
+        block["subject_id_n"], block["subject_id"] = 16, rows.subject_id[i]
+        block["lat"], block["lon"] = rows.lat[i], rows.lon[i]
+        block["accuracy_m"] = rows.accuracy_m[i]
+        for (name, kind), is_there in zip(_OPTIONAL, there, strict=True):
+            block[f"{name}_n"] = np.dtype(kind).itemsize if is_there else -1
+            if is_there:
+                block[name] = getattr(rows, name)[i]
+        block["source_n"], block["source"] = source_len[i[0]], sources[rows.source[i]]
+        block["geom_n"] = 25
+        block["g_order"], block["g_type"], block["g_srid"] = 1, EWKB_POINT_SRID, 4326
+        block["g_x"], block["g_y"] = rows.lon[i], rows.lat[i]
+        parts.append(block.tobytes())
+    parts.append(TRAILER)
+    return b"".join(parts)
+
+
+async def chunks(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    """A COPY stream in pieces, as asyncpg's copy_to_table takes one."""
+    view = memoryview(data)
+    for i in range(0, len(view), size):
+        yield bytes(view[i : i + size])
