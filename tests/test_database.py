@@ -18,7 +18,7 @@ from services.cli import alembic_config
 from services.common.database import Database
 from services.common.geo import WGS84
 from services.common.settings import DatabaseSettings, Settings
-from services.ingest.pgcopy import TRAIL_COLUMNS, chunks, encode, rows_of
+from services.ingest.pgcopy import HEADER, TRAIL_COLUMNS, TRAILER, chunks, encode, rows_of
 from services.ingest.repository import (
     BOX_BUCKET,
     BOX_MAX_GAP,
@@ -331,6 +331,7 @@ async def test_rows_encoded_from_columns_are_those_asyncpg_writes_value_by_value
             " (select count(distinct (hdop is null, sats is null, source)) from by_column)"
         )
     assert tuple(counts) == (600, 600, 0, 0, counts[4]) and counts[4] > 10
+    assert encode(rows_of([])) == HEADER + TRAILER
 
 
 def test_the_days_of_a_batch_are_those_of_its_times_in_utc() -> None:

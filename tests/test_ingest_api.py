@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -15,7 +16,7 @@ from services.common.auth import Principal, Role
 from services.common.database import Database
 from services.common.settings import Settings
 from services.common.timeutil import utcnow
-from services.ingest.schemas import FixMessage, Rejection, StreamedFix
+from services.ingest.schemas import FixMessage, Rejection, StreamedFix, grouped
 from services.ingest.service import (
     NOT_JSON,
     Bounds,
@@ -432,3 +433,26 @@ async def test_a_clean_request_is_admitted_in_one_validation_as_the_full_path_ad
         ]:
             items = [Item(0, good), Item(1, bad), Item(2, good)]
             assert await admit_clean(conn, supplier, items, now, Settings().ingest) is None, case
+
+
+def test_a_batch_grouped_by_subject_keeps_each_ones_fixes_in_order_and_their_span() -> None:
+    """grouped: each subject's fixes in the batch's order, and their first and last
+    time, however the batch interleaves subjects and times."""
+    rng = random.Random(2)
+    subjects = [uuid.UUID(int=k) for k in range(1, 6)]
+    now = utcnow()
+    fixes = [
+        FixMessage(
+            tag_id="T",
+            subject_id=rng.choice(subjects),
+            ts=now - timedelta(seconds=rng.randrange(3600)),
+            received_at=now,
+            lat=51.5,
+            lon=-0.1,
+            accuracy_m=5.0,
+        )
+        for _ in range(300)
+    ]
+    groups, spans = grouped(fixes)
+    assert groups == {s: [f for f in fixes if f.subject_id == s] for s in subjects}
+    assert spans == {s: [min(f.ts for f in fs), max(f.ts for f in fs)] for s, fs in groups.items()}

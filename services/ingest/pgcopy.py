@@ -79,30 +79,71 @@ def micros(epoch_s: FloatArray) -> IntArray:
     return np.round((epoch_s - PG_EPOCH_S) * 1e6).astype(np.int64)
 
 
-def _floats(values: Sequence[float | None], n: int) -> FloatArray:
-    return np.fromiter((np.nan if v is None else v for v in values), np.float64, n)
+_NONE = float("nan")
 
 
 def rows_of(fixes: Sequence[FixMessage]) -> TrailRows:
-    """The fixes as trail rows, a pass over them a column."""
-    n = len(fixes)
+    """The fixes as trail rows. One pass over the fixes, a tuple each, then columns:
+    a batch's fixes lie scattered in memory, and a pass a column (twelve) cost five
+    times as much with cold caches (docs/benchmarks.md, eighth session)."""
     tag_index: dict[str, int] = {}
-    tag = np.fromiter((tag_index.setdefault(f.tag_id, len(tag_index)) for f in fixes), np.int64, n)
+    values = [
+        (
+            f.ts.timestamp(),
+            f.received_at.timestamp(),
+            f.lat,
+            f.lon,
+            f.accuracy_m,
+            _NONE if f.speed_mps is None else f.speed_mps,
+            _NONE if f.heading_deg is None else f.heading_deg,
+            _NONE if f.hdop is None else f.hdop,
+            -1 if f.sats is None else f.sats,
+            tag_index.setdefault(f.tag_id, len(tag_index)),
+            _SOURCE_CODE[id(f.source)],
+            f.subject_id.bytes,
+        )
+        for f in fixes
+    ]
+    if not values:
+        return _no_rows()
+    columns = list(zip(*values, strict=True))
+    floats = np.array(columns[:8], dtype=np.float64)
+    ints = np.array(columns[8:11], dtype=np.int64)
     return TrailRows(
         tags=[t.encode() for t in tag_index],
-        tag=tag,
-        ts=micros(np.fromiter((f.ts.timestamp() for f in fixes), np.float64, n)),
-        received_at=micros(np.fromiter((f.received_at.timestamp() for f in fixes), np.float64, n)),
-        subject_id=np.frombuffer(b"".join([f.subject_id.bytes for f in fixes]), dtype="V16"),
-        lat=np.fromiter((f.lat for f in fixes), np.float64, n),
-        lon=np.fromiter((f.lon for f in fixes), np.float64, n),
-        accuracy_m=np.fromiter((f.accuracy_m for f in fixes), np.float64, n),
-        speed_mps=_floats([f.speed_mps for f in fixes], n),
-        heading_deg=_floats([f.heading_deg for f in fixes], n),
+        tag=ints[1],
+        ts=micros(floats[0]),
+        received_at=micros(floats[1]),
+        subject_id=np.frombuffer(b"".join(columns[11]), dtype="V16"),
+        lat=floats[2],
+        lon=floats[3],
+        accuracy_m=floats[4],
+        speed_mps=floats[5],
+        heading_deg=floats[6],
         sources=[s.value.encode() for s in SOURCES],
-        source=np.fromiter((_SOURCE_CODE[id(f.source)] for f in fixes), np.int64, n),
-        sats=np.fromiter((-1 if f.sats is None else f.sats for f in fixes), np.int64, n),
-        hdop=_floats([f.hdop for f in fixes], n),
+        source=ints[2],
+        sats=ints[0],
+        hdop=floats[7],
+    )
+
+
+def _no_rows() -> TrailRows:
+    empty_f, empty_i = np.zeros(0), np.zeros(0, dtype=np.int64)
+    return TrailRows(
+        [],
+        empty_i,
+        empty_i,
+        empty_i,
+        np.zeros(0, dtype="V16"),
+        empty_f,
+        empty_f,
+        empty_f,
+        empty_f,
+        empty_f,
+        [s.value.encode() for s in SOURCES],
+        empty_i,
+        empty_i,
+        empty_f,
     )
 
 

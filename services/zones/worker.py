@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any
 
 import asyncpg
@@ -22,7 +23,7 @@ from services.common.settings import CheckSettings
 from services.common.timeutil import utcnow
 from services.ingest import repository as trail_store
 from services.ingest.repository import TrailBoxes
-from services.ingest.schemas import FixMessage
+from services.ingest.schemas import FixMessage, grouped
 from services.ingest.schemas import spans as time_spans
 from services.registry import service as registry
 from services.topics import ALERTS
@@ -198,10 +199,7 @@ class ZoneChecker:
         self._generation = generation
 
     async def handle(self, fixes: list[FixMessage]) -> None:
-        batch: dict[uuid.UUID, list[FixMessage]] = defaultdict(list)
-        for f in fixes:
-            batch[f.subject_id].append(f)
-        spans = time_spans(fixes)
+        batch, spans = grouped(fixes)
         async with self.db.pool.acquire() as conn:
             await repository.touch_activity(conn, {s: last for s, (_, last) in spans.items()})
             zones = await self._zones(conn, list(batch))
@@ -541,6 +539,9 @@ def _scenes_met(
     return out
 
 
+_fix_time = attrgetter("ts")
+
+
 class CrimeMatcher:
     """Runs crime matching from both directions: a new crime (or version) is matched
     against the stored trails; stored fixes near a crime whose widened window covers them
@@ -563,15 +564,16 @@ class CrimeMatcher:
             [self.settings.crime_radius_m, *self.settings.crime_radius_by_category.values()]
         )
         slack = self.settings.crime_slack_s
-        spans = time_spans(fixes)
-        first = min(lo for lo, _ in spans.values()) - TrailBoxes.BEFORE
-        last = max(hi for _, hi in spans.values()) + TrailBoxes.SPAN
+        times = list(map(_fix_time, fixes))
+        first = min(times) - TrailBoxes.BEFORE
+        last = max(times) + TrailBoxes.SPAN
         async with self.db.pool.acquire() as conn:
             # Live fixes rarely fall in an open crime's window (crimes are recorded
-            # after the event): most batches stop here.
+            # after the event): most batches stop here, before any work a subject.
             scenes = await repository.scenes_between(conn, first, last, slack)
             if not scenes:
                 return
+            spans = time_spans(fixes)
             # The trail boxes the new fixes widened (the store made them before it told
             # us): every fix, and every path to or from one, accuracy counted, lies in
             # one. A crime none of them comes within its radius of has no new match.
