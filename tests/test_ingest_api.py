@@ -26,6 +26,7 @@ from services.ingest.service import (
     validate,
     validate_all,
 )
+from services.registry.service import TagDirectory, resolve_tags
 from tests.conftest import World, enrol, fix
 
 
@@ -345,7 +346,9 @@ async def _admitted_fix_by_fix(
 ) -> list[FixMessage]:
     """The messages the full path makes: each fix validated as a device's fix,
     attributed, then made a message."""
-    admitted, rejected = await admit(conn, supplier, items, now, Settings().ingest, StreamedFix)
+    admitted, rejected = await admit(
+        conn, TagDirectory(), supplier, items, now, Settings().ingest, StreamedFix
+    )
     assert rejected == []
     return [
         FixMessage.model_validate({**item.raw, "subject_id": subject, "received_at": now})
@@ -379,6 +382,7 @@ async def test_a_clean_request_is_admitted_in_one_validation_as_the_full_path_ad
     rng = random.Random(4)
     supplier = Principal(world.supplier_id, Role.supplier, "supplier-T")
     other = await enrol(client, db, n=1, prefix="U")
+    tags = TagDirectory()
     now = utcnow()
     async with db.pool.acquire() as conn:
         for _ in range(30):
@@ -406,7 +410,7 @@ async def test_a_clean_request_is_admitted_in_one_validation_as_the_full_path_ad
                     raw.pop("source", None)
                 raws.append(raw)
             items = [Item(i, r) for i, r in enumerate(raws)]
-            quick = await admit_clean(conn, supplier, items, now, Settings().ingest)
+            quick = await admit_clean(conn, tags, supplier, items, now, Settings().ingest)
             assert quick == await _admitted_fix_by_fix(conn, supplier, items, now)
             assert all(m.ts.tzinfo is UTC for m in quick)
         good = fix(now_minus(60), tag_id=world.tags[0])
@@ -432,7 +436,8 @@ async def test_a_clean_request_is_admitted_in_one_validation_as_the_full_path_ad
             ("not JSON", NOT_JSON),
         ]:
             items = [Item(0, good), Item(1, bad), Item(2, good)]
-            assert await admit_clean(conn, supplier, items, now, Settings().ingest) is None, case
+            found = await admit_clean(conn, tags, supplier, items, now, Settings().ingest)
+            assert found is None, case
 
 
 def test_a_batch_grouped_by_subject_keeps_each_ones_fixes_in_order_and_their_span() -> None:
@@ -456,3 +461,53 @@ def test_a_batch_grouped_by_subject_keeps_each_ones_fixes_in_order_and_their_spa
     groups, spans = grouped(fixes)
     assert groups == {s: [f for f in fixes if f.subject_id == s] for s in subjects}
     assert spans == {s: [min(f.ts for f in fs), max(f.ts for f in fs)] for s, fs in groups.items()}
+
+
+async def test_the_tag_directory_answers_as_the_registry_does_after_every_change(
+    client: httpx.AsyncClient, world: World, db: Database
+) -> None:
+    """Tags kept in memory between requests give what reading them afresh gives, after a
+    tag is taken off its subject and put on another, after a new tag is enrolled, and
+    for a tag that does not exist; and the registry's number moves with each change."""
+    directory = TagDirectory()
+    wanted = [*world.tags, "NO-SUCH-TAG"]
+
+    async def both() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with db.pool.acquire() as conn:
+            return await directory.resolve(conn, wanted), await resolve_tags(conn, wanted)
+
+    async def generation() -> int:
+        async with db.pool.acquire() as conn:
+            return int(await conn.fetchval("select value from tag_generation"))
+
+    kept, fresh = await both()
+    assert kept == fresh and set(kept) == set(world.tags)
+    before = await generation()
+    # Tag 0 moves from subject 0 to subject 1 (whose own tag comes off first).
+    now = utcnow()
+    async with db.pool.acquire() as conn:
+        await conn.execute(
+            "update tag_assignments set valid_to = $2 where tag_id = any($1::text[])",
+            world.tags[:2],
+            now,
+        )
+    assert await generation() > before
+    r = await client.post(
+        f"/v1/subjects/{world.subjects[1]}/tags",
+        json={"tag_id": world.tags[0], "valid_from": now.isoformat()},
+        headers=world.admin,
+    )
+    assert r.status_code == 201, r.text
+    kept, fresh = await both()
+    assert kept == fresh
+    assert kept[world.tags[0]].subject_at(now + timedelta(seconds=1)) == world.subjects[1]
+    # A tag enrolled since is found too.
+    r = await client.post(
+        "/v1/tags",
+        json={"tag_id": "T-NEW", "supplier_id": str(world.supplier_id)},
+        headers=world.admin,
+    )
+    assert r.status_code == 201, r.text
+    wanted.append("T-NEW")
+    kept, fresh = await both()
+    assert kept == fresh and "T-NEW" in kept

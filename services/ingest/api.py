@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request, status
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.common.auth import Principal
 from services.common.deps import RuntimeDep, SessionDep, Supplier
 from services.common.errors import PayloadTooLarge, Unprocessable
 from services.common.limits import read_body
+from services.common.runtime import Runtime
 from services.common.timeutil import utcnow
 from services.ingest import service
 from services.ingest.schemas import EventsResult, IngestResult
 from services.ingest.service import Item
+from services.registry.service import TagDirectory
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
+
+
+def tag_directory(request: Request) -> TagDirectory:
+    """The app's tags as met so far (one directory an app, as an app serves one
+    database)."""
+    state = request.app.state
+    directory: TagDirectory | None = getattr(state, "tag_directory", None)
+    if directory is None:
+        directory = state.tag_directory = TagDirectory()
+    return directory
 
 
 async def read_json_list(
@@ -37,6 +52,30 @@ async def read_json_list(
     return doc, items
 
 
+Answer = TypeVar("Answer")
+
+
+async def _hand_over(
+    take: Callable[..., Awaitable[Answer]],
+    request: Request,
+    runtime: Runtime,
+    session: AsyncSession,
+    supplier: Principal,
+    items: list[Item],
+) -> Answer:
+    """A request's items to ingest (`take`: service.ingest or service.ingest_events)."""
+    return await take(
+        session,
+        runtime.db,
+        runtime.bus,
+        tag_directory(request),
+        supplier,
+        items,
+        utcnow(),
+        runtime.settings.ingest,
+    )
+
+
 @router.post("/fixes", status_code=status.HTTP_202_ACCEPTED)
 async def post_fixes(
     request: Request, runtime: RuntimeDep, session: SessionDep, supplier: Supplier
@@ -53,9 +92,7 @@ async def post_fixes(
         Item(i, {**raw, "tag_id": tag_id} if isinstance(raw, dict) else raw)
         for i, raw in enumerate(fixes)
     ]
-    return await service.ingest(
-        session, runtime.db, runtime.bus, supplier, items, utcnow(), settings
-    )
+    return await _hand_over(service.ingest, request, runtime, session, supplier, items)
 
 
 @router.post("/fixes/stream", status_code=status.HTTP_202_ACCEPTED)
@@ -76,9 +113,7 @@ async def post_fix_stream(
             items.append(Item(i, orjson.loads(line)))
         except orjson.JSONDecodeError:
             items.append(Item(i, service.NOT_JSON))
-    return await service.ingest(
-        session, runtime.db, runtime.bus, supplier, items, utcnow(), settings
-    )
+    return await _hand_over(service.ingest, request, runtime, session, supplier, items)
 
 
 @router.post("/device-events", status_code=status.HTTP_202_ACCEPTED)
@@ -91,6 +126,4 @@ async def post_device_events(
         request, settings.max_body_bytes, "events", settings.max_fixes_per_batch
     )
     items = [Item(i, raw) for i, raw in enumerate(events)]
-    return await service.ingest_events(
-        session, runtime.db, runtime.bus, supplier, items, utcnow(), settings
-    )
+    return await _hand_over(service.ingest_events, request, runtime, session, supplier, items)

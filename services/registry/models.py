@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, String, UniqueConstraint, func
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, String, UniqueConstraint, func
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -88,6 +88,17 @@ class TagAssignment(Base):
     valid_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     valid_to: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _created()
+
+
+class TagGeneration(Base):
+    """One row whose value a trigger (migration 0005) bumps with every change to tags or
+    tag_assignments: ingest keeps the tags it has met in memory and reads this one
+    number a request."""
+
+    __tablename__ = "tag_generation"
+
+    id: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
 
 
 class ManagerAssignment(Base):

@@ -64,6 +64,11 @@ async def tags_with_assignments(
     )
 
 
+async def tag_generation(conn: asyncpg.Connection) -> int:
+    """A number that moves with every committed change to tags or who wears them."""
+    return int(await conn.fetchval("select value from tag_generation"))
+
+
 async def subjects_managed_at(
     session: AsyncSession, manager_id: uuid.UUID, at: datetime
 ) -> Sequence[uuid.UUID]:
