@@ -16,6 +16,7 @@ from services.common.auth import Principal, Role
 from services.common.database import Database
 from services.common.settings import Settings
 from services.common.timeutil import utcnow
+from services.ingest import schemas
 from services.ingest.schemas import FixMessage, Rejection, StreamedFix, grouped
 from services.ingest.service import (
     NOT_JSON,
@@ -461,6 +462,7 @@ def test_a_batch_grouped_by_subject_keeps_each_ones_fixes_in_order_and_their_spa
     groups, spans = grouped(fixes)
     assert groups == {s: [f for f in fixes if f.subject_id == s] for s in subjects}
     assert spans == {s: [min(f.ts for f in fs), max(f.ts for f in fs)] for s, fs in groups.items()}
+    assert schemas.spans(fixes) == spans
 
 
 async def test_the_tag_directory_answers_as_the_registry_does_after_every_change(

@@ -115,7 +115,16 @@ class FixMessage(BaseModel):
 
 def spans(fixes: Iterable[FixMessage]) -> dict[uuid.UUID, list[datetime]]:
     """Each subject's first and last fix time among these, in one pass."""
-    return grouped(fixes)[1]
+    out: dict[uuid.UUID, list[datetime]] = {}
+    for f in fixes:
+        span = out.get(f.subject_id)
+        if span is None:
+            out[f.subject_id] = [f.ts, f.ts]
+        elif f.ts < span[0]:
+            span[0] = f.ts
+        elif f.ts > span[1]:
+            span[1] = f.ts
+    return out
 
 
 def grouped(
