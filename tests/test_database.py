@@ -160,7 +160,7 @@ async def test_batch_reads_probe_an_index_however_much_trail_is_stored(
         # The next minute's fixes, newer than anything stored: a live request.
         after = day + timedelta(hours=2)
         live = [(f"RS-{i}", after) for i in range(200)]
-        args = ([k for k, _ in live], [after] * 200, after, after)
+        args = ([k for k, _ in live], [after.timestamp()] * 200, after, after)
         plan = "\n".join(r[0] for r in await conn.fetch("explain " + STORED_POSITIONS_SQL, *args))
         assert "Seq Scan" not in plan and "pkey" in plan, plan
         resent = ("RS-3", fixes[3].ts)
@@ -332,6 +332,27 @@ async def test_rows_encoded_from_columns_are_those_asyncpg_writes_value_by_value
         )
     assert tuple(counts) == (600, 600, 0, 0, counts[4]) and counts[4] > 10
     assert encode(rows_of([])) == HEADER + TRAILER
+
+
+async def test_times_sent_as_epoch_seconds_come_back_to_the_microsecond(db: Database) -> None:
+    """The re-send look-up sends fix times as float8 seconds since 1970 and turns them
+    back with to_timestamp: for times to the microsecond from 1970 to 2105, and at the
+    ends of seconds, every one is the very time it was."""
+    rng = random.Random(6)
+    start = datetime(1970, 1, 1, tzinfo=UTC)
+    times = [
+        start + timedelta(microseconds=rng.randrange(135 * 365 * 86400 * 10**6))
+        for _ in range(20_000)
+    ]
+    times += [t.replace(microsecond=m) for t in times[:200] for m in (0, 1, 499999, 999999)]
+    async with db.pool.acquire() as conn:
+        wrong = await conn.fetchval(
+            "select count(*) from unnest($1::float8[], $2::timestamptz[]) as u(s, t)"
+            " where to_timestamp(s) is distinct from t",
+            [t.timestamp() for t in times],
+            times,
+        )
+    assert wrong == 0
 
 
 def test_the_days_of_a_batch_are_those_of_its_times_in_utc() -> None:
