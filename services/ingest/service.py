@@ -58,6 +58,8 @@ def describe(exc: ValidationError) -> tuple[str, str]:
 
 
 Incoming = TypeVar("Incoming", StreamedFix, DeviceEventIn)
+# What the bounds are checked on: a fix or event as it came in, or a fix made a message.
+Bounded = TypeVar("Bounded", StreamedFix, DeviceEventIn, FixMessage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +122,9 @@ def validate_all(
     return [within(item.index, v, bounds) for item, v in zip(items, values, strict=True)]
 
 
-def within(index: int, value: Incoming, bounds: Bounds) -> Incoming | Rejection:
+def within(index: int, value: Bounded, bounds: Bounds) -> Bounded | Rejection:
     """Checks a fix or device event the schema has passed against the bounds; pure."""
-    if isinstance(value, StreamedFix) and value.accuracy_m > bounds.max_accuracy_m:
+    if not isinstance(value, DeviceEventIn) and value.accuracy_m > bounds.max_accuracy_m:
         return Rejection(
             index=index,
             field="accuracy_m",
@@ -239,7 +241,7 @@ async def ingest(
 
 
 # An RFC 3339 time as devices write it (upper-case T and Z, at most microseconds): the
-# standard library reads these exactly as pydantic does, five times as fast.
+# standard library reads these exactly as pydantic does, in 0.12 µs against about 1.
 _PLAIN_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})")
 
 
@@ -256,7 +258,6 @@ async def admit_clean(
     says which are rejected and why. Nearly every request from a supplier's platform is
     clean; the full path validates each fix as a device's fix, attributes it, then
     makes the message, twice the work (docs/benchmarks.md, eighth session)."""
-    bounds = Bounds.at(now, settings)
     times: list[datetime] = []
     for item in items:
         raw = item.raw
@@ -266,12 +267,9 @@ async def admit_clean(
         if type(tag_id) is not str or type(text) is not str or not _PLAIN_TIME.fullmatch(text):
             return None
         try:
-            ts = datetime.fromisoformat(text).astimezone(UTC)
+            times.append(datetime.fromisoformat(text).astimezone(UTC))
         except ValueError:  # 30 February, 25:00 and the like
             return None
-        if not bounds.earliest <= ts <= bounds.latest:
-            return None
-        times.append(ts)
     known = await tags.resolve(conn, [item.raw["tag_id"] for item in items])
     values: list[dict[str, Any]] = []
     for item, ts in zip(items, times, strict=True):
@@ -286,7 +284,9 @@ async def admit_clean(
         fixes = _list_of(FixMessage).validate_python(values)
     except ValidationError:
         return None
-    if any(f.accuracy_m > bounds.max_accuracy_m for f in fixes):
+    bounds = Bounds.at(now, settings)
+    # The same bounds as the full path's, in one pass over the messages just made.
+    if any(within(0, f, bounds) is not f for f in fixes):
         return None
     return fixes
 
