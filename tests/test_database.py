@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import asyncpg
+import numpy as np
 import pytest
 import shapely
 from alembic import command
@@ -22,7 +23,7 @@ from services.ingest.pgcopy import HEADER, TRAIL_COLUMNS, TRAILER, chunks, encod
 from services.ingest.repository import (
     BOX_BUCKET,
     BOX_MAX_GAP,
-    BOXES_AROUND_SQL,
+    BOXES_NEAR_SQL,
     BOXES_SQL,
     CONFLICTS_SQL,
     FIRST_FIXES_SQL,
@@ -34,7 +35,9 @@ from services.ingest.repository import (
     TRAILS_IN_SQL,
     TRAILS_SINCE_SQL,
     Partitions,
+    TrailBoxes,
     _staged,
+    boxes_near,
     days_of,
     partition_name,
     store_fixes,
@@ -42,6 +45,8 @@ from services.ingest.repository import (
     subjects_passing,
 )
 from services.ingest.schemas import FixMessage, FixSource
+from services.zones.repository import OpenScene
+from services.zones.worker import _scenes_met, scene_places
 
 
 def test_connection_urls_carry_any_password_and_a_socket_directory() -> None:
@@ -186,7 +191,6 @@ async def test_batch_reads_probe_an_index_however_much_trail_is_stored(
                 TRAILS_SINCE_SQL: (subjects, [lo - timedelta(hours=2)] * n, lo),
                 TRAILS_IN_SQL: (subjects, [lo] * n, [hi] * n, lo, hi),
                 FIRST_FIXES_SQL: (subjects, [lo] * n, lo),
-                BOXES_AROUND_SQL: (subjects, [lo] * n, [hi] * n, lo, hi),
             }
             # (Empty partitions, of days ahead, are scanned: there is nothing in them.)
             stored = [partition_name(day.date(), t) for t in ("trail_points", "trail_boxes")]
@@ -194,6 +198,11 @@ async def test_batch_reads_probe_an_index_however_much_trail_is_stored(
                 plan = "\n".join(r[0] for r in await conn.fetch("explain " + sql, *args))
                 assert "Hash Join" not in plan and "Cond: ((subject_id = " in plan, plan
                 assert not any(f"Seq Scan on {name}" in plan for name in stored), plan
+            # The crime trigger's boxes near open scenes: a search of the box index a
+            # scene.
+            places = ([-0.1] * 3, [51.5] * 3, [0.002] * 3, [lo] * 3, [hi] * 3, lo, hi)
+            plan = "\n".join(r[0] for r in await conn.fetch("explain " + BOXES_NEAR_SQL, *places))
+            assert "box_bucket_idx" in plan and "Seq Scan" not in plan, plan
 
 
 def _wandering(rng: random.Random, subject: uuid.UUID, tag: str) -> list[FixMessage]:
@@ -426,6 +435,72 @@ async def test_trail_boxes_hold_every_path_whatever_order_fixes_arrive_in(db: Da
                     )
             checked += 1
     assert checked > 600
+
+
+async def test_the_crime_trigger_finds_near_its_scenes_the_boxes_it_would_find_among_all(
+    db: Database,
+) -> None:
+    """boxes_near looks for trail boxes from the open scenes, through the box index,
+    instead of reading every box a batch can have changed: for random batches (each
+    subject's first and last new fix) and scenes near and far, in time and space, the
+    scenes met must be those met by every box of the batch's subjects in its window."""
+    rng = random.Random(5)
+    subjects = [uuid.uuid4() for _ in range(6)]
+    trails = {s: _wandering(rng, s, f"NEAR-{i}") for i, s in enumerate(subjects)}
+    async with db.pool.acquire() as conn:
+        await _arrive(
+            rng, conn, sorted(itertools.chain(*trails.values()), key=lambda f: f.ts), False
+        )
+        rows = await conn.fetch(
+            "select subject_id, date_part('epoch', bucket), st_xmin(box), st_ymin(box),"
+            " st_xmax(box), st_ymax(box) from trail_boxes where subject_id = any($1)",
+            subjects,
+        )
+        met = 0
+        for _ in range(60):
+            spans, new = {}, {}
+            for s in rng.sample(subjects, rng.randint(1, len(subjects))):
+                a = rng.randrange(len(trails[s]))
+                new[s] = trails[s][a : a + rng.randint(1, 8)]
+                spans[s] = [new[s][0].ts, new[s][-1].ts]
+            scenes = []
+            for _ in range(rng.randint(1, 12)):
+                # Mostly about where and when a subject of the batch was; some anywhere.
+                s = rng.choice(list(spans)) if rng.random() < 0.8 else rng.choice(subjects)
+                f = rng.choice(new.get(s, trails[s]))
+                start = f.ts + timedelta(seconds=rng.uniform(-2400, 600))
+                far = rng.choice([0.003, 0.01, 0.05])
+                scenes.append(
+                    OpenScene(
+                        uuid.uuid4(),
+                        f.lat + rng.uniform(-far, far),
+                        f.lon + rng.uniform(-far, far) * 1.6,
+                        start,
+                        start + timedelta(seconds=rng.uniform(0, 1800)),
+                    )
+                )
+            radius, slack = rng.choice([100.0, 500.0]), rng.choice([0.0, 900.0])
+            everyone = list(spans)
+            kept = [
+                (everyone.index(r[0]), r[1], r[2:])
+                for r in rows
+                if r[0] in spans
+                and spans[r[0]][0].timestamp() - TrailBoxes.BEFORE.total_seconds()
+                <= r[1]
+                <= spans[r[0]][1].timestamp()
+            ]
+            all_boxes = TrailBoxes(
+                everyone,
+                np.array([k[0] for k in kept], dtype=np.int64),
+                np.array([k[1] for k in kept], dtype=np.float64),
+                np.array([list(k[2]) for k in kept], dtype=np.float64).reshape(-1, 4),
+            )
+            expected = _scenes_met(scenes, all_boxes, radius, slack)
+            near = await boxes_near(conn, spans, scene_places(scenes, radius, slack))
+            assert _scenes_met(scenes, near, radius, slack) == expected
+            assert len(near.owner) <= len(all_boxes.owner)
+            met += len(expected)
+    assert met > 40
 
 
 async def test_the_bulk_box_statement_makes_the_boxes_the_store_makes(db: Database) -> None:

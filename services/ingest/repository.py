@@ -12,7 +12,7 @@ to the index.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import ClassVar
@@ -532,46 +532,89 @@ class TrailBoxes:
     BEFORE: ClassVar[timedelta] = BOX_MAX_GAP + BOX_BUCKET
 
 
-# $1-$3 (subject, first, last) as arrays; $4/$5 the least first and greatest last.
-BOXES_AROUND_SQL = """
-select string_agg(int8send(s.i - 1), ''), string_agg(float8send(date_part('epoch', b.bucket)), ''),
-       string_agg(float8send(st_xmin(b.box)), ''), string_agg(float8send(st_ymin(b.box)), ''),
-       string_agg(float8send(st_xmax(b.box)), ''), string_agg(float8send(st_ymax(b.box)), '')
-from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
-    with ordinality as s(subject_id, lo, hi, i)
+# $1-$3 each place's longitude, latitude and margin (degrees), $4/$5 the first and last
+# bucket start to look at for it; $6/$7 the batch's own first and last, which the
+# planner sees: only those days' partitions. One search of the GiST index over
+# (box, bucket) a place. `&&` compares boxes rounded outwards to float4, so it finds
+# every box that meets the place's square, and maybe a hair more.
+BOXES_NEAR_SQL = """
+select b.subject_id, date_part('epoch', b.bucket), st_xmin(b.box), st_ymin(b.box),
+       st_xmax(b.box), st_ymax(b.box)
+from unnest($1::float8[], $2::float8[], $3::float8[], $4::timestamptz[], $5::timestamptz[])
+    as p(lon, lat, m, lo, hi)
 cross join lateral (
-    select bucket, box from trail_boxes b
-    where b.subject_id = s.subject_id and b.bucket between s.lo and s.hi
-      -- The same bounds over all, which the planner sees: only those days'
-      -- partitions.
-      and b.bucket between $4 and $5
+    select subject_id, bucket, box from trail_boxes b
+    where b.box && st_makeenvelope(p.lon - p.m, p.lat - p.m, p.lon + p.m, p.lat + p.m, 4326)
+      and b.bucket between p.lo and p.hi
+      and b.bucket between $6 and $7
     offset 0
 ) b
 """
 
 
-async def boxes_around(
+_SEARCH_PAD = timedelta(seconds=1)
+_SEARCH_PAD_DEG = 1e-7  # about a centimetre
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """A point to look for trail boxes near: within `margin` degrees of it either way,
+    at times from `first` to `last`."""
+
+    lat: float
+    lon: float
+    margin: float
+    first: datetime
+    last: datetime
+
+
+async def boxes_near(
     conn: asyncpg.Connection,
-    spans: Sequence[tuple[uuid.UUID, datetime, datetime]],
+    spans: Mapping[uuid.UUID, Sequence[datetime]],
+    places: Sequence[Place],
 ) -> TrailBoxes:
-    """For each (subject, first, last) of a batch of new stored fixes, the subject's trail
-    boxes those fixes can have changed: from BOX_MAX_GAP before the first (a path into it
-    starts there, in its start's box) to the last."""
-    # Thousands of boxes a batch: they come back as one row of columns (`floats`), not a
-    # record a box, and subjects by their place in `spans`.
-    row = await conn.fetchrow(
-        BOXES_AROUND_SQL,
-        [s for s, _, _ in spans],
-        [lo - TrailBoxes.BEFORE for _, lo, _ in spans],
-        [hi for _, _, hi in spans],
-        min(lo for _, lo, _ in spans) - TrailBoxes.BEFORE,
-        max(hi for _, _, hi in spans),
+    """Of the trail boxes a batch of new stored fixes can have changed (for each subject's
+    first and last new fix in `spans`: from BOX_MAX_GAP before the first, where a path into
+    it starts, in its start's box, to the last), those whose square meets a place's, at a
+    time in its window: a box's times run from its bucket's start to TrailBoxes.SPAN
+    later.
+
+    Looked for from the places, a search of the box index each, not read for every
+    subject of the batch: a batch has thousands of subjects and the crimes open at its
+    time are a handful (docs/benchmarks.md, ninth session)."""
+    subjects = list(spans)
+    if not places or not subjects:
+        return TrailBoxes(subjects, np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4)))
+    # The search is a hair wider than asked, in space and time, so that PostgreSQL's
+    # arithmetic (in another order) cannot drop a box the caller's own test, in its
+    # own arithmetic, keeps; what is kept is decided here and there, not by the search.
+    start = min(lo for lo, _ in spans.values()) - TrailBoxes.BEFORE - _SEARCH_PAD
+    end = max(hi for _, hi in spans.values()) + _SEARCH_PAD
+    rows = await conn.fetch(
+        BOXES_NEAR_SQL,
+        [p.lon for p in places],
+        [p.lat for p in places],
+        [p.margin + _SEARCH_PAD_DEG for p in places],
+        [max(p.first - TrailBoxes.SPAN, start) - _SEARCH_PAD for p in places],
+        [min(p.last, end) + _SEARCH_PAD for p in places],
+        start,
+        end,
     )
+    index_of = {s: i for i, s in enumerate(subjects)}
+    before = TrailBoxes.BEFORE.total_seconds()
+    found: dict[tuple[int, float], list[float]] = {}
+    for subject_id, bucket, *sides in rows:
+        i = index_of.get(subject_id)
+        if i is None:  # a subject with no new fix in this batch
+            continue
+        lo, hi = spans[subject_id]
+        if lo.timestamp() - before <= bucket <= hi.timestamp():
+            found[(i, bucket)] = sides
     return TrailBoxes(
-        [s for s, _, _ in spans],
-        ints(row[0]),
-        floats(row[1]),
-        np.column_stack([floats(v) for v in row[2:]]).reshape(-1, 4),
+        subjects,
+        np.array([i for i, _ in found], dtype=np.int64),
+        np.array([b for _, b in found], dtype=np.float64),
+        np.array(list(found.values()), dtype=np.float64).reshape(-1, 4),
     )
 
 

@@ -539,6 +539,19 @@ def _scenes_met(
     return out
 
 
+def scene_places(
+    scenes: list[repository.OpenScene], radius_m: float, slack_s: float
+) -> list[trail_store.Place]:
+    """Where and when to look for trail boxes near each scene: as far as _scenes_met's
+    test reaches."""
+    margins = degree_margins(np.array([s.lat for s in scenes]), np.float64(radius_m))
+    slack = timedelta(seconds=slack_s)
+    return [
+        trail_store.Place(s.lat, s.lon, m, s.starts_at - slack, s.ends_at + slack)
+        for s, m in zip(scenes, margins.tolist(), strict=True)
+    ]
+
+
 _fix_time = attrgetter("ts")
 
 
@@ -573,12 +586,12 @@ class CrimeMatcher:
             scenes = await repository.scenes_between(conn, first, last, slack)
             if not scenes:
                 return
-            spans = time_spans(fixes)
             # The trail boxes the new fixes widened (the store made them before it told
-            # us): every fix, and every path to or from one, accuracy counted, lies in
-            # one. A crime none of them comes within its radius of has no new match.
-            boxes = await trail_store.boxes_around(
-                conn, [(s, lo, hi) for s, (lo, hi) in spans.items()]
+            # us) near the scenes: every fix, and every path to or from one, accuracy
+            # counted, lies in one. A crime none of them comes within its radius of has
+            # no new match.
+            boxes = await trail_store.boxes_near(
+                conn, time_spans(fixes), scene_places(scenes, radius, slack)
             )
         near = _scenes_met(scenes, boxes, radius, slack)
         # Only the subjects whose fixes came near are looked at again: nobody else's
