@@ -28,6 +28,7 @@ import socket
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -330,6 +331,115 @@ async def wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
     raise RuntimeError("the server did not become ready")
 
 
+@dataclass(frozen=True)
+class Stretch:
+    """What one measured stretch came to."""
+
+    fixes: int
+    rate: float  # fixes a second, end to end
+    server_us: float  # tagtrail's CPU a fix, every process of it
+    postgres_us: float
+    ok: bool  # every request answered, every accepted fix stored, no dead letter
+
+
+async def measure(
+    url: str,
+    supplier: str,
+    db: Database,
+    fleet: Fleet,
+    procs: dict[str, asyncio.subprocess.Process],
+    start: datetime,
+    lag: timedelta,
+    args: argparse.Namespace,
+    profile: Path | None,
+    label: str,
+) -> Stretch:
+    """Posts a stretch of fleet time from `start` to the running service, as fast as it
+    takes it (or at --rate), and prints what it came to."""
+    async with db.pool.acquire() as conn:
+        history_fixes = await conn.fetchval("select count(*) from trail_points")
+    bodies = list(batches(fleet, start, args.minutes, args.batch, lag=lag))
+    pids = {c: p.pid for c, p in procs.items()}
+    async with db.pool.acquire() as conn:
+        measured_from = await conn.fetchval("select now()")
+    cpu0 = cpu_seconds(pids)
+    t0 = time.perf_counter()
+    spies = [await spy(profile, c, p.pid) for c, p in procs.items()] if profile else []
+    sent = await post(url, supplier, iter(bodies), concurrency=args.concurrency, rate=args.rate)
+    async with db.pool.acquire() as conn:
+        while args.bus == "kafka":
+            stored = await conn.fetchval("select count(*) from trail_points")
+            if stored - history_fixes >= sent.accepted and await kafka_caught_up(
+                args.kafka_bootstrap, args.topic_prefix
+            ):
+                break
+            await asyncio.sleep(0.25)
+        took = time.perf_counter() - t0
+        cpu1 = cpu_seconds(pids)
+        for spying in spies:
+            spying.send_signal(signal.SIGINT)
+            await spying.wait()
+        stored = await conn.fetchval("select count(*) from trail_points") - history_fixes
+        dead = await conn.fetchval("select count(*) from dead_letters")
+        measured_until = await conn.fetchval("select now()")
+        kinds = await conn.fetch(
+            "select kind, count(*) from alerts where created_at between $1 and $2"
+            " group by 1 order by 1",
+            measured_from,
+            measured_until,
+        )
+        alerts = ", ".join(f"{n} {kind}" for kind, n in kinds) or "0"
+    rate = sent.fixes / took
+    lat = np.percentile(sent.latencies, [50, 99]) * 1000
+    print(
+        f"end to end: {sent.fixes:,} fixes in {took:.1f} s = {rate:,.0f} fixes/s"
+        f" (accepted {sent.accepted:,}, stored {stored:,}, rejected {sent.rejected},"
+        f" failed requests {sent.failures}, dead letters {dead}); alerts: {alerts};"
+        f" request p50 {lat[0]:.0f} ms p99 {lat[1]:.0f} ms ({args.batch} fixes each){label}"
+    )
+    used = {k: cpu1[k] - cpu0[k] for k in cpu1}
+    print(
+        f"CPU while fixes flowed ({took:.1f} s x {os.cpu_count()} cores ="
+        f" {took * (os.cpu_count() or 1):.1f} s): "
+        + ", ".join(
+            f"{k} {v:.1f} s ({v / sent.fixes * 1e6:.0f} µs a fix)" for k, v in used.items() if v > 0
+        )
+    )
+    # Fix to alert: from when the fix that settled an alert reached the API to when
+    # the alert was filed, both by the server's clock. The settling fix: the latest of
+    # the alert's evidence that had arrived by then (later updates add later fixes).
+    async with db.pool.acquire() as conn:
+        delays = await conn.fetch(
+            """
+            select a.kind,
+                   extract(epoch from a.created_at
+                                      - max((e->>'received_at')::timestamptz)) as s
+            from alerts a cross join lateral jsonb_array_elements(a.evidence) e
+            where (e->>'received_at')::timestamptz <= a.created_at
+              and a.created_at between $1 and $2
+            group by a.id, a.kind, a.created_at
+            """,
+            measured_from,
+            measured_until,
+        )
+    if delays:
+        ms = np.percentile([float(r["s"]) for r in delays], [50, 99]) * 1000
+        top = max(float(r["s"]) for r in delays) * 1000
+        print(
+            f"fix to alert: n={len(delays)} ({len({r['kind'] for r in delays})} kinds)"
+            f" p50 {ms[0]:.0f} ms p99 {ms[1]:.0f} ms max {top:.0f} ms"
+        )
+
+    server = sum(v for k, v in used.items() if k in procs)
+    return Stretch(
+        fixes=sent.fixes,
+        rate=rate,
+        server_us=server / sent.fixes * 1e6,
+        postgres_us=used["PostgreSQL"] / sent.fixes * 1e6,
+        ok=sent.failures == 0 and stored == sent.accepted and dead == 0,
+    )
+
+
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__)
     parser.add_argument("--tags", type=int, default=2000)
@@ -351,8 +461,25 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", type=Path, help="sample each process with py-spy while fixes flow, into DIR"
     )
+    parser.add_argument(
+        "--code",
+        type=Path,
+        action="append",
+        help="a checkout whose tagtrail serves the stretches (repeat to compare: each is"
+        " measured in turn, against the same database; default this one)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="stretches a checkout, in alternating order (A B, then B A, ...)",
+    )
     parser.add_argument("--smoke", action="store_true", help="20 tags, 10 minutes, 50 zones")
     args = parser.parse_args(argv)
+    codes: list[Path] = [c.resolve() for c in args.code or [ROOT]]
+    # Round r runs the checkouts in order, or reversed when r is odd, so that a machine
+    # getting faster or slower through the run favours none of them.
+    turns = [c for r in range(args.rounds) for c in (codes if r % 2 == 0 else codes[::-1])]
     if args.smoke:
         args.tags, args.minutes, args.zones, args.crimes = 20, 10.0, 50, 10
         args.history = min(args.history, 10.0)
@@ -364,6 +491,7 @@ async def main(argv: list[str] | None = None) -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     prefix = f"bench{uuid.uuid4().hex[:8]}."
+    args.kafka_bootstrap, args.topic_prefix = settings.kafka.bootstrap, prefix
     env = {
         **os.environ,
         "TAGTRAIL_DB_NAME": name,
@@ -380,12 +508,15 @@ async def main(argv: list[str] | None = None) -> int:
         else [["api"], *(["worker", role] for role in ("store", "zones", "crimes", "dispatch"))]
     )
 
-    async def launch() -> dict[str, asyncio.subprocess.Process]:
+    async def launch(code: Path = codes[0]) -> dict[str, asyncio.subprocess.Process]:
+        # Another checkout's code, through this one's environment: its directory comes
+        # first on the path. (The checkouts must share the database schema.)
+        here = {**env, "PYTHONPATH": str(code)} if code != ROOT else env
         return {
             " ".join(c): await asyncio.create_subprocess_exec(
                 str(ROOT / ".venv/bin/tagtrail"),
                 *c,
-                env=env,
+                env=here,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
             )
@@ -395,7 +526,8 @@ async def main(argv: list[str] | None = None) -> int:
     procs = await launch()
     try:
         fleet = Fleet(FleetSpec(tags=args.tags, seed=4))
-        start = datetime.now(UTC) - timedelta(minutes=args.minutes + 1)
+        stretch = timedelta(minutes=args.minutes)
+        start = datetime.now(UTC) - stretch * len(turns) - timedelta(minutes=1)
         # Whenever it runs, the benchmark posts the same fleet time, stamped as the last
         # half hour: the fleet moves by the time of day, so runs are comparable.
         lag = start - FLEET_TIME
@@ -404,7 +536,7 @@ async def main(argv: list[str] | None = None) -> int:
         await wait_ready(url, next(iter(procs.values())))
         t0 = time.perf_counter()
         await add_zones_and_crimes(
-            url, admin, fleet, args.zones, args.crimes, start, args.minutes, lag
+            url, admin, fleet, args.zones, args.crimes, start, args.minutes * len(turns), lag
         )
         print(
             f"fleet: {args.tags:,} tags; {args.zones:,} exclusion zones and {args.crimes:,}"
@@ -444,81 +576,28 @@ async def main(argv: list[str] | None = None) -> int:
                     ):
                         break
                     await asyncio.sleep(0.25)
-        async with db.pool.acquire() as conn:
-            history_fixes = await conn.fetchval("select count(*) from trail_points")
-        await stop(procs)
-        procs = await launch()
-        await wait_ready(url, next(iter(procs.values())))
-        bodies = list(batches(fleet, start, args.minutes, args.batch, lag=lag))
-        pids = {c: p.pid for c, p in procs.items()}
-        async with db.pool.acquire() as conn:
-            measured_from = await conn.fetchval("select now()")
-        cpu0 = cpu_seconds(pids)
-        t0 = time.perf_counter()
-        spies = (
-            [await spy(args.profile, c, p.pid) for c, p in procs.items()] if args.profile else []
-        )
-        sent = await post(url, supplier, iter(bodies), concurrency=args.concurrency, rate=args.rate)
-        async with db.pool.acquire() as conn:
-            while args.bus == "kafka":
-                stored = await conn.fetchval("select count(*) from trail_points")
-                if stored - history_fixes >= sent.accepted and await kafka_caught_up(
-                    settings.kafka.bootstrap, prefix
-                ):
-                    break
-                await asyncio.sleep(0.25)
-            took = time.perf_counter() - t0
-            cpu1 = cpu_seconds(pids)
-            for spying in spies:
-                spying.send_signal(signal.SIGINT)
-                await spying.wait()
-            stored = await conn.fetchval("select count(*) from trail_points") - history_fixes
-            dead = await conn.fetchval("select count(*) from dead_letters")
-            kinds = await conn.fetch(
-                "select kind, count(*) from alerts where created_at >= $1 group by 1 order by 1",
-                measured_from,
+        figures: list[Stretch] = []
+        for k, code in enumerate(turns):
+            await stop(procs)
+            procs = await launch(code)
+            await wait_ready(url, next(iter(procs.values())))
+            label = "" if len(turns) == 1 else f" [stretch {k + 1} of {len(turns)}: {code}]"
+            profile = args.profile / f"stretch{k + 1}" if args.profile and k else args.profile
+            figures.append(
+                await measure(
+                    url, supplier, db, fleet, procs, start + stretch * k, lag, args, profile, label
+                )
             )
-            alerts = ", ".join(f"{n} {kind}" for kind, n in kinds) or "0"
-        rate = sent.fixes / took
-        lat = np.percentile(sent.latencies, [50, 99]) * 1000
-        print(
-            f"end to end: {sent.fixes:,} fixes in {took:.1f} s = {rate:,.0f} fixes/s"
-            f" (accepted {sent.accepted:,}, stored {stored:,}, rejected {sent.rejected},"
-            f" failed requests {sent.failures}, dead letters {dead}); alerts: {alerts};"
-            f" request p50 {lat[0]:.0f} ms p99 {lat[1]:.0f} ms ({args.batch} fixes each)"
-        )
-        used = {k: cpu1[k] - cpu0[k] for k in cpu1}
-        print(
-            f"CPU while fixes flowed ({took:.1f} s x {os.cpu_count()} cores ="
-            f" {took * (os.cpu_count() or 1):.1f} s): "
-            + ", ".join(
-                f"{k} {v:.1f} s ({v / sent.fixes * 1e6:.0f} µs a fix)"
-                for k, v in used.items()
-                if v > 0
-            )
-        )
-        # Fix to alert: from when the fix that settled an alert reached the API to when
-        # the alert was filed, both by the server's clock. The settling fix: the latest of
-        # the alert's evidence that had arrived by then (later updates add later fixes).
-        async with db.pool.acquire() as conn:
-            delays = await conn.fetch(
-                """
-                select a.kind,
-                       extract(epoch from a.created_at
-                                          - max((e->>'received_at')::timestamptz)) as s
-                from alerts a cross join lateral jsonb_array_elements(a.evidence) e
-                where (e->>'received_at')::timestamptz <= a.created_at and a.created_at >= $1
-                group by a.id, a.kind, a.created_at
-                """,
-                measured_from,
-            )
-        if delays:
-            ms = np.percentile([float(r["s"]) for r in delays], [50, 99]) * 1000
-            top = max(float(r["s"]) for r in delays) * 1000
-            print(
-                f"fix to alert: n={len(delays)} ({len({r['kind'] for r in delays})} kinds)"
-                f" p50 {ms[0]:.0f} ms p99 {ms[1]:.0f} ms max {top:.0f} ms"
-            )
+        if len(codes) > 1:
+            for code in codes:
+                theirs = [f for f, c in zip(figures, turns, strict=True) if c == code]
+                print(
+                    f"{code}: fixes/s "
+                    + ", ".join(f"{f.rate:,.0f}" for f in theirs)
+                    + f" (median {np.median([f.rate for f in theirs]):,.0f}); tagtrail's CPU a"
+                    f" fix {np.median([f.server_us for f in theirs]):.0f} µs, PostgreSQL's"
+                    f" {np.median([f.postgres_us for f in theirs]):.0f} µs (medians)"
+                )
         found, wrong = await verify_matches(url, admin, db, start)
         print(
             f"crime matches found as the fixes came: {found}; a full re-run of every crime"
@@ -529,18 +608,13 @@ async def main(argv: list[str] | None = None) -> int:
             f"zone episodes standing (history and stretch): {episodes}; derived afresh"
             f" from the whole stored trail, they differ on {differ}"
         )
-        ceiling = await copy_ceiling(db, sent.fixes, args.tags)
-        print(f"raw COPY into trail_points: {ceiling:,.0f} fixes/s; ratio {rate / ceiling:.3f}")
+        ceiling = await copy_ceiling(db, figures[0].fixes, args.tags)
+        ratios = ", ".join(f"{f.rate / ceiling:.3f}" for f in figures)
+        print(f"raw COPY into trail_points: {ceiling:,.0f} fixes/s; ratio {ratios}")
         peaks = ", ".join(f"tagtrail {c} {peak_rss_mib(p.pid):.0f} MiB" for c, p in procs.items())
         mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak memory: {peaks}, this benchmark {mine:.0f} MiB")
-        ok = (
-            sent.failures == 0
-            and stored == sent.accepted
-            and wrong == 0
-            and differ == 0
-            and dead == 0
-        )
+        ok = all(f.ok for f in figures) and wrong == 0 and differ == 0
         if not ok:
             print(
                 "FAILED: requests failed, accepted fixes were not all stored, a handler"
