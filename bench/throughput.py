@@ -476,7 +476,7 @@ async def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--smoke", action="store_true", help="20 tags, 10 minutes, 50 zones")
     args = parser.parse_args(argv)
-    codes: list[Path] = [c.resolve() for c in args.code or [ROOT]]
+    codes: list[Path] = [c.absolute() for c in args.code or [ROOT]]
     # Round r runs the checkouts in order, or reversed when r is odd, so that a machine
     # getting faster or slower through the run favours none of them.
     turns = [c for r in range(args.rounds) for c in (codes if r % 2 == 0 else codes[::-1])]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
@@ -40,6 +41,28 @@ async def test_throughput_benchmark_runs(bus: str, capsys: pytest.CaptureFixture
     accepted = int(re.search(r"accepted ([\d,]+)", line)[1].replace(",", ""))  # type: ignore[index]
     assert 150 <= accepted <= 200 and f"stored {accepted:,}" in line, line
     assert "raw COPY into trail_points" in out and "peak memory: tagtrail " in out
+
+
+async def test_the_throughput_benchmark_measures_checkouts_in_turn(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Two "checkouts" (this one, and the same code by another path, served through
+    # PYTHONPATH), each measured twice in alternating order against one database.
+    other = tmp_path / "other"
+    other.symlink_to(throughput.ROOT, target_is_directory=True)
+    argv = ["--smoke", "--code", str(throughput.ROOT), "--code", str(other), "--rounds", "2"]
+    assert await throughput.main(argv) == 0
+    out = capsys.readouterr().out
+    stretches = [x for x in out.splitlines() if x.startswith("end to end: ")]
+    order = [re.search(r"\[stretch (\d) of 4: (.*)\]$", x).groups() for x in stretches]  # type: ignore[union-attr]
+    root, alias = str(throughput.ROOT), str(other)
+    assert order == [("1", root), ("2", alias), ("3", alias), ("4", root)], order
+    for line in stretches:
+        accepted = int(re.search(r"accepted ([\d,]+)", line)[1].replace(",", ""))  # type: ignore[index]
+        assert accepted > 100 and f"stored {accepted:,}" in line, line
+    assert (
+        sum(x.startswith((f"{root}: fixes/s", f"{alias}: fixes/s")) for x in out.splitlines()) == 2
+    )
 
 
 async def test_the_simulator_enrols_a_fleet_and_posts_it(
