@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import httpx
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -331,6 +332,40 @@ async def wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
     raise RuntimeError("the server did not become ready")
 
 
+# The statements of one database, from pg_stat_statements (the local cluster loads it:
+# deploy/local/postgres.sh): their counts are reset when a stretch begins and read when
+# it ends, so they are the stretch's own. PostgreSQL's CPU a fix drifts with the
+# machine's moment; the statements' shares of it drift less (docs/benchmarks.md, ninth
+# session).
+STATEMENTS_RESET_SQL = """
+select pg_stat_statements_reset(0, (select oid from pg_database where datname = $1), 0)
+"""
+STATEMENTS_SQL = """
+select calls, total_exec_time, regexp_replace(query, '\\s+', ' ', 'g')
+from pg_stat_statements
+where dbid = (select oid from pg_database where datname = $1)
+order by total_exec_time desc
+limit $2
+"""
+
+
+async def statements(dsn: str, database: str, reset: bool) -> list[asyncpg.Record]:
+    """The database's costliest statements so far (or, with reset, none, their counts
+    reset); nothing where pg_stat_statements is not loaded."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        if reset:
+            await conn.execute(STATEMENTS_RESET_SQL, database)
+            return []
+        return await conn.fetch(STATEMENTS_SQL, database, 8)
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError):
+        return []
+    except asyncpg.ObjectNotInPrerequisiteStateError:  # in the database, not loaded
+        return []
+    finally:
+        await conn.close()
+
+
 @dataclass(frozen=True)
 class Stretch:
     """What one measured stretch came to."""
@@ -362,6 +397,7 @@ async def measure(
     pids = {c: p.pid for c, p in procs.items()}
     async with db.pool.acquire() as conn:
         measured_from = await conn.fetchval("select now()")
+    await statements(args.statements_dsn, args.database, reset=True)
     cpu0 = cpu_seconds(pids)
     t0 = time.perf_counter()
     spies = [await spy(profile, c, p.pid) for c, p in procs.items()] if profile else []
@@ -376,6 +412,7 @@ async def measure(
             await asyncio.sleep(0.25)
         took = time.perf_counter() - t0
         cpu1 = cpu_seconds(pids)
+        costliest = await statements(args.statements_dsn, args.database, reset=False)
         for spying in spies:
             spying.send_signal(signal.SIGINT)
             await spying.wait()
@@ -405,6 +442,10 @@ async def measure(
             f"{k} {v:.1f} s ({v / sent.fixes * 1e6:.0f} µs a fix)" for k, v in used.items() if v > 0
         )
     )
+    if costliest:
+        print("PostgreSQL's costliest statements meanwhile (execution, µs a fix; calls):")
+        for calls, ms, query in costliest:
+            print(f"  {ms * 1e3 / sent.fixes:6.1f}  {calls:6,}  {query[:100]}")
     # Fix to alert: from when the fix that settled an alert reached the API to when
     # the alert was filed, both by the server's clock. The settling fix: the latest of
     # the alert's evidence that had arrived by then (later updates add later fixes).
@@ -492,6 +533,7 @@ async def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{port}"
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     args.kafka_bootstrap, args.topic_prefix = settings.kafka.bootstrap, prefix
+    args.statements_dsn, args.database = settings.db.asyncpg_dsn("postgres"), name
     env = {
         **os.environ,
         "TAGTRAIL_DB_NAME": name,

@@ -56,6 +56,17 @@ synchronous_commit = on
 CONF
 }
 
+# pg_stat_statements, for the throughput benchmark's figures a statement: loaded when
+# the cluster starts, so a cluster made before it was added gets it and is restarted.
+configure_cluster() {
+  grep -q "^shared_preload_libraries = 'pg_stat_statements'" "$PGDATA/postgresql.conf" && return
+  echo "shared_preload_libraries = 'pg_stat_statements'" >> "$PGDATA/postgresql.conf"
+  if running; then
+    log "restarting PostgreSQL to load pg_stat_statements"
+    as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGROOT/postgres.log" -m fast -w -t 60 restart >/dev/null
+  fi
+}
+
 start_cluster() {
   if running; then return; fi
   log "starting PostgreSQL on 127.0.0.1:$(port)"
@@ -70,6 +81,11 @@ provision() {
   # PostGIS in template1: every database tagtrail creates (tests make their own) has it,
   # without giving the application role superuser rights.
   as_pg $q -d template1 -c "create extension if not exists postgis"
+  # The benchmark reads and resets the statements of its own database only (the view
+  # lives in the postgres database; the counts are the whole cluster's).
+  as_pg $q -d postgres -c "create extension if not exists pg_stat_statements"
+  as_pg $q -d postgres -c "grant pg_read_all_stats to $DB_USER"
+  as_pg $q -d postgres -c "grant execute on function pg_stat_statements_reset(oid, oid, bigint) to $DB_USER"
   if [ -z "$(as_pg $q -d postgres -c "select 1 from pg_database where datname='$DB_NAME'")" ]; then
     as_pg $q -d postgres -c "create database $DB_NAME owner $DB_USER"
   fi
@@ -84,6 +100,7 @@ case "${1:-start}" in
   start)
     install_packages
     init_cluster
+    configure_cluster
     start_cluster
     provision
     log "PostGIS ready on 127.0.0.1:$(port) (database $DB_NAME)"
