@@ -515,6 +515,9 @@ async def main(argv: list[str] | None = None) -> int:
         default=1,
         help="stretches a checkout, in alternating order (A B, then B A, ...)",
     )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the run's database afterwards, to look into"
+    )
     parser.add_argument("--smoke", action="store_true", help="20 tags, 10 minutes, 50 zones")
     args = parser.parse_args(argv)
     codes: list[Path] = [c.absolute() for c in args.code or [ROOT]]
@@ -668,7 +671,10 @@ async def main(argv: list[str] | None = None) -> int:
     finally:
         await stop(procs)
         await db.close()
-        await drop_database(settings, name)
+        if args.keep:
+            print(f"database kept: {name}")
+        else:
+            await drop_database(settings, name)
 
 
 if __name__ == "__main__":
