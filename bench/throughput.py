@@ -44,7 +44,7 @@ from bench.pgcopy import COLUMNS, chunks, encode, upload_delays
 from bench.simulate import batches, post, take, window
 from services.common.auth import Role
 from services.common.database import Database
-from services.common.settings import Settings
+from services.common.settings import LOCAL_ENV_FILE, Settings
 from services.ingest.repository import Partitions
 from services.registry import service as registry
 from services.registry.schemas import SupplierIn
@@ -366,6 +366,15 @@ async def statements(dsn: str, database: str, reset: bool) -> list[asyncpg.Recor
         await conn.close()
 
 
+def local_services() -> dict[str, str]:
+    """Where this checkout's local PostgreSQL and Kafka run (`.local/services.env`, which
+    `make db` and `make kafka` write), as environment variables."""
+    if not LOCAL_ENV_FILE.exists():
+        return {}
+    lines = LOCAL_ENV_FILE.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
 @dataclass(frozen=True)
 class Stretch:
     """What one measured stretch came to."""
@@ -555,8 +564,9 @@ async def main(argv: list[str] | None = None) -> int:
 
     async def launch(code: Path = codes[0]) -> dict[str, asyncio.subprocess.Process]:
         # Another checkout's code, through this one's environment: its directory comes
-        # first on the path. (The checkouts must share the database schema.)
-        here = {**env, "PYTHONPATH": str(code)} if code != ROOT else env
+        # first on the path, and it is told where this one's local services run (it may
+        # have no .local of its own). The checkouts must share the database schema.
+        here = {**local_services(), **env, "PYTHONPATH": str(code)} if code != ROOT else env
         return {
             " ".join(c): await asyncio.create_subprocess_exec(
                 str(ROOT / ".venv/bin/tagtrail"),
