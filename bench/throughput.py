@@ -358,9 +358,11 @@ async def statements(dsn: str, database: str, reset: bool) -> list[asyncpg.Recor
             await conn.execute(STATEMENTS_RESET_SQL, database)
             return []
         return await conn.fetch(STATEMENTS_SQL, database, 8)
-    except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError):
-        return []
-    except asyncpg.ObjectNotInPrerequisiteStateError:  # in the database, not loaded
+    except (
+        asyncpg.UndefinedTableError,  # no extension in the database
+        asyncpg.UndefinedFunctionError,
+        asyncpg.ObjectNotInPrerequisiteStateError,  # the extension, but not loaded
+    ):
         return []
     finally:
         await conn.close()
