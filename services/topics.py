@@ -5,15 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from services.alerts.schemas import AlertFeedMessage, AlertMessage
-from services.common.bus import Topic
+from services.common.bus import BatchTopic, Topic
 from services.common.bus.messages import DeadLetter
-from services.ingest.schemas import DeviceEvent, FixMessage
+from services.ingest.batch import FixBatch, FixBatchMessage
+from services.ingest.schemas import DeviceEvent
 from services.zones.schemas import CrimeMessage
 
-POINTS = Topic("points", FixMessage, packed=True)
+# Fixes a batch a message, as columns (services/ingest/batch.py).
+POINTS = BatchTopic("points", FixBatchMessage, decoder=FixBatch.decode)
 # Fixes once they are in trail_points: what the zone checker works from, so the trail it
 # reads back always holds every fix it has been told about.
-STORED = Topic("stored-points", FixMessage, packed=True)
+STORED = BatchTopic("stored-points", FixBatchMessage, decoder=FixBatch.decode)
 DEVICE_EVENTS = Topic("device-events", DeviceEvent, packed=True)
 STORED_EVENTS = Topic("stored-device-events", DeviceEvent, packed=True)
 CRIMES = Topic("crimes", CrimeMessage, packed=True)

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from services.alerts.schemas import AlertFeedMessage, AlertMessage
 from services.common.bus.messages import DeadLetter
+from services.ingest.batch import FixBatchMessage
 from services.ingest.schemas import (
     DeviceEvent,
     DeviceEventIn,
@@ -31,7 +32,12 @@ WIRE: dict[str, type[BaseModel]] = {
     "device-event-in": DeviceEventIn,
     "zone-feature": ZoneFeature,
     "crime-in": CrimeIn,
+    # One fix as a message: the points topics carried these, many to a record, until
+    # they carried batches as columns (tenth session); still how ingest's full path
+    # makes each fix.
     "points-message": FixMessage,
+    # What the points and stored-points topics carry: a batch of fixes as columns.
+    "points-batch-message": FixBatchMessage,
     "device-events-message": DeviceEvent,
     "crimes-message": CrimeMessage,
     "alerts-message": AlertMessage,

@@ -7,6 +7,7 @@ import itertools
 import random
 import uuid
 from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
 
 import asyncpg
 import numpy as np
@@ -19,7 +20,8 @@ from services.cli import alembic_config
 from services.common.database import Database
 from services.common.geo import WGS84
 from services.common.settings import DatabaseSettings, Settings
-from services.ingest.pgcopy import HEADER, TRAIL_COLUMNS, TRAILER, chunks, encode, rows_of
+from services.ingest.batch import FixBatch
+from services.ingest.pgcopy import HEADER, TRAIL_COLUMNS, TRAILER, chunks, encode
 from services.ingest.repository import (
     BOX_BUCKET,
     BOX_MAX_GAP,
@@ -112,7 +114,7 @@ async def test_near_place_and_time_uses_the_indexes(db: Database) -> None:
         for i in range(40_000)
     ]
     async with db.pool.acquire() as conn:
-        result = await store_fixes(conn, Partitions(), fixes)
+        result = await store_fixes(conn, Partitions(), FixBatch.of(fixes))
         assert result.inserted == 40_000
         await conn.execute("analyze trail_points")
         await conn.execute("analyze trail_boxes")
@@ -160,15 +162,15 @@ async def test_batch_reads_probe_an_index_however_much_trail_is_stored(
         for i in range(24_000)
     ]
     async with db.pool.acquire() as conn:
-        assert (await store_fixes(conn, Partitions(), fixes)).inserted == 24_000
+        assert (await store_fixes(conn, Partitions(), FixBatch.of(fixes))).inserted == 24_000
         await conn.execute("analyze trail_points, trail_boxes")
         # The next minute's fixes, newer than anything stored: a live request.
         after = day + timedelta(hours=2)
-        live = [(f"RS-{i}", after) for i in range(200)]
-        args = ([k for k, _ in live], [after.timestamp()] * 200, after, after)
+        live = [(f"RS-{i}", after.timestamp()) for i in range(200)]
+        args: tuple[Any, ...] = ([k for k, _ in live], [after.timestamp()] * 200, after, after)
         plan = "\n".join(r[0] for r in await conn.fetch("explain " + STORED_POSITIONS_SQL, *args))
         assert "Seq Scan" not in plan and "pkey" in plan, plan
-        resent = ("RS-3", fixes[3].ts)
+        resent = ("RS-3", fixes[3].ts.timestamp())
         assert await stored_positions(conn, live) == {}
         assert await stored_positions(conn, [*live, resent]) == {resent: (51.503, -0.1, 10.0)}
         # The store's look-up of conflicting duplicates likewise (as a plain join it
@@ -239,7 +241,7 @@ async def _arrive(
     partitions = Partitions()
     while arrivals:
         size = rng.randint(1, 40)
-        await store_fixes(conn, partitions, arrivals[:size])
+        await store_fixes(conn, partitions, FixBatch.of(arrivals[:size]))
         arrivals = arrivals[size:]
 
 
@@ -266,10 +268,10 @@ async def test_fixes_go_straight_into_the_trail_and_a_stored_one_sends_the_batch
 
     partitions = Partitions()
     async with db.pool.acquire() as conn:
-        straight = await store_fixes(conn, partitions, [at(m) for m in range(10)])
+        straight = await store_fixes(conn, partitions, FixBatch.of([at(m) for m in range(10)]))
         # Minute 9 again as it was, minute 8 moved: neither is stored a second time.
         round_ = await store_fixes(
-            conn, partitions, [at(9), at(8, lat=51.6), *(at(m) for m in range(10, 15))]
+            conn, partitions, FixBatch.of([at(9), at(8, lat=51.6), *(at(m) for m in range(10, 15))])
         )
         rows = await conn.fetch(
             "select lat, lon, st_x(geom) x, st_y(geom) y, st_srid(geom) srid"
@@ -329,7 +331,7 @@ async def test_rows_encoded_from_columns_are_those_asyncpg_writes_value_by_value
         )
         await conn.copy_to_table(
             "by_column",
-            source=chunks(encode(rows_of(fixes))),
+            source=chunks(encode(FixBatch.of(fixes).rows())),
             columns=TRAIL_COLUMNS,
             format="binary",
         )
@@ -340,7 +342,7 @@ async def test_rows_encoded_from_columns_are_those_asyncpg_writes_value_by_value
             " (select count(distinct (hdop is null, sats is null, source)) from by_column)"
         )
     assert tuple(counts) == (600, 600, 0, 0, counts[4]) and counts[4] > 10
-    assert encode(rows_of([])) == HEADER + TRAILER
+    assert encode(FixBatch.of([]).rows()) == HEADER + TRAILER
 
 
 async def test_times_sent_as_epoch_seconds_come_back_to_the_microsecond(db: Database) -> None:
@@ -386,7 +388,7 @@ def test_the_days_of_a_batch_are_those_of_its_times_in_utc() -> None:
         )
         for t in times
     ]
-    assert days_of(rows_of(fixes).ts) == {
+    assert days_of(FixBatch.of(fixes).rows().ts) == {
         date(2026, 11, 26),
         date(2026, 11, 27),
         date(1999, 12, 31),

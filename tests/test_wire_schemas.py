@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from jsonschema import Draft202012Validator
 
+from services.ingest.batch import FixBatch
 from services.ingest.schemas import FixMessage
 from services.wire import WIRE, render, schema_path
 
@@ -40,3 +41,27 @@ def test_a_points_message_validates_against_its_schema() -> None:
     )
     schema = json.loads(schema_path("points-message").read_text())
     Draft202012Validator(schema).validate(json.loads(message.model_dump_json()))
+
+
+def test_a_points_batch_validates_against_its_schema() -> None:
+    """A batch as the points topics carry it, with fixes that lack their optional
+    values (nulls in the columns), satisfies its schema and decodes to the same fixes."""
+    subject = uuid.uuid4()
+    fixes = [
+        FixMessage(
+            tag_id=f"T{k % 2}",
+            subject_id=subject,
+            ts=datetime(2026, 11, 25, 10, k, tzinfo=UTC),
+            received_at=datetime(2026, 11, 25, 10, 30, tzinfo=UTC),
+            lat=52.57,
+            lon=-0.24,
+            accuracy_m=8,
+            speed_mps=None if k % 2 else 1.5,
+            sats=None if k % 3 else 9,
+        )
+        for k in range(6)
+    ]
+    payload = FixBatch.of(fixes).encode()
+    schema = json.loads(schema_path("points-batch-message").read_text())
+    Draft202012Validator(schema).validate(json.loads(payload))
+    assert FixBatch.decode(payload).messages() == fixes

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import numpy as np
 import numpy.typing as npt
 
-from services.ingest.schemas import FixMessage, FixSource
+from services.ingest.schemas import FixSource
 
 # The columns written, in the order every row holds them.
 STAGING_COLUMNS = (
@@ -45,9 +45,6 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 SOURCES = tuple(FixSource)
-# A fix's source by the identity of its member (one of SOURCES): an Enum member's hash
-# is a Python function, an id() is not.
-_SOURCE_CODE = {id(s): i for i, s in enumerate(SOURCES)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,74 +74,6 @@ def micros(epoch_s: FloatArray) -> IntArray:
     """Seconds since 1970 as microseconds since 2000. Exact for times taken to the
     microsecond: a float of seconds near today errs by under 0.3 µs."""
     return np.round((epoch_s - PG_EPOCH_S) * 1e6).astype(np.int64)
-
-
-_NONE = float("nan")
-
-
-def rows_of(fixes: Sequence[FixMessage]) -> TrailRows:
-    """The fixes as trail rows. One pass over the fixes, a tuple each, then columns:
-    a batch's fixes lie scattered in memory, and a pass a column (twelve) cost five
-    times as much with cold caches (docs/benchmarks.md, eighth session)."""
-    tag_index: dict[str, int] = {}
-    values = [
-        (
-            f.ts.timestamp(),
-            f.received_at.timestamp(),
-            f.lat,
-            f.lon,
-            f.accuracy_m,
-            _NONE if f.speed_mps is None else f.speed_mps,
-            _NONE if f.heading_deg is None else f.heading_deg,
-            _NONE if f.hdop is None else f.hdop,
-            -1 if f.sats is None else f.sats,
-            tag_index.setdefault(f.tag_id, len(tag_index)),
-            _SOURCE_CODE[id(f.source)],
-            f.subject_id.bytes,
-        )
-        for f in fixes
-    ]
-    if not values:
-        return _no_rows()
-    columns = list(zip(*values, strict=True))
-    floats = np.array(columns[:8], dtype=np.float64)
-    ints = np.array(columns[8:11], dtype=np.int64)
-    return TrailRows(
-        tags=[t.encode() for t in tag_index],
-        tag=ints[1],
-        ts=micros(floats[0]),
-        received_at=micros(floats[1]),
-        subject_id=np.frombuffer(b"".join(columns[11]), dtype="V16"),
-        lat=floats[2],
-        lon=floats[3],
-        accuracy_m=floats[4],
-        speed_mps=floats[5],
-        heading_deg=floats[6],
-        sources=[s.value.encode() for s in SOURCES],
-        source=ints[2],
-        sats=ints[0],
-        hdop=floats[7],
-    )
-
-
-def _no_rows() -> TrailRows:
-    empty_f, empty_i = np.zeros(0), np.zeros(0, dtype=np.int64)
-    return TrailRows(
-        [],
-        empty_i,
-        empty_i,
-        empty_i,
-        np.zeros(0, dtype="V16"),
-        empty_f,
-        empty_f,
-        empty_f,
-        empty_f,
-        empty_f,
-        [s.value.encode() for s in SOURCES],
-        empty_i,
-        empty_i,
-        empty_f,
-    )
 
 
 _OPTIONAL = (("speed_mps", ">f8"), ("heading_deg", ">f8"), ("sats", ">i2"), ("hdop", ">f8"))

@@ -23,9 +23,9 @@ import numpy.typing as npt
 
 from services.common.geo import degree_margin
 from services.common.trail import Reaches, TrailFix
-from services.ingest.pgcopy import STAGING_COLUMNS, TRAIL_COLUMNS, chunks, encode, rows_of
+from services.ingest.batch import FixBatch
+from services.ingest.pgcopy import STAGING_COLUMNS, TRAIL_COLUMNS, chunks, encode
 from services.ingest.schemas import DeviceEvent, FixMessage
-from services.ingest.schemas import spans as time_spans
 
 
 # Reads that come back as numbers in bulk (thousands a batch) send each column as one
@@ -232,9 +232,9 @@ def boxes_of(points: BoxPoints) -> BoxGrowth:
     return BoxGrowth(owner[starts], bucket[starts], sides)
 
 
-async def widen_boxes(conn: asyncpg.Connection, fixes: Sequence[FixMessage]) -> None:
+async def widen_boxes(conn: asyncpg.Connection, fixes: FixBatch) -> None:
     """Widens the trail boxes by these fixes, stored in this transaction."""
-    spans = time_spans(f for f in fixes if f.accuracy_m <= BOX_MAX_ACCURACY_M)
+    spans = fixes.spans(fixes.accuracy_m <= BOX_MAX_ACCURACY_M)
     if not spans:
         return
     subjects = list(spans)
@@ -400,11 +400,11 @@ def days_of(ts: npt.NDArray[np.int64]) -> set[date]:
 
 
 async def store_fixes(
-    conn: asyncpg.Connection, partitions: Partitions, fixes: Sequence[FixMessage]
+    conn: asyncpg.Connection, partitions: Partitions, fixes: FixBatch
 ) -> StoreResult:
     """Writes fixes idempotently: a known (tag, ts) is skipped when identical and set aside
     in fix_conflicts when its position differs. One transaction for the whole batch."""
-    rows = rows_of(fixes)
+    rows = fixes.rows()
     await partitions.ensure(conn, days_of(rows.ts))
     async with conn.transaction():
         try:
@@ -427,7 +427,9 @@ async def store_fixes(
             # conflicting one): each fix on its own, through the staging table.
             await conn.execute(STAGING_SQL)
             await conn.copy_records_to_table(
-                "fix_staging", records=[_staged(f) for f in fixes], columns=STAGING_COLUMNS
+                "fix_staging",
+                records=[_staged(f) for f in fixes.messages()],
+                columns=STAGING_COLUMNS,
             )
             inserted = await conn.fetchval(INSERT_STAGED_SQL)
         # Now stored, the new fixes' neighbours (stored before, or in this batch) are
@@ -438,7 +440,9 @@ async def store_fixes(
         if inserted == len(fixes):
             return StoreResult(int(inserted), 0)
         conflicts = await conn.fetchval(
-            CONFLICTS_SQL, min(f.ts for f in fixes), max(f.ts for f in fixes)
+            CONFLICTS_SQL,
+            datetime.fromtimestamp(fixes.ts.min(), UTC),
+            datetime.fromtimestamp(fixes.ts.max(), UTC),
         )
     return StoreResult(int(inserted), int(conflicts))
 
@@ -471,20 +475,21 @@ cross join lateral (
 
 
 async def stored_positions(
-    conn: asyncpg.Connection, keys: Sequence[tuple[str, datetime]]
-) -> dict[tuple[str, datetime], tuple[float, float, float]]:
-    """The stored (lat, lon, accuracy) of whichever of these (tag, ts) are already stored."""
+    conn: asyncpg.Connection, keys: Sequence[tuple[str, float]]
+) -> dict[tuple[str, float], tuple[float, float, float]]:
+    """The stored (lat, lon, accuracy) of whichever of these (tag, ts) are already stored;
+    times as seconds since 1970 (exact to the microsecond, as FixBatch has them)."""
     if not keys:
         return {}
-    times = [k[1] for k in keys]
+    tag_ids, times = zip(*keys, strict=True)
     rows = await conn.fetch(
         STORED_POSITIONS_SQL,
-        [k[0] for k in keys],
-        [t.timestamp() for t in times],
-        min(times),
-        max(times),
+        tag_ids,
+        times,
+        datetime.fromtimestamp(min(times), UTC),
+        datetime.fromtimestamp(max(times), UTC),
     )
-    return {(r[0], r[1]): (r[2], r[3], r[4]) for r in rows}
+    return {(r[0], r[1].timestamp()): (r[2], r[3], r[4]) for r in rows}
 
 
 # $1 lat, $2 lon, $3/$4 bucket range, $5 box margin (degrees).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -111,45 +110,6 @@ class FixMessage(BaseModel):
     source: FixSource = FixSource.gps
     sats: Satellites = None
     hdop: Hdop = None
-
-
-def spans(fixes: Iterable[FixMessage]) -> dict[uuid.UUID, list[datetime]]:
-    """Each subject's first and last fix time among these, in one pass."""
-    out: dict[uuid.UUID, list[datetime]] = {}
-    for f in fixes:
-        span = out.get(f.subject_id)
-        if span is None:
-            out[f.subject_id] = [f.ts, f.ts]
-        elif f.ts < span[0]:
-            span[0] = f.ts
-        elif f.ts > span[1]:
-            span[1] = f.ts
-    return out
-
-
-def grouped(
-    fixes: Iterable[FixMessage],
-) -> tuple[dict[uuid.UUID, list[FixMessage]], dict[uuid.UUID, list[datetime]]]:
-    """Each subject's fixes among these, and their first and last time, in one pass: a
-    batch's fixes lie scattered in memory, and every pass over them costs (a pass a
-    column was five times one pass with cold caches: docs/benchmarks.md, eighth
-    session)."""
-    groups: dict[uuid.UUID, list[FixMessage]] = {}
-    out: dict[uuid.UUID, list[datetime]] = {}
-    for f in fixes:
-        s, ts = f.subject_id, f.ts
-        group = groups.get(s)
-        if group is None:
-            groups[s] = [f]
-            out[s] = [ts, ts]
-            continue
-        group.append(f)
-        span = out[s]
-        if ts < span[0]:
-            span[0] = ts
-        elif ts > span[1]:
-            span[1] = ts
-    return groups, out
 
 
 class DeviceEventKind(StrEnum):

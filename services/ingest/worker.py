@@ -10,7 +10,8 @@ from services.common.metrics import FIX_CONFLICTS, FIXES_STORED
 from services.common.periodic import Periodic
 from services.common.timeutil import utcnow
 from services.ingest import repository
-from services.ingest.schemas import DeviceEvent, FixMessage
+from services.ingest.batch import FixBatch
+from services.ingest.schemas import DeviceEvent
 from services.topics import STORED, STORED_EVENTS
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ class StoreWorker:
     async def stop(self) -> None:
         await self._maintenance.stop()
 
-    async def handle(self, fixes: list[FixMessage]) -> None:
+    async def handle(self, batches: list[FixBatch]) -> None:
+        fixes = FixBatch.concat(batches)
         async with self.db.pool.acquire() as conn:
             result = await repository.store_fixes(conn, self.partitions, fixes)
         FIXES_STORED.inc(result.inserted)
@@ -43,7 +45,7 @@ class StoreWorker:
             log.warning("%d conflicting duplicate fix(es) set aside", result.conflicts)
         # All of them, not only the ones inserted just now: if we died after the commit
         # last time, this redelivery is the only way the checks hear of them.
-        await self.bus.publish(STORED, [(f.tag_id, f) for f in fixes])
+        await self.bus.publish_batch(STORED, fixes)
 
     async def handle_events(self, events: list[DeviceEvent]) -> None:
         async with self.db.pool.acquire() as conn:

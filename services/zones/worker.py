@@ -7,9 +7,8 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Collection, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from operator import attrgetter
 from typing import Any
 
 import asyncpg
@@ -22,9 +21,8 @@ from services.common.geo import degree_margins
 from services.common.settings import CheckSettings
 from services.common.timeutil import utcnow
 from services.ingest import repository as trail_store
+from services.ingest.batch import FixBatch
 from services.ingest.repository import TrailBoxes
-from services.ingest.schemas import FixMessage, grouped
-from services.ingest.schemas import spans as time_spans
 from services.registry import service as registry
 from services.topics import ALERTS
 from services.zones import records, repository, service
@@ -63,7 +61,7 @@ ZONES_GROUP = "tagtrail-zones"
 CRIMES_GROUP = "tagtrail-crimes"
 
 
-def fix_ref(f: FixMessage | TrailFix) -> FixRef:
+def fix_ref(f: TrailFix) -> FixRef:
     return FixRef(
         tag_id=f.tag_id,
         ts=f.ts,
@@ -198,8 +196,9 @@ class ZoneChecker:
         self._applying = {s: SubjectZones.of(zones) for s, zones in applying.items()}
         self._generation = generation
 
-    async def handle(self, fixes: list[FixMessage]) -> None:
-        batch, spans = grouped(fixes)
+    async def handle(self, batches: list[FixBatch]) -> None:
+        fixes = FixBatch.concat(batches)
+        batch, spans = fixes.groups(), fixes.spans()
         async with self.db.pool.acquire() as conn:
             await repository.touch_activity(conn, {s: last for s, (_, last) in spans.items()})
             zones = await self._zones(conn, list(batch))
@@ -241,7 +240,8 @@ class ZoneChecker:
             rows: list[dict[str, Any]] = []
             for subject_id, subject_zones in checks.items():
                 trail = trails.get(subject_id, [])
-                new = {(f.tag_id, f.ts) for f in batch[subject_id]}
+                mine = fixes.trail_fixes(batch[subject_id])
+                new = {(f.tag_id, f.ts) for f in mine}
                 seen_before = max(
                     (f.ts for f in trail if (f.tag_id, f.ts) not in new), default=None
                 )
@@ -256,9 +256,7 @@ class ZoneChecker:
                         self._placements,
                     )
                     for change in changes:
-                        alerts.append(
-                            self._message(zone, subject_id, change, batch[subject_id], seen_before)
-                        )
+                        alerts.append(self._message(zone, subject_id, change, mine, seen_before))
                         rows.append(_episode_row(subject_id, zone, change, reported))
             # The alerts go out before the episodes are saved: if we die in between, the
             # redelivered fixes derive the same episodes and ids again, which the alert
@@ -271,7 +269,7 @@ class ZoneChecker:
         zone: PreparedZone,
         subject_id: uuid.UUID,
         change: Change[Episode],
-        new_fixes: list[FixMessage],
+        new_fixes: list[TrailFix],
         seen_before: datetime | None,
     ) -> AlertMessage:
         e = change.episode
@@ -552,9 +550,6 @@ def scene_places(
     ]
 
 
-_fix_time = attrgetter("ts")
-
-
 class CrimeMatcher:
     """Runs crime matching from both directions: a new crime (or version) is matched
     against the stored trails; stored fixes near a crime whose widened window covers them
@@ -570,16 +565,16 @@ class CrimeMatcher:
         for crime in crimes:
             await run_matching(self.db, self.bus, self.settings, crime.id, Trigger.new_crime)
 
-    async def handle_fixes(self, fixes: list[FixMessage]) -> None:
-        if not fixes:
+    async def handle_fixes(self, batches: list[FixBatch]) -> None:
+        fixes = FixBatch.concat(batches)
+        if not len(fixes):
             return
         radius = max(
             [self.settings.crime_radius_m, *self.settings.crime_radius_by_category.values()]
         )
         slack = self.settings.crime_slack_s
-        times = list(map(_fix_time, fixes))
-        first = min(times) - TrailBoxes.BEFORE
-        last = max(times) + TrailBoxes.SPAN
+        first = datetime.fromtimestamp(fixes.ts.min(), UTC) - TrailBoxes.BEFORE
+        last = datetime.fromtimestamp(fixes.ts.max(), UTC) + TrailBoxes.SPAN
         async with self.db.pool.acquire() as conn:
             # Live fixes rarely fall in an open crime's window (crimes are recorded
             # after the event): most batches stop here, before any work a subject.
@@ -591,7 +586,7 @@ class CrimeMatcher:
             # counted, lies in one. A crime none of them comes within its radius of has
             # no new match.
             boxes = await trail_store.boxes_near(
-                conn, time_spans(fixes), scene_places(scenes, radius, slack)
+                conn, fixes.spans(), scene_places(scenes, radius, slack)
             )
         near = _scenes_met(scenes, boxes, radius, slack)
         # Only the subjects whose fixes came near are looked at again: nobody else's

@@ -4,6 +4,8 @@ Handlers receive batches of parsed messages and never know which bus they are on
 """
 
 from services.common.bus.base import (
+    Batch,
+    BatchTopic,
     Bus,
     BusUnavailable,
     Envelope,
@@ -11,4 +13,4 @@ from services.common.bus.base import (
     Topic,
 )
 
-__all__ = ["Bus", "BusUnavailable", "Envelope", "Handler", "Topic"]
+__all__ = ["Batch", "BatchTopic", "Bus", "BusUnavailable", "Envelope", "Handler", "Topic"]

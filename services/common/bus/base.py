@@ -9,9 +9,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import asyncpg
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DBAPIError
 
@@ -46,6 +48,40 @@ class Topic(Generic[M]):
         return self.model.model_validate_json(payload)
 
 
+class Batch(Protocol):
+    """A message that is many keyed rows at once, as columns (FixBatch)."""
+
+    @property
+    def tags(self) -> list[str]: ...
+
+    @property
+    def tag(self) -> npt.NDArray[np.int64]: ...
+
+    def __len__(self) -> int: ...
+
+    def take(self, rows: npt.NDArray[Any]) -> Self: ...
+
+    def encode(self) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class BatchTopic(Topic[Any]):
+    """A topic whose every message is a Batch: row i keyed by `tags[tag[i]]`. A publish
+    splits a batch into one message a partition (lane), of at most `max_rows` rows, so
+    that one key's rows stay in one partition, in order, and the bus's work is per
+    batch, not per row. `model` is the batch's wire model (for its schema); `decoder`
+    makes a batch from its JSON, raising pydantic's ValidationError if it is not one."""
+
+    decoder: Callable[[bytes], Any] = lambda payload: None
+    max_rows: int = 2000
+
+    def encode(self, message: Any) -> bytes:
+        return bytes(message.encode())
+
+    def decode(self, payload: bytes) -> Any:
+        return self.decoder(payload)
+
+
 @dataclass(slots=True)
 class Envelope:
     """A raw message as it travels: its key and its encoded body. Not changed once made;
@@ -57,6 +93,23 @@ class Envelope:
     # The message itself, on a bus that never takes it out of the process: every group
     # gets the one (frozen) object instead of parsing the value again.
     message: Any = field(default=None, compare=False, repr=False)
+    # What it counts for in a handler's batch: its rows, if it is a Batch.
+    size: int = 1
+
+
+def sized(envelopes: Sequence[Envelope], max_size: int) -> list[Sequence[Envelope]]:
+    """The envelopes in order, in runs of at most max_size (by their sizes; a run holds at
+    least one envelope)."""
+    runs: list[Sequence[Envelope]] = []
+    start = total = 0
+    for i, e in enumerate(envelopes):
+        if i > start and total + e.size > max_size:
+            runs.append(envelopes[start:i])
+            start, total = i, 0
+        total += e.size
+    if start < len(envelopes):
+        runs.append(envelopes[start:])
+    return runs
 
 
 @dataclass
@@ -137,6 +190,34 @@ class Bus(ABC):
                 ],
             )
 
+    async def lanes_of(self, topic: Topic[Any], keys: Sequence[str]) -> list[int]:
+        """The partition (lane) each key's messages go to."""
+        raise NotImplementedError
+
+    async def publish_batch(self, topic: BatchTopic, batch: Batch) -> None:
+        """Publishes a batch's rows, a message a partition (lane) of at most
+        topic.max_rows; returns once they are durable."""
+        if not len(batch):
+            return
+        lane = np.array(await self.lanes_of(topic, batch.tags), dtype=np.int64)[batch.tag]
+        order = np.argsort(lane, kind="stable")
+        starts = np.flatnonzero(np.r_[True, lane[order][1:] != lane[order][:-1]])
+        ends = [*starts[1:].tolist(), len(order)]
+        envelopes = []
+        for a, b in zip(starts.tolist(), ends, strict=True):
+            for i in range(a, b, topic.max_rows):
+                rows = order[i : min(b, i + topic.max_rows)]
+                part = batch.take(rows)
+                envelopes.append(
+                    Envelope(
+                        batch.tags[int(batch.tag[rows[0]])].encode(),
+                        b"" if self.in_process else topic.encode(part),
+                        part,
+                        len(rows),
+                    )
+                )
+        await self.publish_raw(topic, envelopes)
+
     async def deliver(self, sub: Subscription, envelopes: Sequence[Envelope]) -> None:
         """Hands a batch to a handler: transient failures are retried until they pass,
         a message that fails on its own goes to the dead-letter topic, so the batch
@@ -154,11 +235,18 @@ class Bus(ABC):
             return
         if await self._attempt(sub, [m for _, m in parsed]) is None:
             return
-        # The batch failed for a reason a retry will not cure: find the culprit(s).
+        # The batch failed for a reason a retry will not cure: find the culprit(s), row
+        # by row in a Batch.
         for env, message in parsed:
-            failure = await self._attempt(sub, [message])
-            if failure is not None:
-                await self._dead_letter(sub, env, f"{type(failure).__name__}: {failure}")
+            if isinstance(sub.topic, BatchTopic):
+                rows = [message.take(np.array([i])) for i in range(len(message))]
+                singles = [(Envelope(r.tags[int(r.tag[0])].encode(), b"", r), r) for r in rows]
+            else:
+                singles = [(env, message)]
+            for one, m in singles:
+                failure = await self._attempt(sub, [m])
+                if failure is not None:
+                    await self._dead_letter(sub, one, f"{type(failure).__name__}: {failure}")
 
     async def _attempt(self, sub: Subscription, batch: list[Any]) -> Exception | None:
         """Runs the handler, retrying transient failures; returns the failure that

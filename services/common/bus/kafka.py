@@ -17,7 +17,16 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from services.common.bus.base import Backoff, Bus, BusUnavailable, Envelope, Subscription, Topic
+from services.common.bus.base import (
+    Backoff,
+    BatchTopic,
+    Bus,
+    BusUnavailable,
+    Envelope,
+    Subscription,
+    Topic,
+    sized,
+)
 from services.common.metrics import CONSUMER_LAG
 from services.common.settings import KafkaSettings
 
@@ -118,6 +127,13 @@ def unpack(topic: Topic[Any], record: Any) -> list[Envelope]:
     """The messages of a record: decoded already when the whole pack is valid; when one
     is not, each as it came, so that it alone goes to the dead letters."""
     value = record.value or b""
+    if isinstance(topic, BatchTopic):
+        # A batch a record; one that does not decode goes to the dead letters whole.
+        try:
+            batch = topic.decode(value)
+        except ValidationError:
+            return [Envelope(record.key or b"", value)]
+        return [Envelope(record.key or b"", b"", batch, len(batch))]
     if PACKED not in (record.headers or ()):
         return [Envelope(record.key or b"", value)]
     try:
@@ -243,6 +259,15 @@ class KafkaBus(Bus):
             return False
         return all(not t.done() for t in self._tasks)
 
+    async def lanes_of(self, topic: Topic[Any], keys: Sequence[str]) -> list[int]:
+        if self._producer is None:
+            raise RuntimeError("the Kafka bus is not started")
+        try:
+            partitions = sorted(await self._producer.partitions_for(self.physical(topic)))
+        except KafkaError as exc:
+            raise BusUnavailable(f"the message bus did not say its partitions: {exc}") from exc
+        return [self._partitioner(k.encode(), partitions, partitions) for k in keys]
+
     async def publish_raw(self, topic: Topic[Any], envelopes: Sequence[Envelope]) -> None:
         if self._producer is None:
             raise RuntimeError("the Kafka bus is not started")
@@ -293,8 +318,8 @@ class KafkaBus(Bus):
             envelopes = [
                 e for records in batches.values() for r in records for e in unpack(sub.topic, r)
             ]
-            for i in range(0, len(envelopes), sub.max_batch):
-                await self.deliver(sub, envelopes[i : i + sub.max_batch])
+            for run in sized(envelopes, sub.max_batch):
+                await self.deliver(sub, run)
             offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
             try:
                 await consumer.commit(offsets)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from zlib import crc32
 
-from services.common.bus.base import Bus, BusUnavailable, Envelope, Subscription, Topic
+from services.common.bus.base import Bus, BusUnavailable, Envelope, Subscription, Topic, sized
 from services.common.metrics import CONSUMER_LAG
 
 
@@ -43,8 +43,9 @@ class _Item:
     """A publish's messages for one lane: they are queued, taken and marked handled
     together, not one by one."""
 
-    envelopes: list[Envelope]
+    envelopes: Sequence[Envelope]
     publish: _Publish
+    size: int
 
 
 class _Lane:
@@ -57,20 +58,20 @@ class _Lane:
 
     def put(self, item: _Item) -> None:
         self.items.append(item)
-        self.messages += len(item.envelopes)
+        self.messages += item.size
         self._ready.set()
 
     async def take(self, max_batch: int) -> list[_Item]:
-        """The oldest items, whole, up to max_batch messages (at least one item; publish
-        splits items to fit)."""
+        """The oldest items, whole, up to max_batch messages (rows of a Batch; at least
+        one item; publish splits items to fit)."""
         while not self.items:
             self._ready.clear()
             await self._ready.wait()
         taken = [self.items.popleft()]
-        n = len(taken[0].envelopes)
-        while self.items and n + len(self.items[0].envelopes) <= max_batch:
+        n = taken[0].size
+        while self.items and n + self.items[0].size <= max_batch:
             taken.append(self.items.popleft())
-            n += len(taken[-1].envelopes)
+            n += taken[-1].size
         self.messages -= n
         return taken
 
@@ -137,15 +138,18 @@ class MemoryBus(Bus):
             for env in envelopes:
                 by_lane[crc32(env.key) % n].append(env)
         chunks = [
-            (lanes[lane], part[i : i + sub.max_batch])
+            (lanes[lane], run)
             for sub, lanes in subscribers
             for lane, part in by_lane.items()
-            for i in range(0, len(part), sub.max_batch)
+            for run in sized(part, sub.max_batch)
         ]
         publish = _Publish(len(chunks), asyncio.get_running_loop().create_future())
         for lane, chunk in chunks:
-            lane.put(_Item(chunk, publish))
+            lane.put(_Item(chunk, publish, sum(e.size for e in chunk)))
         await publish.done
+
+    async def lanes_of(self, topic: Topic[Any], keys: Sequence[str]) -> list[int]:
+        return [crc32(k.encode()) % self.lanes for k in keys]
 
     async def _consume(self, sub: Subscription, lane: _Lane, lanes: list[_Lane]) -> None:
         lag = CONSUMER_LAG.labels(sub.group, sub.topic.name)

@@ -1,0 +1,375 @@
+"""A batch of fixes as columns: what the points and stored-points topics carry, a batch
+a message, from the ingest request that admitted them to every worker that reads them.
+
+A fix a pydantic object made every worker pass over every fix's object, scattered in
+memory, several times a batch (to build COPY rows, each subject's time span, groups,
+bus envelopes): with cold caches those passes cost two to five times what they do in a
+loop on their own, and about a fifth of tagtrail's CPU in the benchmark
+(docs/benchmarks.md, tenth session). As columns, those passes are numpy's."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import pairwise
+from typing import Annotated, Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.common.trail import TrailFix
+from services.ingest.pgcopy import SOURCES, TrailRows, micros
+from services.ingest.schemas import (
+    AccuracyM,
+    FixMessage,
+    FixSource,
+    Hdop,
+    HeadingDeg,
+    Latitude,
+    Longitude,
+    Satellites,
+    SpeedMps,
+    TagId,
+)
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+_SOURCE_CODE = {s: i for i, s in enumerate(SOURCES)}
+_SOURCE_NAMES = np.array([s.value for s in SOURCES], dtype=object)
+# The first second a fix may be stamped with, and one past the last: a time outside
+# them is no fix's (and no datetime's).
+_EPOCH_RANGE = (0.0, 253402300800.0)
+
+Code = Annotated[int, Field(ge=0)]
+EpochSeconds = Annotated[float, Field(ge=_EPOCH_RANGE[0], lt=_EPOCH_RANGE[1])]
+
+
+class FixBatchMessage(BaseModel):
+    """A batch of validated fixes on the points (and stored-points) topic, as columns:
+    fix i is tag `tags[tag[i]]`'s, worn by subject `subjects[subject[i]]`, at `ts[i]`
+    (seconds since 1970 UTC, exact to the microsecond), received at `received_at[i]`;
+    a fix without a speed, heading, satellite count or HDOP has null there. Every fix
+    is held to a device fix's bounds. One batch's fixes all fall in one partition."""
+
+    model_config = ConfigDict(allow_inf_nan=False, frozen=True)
+
+    tags: list[TagId]
+    tag: list[Code]
+    subjects: list[uuid.UUID]
+    subject: list[Code]
+    ts: list[EpochSeconds]
+    received_at: list[EpochSeconds]
+    lat: list[Latitude]
+    lon: list[Longitude]
+    accuracy_m: list[AccuracyM]
+    speed_mps: list[SpeedMps]
+    heading_deg: list[HeadingDeg]
+    source: list[FixSource]
+    sats: list[Satellites]
+    hdop: list[Hdop]
+
+    @model_validator(mode="after")
+    def _columns_agree(self) -> FixBatchMessage:
+        n = len(self.ts)
+        columns = (self.tag, self.subject, self.received_at, self.lat, self.lon)
+        others = (self.accuracy_m, self.speed_mps, self.heading_deg, self.source)
+        if any(len(c) != n for c in (*columns, *others, self.sats, self.hdop)):
+            raise ValueError("every column must hold one value a fix")
+        if any(i >= len(self.tags) for i in self.tag):
+            raise ValueError("tag must index tags")
+        if any(i >= len(self.subjects) for i in self.subject):
+            raise ValueError("subject must index subjects")
+        return self
+
+
+def codes_of(values: Iterable[Any], *, by_identity: bool = False) -> tuple[list[Any], IntArray]:
+    """The distinct values, in order of first appearance, and each value's index. By
+    identity first (for values whose hash is a Python function, as a UUID's is, and that
+    are nearly always the very same objects), then equal ones made one."""
+    if not by_identity:
+        index: dict[Any, int] = {}
+        codes = [index.setdefault(v, len(index)) for v in values]
+        return list(index), np.array(codes, dtype=np.int64)
+    seen: dict[int, int] = {}
+    objects: list[Any] = []
+    raw: list[int] = []
+    for v in values:
+        code = seen.get(id(v))
+        if code is None:
+            code = seen[id(v)] = len(objects)
+            objects.append(v)
+        raw.append(code)
+    distinct, remap = codes_of(objects)
+    return distinct, remap[np.array(raw, dtype=np.int64)] if raw else np.zeros(0, np.int64)
+
+
+def _floats(values: Iterable[float | None]) -> FloatArray:
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class FixBatch:
+    """Fixes as columns. Fix i is tag `tags[tag[i]]`'s, worn by subject
+    `subjects[subject[i]]`; times are seconds since 1970 UTC (exact to the
+    microsecond: `datetime.timestamp` and `fromtimestamp` go to and fro unchanged);
+    NaN marks a speed, heading or HDOP that is not there, -1 a satellite count;
+    `source[i]` indexes pgcopy.SOURCES. The lists may hold values no fix uses (after
+    `take`). Not changed once made: on the in-process bus every group shares it."""
+
+    tags: list[str]
+    tag: IntArray
+    subjects: list[uuid.UUID]
+    subject: IntArray
+    ts: FloatArray
+    received_at: FloatArray
+    lat: FloatArray
+    lon: FloatArray
+    accuracy_m: FloatArray
+    speed_mps: FloatArray
+    heading_deg: FloatArray
+    source: IntArray
+    sats: IntArray
+    hdop: FloatArray
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @classmethod
+    def of(cls, fixes: Sequence[FixMessage]) -> FixBatch:
+        """Fix messages as a batch (a fix at a time: for the rare request that is not
+        clean, and for tests)."""
+        tags, tag = codes_of(f.tag_id for f in fixes)
+        subjects, subject = codes_of(f.subject_id for f in fixes)
+        return cls(
+            tags=tags,
+            tag=tag,
+            subjects=subjects,
+            subject=subject,
+            ts=np.array([f.ts.timestamp() for f in fixes], dtype=np.float64),
+            received_at=np.array([f.received_at.timestamp() for f in fixes], dtype=np.float64),
+            lat=np.array([f.lat for f in fixes], dtype=np.float64),
+            lon=np.array([f.lon for f in fixes], dtype=np.float64),
+            accuracy_m=np.array([f.accuracy_m for f in fixes], dtype=np.float64),
+            speed_mps=_floats(f.speed_mps for f in fixes),
+            heading_deg=_floats(f.heading_deg for f in fixes),
+            source=np.array([_SOURCE_CODE[f.source] for f in fixes], dtype=np.int64),
+            sats=np.array([-1 if f.sats is None else f.sats for f in fixes], dtype=np.int64),
+            hdop=_floats(f.hdop for f in fixes),
+        )
+
+    @classmethod
+    def concat(cls, batches: Sequence[FixBatch]) -> FixBatch:
+        """The batches' fixes, in order, as one batch."""
+        if len(batches) == 1:
+            return batches[0]
+        tag_index: dict[str, int] = {}
+        subject_index: dict[uuid.UUID, int] = {}
+        tags, subjects = [], []
+        for b in batches:
+            tags.append(np.array([tag_index.setdefault(t, len(tag_index)) for t in b.tags]))
+            subjects.append(
+                np.array([subject_index.setdefault(s, len(subject_index)) for s in b.subjects])
+            )
+
+        def joined(name: str) -> Any:
+            return np.concatenate([getattr(b, name) for b in batches])
+
+        return cls(
+            tags=list(tag_index),
+            tag=np.concatenate(
+                [m[b.tag] for m, b in zip(tags, batches, strict=True) if len(b)]
+                or [np.zeros(0, dtype=np.int64)]
+            ).astype(np.int64),
+            subjects=list(subject_index),
+            subject=np.concatenate(
+                [m[b.subject] for m, b in zip(subjects, batches, strict=True) if len(b)]
+                or [np.zeros(0, dtype=np.int64)]
+            ).astype(np.int64),
+            ts=joined("ts"),
+            received_at=joined("received_at"),
+            lat=joined("lat"),
+            lon=joined("lon"),
+            accuracy_m=joined("accuracy_m"),
+            speed_mps=joined("speed_mps"),
+            heading_deg=joined("heading_deg"),
+            source=joined("source"),
+            sats=joined("sats"),
+            hdop=joined("hdop"),
+        )
+
+    def take(self, rows: npt.NDArray[Any]) -> FixBatch:
+        """These rows (indices, or a mask) as a batch of their own."""
+        return FixBatch(
+            tags=self.tags,
+            tag=self.tag[rows],
+            subjects=self.subjects,
+            subject=self.subject[rows],
+            ts=self.ts[rows],
+            received_at=self.received_at[rows],
+            lat=self.lat[rows],
+            lon=self.lon[rows],
+            accuracy_m=self.accuracy_m[rows],
+            speed_mps=self.speed_mps[rows],
+            heading_deg=self.heading_deg[rows],
+            source=self.source[rows],
+            sats=self.sats[rows],
+            hdop=self.hdop[rows],
+        )
+
+    def tag_ids(self) -> list[str]:
+        """Each fix's tag id."""
+        tags = self.tags
+        return [tags[i] for i in self.tag.tolist()]
+
+    def messages(self) -> list[FixMessage]:
+        """Each fix as a message of its own (for a dead letter, and for tests)."""
+        return [
+            FixMessage.model_validate(
+                {
+                    "tag_id": self.tags[int(self.tag[i])],
+                    "subject_id": self.subjects[int(self.subject[i])],
+                    "ts": _time(self.ts[i]),
+                    "received_at": _time(self.received_at[i]),
+                    "lat": self.lat[i],
+                    "lon": self.lon[i],
+                    "accuracy_m": self.accuracy_m[i],
+                    "speed_mps": _value(self.speed_mps[i]),
+                    "heading_deg": _value(self.heading_deg[i]),
+                    "source": SOURCES[int(self.source[i])],
+                    "sats": None if self.sats[i] < 0 else int(self.sats[i]),
+                    "hdop": _value(self.hdop[i]),
+                }
+            )
+            for i in range(len(self))
+        ]
+
+    def trail_fixes(self, rows: npt.NDArray[Any]) -> list[TrailFix]:
+        """These rows as the checks read stored fixes, in the order given."""
+        tags = self.tags
+        return [
+            TrailFix(tags[t], _time(ts), _time(rec), lat, lon, acc)
+            for t, ts, rec, lat, lon, acc in zip(
+                self.tag[rows].tolist(),
+                self.ts[rows].tolist(),
+                self.received_at[rows].tolist(),
+                self.lat[rows].tolist(),
+                self.lon[rows].tolist(),
+                self.accuracy_m[rows].tolist(),
+                strict=True,
+            )
+        ]
+
+    def groups(self) -> dict[uuid.UUID, npt.NDArray[np.int64]]:
+        """Each subject's rows, in batch order."""
+        order = np.argsort(self.subject, kind="stable")
+        codes = self.subject[order]
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else order
+        bounds = [*starts.tolist(), len(codes)]
+        return {self.subjects[int(codes[a])]: order[a:b] for a, b in pairwise(bounds)}
+
+    def spans(self, rows: npt.NDArray[Any] | None = None) -> dict[uuid.UUID, list[datetime]]:
+        """Each subject's first and last fix time (among these rows, if given)."""
+        subject = self.subject if rows is None else self.subject[rows]
+        ts = self.ts if rows is None else self.ts[rows]
+        if len(ts) == 0:
+            return {}
+        codes, inverse = np.unique(subject, return_inverse=True)
+        first = np.full(len(codes), np.inf)
+        last = np.full(len(codes), -np.inf)
+        np.minimum.at(first, inverse, ts)
+        np.maximum.at(last, inverse, ts)
+        return {
+            self.subjects[c]: [_time(a), _time(b)]
+            for c, a, b in zip(codes.tolist(), first.tolist(), last.tolist(), strict=True)
+        }
+
+    def rows(self) -> TrailRows:
+        """The fixes as trail_points rows, for COPY."""
+        subject_bytes = np.frombuffer(b"".join(s.bytes for s in self.subjects), dtype="V16")
+        return TrailRows(
+            tags=[t.encode() for t in self.tags],
+            tag=self.tag,
+            ts=micros(self.ts),
+            received_at=micros(self.received_at),
+            subject_id=subject_bytes[self.subject] if len(self) else np.zeros(0, dtype="V16"),
+            lat=self.lat,
+            lon=self.lon,
+            accuracy_m=self.accuracy_m,
+            speed_mps=self.speed_mps,
+            heading_deg=self.heading_deg,
+            sources=[s.value.encode() for s in SOURCES],
+            source=self.source,
+            sats=self.sats,
+            hdop=self.hdop,
+        )
+
+    def encode(self) -> bytes:
+        """The batch as a FixBatchMessage's JSON (nulls for NaN and -1)."""
+        sats = self.sats.astype(object)
+        sats[self.sats < 0] = None
+        return orjson.dumps(
+            {
+                "tags": self.tags,
+                "tag": self.tag,
+                # As text: orjson takes only uuid.UUID itself, not asyncpg's kind.
+                "subjects": [str(s) for s in self.subjects],
+                "subject": self.subject,
+                "ts": self.ts,
+                "received_at": self.received_at,
+                "lat": self.lat,
+                "lon": self.lon,
+                "accuracy_m": self.accuracy_m,
+                "speed_mps": _nullable(self.speed_mps),
+                "heading_deg": _nullable(self.heading_deg),
+                "source": _SOURCE_NAMES[self.source].tolist(),
+                "sats": sats.tolist(),
+                "hdop": _nullable(self.hdop),
+            },
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+
+    @classmethod
+    def decode(cls, payload: bytes) -> FixBatch:
+        """A FixBatchMessage's JSON as a batch; pydantic.ValidationError if it is not
+        one."""
+        return cls.from_message(FixBatchMessage.model_validate_json(payload))
+
+    @classmethod
+    def from_message(cls, m: FixBatchMessage) -> FixBatch:
+        return cls(
+            tags=list(m.tags),
+            tag=np.array(m.tag, dtype=np.int64),
+            subjects=list(m.subjects),
+            subject=np.array(m.subject, dtype=np.int64),
+            ts=np.array(m.ts, dtype=np.float64),
+            received_at=np.array(m.received_at, dtype=np.float64),
+            lat=np.array(m.lat, dtype=np.float64),
+            lon=np.array(m.lon, dtype=np.float64),
+            accuracy_m=np.array(m.accuracy_m, dtype=np.float64),
+            speed_mps=_floats(m.speed_mps),
+            heading_deg=_floats(m.heading_deg),
+            source=np.array([_SOURCE_CODE[s] for s in m.source], dtype=np.int64),
+            sats=np.array([-1 if s is None else s for s in m.sats], dtype=np.int64),
+            hdop=_floats(m.hdop),
+        )
+
+
+def _time(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _value(v: float) -> float | None:
+    return None if np.isnan(v) else float(v)
+
+
+def _nullable(values: FloatArray) -> list[float | None]:
+    out: list[float | None] = values.tolist()
+    if np.isnan(values).any():
+        for i in np.flatnonzero(np.isnan(values)).tolist():
+            out[i] = None
+    return out
