@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from types import SimpleNamespace
@@ -18,13 +19,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import BaseModel
 
-from services.common.bus import Bus, Envelope, Topic, kafka
+from services.common.bus import BatchTopic, Bus, Envelope, Topic, kafka
 from services.common.bus.kafka import KafkaBus, KeyPartitioner
 from services.common.bus.memory import MemoryBus
 from services.common.bus.messages import DeadLetter
 from services.common.database import Database
 from services.common.settings import Settings
 from services.common.timeutil import utcnow
+from services.ingest.batch import FixBatch, FixBatchMessage
+from services.ingest.schemas import FixMessage
 from services.pipeline import Pipeline
 from tests.conftest import enrol, eventually, fix, kafka_settings, square
 
@@ -372,3 +375,151 @@ def test_packs_hold_every_message_in_order_and_fit_a_record() -> None:
         back += got
     assert [(e.key, e.message) for e in back] == [(m.key.encode(), m) for m in notes]
     assert len(packs) < len(notes) / 10
+
+
+# A topic of fix batches, as the points topics are, with small messages so that a
+# publish is split many ways.
+FIX_BATCHES = BatchTopic("fix-batches", FixBatchMessage, decoder=FixBatch.decode, max_rows=30)
+
+
+def _fix_batch(rows: list[tuple[str, int]]) -> FixBatch:
+    """A batch of (tag, n) rows: row n at minute n, with accuracy n + 1 m."""
+    start = utcnow() - timedelta(days=1)
+    subject = uuid.uuid4()
+    return FixBatch.of(
+        [
+            FixMessage(
+                tag_id=tag,
+                subject_id=subject,
+                ts=start + timedelta(minutes=n),
+                received_at=start,
+                lat=51.5,
+                lon=-0.1,
+                accuracy_m=n + 1,
+            )
+            for tag, n in rows
+        ]
+    )
+
+
+def _partition_of(bus: Bus, key: str) -> int:
+    if isinstance(bus, MemoryBus):
+        return crc32(key.encode()) % bus.lanes
+    assert isinstance(bus, KafkaBus)
+    parts = list(range(bus.settings.partitions))
+    return KeyPartitioner()(key.encode(), parts, parts)
+
+
+async def test_a_batch_is_split_by_partition_keeps_each_tags_order_and_fits_the_batches(
+    kind: str, settings: Settings
+) -> None:
+    """publish_batch: every row arrives once; each message holds the rows of one
+    partition (lane) only, at most max_rows of them; a handler's batch holds at most
+    max_batch rows; and each tag's rows arrive in the order published, across many
+    publishes whose rows interleave tags."""
+    calls: list[list[FixBatch]] = []
+    letters: list[DeadLetter] = []
+
+    async def handle(batches: list[FixBatch]) -> None:
+        calls.append(batches)
+
+    async def dead(batch: list[DeadLetter]) -> None:
+        letters.extend(batch)
+
+    bus = make_bus(kind, settings)
+    if isinstance(bus, KafkaBus):
+        bus.topics.append(FIX_BATCHES)
+    bus.subscribe("test-batches", FIX_BATCHES, handle, max_batch=100)
+    bus.subscribe("test-dead", DEAD, dead)
+    await bus.start()
+    try:
+        rng = random.Random(5)
+        rows = [(f"tag-{rng.randrange(12)}", n) for n in range(1000)]
+        for start in range(0, len(rows), 250):
+            await bus.publish_batch(FIX_BATCHES, _fix_batch(rows[start : start + 250]))
+        await eventually(
+            lambda: _value(sum(len(b) for c in calls for b in c)), lambda n: n >= len(rows)
+        )
+    finally:
+        await bus.stop()
+    got = [
+        (tag, round(acc) - 1)
+        for c in calls
+        for b in c
+        for tag, acc in zip(b.tag_ids(), b.accuracy_m.tolist(), strict=True)
+    ]
+    assert sorted(got) == sorted(rows)
+    for tag in {t for t, _ in rows}:
+        assert [n for t, n in got if t == tag] == [n for t, n in rows if t == tag]
+    assert all(sum(len(b) for b in c) <= 100 for c in calls)
+    for c in calls:
+        for b in c:
+            assert 1 <= len(b) <= FIX_BATCHES.max_rows
+            assert len({_partition_of(bus, t) for t in b.tag_ids()}) == 1
+    assert letters == []
+
+
+async def test_a_row_no_handler_can_take_is_dead_lettered_alone(
+    kind: str, settings: Settings
+) -> None:
+    """A row that fails its handler for good goes to the dead letters as a batch of its
+    own; the rest of its batch still goes through."""
+    seen: list[int] = []
+    letters: list[DeadLetter] = []
+
+    async def handle(batches: list[FixBatch]) -> None:
+        fixes = FixBatch.concat(batches)
+        if 13.0 in fixes.accuracy_m:
+            raise ValueError("cannot handle this fix")
+        seen.extend(int(a) - 1 for a in fixes.accuracy_m.tolist())
+
+    async def dead(batch: list[DeadLetter]) -> None:
+        letters.extend(batch)
+
+    bus = make_bus(kind, settings)
+    if isinstance(bus, KafkaBus):
+        bus.topics.append(FIX_BATCHES)
+    bus.subscribe("test-batches", FIX_BATCHES, handle)
+    bus.subscribe("test-dead", DEAD, dead)
+    await bus.start()
+    try:
+        await bus.publish_batch(FIX_BATCHES, _fix_batch([("k", n) for n in range(10, 16)]))
+        await eventually(lambda: _value(len(letters)), lambda n: n == 1)
+        await eventually(lambda: _value(len(seen)), lambda n: n == 5)
+    finally:
+        await bus.stop()
+    assert sorted(seen) == [10, 11, 13, 14, 15]
+    (letter,) = letters
+    assert letter.key == "k"
+    assert letter.error == "ValueError: cannot handle this fix"
+    (poison,) = FixBatch.decode(letter.payload.encode()).messages()
+    assert (poison.tag_id, poison.accuracy_m) == ("k", 13.0)
+
+
+async def test_kafka_reads_points_records_written_before_batches(settings: Settings) -> None:
+    """Records the points topics held before they carried batches, a pack of fix
+    messages (with the pack header) and a lone fix message, are read as batches beside
+    new ones: an upgrade loses nothing in flight."""
+    seen: list[FixMessage] = []
+
+    async def handle(batches: list[FixBatch]) -> None:
+        seen.extend(FixBatch.concat(batches).messages())
+
+    bus = KafkaBus(kafka_settings(settings).kafka, DEAD, [FIX_BATCHES, DEAD])
+    bus.subscribe("test-batches", FIX_BATCHES, handle)
+    await bus.start()
+    producer = AIOKafkaProducer(bootstrap_servers=bus.settings.bootstrap)
+    await producer.start()
+    try:
+        old = _fix_batch([("k", n) for n in range(4)]).messages()
+        packed = b"[" + b",".join(b'["k",' + m.model_dump_json().encode() + b"]" for m in old[:3])
+        topic = bus.physical(FIX_BATCHES)
+        await producer.send_and_wait(topic, packed + b"]", key=b"k", headers=[kafka.PACKED])
+        await producer.send_and_wait(topic, old[3].model_dump_json().encode(), key=b"k")
+        new = _fix_batch([("k", n) for n in range(4, 6)])
+        await bus.publish_batch(FIX_BATCHES, new)
+        await eventually(lambda: _value(len(seen)), lambda n: n == 6)
+        assert [m.accuracy_m for m in seen] == [1, 2, 3, 4, 5, 6]
+    finally:
+        await producer.stop()
+        await bus.stop()

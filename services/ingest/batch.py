@@ -19,7 +19,15 @@ from typing import Annotated, Any
 import numpy as np
 import numpy.typing as npt
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from services.common.trail import TrailFix
 from services.ingest.pgcopy import SOURCES, TrailRows, micros
@@ -335,9 +343,18 @@ class FixBatch:
 
     @classmethod
     def decode(cls, payload: bytes) -> FixBatch:
-        """A FixBatchMessage's JSON as a batch; pydantic.ValidationError if it is not
-        one."""
-        return cls.from_message(FixBatchMessage.model_validate_json(payload))
+        """A FixBatchMessage's JSON as a batch, or a record written before the points
+        topics carried batches (one fix message, or a pack of [key, message] pairs);
+        pydantic.ValidationError if it is none of them."""
+        try:
+            return cls.from_message(FixBatchMessage.model_validate_json(payload))
+        except ValidationError as exc:
+            for older in (_LEGACY_PACK, _LEGACY_ONE):
+                try:
+                    return cls.of([m for _, m in older.validate_json(payload)])
+                except ValidationError:
+                    continue
+            raise exc
 
     @classmethod
     def from_message(cls, m: FixBatchMessage) -> FixBatch:
@@ -357,6 +374,11 @@ class FixBatch:
             sats=np.array([-1 if s is None else s for s in m.sats], dtype=np.int64),
             hdop=_floats(m.hdop),
         )
+
+
+# How the points topics' records were written before they carried batches.
+_LEGACY_PACK = TypeAdapter(list[tuple[str, FixMessage]])
+_LEGACY_ONE = TypeAdapter(Annotated[FixMessage, AfterValidator(lambda m: [("", m)])])
 
 
 def _time(seconds: float) -> datetime:

@@ -128,7 +128,9 @@ def unpack(topic: Topic[Any], record: Any) -> list[Envelope]:
     is not, each as it came, so that it alone goes to the dead letters."""
     value = record.value or b""
     if isinstance(topic, BatchTopic):
-        # A batch a record; one that does not decode goes to the dead letters whole.
+        # A batch a record (or, written before batches, a message or a pack of them: the
+        # topic's decoder reads those too); one that does not decode goes to the dead
+        # letters whole.
         try:
             batch = topic.decode(value)
         except ValidationError:
