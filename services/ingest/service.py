@@ -253,7 +253,6 @@ _PLAIN_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z
 _NUMBERS: frozenset[type] = frozenset({float, int})
 _OPTIONAL_NUMBERS: frozenset[type] = frozenset({float, int, type(None)})
 _OPTIONAL_INTS: frozenset[type] = frozenset({int, type(None)})
-_ABSENT = object()
 _SOURCE_CODES = {s.value: i for i, s in enumerate(SOURCES)}
 
 

@@ -64,6 +64,10 @@ class Batch(Protocol):
     def encode(self) -> bytes: ...
 
 
+def _no_decoder(payload: bytes) -> Any:
+    raise TypeError("a BatchTopic needs its decoder")
+
+
 @dataclass(frozen=True)
 class BatchTopic(Topic[Any]):
     """A topic whose every message is a Batch: row i keyed by `tags[tag[i]]`. A publish
@@ -72,7 +76,7 @@ class BatchTopic(Topic[Any]):
     batch, not per row. `model` is the batch's wire model (for its schema); `decoder`
     makes a batch from its JSON, raising pydantic's ValidationError if it is not one."""
 
-    decoder: Callable[[bytes], Any] = lambda payload: None
+    decoder: Callable[[bytes], Any] = field(default=_no_decoder)
     max_rows: int = 2000
 
     def encode(self, message: Any) -> bytes:
@@ -190,9 +194,9 @@ class Bus(ABC):
                 ],
             )
 
+    @abstractmethod
     async def lanes_of(self, topic: Topic[Any], keys: Sequence[str]) -> list[int]:
         """The partition (lane) each key's messages go to."""
-        raise NotImplementedError
 
     async def publish_batch(self, topic: BatchTopic, batch: Batch) -> None:
         """Publishes a batch's rows, a message a partition (lane) of at most
