@@ -88,9 +88,9 @@ class FixBatchMessage(BaseModel):
         others = (self.accuracy_m, self.speed_mps, self.heading_deg, self.source)
         if any(len(c) != n for c in (*columns, *others, self.sats, self.hdop)):
             raise ValueError("every column must hold one value a fix")
-        if any(i >= len(self.tags) for i in self.tag):
+        if max(self.tag, default=-1) >= len(self.tags):
             raise ValueError("tag must index tags")
-        if any(i >= len(self.subjects) for i in self.subject):
+        if max(self.subject, default=-1) >= len(self.subjects):
             raise ValueError("subject must index subjects")
         return self
 
@@ -117,7 +117,33 @@ def codes_of(values: Iterable[Any], *, by_identity: bool = False) -> tuple[list[
 
 
 def _floats(values: Iterable[float | None]) -> FloatArray:
-    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    """Floats, None as NaN (as numpy makes it)."""
+    return np.array(list(values), dtype=np.float64)
+
+
+def _merged(lists: Sequence[list[Any]], codes: Sequence[IntArray]) -> tuple[list[Any], IntArray]:
+    """Several batches' value lists made one, and their codes into it, joined."""
+    offsets = np.cumsum([0, *map(len, lists)])[:-1].tolist()
+    distinct, remap = codes_of([v for values in lists for v in values])
+    return distinct, remap[np.concatenate([c + o for c, o in zip(codes, offsets, strict=True)])]
+
+
+# The columns with a value a fix, and those of them that are not codes into a list.
+_ROWS = (
+    "tag",
+    "subject",
+    "ts",
+    "received_at",
+    "lat",
+    "lon",
+    "accuracy_m",
+    "speed_mps",
+    "heading_deg",
+    "source",
+    "sats",
+    "hdop",
+)
+_VALUES = _ROWS[2:]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -175,58 +201,22 @@ class FixBatch:
         """The batches' fixes, in order, as one batch."""
         if len(batches) == 1:
             return batches[0]
-        tag_index: dict[str, int] = {}
-        subject_index: dict[uuid.UUID, int] = {}
-        tags, subjects = [], []
-        for b in batches:
-            tags.append(np.array([tag_index.setdefault(t, len(tag_index)) for t in b.tags]))
-            subjects.append(
-                np.array([subject_index.setdefault(s, len(subject_index)) for s in b.subjects])
-            )
-
-        def joined(name: str) -> Any:
-            return np.concatenate([getattr(b, name) for b in batches])
-
+        tags, tag = _merged([b.tags for b in batches], [b.tag for b in batches])
+        subjects, subject = _merged([b.subjects for b in batches], [b.subject for b in batches])
         return cls(
-            tags=list(tag_index),
-            tag=np.concatenate(
-                [m[b.tag] for m, b in zip(tags, batches, strict=True) if len(b)]
-                or [np.zeros(0, dtype=np.int64)]
-            ).astype(np.int64),
-            subjects=list(subject_index),
-            subject=np.concatenate(
-                [m[b.subject] for m, b in zip(subjects, batches, strict=True) if len(b)]
-                or [np.zeros(0, dtype=np.int64)]
-            ).astype(np.int64),
-            ts=joined("ts"),
-            received_at=joined("received_at"),
-            lat=joined("lat"),
-            lon=joined("lon"),
-            accuracy_m=joined("accuracy_m"),
-            speed_mps=joined("speed_mps"),
-            heading_deg=joined("heading_deg"),
-            source=joined("source"),
-            sats=joined("sats"),
-            hdop=joined("hdop"),
+            tags=tags,
+            tag=tag,
+            subjects=subjects,
+            subject=subject,
+            **{n: np.concatenate([getattr(b, n) for b in batches]) for n in _VALUES},
         )
 
     def take(self, rows: npt.NDArray[Any]) -> FixBatch:
         """These rows (indices, or a mask) as a batch of their own."""
         return FixBatch(
             tags=self.tags,
-            tag=self.tag[rows],
             subjects=self.subjects,
-            subject=self.subject[rows],
-            ts=self.ts[rows],
-            received_at=self.received_at[rows],
-            lat=self.lat[rows],
-            lon=self.lon[rows],
-            accuracy_m=self.accuracy_m[rows],
-            speed_mps=self.speed_mps[rows],
-            heading_deg=self.heading_deg[rows],
-            source=self.source[rows],
-            sats=self.sats[rows],
-            hdop=self.hdop[rows],
+            **{n: getattr(self, n)[rows] for n in _ROWS},
         )
 
     def tag_ids(self) -> list[str]:
@@ -280,20 +270,27 @@ class FixBatch:
         bounds = [*starts.tolist(), len(codes)]
         return {self.subjects[int(codes[a])]: order[a:b] for a, b in pairwise(bounds)}
 
-    def spans(self, rows: npt.NDArray[Any] | None = None) -> dict[uuid.UUID, list[datetime]]:
-        """Each subject's first and last fix time (among these rows, if given)."""
+    def first_last(
+        self, rows: npt.NDArray[Any] | None = None
+    ) -> tuple[list[uuid.UUID], FloatArray, FloatArray]:
+        """The subjects of these rows (all, if not given), and each one's first and last
+        fix time."""
         subject = self.subject if rows is None else self.subject[rows]
         ts = self.ts if rows is None else self.ts[rows]
         if len(ts) == 0:
-            return {}
-        codes, inverse = np.unique(subject, return_inverse=True)
-        first = np.full(len(codes), np.inf)
-        last = np.full(len(codes), -np.inf)
-        np.minimum.at(first, inverse, ts)
-        np.maximum.at(last, inverse, ts)
+            return [], np.zeros(0), np.zeros(0)
+        order = np.argsort(subject, kind="stable")
+        codes, ts = subject[order], ts[order]
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        subjects = [self.subjects[c] for c in codes[starts].tolist()]
+        return subjects, np.minimum.reduceat(ts, starts), np.maximum.reduceat(ts, starts)
+
+    def spans(self, rows: npt.NDArray[Any] | None = None) -> dict[uuid.UUID, list[datetime]]:
+        """Each subject's first and last fix time (among these rows, if given)."""
+        subjects, first, last = self.first_last(rows)
         return {
-            self.subjects[c]: [_time(a), _time(b)]
-            for c, a, b in zip(codes.tolist(), first.tolist(), last.tolist(), strict=True)
+            s: [_time(a), _time(b)]
+            for s, a, b in zip(subjects, first.tolist(), last.tolist(), strict=True)
         }
 
     def rows(self) -> TrailRows:
@@ -332,11 +329,12 @@ class FixBatch:
                 "lat": self.lat,
                 "lon": self.lon,
                 "accuracy_m": self.accuracy_m,
-                "speed_mps": _nullable(self.speed_mps),
-                "heading_deg": _nullable(self.heading_deg),
+                # NaN, a value that is not there, orjson writes as null.
+                "speed_mps": self.speed_mps,
+                "heading_deg": self.heading_deg,
                 "source": _SOURCE_NAMES[self.source].tolist(),
                 "sats": sats.tolist(),
-                "hdop": _nullable(self.hdop),
+                "hdop": self.hdop,
             },
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
@@ -387,11 +385,3 @@ def _time(seconds: float) -> datetime:
 
 def _value(v: float) -> float | None:
     return None if np.isnan(v) else float(v)
-
-
-def _nullable(values: FloatArray) -> list[float | None]:
-    out: list[float | None] = values.tolist()
-    if np.isnan(values).any():
-        for i in np.flatnonzero(np.isnan(values)).tolist():
-            out[i] = None
-    return out

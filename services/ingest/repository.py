@@ -234,20 +234,17 @@ def boxes_of(points: BoxPoints) -> BoxGrowth:
 
 async def widen_boxes(conn: asyncpg.Connection, fixes: FixBatch) -> None:
     """Widens the trail boxes by these fixes, stored in this transaction."""
-    spans = fixes.spans(fixes.accuracy_m <= BOX_MAX_ACCURACY_M)
-    if not spans:
+    subjects, first, last = fixes.first_last(fixes.accuracy_m <= BOX_MAX_ACCURACY_M)
+    if not subjects:
         return
-    subjects = list(spans)
-    los = [spans[s][0] - BOX_MAX_GAP for s in subjects]
-    his = [spans[s][1] + BOX_MAX_GAP for s in subjects]
+    los = [datetime.fromtimestamp(t, UTC) - BOX_MAX_GAP for t in first.tolist()]
+    his = [datetime.fromtimestamp(t, UTC) + BOX_MAX_GAP for t in last.tolist()]
     row = await conn.fetchrow(NEIGHBOURS_SQL, subjects, los, his, min(los), max(his))
     owner = ints(row[0])
     ts, lat, lon, accuracy_m = (floats(v) for v in row[1:])
     order = np.lexsort((ts, owner))
     owner = owner[order]
     ts, lat, lon, accuracy_m = (a[order] for a in (ts, lat, lon, accuracy_m))
-    first = np.array([spans[s][0].timestamp() for s in subjects])
-    last = np.array([spans[s][1].timestamp() for s in subjects])
     # Stored fixes amid the batch's count as new too: a superset, and boxes only grow.
     new = (ts >= first[owner]) & (ts <= last[owner])
     grown = boxes_of(box_points(owner, ts, lat, lon, accuracy_m, new))

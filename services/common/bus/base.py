@@ -47,6 +47,11 @@ class Topic(Generic[M]):
     def decode(self, payload: bytes) -> M:
         return self.model.model_validate_json(payload)
 
+    def singles(self, env: Envelope, message: M) -> list[tuple[Envelope, M]]:
+        """A message as the smallest messages a handler can take alone (with their
+        envelopes), to find which fails when its batch does: itself."""
+        return [(env, message)]
+
 
 class Batch(Protocol):
     """A message that is many keyed rows at once, as columns (FixBatch)."""
@@ -84,6 +89,11 @@ class BatchTopic(Topic[Any]):
 
     def decode(self, payload: bytes) -> Any:
         return self.decoder(payload)
+
+    def singles(self, env: Envelope, message: Any) -> list[tuple[Envelope, Any]]:
+        """A batch as batches of one row, each keyed by its own row's key."""
+        rows = [message.take(np.array([i])) for i in range(len(message))]
+        return [(Envelope(r.tags[int(r.tag[0])].encode(), b"", r), r) for r in rows]
 
 
 @dataclass(slots=True)
@@ -242,12 +252,7 @@ class Bus(ABC):
         # The batch failed for a reason a retry will not cure: find the culprit(s), row
         # by row in a Batch.
         for env, message in parsed:
-            if isinstance(sub.topic, BatchTopic):
-                rows = [message.take(np.array([i])) for i in range(len(message))]
-                singles = [(Envelope(r.tags[int(r.tag[0])].encode(), b"", r), r) for r in rows]
-            else:
-                singles = [(env, message)]
-            for one, m in singles:
+            for one, m in sub.topic.singles(env, message):
                 failure = await self._attempt(sub, [m])
                 if failure is not None:
                     await self._dead_letter(sub, one, f"{type(failure).__name__}: {failure}")
