@@ -80,6 +80,7 @@ class Pipeline:
         self._escalator: Escalator | None = None
         self._relay: FeedRelay | None = None
         self._retention: Retention | None = None
+        self._matcher: CrimeMatcher | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -111,8 +112,8 @@ class Pipeline:
                 CONDITIONS_GROUP + sfx, STORED_EVENTS, self._watch.handle, max_batch=batch
             )
         if Role.crimes in self.roles:
-            matcher = CrimeMatcher(db, bus, self.settings.check)
-            bus.subscribe(CRIMES_GROUP + sfx, STORED, matcher.handle_fixes, max_batch=batch)
+            self._matcher = CrimeMatcher(db, bus, self.settings.check)
+            matcher = self._matcher
             bus.subscribe(CRIMES_GROUP + sfx, CRIMES, matcher.handle_crimes, max_batch=50)
         if Role.dispatch in self.roles:
             dispatcher = Dispatcher(db)
@@ -137,6 +138,8 @@ class Pipeline:
             await self._relay.start()
         if self._retention is not None:
             await self._retention.start()
+        if self._matcher is not None:
+            self._matcher.start()
         log.info("pipeline started: bus=%s roles=%s", self.bus_kind, sorted(self.roles))
         return self._runtime
 
@@ -153,6 +156,8 @@ class Pipeline:
             await self._relay.stop()
         if self._retention is not None:
             await self._retention.stop()
+        if self._matcher is not None:
+            await self._matcher.stop()
         await self._runtime.bus.stop()
         if self._store is not None:
             await self._store.stop()

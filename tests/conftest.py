@@ -33,6 +33,7 @@ TABLES = (
     "alerts, credentials, crimes, dead_letters, device_events, fix_conflicts, manager_assignments, "
     "tag_assignments, tags, subjects, suppliers, users, zone_episodes, zone_versions, "
     "device_episodes, subject_activity, zone_subjects, zones, crime_match_runs, trail_points, "
+    "trail_unboxed, "
     "alert_transitions, subscriptions, alert_deliveries, alert_delivery_attempts, "
     "alert_feed, alert_relay_positions, teams"
 )
@@ -40,9 +41,9 @@ TABLES = (
 
 def quiet_settings() -> Settings:
     """Settings for tests: the silence watchdog and the pipeline's own webhook sender
-    only act when a test drives them."""
+    only act when a test drives them; the box keeper looks for stored fixes often."""
     s = Settings()
-    s.check = s.check.model_copy(update={"watchdog_interval_s": 3600.0})
+    s.check = s.check.model_copy(update={"watchdog_interval_s": 3600.0, "box_interval_s": 0.05})
     s.alerts = s.alerts.model_copy(
         update={"poll_interval_s": 3600.0, "escalation_interval_s": 3600.0}
     )
@@ -150,6 +151,14 @@ async def eventually(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {within_s} s; last: {result!r}")
         await asyncio.sleep(0.1)
+
+
+async def boxed(db: Database) -> None:
+    """Waits until the box keeper has widened the boxes of every stored batch and run the
+    crime trigger for them (it deletes a batch's row after both)."""
+    await eventually(
+        lambda: db.pool.fetchval("select count(*) from trail_unboxed"), lambda n: n == 0
+    )
 
 
 @dataclass

@@ -16,7 +16,7 @@ from services.common.database import Database
 from services.common.geo import distance_m
 from services.common.timeutil import utcnow
 from services.zones.crime_batch import parse_batch
-from tests.conftest import World, enrol, fix
+from tests.conftest import World, boxed, enrol, fix
 
 UK = ZoneInfo("Europe/London")
 
@@ -146,7 +146,7 @@ async def crime_alerts(client: httpx.AsyncClient, world: World) -> list[dict[str
 
 
 async def test_a_batch_is_loaded_matched_and_read_back(
-    client: httpx.AsyncClient, world: World
+    client: httpx.AsyncClient, world: World, db: Database
 ) -> None:
     start = (utcnow() - timedelta(hours=3)).replace(second=0, microsecond=0)
     near, far = (52.5800, -0.2497), (52.6500, -0.2500)
@@ -156,6 +156,7 @@ async def test_a_batch_is_loaded_matched_and_read_back(
             "/v1/fixes", json={"tag_id": tag, "fixes": fixes}, headers=world.supplier
         )
         assert r.json()["accepted"] == 90
+    await boxed(db)  # the fixes' crime trigger has run: the crime comes after
     window = {"from": uk(start + timedelta(minutes=30)), "to": uk(start + timedelta(minutes=50))}
     summary = await upload(client, world, row(ref="CC/1", **window), row(code="??", ref="CC/2"))
     assert (summary["rows"], summary["accepted"], summary["new_crimes"]) == (2, 1, 1)
@@ -254,6 +255,7 @@ async def test_both_directions_give_the_same_answer(
     lines = [orjson.dumps({"tag_id": tag, **f}) for tag, fixes in paths.items() for f in fixes]
     r = await client.post("/v1/fixes/stream", content=b"\n".join(lines), headers=world.supplier)
     assert r.status_code == 202 and r.json()["accepted"] == 79, r.text
+    await boxed(db)
     from_fixes = await results(first)
     runs = [
         (await client.get(f"/v1/crimes/{c}/matches", headers=world.admin)).json() for c in first
@@ -284,7 +286,7 @@ async def test_both_directions_give_the_same_answer(
 
 
 async def test_a_path_past_a_scene_between_distant_fixes_is_found_from_the_fix_side(
-    client: httpx.AsyncClient, world: World
+    client: httpx.AsyncClient, world: World, db: Database
 ) -> None:
     """Crime first, then two fixes 2.5 km either side of its scene, four minutes apart
     (driving past it): their trail box meets the scene, so the fixes re-run the crime and
@@ -308,6 +310,7 @@ async def test_a_path_past_a_scene_between_distant_fixes_is_found_from_the_fix_s
             "/v1/fixes", json={"tag_id": tag, "fixes": fixes}, headers=world.supplier
         )
         assert r.status_code == 202, r.text
+    await boxed(db)
     run = (await client.get(f"/v1/crimes/{crime_id}/matches", headers=world.admin)).json()
     assert run["trigger"] == "new_fixes"
     # One partial run, the driver's: the far subject's fixes re-ran nothing.

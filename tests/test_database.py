@@ -17,6 +17,7 @@ from alembic import command
 from sqlalchemy.engine import make_url
 
 from services.cli import alembic_config
+from services.common.bus.memory import MemoryBus
 from services.common.database import Database
 from services.common.geo import WGS84
 from services.common.settings import DatabaseSettings, Settings
@@ -38,17 +39,22 @@ from services.ingest.repository import (
     TRAILS_SINCE_SQL,
     Partitions,
     TrailBoxes,
+    Unboxed,
     _staged,
     boxes_near,
+    claim_unboxed,
     days_of,
+    finish_unboxed,
     partition_name,
     store_fixes,
     stored_positions,
     subjects_passing,
+    widen_boxes,
 )
 from services.ingest.schemas import FixMessage, FixSource
+from services.topics import DEAD_LETTER
 from services.zones.repository import OpenScene
-from services.zones.worker import _scenes_met, scene_places
+from services.zones.worker import CrimeMatcher, _scenes_met, scene_places
 
 
 def test_connection_urls_carry_any_password_and_a_socket_directory() -> None:
@@ -116,12 +122,21 @@ async def test_near_place_and_time_uses_the_indexes(db: Database) -> None:
     async with db.pool.acquire() as conn:
         result = await store_fixes(conn, Partitions(), FixBatch.of(fixes))
         assert result.inserted == 40_000
+        await _box(conn)
         await conn.execute("analyze trail_points")
         await conn.execute("analyze trail_boxes")
         start = day + timedelta(hours=1)
-        args = (52.55, -0.29, start - BOX_MAX_GAP, start + timedelta(hours=1), 0.005)
+        args = (
+            52.55,
+            -0.29,
+            start - BOX_MAX_GAP,
+            start + timedelta(hours=1),
+            0.005,
+            TrailBoxes.SPAN,
+        )
         plan = "\n".join(r[0] for r in await conn.fetch("explain " + SUBJECTS_PASSING_SQL, *args))
-        assert "Seq Scan" not in plan, plan
+        # Neither the trail nor its boxes are scanned (trail_unboxed is a few rows).
+        assert "Seq Scan on trail_boxes" not in plan and "trail_points" not in plan, plan
         # Box and bucket both in the index: only the hour's boxes are read.
         assert "box_bucket_idx" in plan and "bucket >=" in plan.split("Index Cond")[1], plan
         found = await subjects_passing(conn, 52.55, -0.29, 350.0, start, start + timedelta(hours=1))
@@ -163,6 +178,7 @@ async def test_batch_reads_probe_an_index_however_much_trail_is_stored(
     ]
     async with db.pool.acquire() as conn:
         assert (await store_fixes(conn, Partitions(), FixBatch.of(fixes))).inserted == 24_000
+        await _box(conn)
         await conn.execute("analyze trail_points, trail_boxes")
         # The next minute's fixes, newer than anything stored: a live request.
         after = day + timedelta(hours=2)
@@ -243,6 +259,22 @@ async def _arrive(
         size = rng.randint(1, 40)
         await store_fixes(conn, partitions, FixBatch.of(arrivals[:size]))
         arrivals = arrivals[size:]
+        # The box keeper takes the stored batches waiting now and then, a few at a time.
+        if rng.random() < 0.3:
+            await _box(conn, rng.randint(1, 6))
+    await _box(conn)
+
+
+async def _box(conn: asyncpg.Connection, limit: int | None = None) -> None:
+    """Widens the boxes of the stored batches waiting, as the box keeper does: up to
+    `limit` of them, or all."""
+    while True:
+        async with conn.transaction():
+            unboxed = await claim_unboxed(conn, limit or 1000)
+            await widen_boxes(conn, unboxed)
+            await finish_unboxed(conn, unboxed)
+        if limit or not unboxed.ids:
+            return
 
 
 async def test_fixes_go_straight_into_the_trail_and_a_stored_one_sends_the_batch_round(
@@ -580,3 +612,137 @@ async def test_upgrading_a_stored_trail_gives_it_boxes(settings: Settings) -> No
     finally:
         await admin.execute(f"drop database if exists {name} with (force)")
         await admin.close()
+
+
+def test_waiting_batches_merge_into_runs_a_subject_of_their_spans() -> None:
+    """The box keeper merges the spans of the stored batches it takes: every span lies
+    in exactly one run of its subject, a subject's runs are more than twice BOX_MAX_GAP
+    apart (their neighbourhoods do not overlap), and a run starts at a span's first fix
+    and ends at a span's last, exactly (which fixes count as new goes by them)."""
+    rng = random.Random(3)
+    gap2 = 2 * BOX_MAX_GAP.total_seconds()
+    merged = parted = 0
+    for _ in range(300):
+        subjects = [uuid.uuid4() for _ in range(rng.randint(1, 4))]
+        spans = []
+        for _ in range(rng.randint(1, 30)):
+            a = 1.79e9 + rng.uniform(0, 3 * 86_400)
+            spans.append(
+                (rng.choice(subjects), a, a + rng.choice([0, 60, 1200, 7200]) * rng.random())
+            )
+        unboxed = Unboxed.merged(
+            [7],
+            [s for s, _, _ in spans],
+            np.array([a for _, a, _ in spans]),
+            np.array([b for _, _, b in spans]),
+        )
+        runs = [
+            (unboxed.subjects[c], a, b)
+            for c, a, b in zip(
+                unboxed.code.tolist(), unboxed.first.tolist(), unboxed.last.tolist(), strict=True
+            )
+        ]
+        for s, a, b in spans:
+            assert len([r for r in runs if r[0] == s and r[1] <= a and b <= r[2]]) == 1
+        for subject in set(s for s, _, _ in spans):
+            mine = sorted((a, b) for s, a, b in runs if s == subject)
+            for (_, end), (start, _) in itertools.pairwise(mine):
+                assert start - end > gap2
+                parted += 1
+            for a, b in mine:
+                assert a in {x for s, x, _ in spans if s == subject}
+                assert b in {y for s, _, y in spans if s == subject}
+            theirs = [(a, b) for s, a, b in spans if s == subject]
+            assert unboxed.spans()[subject] == [
+                datetime.fromtimestamp(min(a for a, _ in theirs), UTC),
+                datetime.fromtimestamp(max(b for _, b in theirs), UTC),
+            ]
+        merged += len(spans) - len(runs)
+    assert merged > 200 and parted > 200
+
+
+async def test_stored_fixes_are_candidates_until_their_boxes_are_widened(db: Database) -> None:
+    """The store leaves the boxes to the box keeper: until it has widened them, a stored
+    fix's subject is a candidate for every place near its time, and after, for the places
+    its boxes meet; either way never missed."""
+    day = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    subject = uuid.uuid4()
+    fixes = [
+        FixMessage(
+            tag_id="UNBOXED-1",
+            subject_id=subject,
+            ts=day + timedelta(minutes=m),
+            received_at=day,
+            lat=51.5,
+            lon=-0.12 + m * 0.001,
+            accuracy_m=10.0,
+        )
+        for m in range(20)
+    ]
+    hour = (day, day + timedelta(hours=1))
+    later = (day + timedelta(hours=3), day + timedelta(hours=4))
+    async with db.pool.acquire() as conn:
+        await store_fixes(conn, Partitions(), FixBatch.of(fixes))
+        boxes = "select count(*) from trail_boxes where subject_id = $1"
+        assert await conn.fetchval(boxes, subject) == 0
+        assert await subjects_passing(conn, 51.5, -0.11, 50.0, *hour) == [subject]
+        assert await subjects_passing(conn, 53.0, 1.0, 50.0, *hour) == [subject]
+        assert await subjects_passing(conn, 51.5, -0.11, 50.0, *later) == []
+        await _box(conn)
+        assert await conn.fetchval("select count(*) from trail_unboxed") == 0
+        assert await conn.fetchval(boxes, subject) == 4
+        assert await subjects_passing(conn, 51.5, -0.11, 50.0, *hour) == [subject]
+        assert await subjects_passing(conn, 53.0, 1.0, 50.0, *hour) == []
+        assert await subjects_passing(conn, 51.5, -0.11, 50.0, *later) == []
+
+
+async def test_the_box_keeper_keeps_a_batch_until_its_crime_trigger_has_run(
+    db: Database, settings: Settings
+) -> None:
+    """A stored batch's row goes only once its boxes are widened and the crime trigger
+    has run for it: a trigger that fails (a crash, a lost database) leaves every row for
+    the next round. Two keepers at once take different rows."""
+    day = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    subjects = [uuid.uuid4() for _ in range(6)]
+    async with db.pool.acquire() as conn:
+        for i, s in enumerate(subjects):
+            fixes = [
+                FixMessage(
+                    tag_id=f"KEEP-{i}",
+                    subject_id=s,
+                    ts=day + timedelta(minutes=m),
+                    received_at=day,
+                    lat=51.5 + i * 0.01,
+                    lon=-0.12,
+                    accuracy_m=10.0,
+                )
+                for m in range(5)
+            ]
+            await store_fixes(conn, Partitions(), FixBatch.of(fixes))
+    check = settings.check.model_copy(update={"box_claim": 3})
+    keeper = CrimeMatcher(db, MemoryBus(DEAD_LETTER), check)
+    seen: list[list[uuid.UUID]] = []
+    both = asyncio.Barrier(2)
+
+    async def failing(unboxed: Unboxed) -> None:
+        raise ConnectionError("the database went away")
+
+    async def together(unboxed: Unboxed) -> None:
+        seen.append(list(unboxed.spans()))
+        await asyncio.wait_for(both.wait(), 10)
+
+    async def waiting() -> int:
+        return int(await db.pool.fetchval("select count(*) from trail_unboxed"))
+
+    keeper.trigger = failing  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        await keeper.keep_boxes()
+    assert await waiting() == 6
+    keeper.trigger = together  # type: ignore[method-assign]
+    # Both keepers in their trigger at once, each holding its own three rows.
+    assert await asyncio.gather(keeper.keep_boxes(), keeper.keep_boxes()) == [True, True]
+    assert await waiting() == 0
+    assert len(seen) == 2 and sorted(seen[0] + seen[1]) == sorted(subjects)
+    assert await keeper.keep_boxes() is False
+    boxes = "select count(distinct subject_id) from trail_boxes where subject_id = any($1)"
+    assert await db.pool.fetchval(boxes, subjects) == 6

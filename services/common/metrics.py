@@ -13,6 +13,9 @@ FIXES_STORED = Counter("tagtrail_fixes_stored_total", "Fixes written to trail_po
 FIX_CONFLICTS = Counter(
     "tagtrail_fix_conflicts_total", "Fixes with a known (tag, time) but another position"
 )
+BATCHES_BOXED = Counter(
+    "tagtrail_batches_boxed_total", "Stored batches whose trail boxes the box keeper widened"
+)
 ALERTS_OPENED = Counter("tagtrail_alerts_opened_total", "Alerts opened", ["kind"])
 CONSUMER_LAG = Gauge(
     "tagtrail_consumer_lag", "Messages not yet handled by a consumer group", ["group", "topic"]

@@ -121,6 +121,12 @@ class CheckSettings(BaseSettings):
     watchdog_interval_s: float = Field(default=60.0, gt=0)
     # How much trail before new fixes the zone checker reads back to place them.
     context_s: float = Field(default=7200.0, ge=60)
+    # The box keeper (crimes role) widens trail boxes and runs the crime trigger for the
+    # stored batches waiting, this often, up to box_claim batches a round; a full round
+    # goes again at once. Waiting lets a round take many batches, which costs far less a
+    # fix than one round a batch; a live fix's crime match comes up to this much later.
+    box_interval_s: float = Field(default=0.5, gt=0, le=60)
+    box_claim: int = Field(default=64, ge=1, le=10_000)
 
 
 DEV_WEBHOOK_KEY = "tagtrail-development-webhook-key"

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    Identity,
     Index,
     Integer,
     PrimaryKeyConstraint,
@@ -21,7 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 
 from services.common.database import Base
 
@@ -72,6 +73,23 @@ trail_boxes = Table(
     # hundred, the hour's a few dozen, and only those are read from the table.
     Index("ix_trail_boxes_box_bucket", "box", "bucket", postgresql_using="gist"),
     postgresql_partition_by="RANGE (bucket)",
+)
+
+# Fixes stored whose boxes are not yet widened: one row a stored batch, each subject's
+# first and last fix time in it (seconds since 1970). The store writes it with the
+# fixes; the box keeper (services/zones/worker.py) widens the boxes many batches at a
+# time, runs the crime trigger, and deletes it. Until then proximity search takes the
+# row's subjects as candidates, so a fix is found from the moment it is stored.
+trail_unboxed = Table(
+    "trail_unboxed",
+    Base.metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("first_ts", DateTime(timezone=True), nullable=False),
+    Column("last_ts", DateTime(timezone=True), nullable=False),
+    Column("subjects", ARRAY(UUID(as_uuid=True)), nullable=False),
+    Column("firsts", ARRAY(Float), nullable=False),
+    Column("lasts", ARRAY(Float), nullable=False),
+    Column("fixes", Integer, nullable=False),
 )
 
 fix_conflicts = Table(

@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from services.common.geo import degree_margin
 from services.common.trail import Reaches, TrailFix
-from services.ingest.batch import FixBatch
+from services.ingest.batch import FixBatch, codes_of
 from services.ingest.pgcopy import STAGING_COLUMNS, TRAIL_COLUMNS, chunks, encode
 from services.ingest.schemas import DeviceEvent, FixMessage
 
@@ -232,26 +232,146 @@ def boxes_of(points: BoxPoints) -> BoxGrowth:
     return BoxGrowth(owner[starts], bucket[starts], sides)
 
 
-async def widen_boxes(conn: asyncpg.Connection, fixes: FixBatch) -> None:
-    """Widens the trail boxes by these fixes, stored in this transaction."""
+# Boxes are widened behind the store, not in its transaction: the store writes a row to
+# trail_unboxed with the fixes (each subject's first and last fix time), and the box
+# keeper (services/zones/worker.py) widens the boxes for many such rows at once. The
+# work a subject costs (its neighbours read, its boxes written) is then shared by all
+# its fixes in those rows, not paid again for every batch of a few fixes; in the store's
+# transaction it was two fifths of the pipeline's cost (docs/benchmarks.md, tenth and
+# eleventh sessions). Until a row's boxes are widened, proximity search takes its
+# subjects as candidates (subjects_passing), so no stored fix is ever missed.
+MARK_SQL = """
+insert into trail_unboxed (first_ts, last_ts, subjects, firsts, lasts, fixes)
+values (to_timestamp($1), to_timestamp($2), $3, $4, $5, $6)
+"""
+
+# The oldest rows no other keeper holds. Locked until the keeper's transaction ends,
+# after the boxes are committed and the crime trigger has run.
+CLAIM_SQL = """
+select id, subjects, firsts, lasts from trail_unboxed
+order by id limit $1 for update skip locked
+"""
+
+DONE_SQL = "delete from trail_unboxed where id = any($1::bigint[])"
+
+
+async def mark_unboxed(conn: asyncpg.Connection, fixes: FixBatch) -> None:
+    """Records, in the transaction storing them, that these fixes' boxes are to be
+    widened. Fixes too vague for the boxes need none."""
     subjects, first, last = fixes.first_last(fixes.accuracy_m <= BOX_MAX_ACCURACY_M)
-    if not subjects:
+    if subjects:
+        await conn.execute(
+            MARK_SQL,
+            float(first.min()),
+            float(last.max()),
+            subjects,
+            first.tolist(),
+            last.tolist(),
+            len(fixes),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Unboxed:
+    """Stored fixes whose boxes are to be widened, from the trail_unboxed rows `ids`:
+    entry i is subject `subjects[code[i]]`'s fixes from `first[i]` to `last[i]` (seconds
+    since 1970). A subject's entries are at least twice BOX_MAX_GAP apart, so the
+    neighbourhoods read for them never overlap."""
+
+    ids: list[int]
+    subjects: list[uuid.UUID]
+    code: npt.NDArray[np.int64]
+    first: npt.NDArray[np.float64]
+    last: npt.NDArray[np.float64]
+
+    @classmethod
+    def merged(
+        cls,
+        ids: list[int],
+        subjects: Sequence[uuid.UUID],
+        first: npt.NDArray[np.float64],
+        last: npt.NDArray[np.float64],
+    ) -> Unboxed:
+        """One entry for each run of a subject's spans (in any order, overlapping or
+        not) less than twice BOX_MAX_GAP apart. Pure."""
+        distinct, code = codes_of(subjects)
+        if not len(code):
+            return cls(ids, distinct, code, first, last)
+        order = np.lexsort((first, code))
+        code, first, last = code[order], first[order], last[order]
+        # The latest end so far within each subject: its ends shifted past every earlier
+        # subject's, so that one running maximum serves all. Rounded by the shift (by
+        # microseconds at most), which only decides where runs part: runs a hair nearer
+        # than twice BOX_MAX_GAP share nothing but a fix between them, read for both.
+        t0 = min(float(first.min()), float(last.min()))
+        width = float(last.max()) - t0 + 1.0
+        reach = np.maximum.accumulate(last - t0 + code * width) - code * width + t0
+        apart = first[1:] > reach[:-1] + 2 * BOX_MAX_GAP.total_seconds()
+        starts = np.flatnonzero(np.r_[True, (code[1:] != code[:-1]) | apart])
+        # The runs' own ends, exactly: which fixes are new goes by them.
+        return cls(ids, distinct, code[starts], first[starts], np.maximum.reduceat(last, starts))
+
+    def spans(self) -> dict[uuid.UUID, list[datetime]]:
+        """Each subject's first and last fix time over all its entries."""
+        out: dict[uuid.UUID, list[datetime]] = {}
+        for c, a, b in zip(
+            self.code.tolist(), self.first.tolist(), self.last.tolist(), strict=True
+        ):
+            lo, hi = _when(a), _when(b)
+            span = out.setdefault(self.subjects[c], [lo, hi])
+            span[0], span[1] = min(span[0], lo), max(span[1], hi)
+        return out
+
+
+def _when(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+async def claim_unboxed(conn: asyncpg.Connection, limit: int) -> Unboxed:
+    """The oldest trail_unboxed rows (up to `limit`) no other transaction holds, locked
+    by this connection's transaction."""
+    rows = await conn.fetch(CLAIM_SQL, limit)
+    subjects = [s for r in rows for s in r["subjects"]]
+    first = np.array([t for r in rows for t in r["firsts"]], dtype=np.float64)
+    last = np.array([t for r in rows for t in r["lasts"]], dtype=np.float64)
+    return Unboxed.merged([r["id"] for r in rows], subjects, first, last)
+
+
+async def finish_unboxed(conn: asyncpg.Connection, unboxed: Unboxed) -> None:
+    await conn.execute(DONE_SQL, unboxed.ids)
+
+
+async def widen_boxes(conn: asyncpg.Connection, unboxed: Unboxed) -> None:
+    """Widens the trail boxes by these stored fixes."""
+    if not len(unboxed.code):
         return
-    los = [datetime.fromtimestamp(t, UTC) - BOX_MAX_GAP for t in first.tolist()]
-    his = [datetime.fromtimestamp(t, UTC) + BOX_MAX_GAP for t in last.tolist()]
-    row = await conn.fetchrow(NEIGHBOURS_SQL, subjects, los, his, min(los), max(his))
-    owner = ints(row[0])
+    gap = BOX_MAX_GAP.total_seconds()
+    los = [_when(t - gap) for t in unboxed.first.tolist()]
+    his = [_when(t + gap) for t in unboxed.last.tolist()]
+    entry_subjects = [unboxed.subjects[c] for c in unboxed.code.tolist()]
+    row = await conn.fetchrow(NEIGHBOURS_SQL, entry_subjects, los, his, min(los), max(his))
+    entry = ints(row[0])
     ts, lat, lon, accuracy_m = (floats(v) for v in row[1:])
-    order = np.lexsort((ts, owner))
-    owner = owner[order]
+    order = np.lexsort((ts, entry))
+    entry = entry[order]
     ts, lat, lon, accuracy_m = (a[order] for a in (ts, lat, lon, accuracy_m))
-    # Stored fixes amid the batch's count as new too: a superset, and boxes only grow.
-    new = (ts >= first[owner]) & (ts <= last[owner])
-    grown = boxes_of(box_points(owner, ts, lat, lon, accuracy_m, new))
+    # Stored fixes amid the new ones count as new too: a superset, and boxes only grow.
+    new = (ts >= unboxed.first[entry]) & (ts <= unboxed.last[entry])
+    points = box_points(entry, ts, lat, lon, accuracy_m, new)
+    # Pairs are found within an entry; boxes are a subject's, whichever entry.
+    grown = boxes_of(
+        BoxPoints(
+            unboxed.code[points.owner],
+            points.bucket,
+            points.lat,
+            points.lon,
+            points.accuracy_m,
+        )
+    )
     if len(grown.owner):
         await conn.execute(
             WIDEN_SQL,
-            [subjects[i] for i in grown.owner.tolist()],
+            [unboxed.subjects[i] for i in grown.owner.tolist()],
             grown.bucket.tolist(),
             *(side.tolist() for side in grown.sides.T),
         )
@@ -429,9 +549,8 @@ async def store_fixes(
                 columns=STAGING_COLUMNS,
             )
             inserted = await conn.fetchval(INSERT_STAGED_SQL)
-        # Now stored, the new fixes' neighbours (stored before, or in this batch) are
-        # visible to the box update.
-        await widen_boxes(conn, fixes)
+        # Their boxes are widened behind the store, by the box keeper.
+        await mark_unboxed(conn, fixes)
         # Only a fix the insert skipped can conflict with a stored one (or with another
         # in the batch); nearly always every fix is new, and the look-up is not needed.
         if inserted == len(fixes):
@@ -490,11 +609,20 @@ async def stored_positions(
 
 
 # $1 lat, $2 lon, $3/$4 bucket range, $5 box margin (degrees).
+# Stored fixes whose boxes the keeper has yet to widen count as near, the first and last
+# of their subject's stored batch widened as the boxes' buckets are; these rows are a
+# few batches, unless the keeper is behind.
 SUBJECTS_PASSING_SQL = """
-select distinct subject_id
+select subject_id
 from trail_boxes
 where bucket between $3 and $4
   and box && st_expand(st_setsrid(st_makepoint($2, $1), 4326), $5)
+union
+select u.subject_id
+from trail_unboxed t
+cross join lateral unnest(t.subjects, t.firsts, t.lasts) as u(subject_id, first, last)
+where t.first_ts <= $4 + $6 and t.last_ts >= $3
+  and u.first <= date_part('epoch', $4 + $6) and u.last >= date_part('epoch', $3)
 """
 
 
@@ -512,7 +640,9 @@ async def subjects_passing(
     in the window can start up to BOX_MAX_GAP before it: its box is that fix's bucket's."""
     earliest = (start - BOX_MAX_GAP).timestamp()
     first = datetime.fromtimestamp(earliest - earliest % BOX_BUCKET.total_seconds(), UTC)
-    rows = await conn.fetch(SUBJECTS_PASSING_SQL, lat, lon, first, end, degree_margin(lat, reach_m))
+    rows = await conn.fetch(
+        SUBJECTS_PASSING_SQL, lat, lon, first, end, degree_margin(lat, reach_m), TrailBoxes.SPAN
+    )
     return sorted(r["subject_id"] for r in rows)
 
 

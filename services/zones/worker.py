@@ -7,7 +7,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Collection, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -18,6 +18,8 @@ from services.alerts.schemas import AlertEvent, AlertKind, AlertMessage, FixRef
 from services.common.bus import Bus
 from services.common.database import Database
 from services.common.geo import degree_margins
+from services.common.metrics import BATCHES_BOXED
+from services.common.periodic import Periodic
 from services.common.settings import CheckSettings
 from services.common.timeutil import utcnow
 from services.ingest import repository as trail_store
@@ -554,40 +556,67 @@ class CrimeMatcher:
     """Runs crime matching from both directions: a new crime (or version) is matched
     against the stored trails; stored fixes near a crime whose widened window covers them
     re-run that crime's matching. Both run the same function over the same stored data,
-    so they cannot disagree, and one (crime version, subject) is one alert."""
+    so they cannot disagree, and one (crime version, subject) is one alert.
+
+    It is also the box keeper: fixes reach it not on the bus but as trail_unboxed rows,
+    which the store writes with them. It widens their trail boxes many stored batches at
+    a time, then runs the crime trigger over the new boxes, then deletes the rows, in
+    the transaction that claimed them: a crash anywhere leaves the rows for the next
+    keeper, and doing it again changes no box and repeats no alert."""
 
     def __init__(self, db: Database, bus: Bus, settings: CheckSettings) -> None:
         self.db = db
         self.bus = bus
         self.settings = settings
+        self._keeper = Periodic("box keeper", self.keep_boxes, settings.box_interval_s)
+
+    def start(self) -> None:
+        self._keeper.start()
+
+    async def stop(self) -> None:
+        await self._keeper.stop()
 
     async def handle_crimes(self, crimes: list[CrimeMessage]) -> None:
         for crime in crimes:
             await run_matching(self.db, self.bus, self.settings, crime.id, Trigger.new_crime)
 
-    async def handle_fixes(self, batches: list[FixBatch]) -> None:
-        fixes = FixBatch.concat(batches)
-        if not len(fixes):
+    async def keep_boxes(self) -> bool:
+        """Widens the boxes of the oldest stored batches not yet done and runs the crime
+        trigger for them. True when there may be more waiting."""
+        limit = self.settings.box_claim
+        async with self.db.pool.acquire() as claim, claim.transaction():
+            unboxed = await trail_store.claim_unboxed(claim, limit)
+            if not unboxed.ids:
+                return False
+            # Committed before the trigger looks for them, on another connection.
+            async with self.db.pool.acquire() as conn, conn.transaction():
+                await trail_store.widen_boxes(conn, unboxed)
+            await self.trigger(unboxed)
+            await trail_store.finish_unboxed(claim, unboxed)
+        BATCHES_BOXED.inc(len(unboxed.ids))
+        return len(unboxed.ids) == limit
+
+    async def trigger(self, unboxed: trail_store.Unboxed) -> None:
+        """Re-runs the matching of open crimes near these fixes, for their subjects."""
+        spans = unboxed.spans()
+        if not spans:
             return
         radius = max(
             [self.settings.crime_radius_m, *self.settings.crime_radius_by_category.values()]
         )
         slack = self.settings.crime_slack_s
-        first = datetime.fromtimestamp(fixes.ts.min(), UTC) - TrailBoxes.BEFORE
-        last = datetime.fromtimestamp(fixes.ts.max(), UTC) + TrailBoxes.SPAN
+        first = min(lo for lo, _ in spans.values()) - TrailBoxes.BEFORE
+        last = max(hi for _, hi in spans.values()) + TrailBoxes.SPAN
         async with self.db.pool.acquire() as conn:
             # Live fixes rarely fall in an open crime's window (crimes are recorded
-            # after the event): most batches stop here, before any work a subject.
+            # after the event): most rounds stop here, before any work a subject.
             scenes = await repository.scenes_between(conn, first, last, slack)
             if not scenes:
                 return
-            # The trail boxes the new fixes widened (the store made them before it told
-            # us) near the scenes: every fix, and every path to or from one, accuracy
-            # counted, lies in one. A crime none of them comes within its radius of has
-            # no new match.
-            boxes = await trail_store.boxes_near(
-                conn, fixes.spans(), scene_places(scenes, radius, slack)
-            )
+            # The trail boxes the new fixes widened near the scenes: every fix, and
+            # every path to or from one, accuracy counted, lies in one. A crime none of
+            # them comes within its radius of has no new match.
+            boxes = await trail_store.boxes_near(conn, spans, scene_places(scenes, radius, slack))
         near = _scenes_met(scenes, boxes, radius, slack)
         # Only the subjects whose fixes came near are looked at again: nobody else's
         # trail changed. (Re-running every wearer for every batch near a crime made
