@@ -59,6 +59,15 @@ CONF
 # pg_stat_statements, for the throughput benchmark's figures a statement: loaded when
 # the cluster starts, so a cluster made before it was added gets it and is restarted.
 configure_cluster() {
+  # tagtrail connects through the cluster's Unix socket, with its password: on one
+  # machine that costs both sides less than loopback TCP, where the sender's write also
+  # runs the receiver's protocol work (docs/benchmarks.md, eleventh session). The line
+  # goes before `local all all peer`, which the superuser (run as postgres) keeps.
+  local hba="$PGDATA/pg_hba.conf"
+  if ! grep -Eq "^local[[:space:]]+all[[:space:]]+$DB_USER[[:space:]]+scram-sha-256" "$hba"; then
+    sed -i "0,/^local/s//local   all             $DB_USER                                scram-sha-256\nlocal/" "$hba"
+    if running; then as_pg "$PGBIN/pg_ctl" -D "$PGDATA" reload >/dev/null; fi
+  fi
   grep -q "^shared_preload_libraries = 'pg_stat_statements'" "$PGDATA/postgresql.conf" && return
   echo "shared_preload_libraries = 'pg_stat_statements'" >> "$PGDATA/postgresql.conf"
   if running; then
@@ -89,7 +98,7 @@ provision() {
   if [ -z "$(as_pg $q -d postgres -c "select 1 from pg_database where datname='$DB_NAME'")" ]; then
     as_pg $q -d postgres -c "create database $DB_NAME owner $DB_USER"
   fi
-  set_env TAGTRAIL_DB_HOST 127.0.0.1
+  set_env TAGTRAIL_DB_HOST "$PGSOCK"
   set_env TAGTRAIL_DB_PORT "$(port)"
   set_env TAGTRAIL_DB_USER "$DB_USER"
   set_env TAGTRAIL_DB_PASSWORD "$DB_PASSWORD"
@@ -103,7 +112,7 @@ case "${1:-start}" in
     configure_cluster
     start_cluster
     provision
-    log "PostGIS ready on 127.0.0.1:$(port) (database $DB_NAME)"
+    log "PostGIS ready on $PGSOCK and 127.0.0.1, port $(port) (database $DB_NAME)"
     ;;
   stop)
     if [ -f "$PGDATA/PG_VERSION" ] && running; then

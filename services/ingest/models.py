@@ -79,7 +79,8 @@ trail_boxes = Table(
 # first and last fix time in it (seconds since 1970). The store writes it with the
 # fixes; the box keeper (services/zones/worker.py) widens the boxes many batches at a
 # time, runs the crime trigger, and deletes it. Until then proximity search takes the
-# row's subjects as candidates, so a fix is found from the moment it is stored.
+# row's subjects as candidates, so a fix is found from the moment it is stored. `fixes`
+# says how many fixes the row stands for, for whoever looks at a backlog.
 trail_unboxed = Table(
     "trail_unboxed",
     Base.metadata,

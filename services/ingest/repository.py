@@ -275,8 +275,8 @@ async def mark_unboxed(conn: asyncpg.Connection, fixes: FixBatch) -> None:
 class Unboxed:
     """Stored fixes whose boxes are to be widened, from the trail_unboxed rows `ids`:
     entry i is subject `subjects[code[i]]`'s fixes from `first[i]` to `last[i]` (seconds
-    since 1970). A subject's entries are at least twice BOX_MAX_GAP apart, so the
-    neighbourhoods read for them never overlap."""
+    since 1970). A subject's entries are twice BOX_MAX_GAP apart or more (to within
+    microseconds), so the neighbourhoods read for them do not overlap."""
 
     ids: list[int]
     subjects: list[uuid.UUID]
@@ -608,10 +608,11 @@ async def stored_positions(
     return {(r[0], r[1].timestamp()): (r[2], r[3], r[4]) for r in rows}
 
 
-# $1 lat, $2 lon, $3/$4 bucket range, $5 box margin (degrees).
-# Stored fixes whose boxes the keeper has yet to widen count as near, the first and last
-# of their subject's stored batch widened as the boxes' buckets are; these rows are a
-# few batches, unless the keeper is behind.
+# $1 lat, $2 lon, $3/$4 bucket range, $5 box margin (degrees), $6 TrailBoxes.SPAN.
+# The second half: a subject with stored fixes whose boxes the box keeper has yet to
+# widen is a candidate wherever the place, if those fixes' span meets the buckets'
+# times (a span ending before $3 changed no box searched; one starting after $4 plus
+# SPAN neither). The rows are a few stored batches, unless the keeper is behind.
 SUBJECTS_PASSING_SQL = """
 select subject_id
 from trail_boxes
