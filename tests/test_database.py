@@ -20,6 +20,7 @@ from services.cli import alembic_config
 from services.common.bus.memory import MemoryBus
 from services.common.database import Database
 from services.common.geo import WGS84
+from services.common.metrics import FIXES_UNBOXED
 from services.common.settings import DatabaseSettings, Settings
 from services.ingest.batch import FixBatch
 from services.ingest.pgcopy import HEADER, TRAIL_COLUMNS, TRAILER, chunks, encode
@@ -738,11 +739,13 @@ async def test_the_box_keeper_keeps_a_batch_until_its_crime_trigger_has_run(
     with pytest.raises(ConnectionError):
         await keeper.keep_boxes()
     assert await waiting() == 6
+    assert FIXES_UNBOXED._value.get() == 30  # what operators see: 30 fixes waiting
     keeper.trigger = together  # type: ignore[method-assign]
     # Both keepers in their trigger at once, each holding its own three rows.
     assert await asyncio.gather(keeper.keep_boxes(), keeper.keep_boxes()) == [True, True]
     assert await waiting() == 0
     assert len(seen) == 2 and sorted(seen[0] + seen[1]) == sorted(subjects)
     assert await keeper.keep_boxes() is False
+    assert FIXES_UNBOXED._value.get() == 0
     boxes = "select count(distinct subject_id) from trail_boxes where subject_id = any($1)"
     assert await db.pool.fetchval(boxes, subjects) == 6

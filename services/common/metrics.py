@@ -16,6 +16,11 @@ FIX_CONFLICTS = Counter(
 BATCHES_BOXED = Counter(
     "tagtrail_batches_boxed_total", "Stored batches whose trail boxes the box keeper widened"
 )
+FIXES_UNBOXED = Gauge(
+    "tagtrail_unboxed_fixes",
+    "Stored fixes waiting for the box keeper (trail boxes and crime trigger), as of its"
+    " last round: a number that keeps growing means the keeper is behind or failing",
+)
 ALERTS_OPENED = Counter("tagtrail_alerts_opened_total", "Alerts opened", ["kind"])
 CONSUMER_LAG = Gauge(
     "tagtrail_consumer_lag", "Messages not yet handled by a consumer group", ["group", "topic"]

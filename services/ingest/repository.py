@@ -337,6 +337,11 @@ async def claim_unboxed(conn: asyncpg.Connection, limit: int) -> Unboxed:
     return Unboxed.merged([r["id"] for r in rows], subjects, first, last)
 
 
+async def unboxed_backlog(conn: asyncpg.Connection) -> int:
+    """How many stored fixes wait for the box keeper."""
+    return int(await conn.fetchval("select coalesce(sum(fixes), 0) from trail_unboxed"))
+
+
 async def finish_unboxed(conn: asyncpg.Connection, unboxed: Unboxed) -> None:
     await conn.execute(DONE_SQL, unboxed.ids)
 

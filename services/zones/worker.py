@@ -18,7 +18,7 @@ from services.alerts.schemas import AlertEvent, AlertKind, AlertMessage, FixRef
 from services.common.bus import Bus
 from services.common.database import Database
 from services.common.geo import degree_margins
-from services.common.metrics import BATCHES_BOXED
+from services.common.metrics import BATCHES_BOXED, FIXES_UNBOXED
 from services.common.periodic import Periodic
 from services.common.settings import CheckSettings
 from services.common.timeutil import utcnow
@@ -585,6 +585,7 @@ class CrimeMatcher:
         trigger for them. True when there may be more waiting."""
         limit = self.settings.box_claim
         async with self.db.pool.acquire() as claim, claim.transaction():
+            FIXES_UNBOXED.set(await trail_store.unboxed_backlog(claim))
             unboxed = await trail_store.claim_unboxed(claim, limit)
             if not unboxed.ids:
                 return False
