@@ -749,3 +749,55 @@ async def test_the_box_keeper_keeps_a_batch_until_its_crime_trigger_has_run(
     assert FIXES_UNBOXED._value.get() == 0
     boxes = "select count(distinct subject_id) from trail_boxes where subject_id = any($1)"
     assert await db.pool.fetchval(boxes, subjects) == 6
+
+
+async def test_a_stored_batch_the_keeper_cannot_do_is_set_aside_and_holds_up_no_other(
+    db: Database, settings: Settings
+) -> None:
+    """A round that fails for good (not a lost connection) is tried again a stored batch
+    at a time: the batch that fails alone is set aside with its error, the others are
+    done, and the set-aside batch's subject stays a proximity-search candidate. Cleared
+    by hand, it is done like any other."""
+    day = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    subjects = [uuid.uuid4() for _ in range(3)]
+    async with db.pool.acquire() as conn:
+        for i, s in enumerate(subjects):
+            fixes = [
+                FixMessage(
+                    tag_id=f"ASIDE-{i}",
+                    subject_id=s,
+                    ts=day + timedelta(minutes=m),
+                    received_at=day,
+                    lat=51.5 + i * 0.01,
+                    lon=-0.12,
+                    accuracy_m=10.0,
+                )
+                for m in range(5)
+            ]
+            await store_fixes(conn, Partitions(), FixBatch.of(fixes))
+    keeper = CrimeMatcher(db, MemoryBus(DEAD_LETTER), settings.check)
+    bad = subjects[1]
+    triggered: list[uuid.UUID] = []
+
+    async def trigger(unboxed: Unboxed) -> None:
+        if bad in unboxed.spans():
+            raise ValueError("a crime this code cannot match")
+        triggered.extend(unboxed.spans())
+
+    keeper.trigger = trigger  # type: ignore[method-assign]
+    # The round of three fails, then one round a batch, then nothing is left to claim.
+    rounds = [await keeper.keep_boxes() for _ in range(6)]
+    assert rounds == [True, True, True, True, False, False]
+    rows = await db.pool.fetch("select subjects, failed_at, error from trail_unboxed")
+    assert [(r["subjects"], r["error"]) for r in rows] == [
+        ([bad], "ValueError: a crime this code cannot match")
+    ]
+    assert rows[0]["failed_at"] is not None
+    assert sorted(triggered) == sorted(s for s in subjects if s != bad)
+    async with db.pool.acquire() as conn:
+        hour = (day, day + timedelta(hours=1))
+        assert bad in await subjects_passing(conn, 53.0, 1.0, 50.0, *hour)
+        await conn.execute("update trail_unboxed set failed_at = null, error = null")
+    keeper.trigger = lambda unboxed: asyncio.sleep(0)  # type: ignore[method-assign]
+    assert await keeper.keep_boxes() is False  # a round of one, not full
+    assert await db.pool.fetchval("select count(*) from trail_unboxed") == 0

@@ -19,6 +19,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Table,
+    Text,
     UniqueConstraint,
     func,
 )
@@ -91,6 +92,10 @@ trail_unboxed = Table(
     Column("firsts", ARRAY(Float), nullable=False),
     Column("lasts", ARRAY(Float), nullable=False),
     Column("fixes", Integer, nullable=False),
+    # Set when the keeper could not do this row on its own, for a reason a retry does
+    # not cure: it is passed over (its subjects stay candidates) until these are cleared.
+    Column("failed_at", DateTime(timezone=True)),
+    Column("error", Text),
 )
 
 fix_conflicts = Table(

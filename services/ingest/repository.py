@@ -249,8 +249,11 @@ values (to_timestamp($1), to_timestamp($2), $3, $4, $5, $6)
 # after the boxes are committed and the crime trigger has run.
 CLAIM_SQL = """
 select id, subjects, firsts, lasts from trail_unboxed
+where failed_at is null and ($2::bigint is null or id = $2)
 order by id limit $1 for update skip locked
 """
+
+SET_ASIDE_SQL = "update trail_unboxed set failed_at = now(), error = $2 where id = $1"
 
 DONE_SQL = "delete from trail_unboxed where id = any($1::bigint[])"
 
@@ -327,10 +330,11 @@ def _when(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 
-async def claim_unboxed(conn: asyncpg.Connection, limit: int) -> Unboxed:
-    """The oldest trail_unboxed rows (up to `limit`) no other transaction holds, locked
-    by this connection's transaction."""
-    rows = await conn.fetch(CLAIM_SQL, limit)
+async def claim_unboxed(conn: asyncpg.Connection, limit: int, only: int | None = None) -> Unboxed:
+    """The oldest trail_unboxed rows (up to `limit`; or row `only`, if it is still
+    waiting) that no other transaction holds and none has set aside, locked by this
+    connection's transaction."""
+    rows = await conn.fetch(CLAIM_SQL, limit, only)
     subjects = [s for r in rows for s in r["subjects"]]
     first = np.array([t for r in rows for t in r["firsts"]], dtype=np.float64)
     last = np.array([t for r in rows for t in r["lasts"]], dtype=np.float64)
@@ -340,6 +344,10 @@ async def claim_unboxed(conn: asyncpg.Connection, limit: int) -> Unboxed:
 async def unboxed_backlog(conn: asyncpg.Connection) -> int:
     """How many stored fixes wait for the box keeper."""
     return int(await conn.fetchval("select coalesce(sum(fixes), 0) from trail_unboxed"))
+
+
+async def set_aside_unboxed(conn: asyncpg.Connection, row: int, error: str) -> None:
+    await conn.execute(SET_ASIDE_SQL, row, error[:4000])
 
 
 async def finish_unboxed(conn: asyncpg.Connection, unboxed: Unboxed) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import defaultdict
@@ -16,6 +17,7 @@ import numpy as np
 
 from services.alerts.schemas import AlertEvent, AlertKind, AlertMessage, FixRef
 from services.common.bus import Bus
+from services.common.bus.base import is_transient
 from services.common.database import Database
 from services.common.geo import degree_margins
 from services.common.metrics import BATCHES_BOXED, FIXES_UNBOXED
@@ -58,6 +60,8 @@ from services.zones.service import (
     to_check,
     unsettled,
 )
+
+log = logging.getLogger(__name__)
 
 ZONES_GROUP = "tagtrail-zones"
 CRIMES_GROUP = "tagtrail-crimes"
@@ -569,6 +573,9 @@ class CrimeMatcher:
         self.bus = bus
         self.settings = settings
         self._keeper = Periodic("box keeper", self.keep_boxes, settings.box_interval_s)
+        # The stored batches of the round that failed last, to try one at a time.
+        self._suspects: list[int] = []
+        self._claimed: list[int] = []
 
     def start(self) -> None:
         self._keeper.start()
@@ -582,18 +589,53 @@ class CrimeMatcher:
 
     async def keep_boxes(self) -> bool:
         """Widens the boxes of the oldest stored batches not yet done and runs the crime
-        trigger for them. True when there may be more waiting."""
-        limit = self.settings.box_claim
+        trigger for them. True when there may be more waiting.
+
+        A round that fails for a reason a retry does not cure is tried again a stored
+        batch at a time; one that fails on its own is set aside (its row's failed_at
+        and error; logged), so that no bad batch holds up the rest. Its subjects stay
+        proximity-search candidates until someone clears the row's failed_at."""
+        only = self._suspects[0] if self._suspects else None
+        try:
+            done = await self._round(1 if only is not None else self.settings.box_claim, only)
+        except Exception as exc:
+            claimed, self._claimed = self._claimed, []
+            if is_transient(exc) or not claimed:
+                raise
+            if len(claimed) > 1:
+                log.warning(
+                    "box keeper: a round of %d stored batches failed (%r); trying each alone",
+                    len(claimed),
+                    exc,
+                )
+                self._suspects = claimed
+                return True
+            async with self.db.pool.acquire() as conn:
+                await trail_store.set_aside_unboxed(
+                    conn, claimed[0], f"{type(exc).__name__}: {exc}"
+                )
+            log.error("box keeper: stored batch %d set aside: %r", claimed[0], exc, exc_info=exc)
+            if only is not None:
+                self._suspects.pop(0)
+            return True
+        if only is not None:
+            self._suspects.pop(0)
+            return True
+        return done
+
+    async def _round(self, limit: int, only: int | None) -> bool:
         async with self.db.pool.acquire() as claim, claim.transaction():
             FIXES_UNBOXED.set(await trail_store.unboxed_backlog(claim))
-            unboxed = await trail_store.claim_unboxed(claim, limit)
+            unboxed = await trail_store.claim_unboxed(claim, limit, only)
             if not unboxed.ids:
                 return False
+            self._claimed = unboxed.ids
             # Committed before the trigger looks for them, on another connection.
             async with self.db.pool.acquire() as conn, conn.transaction():
                 await trail_store.widen_boxes(conn, unboxed)
             await self.trigger(unboxed)
             await trail_store.finish_unboxed(claim, unboxed)
+        self._claimed = []
         BATCHES_BOXED.inc(len(unboxed.ids))
         return len(unboxed.ids) == limit
 
