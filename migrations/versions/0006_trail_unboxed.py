@@ -1,9 +1,7 @@
 """trail_unboxed: fixes stored whose trail boxes are not yet widened, one row a stored
 batch (each subject's first and last fix in it). The store writes a row in the batch's
 transaction; the box keeper widens the boxes in bulk, runs the crime trigger, and
-deletes the row. Proximity search counts the subjects of rows still here. A row whose
-round fails on its own, for a reason a retry does not cure, is set aside (failed_at,
-error) instead of holding up every row after it.
+deletes the row. Proximity search counts the subjects of rows still here.
 
 Revision ID: 0006
 Revises: 0005
@@ -32,8 +30,6 @@ def upgrade() -> None:
         sa.Column("firsts", postgresql.ARRAY(sa.Float()), nullable=False),
         sa.Column("lasts", postgresql.ARRAY(sa.Float()), nullable=False),
         sa.Column("fixes", sa.Integer(), nullable=False),
-        sa.Column("failed_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_trail_unboxed")),
     )
 
