@@ -624,6 +624,7 @@ class CrimeMatcher:
         return done
 
     async def _round(self, limit: int, only: int | None) -> bool:
+        self._claimed = []
         async with self.db.pool.acquire() as claim, claim.transaction():
             FIXES_UNBOXED.set(await trail_store.unboxed_backlog(claim))
             unboxed = await trail_store.claim_unboxed(claim, limit, only)
