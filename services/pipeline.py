@@ -112,8 +112,7 @@ class Pipeline:
                 CONDITIONS_GROUP + sfx, STORED_EVENTS, self._watch.handle, max_batch=batch
             )
         if Role.crimes in self.roles:
-            self._matcher = CrimeMatcher(db, bus, self.settings.check)
-            matcher = self._matcher
+            matcher = self._matcher = CrimeMatcher(db, bus, self.settings.check)
             bus.subscribe(CRIMES_GROUP + sfx, CRIMES, matcher.handle_crimes, max_batch=50)
         if Role.dispatch in self.roles:
             dispatcher = Dispatcher(db)

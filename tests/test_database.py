@@ -697,22 +697,21 @@ async def test_stored_fixes_are_candidates_until_their_boxes_are_widened(db: Dat
         assert await subjects_passing(conn, 51.5, -0.11, 50.0, *later) == []
 
 
-async def test_the_box_keeper_keeps_a_batch_until_its_crime_trigger_has_run(
-    db: Database, settings: Settings
-) -> None:
-    """A stored batch's row goes only once its boxes are widened and the crime trigger
-    has run for it: a trigger that fails (a crash, a lost database) leaves every row for
-    the next round. Two keepers at once take different rows."""
-    day = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    subjects = [uuid.uuid4() for _ in range(6)]
+KEEPER_DAY = datetime(2026, 11, 20, 12, tzinfo=UTC)
+
+
+async def _stored_batches(db: Database, prefix: str, n: int) -> list[uuid.UUID]:
+    """n subjects, each with five fixes from KEEPER_DAY stored as a batch of its own (a
+    trail_unboxed row each)."""
+    subjects = [uuid.uuid4() for _ in range(n)]
     async with db.pool.acquire() as conn:
         for i, s in enumerate(subjects):
             fixes = [
                 FixMessage(
-                    tag_id=f"KEEP-{i}",
+                    tag_id=f"{prefix}-{i}",
                     subject_id=s,
-                    ts=day + timedelta(minutes=m),
-                    received_at=day,
+                    ts=KEEPER_DAY + timedelta(minutes=m),
+                    received_at=KEEPER_DAY,
                     lat=51.5 + i * 0.01,
                     lon=-0.12,
                     accuracy_m=10.0,
@@ -720,6 +719,16 @@ async def test_the_box_keeper_keeps_a_batch_until_its_crime_trigger_has_run(
                 for m in range(5)
             ]
             await store_fixes(conn, Partitions(), FixBatch.of(fixes))
+    return subjects
+
+
+async def test_the_box_keeper_keeps_a_batch_until_its_crime_trigger_has_run(
+    db: Database, settings: Settings
+) -> None:
+    """A stored batch's row goes only once its boxes are widened and the crime trigger
+    has run for it: a trigger that fails (a crash, a lost database) leaves every row for
+    the next round. Two keepers at once take different rows."""
+    subjects = await _stored_batches(db, "KEEP", 6)
     check = settings.check.model_copy(update={"box_claim": 3})
     keeper = CrimeMatcher(db, MemoryBus(DEAD_LETTER), check)
     seen: list[list[uuid.UUID]] = []
@@ -758,23 +767,7 @@ async def test_a_stored_batch_the_keeper_cannot_do_is_set_aside_and_holds_up_no_
     at a time: the batch that fails alone is set aside with its error, the others are
     done, and the set-aside batch's subject stays a proximity-search candidate. Cleared
     by hand, it is done like any other."""
-    day = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    subjects = [uuid.uuid4() for _ in range(3)]
-    async with db.pool.acquire() as conn:
-        for i, s in enumerate(subjects):
-            fixes = [
-                FixMessage(
-                    tag_id=f"ASIDE-{i}",
-                    subject_id=s,
-                    ts=day + timedelta(minutes=m),
-                    received_at=day,
-                    lat=51.5 + i * 0.01,
-                    lon=-0.12,
-                    accuracy_m=10.0,
-                )
-                for m in range(5)
-            ]
-            await store_fixes(conn, Partitions(), FixBatch.of(fixes))
+    subjects = await _stored_batches(db, "ASIDE", 3)
     keeper = CrimeMatcher(db, MemoryBus(DEAD_LETTER), settings.check)
     bad = subjects[1]
     triggered: list[uuid.UUID] = []
@@ -795,7 +788,7 @@ async def test_a_stored_batch_the_keeper_cannot_do_is_set_aside_and_holds_up_no_
     assert rows[0]["failed_at"] is not None
     assert sorted(triggered) == sorted(s for s in subjects if s != bad)
     async with db.pool.acquire() as conn:
-        hour = (day, day + timedelta(hours=1))
+        hour = (KEEPER_DAY, KEEPER_DAY + timedelta(hours=1))
         assert bad in await subjects_passing(conn, 53.0, 1.0, 50.0, *hour)
         await conn.execute("update trail_unboxed set failed_at = null, error = null")
     keeper.trigger = lambda unboxed: asyncio.sleep(0)  # type: ignore[method-assign]

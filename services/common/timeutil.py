@@ -10,6 +10,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def from_epoch(seconds: float) -> datetime:
+    """The UTC instant this many seconds after 1970 (as fix batches carry times)."""
+    return datetime.fromtimestamp(seconds, UTC)
+
+
 def local_to_utc(wall: datetime, tz: ZoneInfo) -> datetime:
     """A naive local wall-clock time in tz as a UTC instant.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from itertools import pairwise
 from typing import Annotated, Any
 
@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from services.common.timeutil import from_epoch
 from services.common.trail import TrailFix
 from services.ingest.pgcopy import SOURCES, TrailRows, micros
 from services.ingest.schemas import (
@@ -231,8 +232,8 @@ class FixBatch:
                 {
                     "tag_id": self.tags[int(self.tag[i])],
                     "subject_id": self.subjects[int(self.subject[i])],
-                    "ts": _time(self.ts[i]),
-                    "received_at": _time(self.received_at[i]),
+                    "ts": from_epoch(self.ts[i]),
+                    "received_at": from_epoch(self.received_at[i]),
                     "lat": self.lat[i],
                     "lon": self.lon[i],
                     "accuracy_m": self.accuracy_m[i],
@@ -250,7 +251,7 @@ class FixBatch:
         """These rows as the checks read stored fixes, in the order given."""
         tags = self.tags
         return [
-            TrailFix(tags[t], _time(ts), _time(rec), lat, lon, acc)
+            TrailFix(tags[t], from_epoch(ts), from_epoch(rec), lat, lon, acc)
             for t, ts, rec, lat, lon, acc in zip(
                 self.tag[rows].tolist(),
                 self.ts[rows].tolist(),
@@ -289,7 +290,7 @@ class FixBatch:
         """Each subject's first and last fix time (among these rows, if given)."""
         subjects, first, last = self.first_last(rows)
         return {
-            s: [_time(a), _time(b)]
+            s: [from_epoch(a), from_epoch(b)]
             for s, a, b in zip(subjects, first.tolist(), last.tolist(), strict=True)
         }
 
@@ -377,10 +378,6 @@ class FixBatch:
 # How the points topics' records were written before they carried batches.
 _LEGACY_PACK = TypeAdapter(list[tuple[str, FixMessage]])
 _LEGACY_ONE = TypeAdapter(Annotated[FixMessage, AfterValidator(lambda m: [("", m)])])
-
-
-def _time(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
 
 
 def _value(v: float) -> float | None:

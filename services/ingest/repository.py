@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.geo import degree_margin
+from services.common.timeutil import from_epoch
 from services.common.trail import Reaches, TrailFix
 from services.ingest.batch import FixBatch, codes_of
 from services.ingest.pgcopy import STAGING_COLUMNS, TRAIL_COLUMNS, chunks, encode
@@ -320,14 +321,10 @@ class Unboxed:
         for c, a, b in zip(
             self.code.tolist(), self.first.tolist(), self.last.tolist(), strict=True
         ):
-            lo, hi = _when(a), _when(b)
+            lo, hi = from_epoch(a), from_epoch(b)
             span = out.setdefault(self.subjects[c], [lo, hi])
             span[0], span[1] = min(span[0], lo), max(span[1], hi)
         return out
-
-
-def _when(t: float) -> datetime:
-    return datetime.fromtimestamp(t, UTC)
 
 
 async def claim_unboxed(conn: asyncpg.Connection, limit: int, only: int | None = None) -> Unboxed:
@@ -359,8 +356,8 @@ async def widen_boxes(conn: asyncpg.Connection, unboxed: Unboxed) -> None:
     if not len(unboxed.code):
         return
     gap = BOX_MAX_GAP.total_seconds()
-    los = [_when(t - gap) for t in unboxed.first.tolist()]
-    his = [_when(t + gap) for t in unboxed.last.tolist()]
+    los = [from_epoch(t - gap) for t in unboxed.first.tolist()]
+    his = [from_epoch(t + gap) for t in unboxed.last.tolist()]
     entry_subjects = [unboxed.subjects[c] for c in unboxed.code.tolist()]
     row = await conn.fetchrow(NEIGHBOURS_SQL, entry_subjects, los, his, min(los), max(his))
     entry = ints(row[0])
@@ -570,8 +567,8 @@ async def store_fixes(
             return StoreResult(int(inserted), 0)
         conflicts = await conn.fetchval(
             CONFLICTS_SQL,
-            datetime.fromtimestamp(fixes.ts.min(), UTC),
-            datetime.fromtimestamp(fixes.ts.max(), UTC),
+            from_epoch(fixes.ts.min()),
+            from_epoch(fixes.ts.max()),
         )
     return StoreResult(int(inserted), int(conflicts))
 
@@ -615,8 +612,8 @@ async def stored_positions(
         STORED_POSITIONS_SQL,
         tag_ids,
         times,
-        datetime.fromtimestamp(min(times), UTC),
-        datetime.fromtimestamp(max(times), UTC),
+        from_epoch(min(times)),
+        from_epoch(max(times)),
     )
     return {(r[0], r[1].timestamp()): (r[2], r[3], r[4]) for r in rows}
 
@@ -653,7 +650,7 @@ async def subjects_passing(
     who did not (boxes are coarse), for an exact test on their trails. A path that ends
     in the window can start up to BOX_MAX_GAP before it: its box is that fix's bucket's."""
     earliest = (start - BOX_MAX_GAP).timestamp()
-    first = datetime.fromtimestamp(earliest - earliest % BOX_BUCKET.total_seconds(), UTC)
+    first = from_epoch(earliest - earliest % BOX_BUCKET.total_seconds())
     rows = await conn.fetch(
         SUBJECTS_PASSING_SQL, lat, lon, first, end, degree_margin(lat, reach_m), TrailBoxes.SPAN
     )
