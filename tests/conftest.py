@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 import uvicorn
 
+from bench.common import drop_database
 from services.app import create_app
 from services.cli import migrate
 from services.common.auth import Role
@@ -66,11 +67,7 @@ async def database(settings: Settings) -> AsyncIterator[str]:
         await admin.close()
     await asyncio.to_thread(migrate, settings.db.sqlalchemy_url(name))
     yield name
-    admin = await asyncpg.connect(settings.db.asyncpg_dsn("postgres"))
-    try:
-        await admin.execute(f"drop database if exists {name} with (force)")
-    finally:
-        await admin.close()
+    await drop_database(settings, name)
 
 
 @pytest_asyncio.fixture

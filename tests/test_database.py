@@ -16,6 +16,7 @@ import shapely
 from alembic import command
 from sqlalchemy.engine import make_url
 
+from bench.common import drop_database
 from services.cli import alembic_config
 from services.common.bus.memory import MemoryBus
 from services.common.database import Database
@@ -32,6 +33,7 @@ from services.ingest.repository import (
     CONFLICTS_SQL,
     FIRST_FIXES_SQL,
     NEIGHBOURS_SQL,
+    NEWEST_AFTER_SQL,
     REACH_SQL,
     STAGING_SQL,
     STORED_POSITIONS_SQL,
@@ -46,6 +48,7 @@ from services.ingest.repository import (
     claim_unboxed,
     days_of,
     finish_unboxed,
+    newest_after,
     partition_name,
     store_fixes,
     stored_positions,
@@ -189,6 +192,16 @@ async def test_batch_reads_probe_an_index_however_much_trail_is_stored(
         assert "Seq Scan" not in plan and "pkey" in plan, plan
         resent = ("RS-3", fixes[3].ts.timestamp())
         assert await stored_positions(conn, live) == {}
+        # A tag's newest stored fix after a time, for a tag new to ingest: the key's
+        # newest entry in the partitions from that time on only.
+        args = ([k for k, _ in live], [day.timestamp()] * 200)
+        plan = "\n".join(
+            r[0] for r in await conn.fetch("explain analyze " + NEWEST_AFTER_SQL, *args)
+        )
+        assert "Seq Scan" not in plan and "pkey" in plan, plan
+        newest = (day + timedelta(minutes=119)).timestamp()
+        assert await newest_after(conn, *args) == {k: newest for k, _ in live}
+        assert await newest_after(conn, [k for k, _ in live], [newest] * 200) == {}
         assert await stored_positions(conn, [*live, resent]) == {resent: (51.503, -0.1, 10.0)}
         # The store's look-up of conflicting duplicates likewise (as a plain join it
         # hashed every partition of the trail).
@@ -611,8 +624,8 @@ async def test_upgrading_a_stored_trail_gives_it_boxes(settings: Settings) -> No
         finally:
             await conn.close()
     finally:
-        await admin.execute(f"drop database if exists {name} with (force)")
         await admin.close()
+        await drop_database(settings, name)
 
 
 def test_waiting_batches_merge_into_runs_a_subject_of_their_spans() -> None:

@@ -18,6 +18,8 @@ from services.common.database import Database
 from services.common.settings import Settings
 from services.common.timeutil import utcnow
 from services.ingest.batch import FixBatch
+from services.ingest.horizons import FixHorizons
+from services.ingest.repository import Partitions, store_fixes
 from services.ingest.schemas import FixMessage, FixSource, Rejection, StreamedFix
 from services.ingest.service import (
     NOT_JSON,
@@ -542,3 +544,85 @@ async def test_the_tag_directory_answers_as_the_registry_does_after_every_change
     wanted.append("T-NEW")
     kept, fresh = await both()
     assert kept == fresh and "T-NEW" in kept
+
+
+def _fixes(tag: str, subject: uuid.UUID, times: list[datetime]) -> FixBatch:
+    return FixBatch.of(
+        [
+            FixMessage(
+                tag_id=tag,
+                subject_id=subject,
+                ts=t,
+                received_at=t,
+                lat=52.57,
+                lon=-0.24,
+                accuracy_m=10.0,
+            )
+            for t in times
+        ]
+    )
+
+
+async def test_only_fixes_at_or_before_their_tags_horizon_are_looked_up(db: Database) -> None:
+    """Random requests for a few tags, each fix in order, late, or a re-send of a stored
+    one, each request stored after it is judged: every fix already in the trail is among
+    those looked up (the only ones a re-send can be found among), and after its tag's
+    first request a fix newer than any of its tag's is not. A tag whose trail holds later
+    fixes than the process has seen (stored through another process) gets its horizon
+    from the trail."""
+    rng = random.Random(7)
+    start = utcnow().replace(microsecond=0) - timedelta(hours=3)
+    tags = {f"HZ-{i}": uuid.uuid4() for i in range(4)}
+    horizons = FixHorizons(ttl_s=3600)
+    stored_keys: set[tuple[str, float]] = set()
+    newest: dict[str, float] = {}
+    skipped = 0
+    async with db.pool.acquire() as conn:
+        # HZ-0's trail already runs to start + 2 h, stored by another process.
+        other = _fixes("HZ-0", tags["HZ-0"], [start + timedelta(hours=2)])
+        await store_fixes(conn, Partitions(), other)
+        stored_keys.add(("HZ-0", float(other.ts[0])))
+        for step in range(40):
+            tag = rng.choice(sorted(tags))
+            kind = rng.choice(["in order", "late", "re-send"])
+            last = newest.get(tag, start.timestamp())
+            if kind == "in order":
+                times = [last + 60 * (k + 1) for k in range(rng.randint(1, 4))]
+            elif kind == "late":
+                times = [last - rng.randint(1, 50) * 60 - 7]
+            else:
+                mine = sorted(t for g, t in stored_keys if g == tag)
+                times = rng.sample(mine, min(len(mine), 2)) or [last + 60]
+            batch = _fixes(tag, tags[tag], [datetime.fromtimestamp(t, UTC) for t in times])
+            met = tag in newest
+            unsure = (await horizons.unsure(conn, batch)).tolist()
+            for t, u in zip(times, unsure, strict=True):
+                if (tag, t) in stored_keys:
+                    assert u, (step, kind, tag, t)
+                if met and t > max(newest[tag], *(s for g, s in stored_keys if g == tag)):
+                    assert not u, (step, kind, tag, t)
+                    skipped += 1
+            if tag == "HZ-0" and not met:
+                assert all(unsure)
+            fresh = [t for t in times if (tag, t) not in stored_keys]
+            if fresh:
+                await store_fixes(
+                    conn,
+                    Partitions(),
+                    _fixes(tag, tags[tag], [datetime.fromtimestamp(t, UTC) for t in fresh]),
+                )
+            stored_keys.update((tag, t) for t in times)
+            newest[tag] = max(newest.get(tag, -1.0), *times)
+    assert skipped > 10
+
+
+async def test_a_tags_horizon_is_forgotten_after_its_ttl(db: Database) -> None:
+    """With no time to trust it, every fix is looked up every request."""
+    subject = uuid.uuid4()
+    start = utcnow().replace(microsecond=0) - timedelta(hours=1)
+    trusting, forgetful = FixHorizons(ttl_s=3600), FixHorizons(ttl_s=0)
+    async with db.pool.acquire() as conn:
+        for minute in range(3):
+            batch = _fixes("HZ-T", subject, [start + timedelta(minutes=minute)])
+            assert (await forgetful.unsure(conn, batch)).all()
+            assert (await trusting.unsure(conn, batch)).all() == (minute == 0)

@@ -89,6 +89,10 @@ class IngestSettings(BaseSettings):
     # rollover, reset clock), not a late upload.
     max_fix_age_days: int = Field(default=365, ge=1)
     max_accuracy_m: float = Field(default=10_000.0, gt=0)
+    # How long ingest trusts what it remembers of a tag's stored trail (its horizon:
+    # services/ingest/horizons.py) before asking the trail again. Bounds how long a
+    # re-send of a fix stored through another API process can pass for new.
+    horizon_ttl_s: float = Field(default=60.0, ge=0, le=3600)
 
 
 class CheckSettings(BaseSettings):

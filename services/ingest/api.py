@@ -14,23 +14,27 @@ from services.common.deps import RuntimeDep, SessionDep, Supplier
 from services.common.errors import PayloadTooLarge, Unprocessable
 from services.common.limits import read_body
 from services.common.runtime import Runtime
+from services.common.settings import IngestSettings
 from services.common.timeutil import utcnow
 from services.ingest import service
+from services.ingest.horizons import FixHorizons
 from services.ingest.schemas import EventsResult, IngestResult
-from services.ingest.service import Item
+from services.ingest.service import IngestMemory, Item
 from services.registry.service import TagDirectory
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
 
-def tag_directory(request: Request) -> TagDirectory:
-    """The app's tags as met so far (one directory an app, as an app serves one
+def ingest_memory(request: Request, settings: IngestSettings) -> IngestMemory:
+    """The app's tags and their horizons as met so far (one an app, as an app serves one
     database)."""
     state = request.app.state
-    directory: TagDirectory | None = getattr(state, "tag_directory", None)
-    if directory is None:
-        directory = state.tag_directory = TagDirectory()
-    return directory
+    memory: IngestMemory | None = getattr(state, "ingest_memory", None)
+    if memory is None:
+        memory = state.ingest_memory = IngestMemory(
+            TagDirectory(), FixHorizons(settings.horizon_ttl_s)
+        )
+    return memory
 
 
 async def read_json_list(
@@ -68,7 +72,7 @@ async def _hand_over(
         session,
         runtime.db,
         runtime.bus,
-        tag_directory(request),
+        ingest_memory(request, runtime.settings.ingest),
         supplier,
         items,
         utcnow(),

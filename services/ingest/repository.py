@@ -618,6 +618,33 @@ async def stored_positions(
     return {(r[0], r[1].timestamp()): (r[2], r[3], r[4]) for r in rows}
 
 
+# $1 tag ids, $2 a time each as seconds since 1970 (as STORED_POSITIONS_SQL): each tag's
+# newest stored fix time after its time, for the tags that have one. One probe of the
+# primary key a tag and partition after the time (run-time pruning keeps the partitions
+# before it out): with live fixes, today's and the empty days kept ready ahead.
+NEWEST_AFTER_SQL = """
+select u.tag_id, n.ts
+from unnest($1::text[], $2::float8[]) as u(tag_id, s)
+cross join lateral (
+    select t.ts from trail_points t
+    where t.tag_id = u.tag_id and t.ts > to_timestamp(u.s)
+    order by t.ts desc
+    limit 1
+) n
+"""
+
+
+async def newest_after(
+    conn: asyncpg.Connection, tag_ids: Sequence[str], after: Sequence[float]
+) -> dict[str, float]:
+    """The newest stored fix time (seconds since 1970) of each tag later than its time
+    here, for the tags that have one."""
+    if not tag_ids:
+        return {}
+    rows = await conn.fetch(NEWEST_AFTER_SQL, tag_ids, after)
+    return {r[0]: r[1].timestamp() for r in rows}
+
+
 # $1 lat, $2 lon, $3/$4 bucket range, $5 box margin (degrees), $6 TrailBoxes.SPAN.
 # The second half: a subject with stored fixes whose boxes the box keeper has yet to
 # widen is a candidate wherever the place, if those fixes' span meets the buckets'

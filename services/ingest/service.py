@@ -28,6 +28,7 @@ from services.common.metrics import (
 from services.common.settings import IngestSettings
 from services.ingest import repository
 from services.ingest.batch import FixBatch, codes_of
+from services.ingest.horizons import FixHorizons
 from services.ingest.pgcopy import SOURCES
 from services.ingest.schemas import (
     DeviceEvent,
@@ -48,6 +49,15 @@ class Item:
 
     index: int
     raw: Any
+
+
+@dataclass(frozen=True, slots=True)
+class IngestMemory:
+    """What ingest keeps across a process's requests: who wears each tag it has met, and
+    each tag's horizon."""
+
+    tags: TagDirectory
+    horizons: FixHorizons
 
 
 # Stands in for a stream line that was not JSON, so it is rejected in its place.
@@ -205,7 +215,7 @@ async def ingest(
     session: AsyncSession,
     db: Database,
     bus: Bus,
-    tags: TagDirectory,
+    memory: IngestMemory,
     supplier: Principal,
     items: Sequence[Item],
     now: datetime,
@@ -213,11 +223,11 @@ async def ingest(
 ) -> IngestResult:
     await _release(session)
     async with db.pool.acquire() as conn:
-        batch = await admit_clean(conn, tags, supplier, items, now, settings)
+        batch = await admit_clean(conn, memory.tags, supplier, items, now, settings)
         rejected: list[Rejection] = []
         if batch is None:
             admitted, rejected = await admit(
-                conn, tags, supplier, items, now, settings, StreamedFix
+                conn, memory.tags, supplier, items, now, settings, StreamedFix
             )
             # From the JSON values StreamedFix has just passed, not its fields: pydantic's
             # validator, in Rust, builds a model from strings and numbers faster than
@@ -231,7 +241,7 @@ async def ingest(
                     ]
                 )
             )
-        fresh, duplicates, conflicts = await _separate_resends(conn, batch)
+        fresh, duplicates, conflicts = await _separate_resends(conn, batch, memory.horizons)
     await bus.publish_batch(POINTS, fresh)
 
     FIXES_ACCEPTED.inc(len(fresh) - conflicts)
@@ -386,7 +396,7 @@ async def ingest_events(
     session: AsyncSession,
     db: Database,
     bus: Bus,
-    tags: TagDirectory,
+    memory: IngestMemory,
     supplier: Principal,
     items: Sequence[Item],
     now: datetime,
@@ -395,7 +405,9 @@ async def ingest_events(
     """Device events: validated and attributed like fixes, then put on the bus."""
     await _release(session)
     async with db.pool.acquire() as conn:
-        admitted, rejected = await admit(conn, tags, supplier, items, now, settings, DeviceEventIn)
+        admitted, rejected = await admit(
+            conn, memory.tags, supplier, items, now, settings, DeviceEventIn
+        )
     events = [
         DeviceEvent(subject_id=subject, received_at=now, **event.model_dump())
         for _, event, subject in admitted
@@ -413,16 +425,26 @@ async def _release(session: AsyncSession) -> None:
     await session.commit()
 
 
-async def _separate_resends(conn: asyncpg.Connection, batch: FixBatch) -> tuple[FixBatch, int, int]:
+async def _separate_resends(
+    conn: asyncpg.Connection, batch: FixBatch, horizons: FixHorizons
+) -> tuple[FixBatch, int, int]:
     """Drops identical re-sends (in the request or already stored); keeps conflicting ones,
-    which the store worker sets aside, and counts them."""
+    which the store worker sets aside, and counts them. Only fixes at or before their
+    tag's horizon are looked up in the trail (services/ingest/horizons.py)."""
+    unsure = await horizons.unsure(conn, batch)
+    order = np.lexsort((batch.ts, batch.tag))
+    twice = (np.diff(batch.tag[order]) == 0) & (np.diff(batch.ts[order]) == 0)
+    if not unsure.any() and not twice.any():
+        return batch, 0, 0  # nearly always: every fix newer than its tag's trail, each once
     keys = list(zip(batch.tag_ids(), batch.ts.tolist(), strict=True))
-    stored = await repository.stored_positions(conn, keys)
+    stored = await repository.stored_positions(
+        conn, [k for k, u in zip(keys, unsure.tolist(), strict=True) if u]
+    )
     first: dict[tuple[str, float], int] = {}
     for i, key in enumerate(keys):
         first.setdefault(key, i)
     if not stored and len(first) == len(keys):
-        return batch, 0, 0  # nearly always: every fix new, each once
+        return batch, 0, 0  # every fix new, each once
 
     def position(i: int) -> tuple[float, float, float]:
         return (float(batch.lat[i]), float(batch.lon[i]), float(batch.accuracy_m[i]))
