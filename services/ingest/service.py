@@ -430,13 +430,14 @@ async def _separate_resends(
 ) -> tuple[FixBatch, int, int]:
     """Drops identical re-sends (in the request or already stored); keeps conflicting ones,
     which the store worker sets aside, and counts them. Only fixes at or before their
-    tag's horizon are looked up in the trail (services/ingest/horizons.py)."""
-    unsure = await horizons.unsure(conn, batch)
+    tag's horizon, or re-sends of fixes taken since, are looked up in the trail
+    (services/ingest/horizons.py)."""
+    keys = list(zip(batch.tag_ids(), batch.ts.tolist(), strict=True))
+    unsure = await horizons.unsure(conn, batch, keys)
     order = np.lexsort((batch.ts, batch.tag))
     twice = (np.diff(batch.tag[order]) == 0) & (np.diff(batch.ts[order]) == 0)
     if not unsure.any() and not twice.any():
-        return batch, 0, 0  # nearly always: every fix newer than its tag's trail, each once
-    keys = list(zip(batch.tag_ids(), batch.ts.tolist(), strict=True))
+        return batch, 0, 0  # nearly always: every fix new to its tag's trail, each once
     stored = await repository.stored_positions(
         conn, [k for k, u in zip(keys, unsure.tolist(), strict=True) if u]
     )
