@@ -48,7 +48,11 @@ Key = tuple[str, float]
 class FixHorizons:
     """Each met tag's horizon (seconds since 1970) and the keys taken since, for the tags
     a process has met in the last `ttl_s` seconds; at most `max_tags` tags, and `keys`
-    keys a generation (two kept)."""
+    keys a generation (two kept). Folding a generation raises every tag's horizon to
+    the newest time among its keys, whichever the tag (a floor under every horizon):
+    cheaper than a tag at a time, and as true, since raising a horizon is always safe;
+    it costs a look-up only for a fix older than a whole generation's newest, a late
+    one."""
 
     def __init__(self, ttl_s: float, max_tags: int = 100_000, keys: int = 100_000) -> None:
         self.ttl_s = ttl_s
@@ -58,22 +62,20 @@ class FixHorizons:
 
     def forget(self) -> None:
         self._horizon: dict[str, float] = {}
-        # The two generations of keys, each with the newest time of each tag among them
-        # (what its tag's horizon becomes when it is folded).
+        self._highest = -np.inf  # of the horizons above
+        self._floor = -np.inf
+        # The two generations of keys, each with the newest time among them.
         self._older: set[Key] = set()
-        self._older_newest: dict[str, float] = {}
+        self._older_newest = -np.inf
         self._newer: set[Key] = set()
-        self._newer_newest: dict[str, float] = {}
+        self._newer_newest = -np.inf
         self._since = time.monotonic()
 
     def _fold(self) -> None:
-        """The older generation into the horizons; the newer becomes the older."""
-        horizon = self._horizon
-        for tag, t in self._older_newest.items():
-            if t > horizon.get(tag, -np.inf):
-                horizon[tag] = t
+        """The older generation into the floor; the newer becomes the older."""
+        self._floor = max(self._floor, self._older_newest)
         self._older, self._older_newest = self._newer, self._newer_newest
-        self._newer, self._newer_newest = set(), {}
+        self._newer, self._newer_newest = set(), -np.inf
 
     async def unsure(
         self, conn: asyncpg.Connection, batch: FixBatch, keys: Sequence[Key]
@@ -82,32 +84,34 @@ class FixHorizons:
         already, the batch being about to go on the bus: every key is remembered."""
         if time.monotonic() - self._since > self.ttl_s or len(self._horizon) > self.max_tags:
             self.forget()
-        newest = np.full(len(batch.tags), -np.inf)
-        np.maximum.at(newest, batch.tag, batch.ts)
-        used = np.flatnonzero(newest > -np.inf).tolist()
-        tags = [batch.tags[i] for i in used]
-        unmet = [i for i, t in zip(used, tags, strict=True) if t not in self._horizon]
+        used = np.unique(batch.tag).tolist()
+        unmet = [i for i in used if batch.tags[i] not in self._horizon]
         if unmet:
+            newest = np.full(len(batch.tags), -np.inf)
+            np.maximum.at(newest, batch.tag, batch.ts)
             after = newest[unmet].tolist()
-            stored = await repository.newest_after(conn, [batch.tags[i] for i in unmet], after)
-            for i, first in zip(unmet, after, strict=True):
-                tag = batch.tags[i]
+            tags = [batch.tags[i] for i in unmet]
+            stored = await repository.newest_after(conn, tags, after)
+            for tag, first in zip(tags, after, strict=True):
                 # Its fixes here are at or before it, so every one is looked up.
-                self._horizon[tag] = max(self._horizon.get(tag, -np.inf), stored.get(tag, first))
+                t = max(self._horizon.get(tag, -np.inf), stored.get(tag, first))
+                self._horizon[tag] = t
+                self._highest = max(self._highest, t)
         # From here to the end nothing is awaited: the look-up and remembering the keys
         # are one step for every other request.
-        horizons = self._horizon
-        horizon = np.full(len(batch.tags), np.inf)
-        horizon[used] = [horizons.get(t, np.inf) for t in tags]
-        unsure = batch.ts <= horizon[batch.tag]
+        if self._highest > self._floor:
+            horizons = self._horizon
+            horizon = np.full(len(batch.tags), np.inf)
+            horizon[used] = [max(horizons.get(batch.tags[i], np.inf), self._floor) for i in used]
+            unsure = batch.ts <= horizon[batch.tag]
+        else:
+            unsure = batch.ts <= self._floor
         seen = self._newer.intersection(keys) | self._older.intersection(keys)
         if seen:
             unsure |= np.fromiter((k in seen for k in keys), dtype=bool, count=len(keys))
         self._newer.update(keys)
-        known = self._newer_newest
-        for tag, t in zip(tags, newest[used].tolist(), strict=True):
-            if t > known.get(tag, -np.inf):
-                known[tag] = t
+        if len(batch):
+            self._newer_newest = max(self._newer_newest, float(batch.ts.max()))
         if len(self._newer) > self.keys:
             self._fold()
         return unsure
