@@ -48,13 +48,15 @@ Key = tuple[str, float]
 class FixHorizons:
     """Each met tag's horizon (seconds since 1970) and the keys taken since, for the tags
     a process has met in the last `ttl_s` seconds; at most `max_tags` tags, and `keys`
-    keys a generation (two kept). Folding a generation raises every tag's horizon to
+    keys a generation (two kept, about 120 bytes a key). A generation must outlast the
+    fixes in flight at once (8 requests of 2,000 in the benchmark), or requests that
+    overtake others are looked up. Folding a generation raises every tag's horizon to
     the newest time among its keys, whichever the tag (a floor under every horizon):
     cheaper than a tag at a time, and as true, since raising a horizon is always safe;
     it costs a look-up only for a fix older than a whole generation's newest, a late
     one."""
 
-    def __init__(self, ttl_s: float, max_tags: int = 100_000, keys: int = 100_000) -> None:
+    def __init__(self, ttl_s: float, max_tags: int = 100_000, keys: int = 50_000) -> None:
         self.ttl_s = ttl_s
         self.max_tags = max_tags
         self.keys = keys

@@ -367,9 +367,11 @@ class KeptBoxes:
     admitted), so each is at least as large in trail_boxes: a box a round would widen
     to nothing beyond it can be left out of the upsert, which then changes nothing
     (a look-up of the key and a comparison, 29 % of the rows sent in the eleventh
-    session's count). At most `max_boxes` are kept; then they are forgotten."""
+    session's count). At most `max_boxes` are kept (about 200 bytes each), then they
+    are forgotten: the boxes that matter are those of the live edge, a few buckets a
+    subject."""
 
-    def __init__(self, max_boxes: int = 200_000) -> None:
+    def __init__(self, max_boxes: int = 50_000) -> None:
         self.max_boxes = max_boxes
         self._boxes: dict[tuple[uuid.UUID, float], tuple[float, float, float, float]] = {}
 
