@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -37,6 +38,8 @@ class Sent:
     requests: int = 0
     failures: int = 0
     latencies: list[float] = field(default_factory=list)
+    # Why requests failed: the error's type, or the status and the start of the answer.
+    reasons: Counter[str] = field(default_factory=Counter)
 
 
 def window(
@@ -132,13 +135,15 @@ async def post(
                 r = await client.post(
                     f"{url}/v1/fixes/stream", content=b"\n".join(lines), headers=headers
                 )
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
                 sent.failures += 1
+                sent.reasons[type(exc).__name__] += 1
                 continue
             sent.latencies.append(time.perf_counter() - t0)
             sent.requests += 1
             if r.status_code != 202:
                 sent.failures += 1
+                sent.reasons[f"{r.status_code} {r.text[:200]}"] += 1
                 continue
             answer = r.json()
             sent.accepted += answer["accepted"]

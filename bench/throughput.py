@@ -26,6 +26,7 @@ import resource
 import signal
 import socket
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -486,6 +487,8 @@ async def measure(
         f" failed requests {sent.failures}, dead letters {dead}); alerts: {alerts};"
         f" request p50 {lat[0]:.0f} ms p99 {lat[1]:.0f} ms ({args.batch} fixes each){label}"
     )
+    for reason, n in sent.reasons.most_common():
+        print(f"failed requests: {n} x {reason} (the servers' logs: {args.logs})")
     used = {k: cpu1[k] - cpu0[k] for k in cpu1}
     print(
         f"CPU while fixes flowed ({took:.1f} s x {os.cpu_count()} cores ="
@@ -597,6 +600,8 @@ async def main(argv: list[str] | None = None) -> int:
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     args.kafka_bootstrap, args.topic_prefix = settings.kafka.bootstrap, prefix
     args.statements_dsn, args.database = settings.db.asyncpg_dsn("postgres"), name
+    args.logs = Path(tempfile.mkdtemp(prefix=f"{name}-logs-"))
+    print(f"servers' logs: {args.logs}")
     env = {
         **os.environ,
         "TAGTRAIL_DB_NAME": name,
@@ -618,16 +623,18 @@ async def main(argv: list[str] | None = None) -> int:
         # first on the path, and it is told where this one's local services run (it may
         # have no .local of its own). The checkouts must share the database schema.
         here = {**local_services(), **env, "PYTHONPATH": str(code)} if code != ROOT else env
-        return {
-            " ".join(c): await asyncio.create_subprocess_exec(
-                str(ROOT / ".venv/bin/tagtrail"),
-                *c,
-                env=here,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            for c in commands
-        }
+        procs = {}
+        for c in commands:
+            # Each process's log, kept for a run's life (a stretch's processes append).
+            with (args.logs / f"{'-'.join(c)}.log").open("ab") as log:
+                procs[" ".join(c)] = await asyncio.create_subprocess_exec(
+                    str(ROOT / ".venv/bin/tagtrail"),
+                    *c,
+                    env=here,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                )
+        return procs
 
     procs = await launch()
     try:
