@@ -526,3 +526,21 @@ async def test_kafka_reads_points_records_written_before_batches(settings: Setti
     finally:
         await producer.stop()
         await bus.stop()
+
+
+async def test_many_publishes_at_once_to_one_partition_all_get_through(settings: Settings) -> None:
+    """aiokafka sends a partition's batches one at a time, and takes the time a send has
+    waited off its timeout again every time it wakes to another batch ahead: with many
+    publishes at once on one partition, the last timed out after a small part of the
+    timeout. They queue a partition at a time here, and every one goes through."""
+    isolated = kafka_settings(settings)
+    isolated.kafka = isolated.kafka.model_copy(update={"partitions": 1, "request_timeout_s": 2.0})
+    bus = KafkaBus(isolated.kafka, DEAD, [READINGS, DEAD])
+    await bus.start()
+    try:
+        bulky = "x" * 200_000
+        await asyncio.gather(
+            *(bus.publish(READINGS, [(f"k{i}", Reading(key=bulky, n=i))]) for i in range(64))
+        )
+    finally:
+        await bus.stop()

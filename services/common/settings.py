@@ -60,6 +60,8 @@ class KafkaSettings(BaseSettings):
     bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = "tagtrail."
     partitions: int = Field(default=8, ge=1, le=1024)
+    # How long a publish may wait for the broker (the producer's request timeout).
+    request_timeout_s: float = Field(default=40.0, gt=0, le=600)
 
 
 class BusSettings(BaseSettings):

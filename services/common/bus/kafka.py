@@ -176,6 +176,8 @@ class KafkaBus(Bus):
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._lags: dict[int, dict[int, int]] = {}
+        # One publish at a time adds batches to a partition (see publish_raw).
+        self._adding: defaultdict[tuple[str, int], asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def physical(self, topic: Topic[Any]) -> str:
         return self.settings.topic_prefix + topic.name
@@ -206,6 +208,7 @@ class KafkaBus(Bus):
             linger_ms=2,
             partitioner=self._partitioner,
             max_request_size=MAX_REQUEST_BYTES,
+            request_timeout_ms=int(self.settings.request_timeout_s * 1000),
         )
         await self._producer.start()
         lanes = [(sub, lane) for sub in self.subscriptions for lane in range(self.lanes)]
@@ -286,16 +289,40 @@ class KafkaBus(Bus):
             sends: list[asyncio.Future[Any]] = []
             headers = [PACKED] if topic.packed else []
             for p, group in by_partition.items():
-                batch = producer.create_batch()
-                records = pack(topic, group) if topic.packed else ((e.key, e.value) for e in group)
-                for key, value in records:
-                    if batch.append(key=key, value=value, timestamp=None, headers=headers):
-                        continue
-                    sends.append(await producer.send_batch(batch, name, partition=p))
+                # aiokafka (0.14) sends one batch a partition at a time, and a send_batch
+                # waits for the one before; but each time a waiter wakes to find another
+                # batch ahead, it takes all the time waited so far off its timeout again
+                # (message_accumulator.add_batch), so with several publishes waiting on
+                # one partition the last ones time out (KafkaTimeoutError) after a small
+                # part of the timeout: the benchmark's API answered 503 under load
+                # (docs/benchmarks.md, twelfth session). Publishes queue here instead,
+                # a partition at a time, and each waits for at most the one batch ahead.
+                lock = self._adding[(name, p)]
+                try:
+                    async with asyncio.timeout(self.settings.request_timeout_s):
+                        await lock.acquire()
+                except TimeoutError as exc:
+                    raise BusUnavailable(
+                        "the message bus did not take the messages in time"
+                    ) from exc
+                try:
                     batch = producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                        raise BusUnavailable(f"a message of {len(value)} bytes is too large")
-                sends.append(await producer.send_batch(batch, name, partition=p))
+                    records = (
+                        pack(topic, group) if topic.packed else ((e.key, e.value) for e in group)
+                    )
+                    for key, value in records:
+                        if batch.append(key=key, value=value, timestamp=None, headers=headers):
+                            continue
+                        sends.append(await producer.send_batch(batch, name, partition=p))
+                        batch = producer.create_batch()
+                        if (
+                            batch.append(key=key, value=value, timestamp=None, headers=headers)
+                            is None
+                        ):
+                            raise BusUnavailable(f"a message of {len(value)} bytes is too large")
+                    sends.append(await producer.send_batch(batch, name, partition=p))
+                finally:
+                    lock.release()
             # acks=all: each future resolves once every in-sync replica has the batch.
             await asyncio.gather(*sends)
         except KafkaError as exc:
