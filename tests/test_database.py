@@ -40,7 +40,6 @@ from services.ingest.repository import (
     SUBJECTS_PASSING_SQL,
     TRAILS_IN_SQL,
     TRAILS_SINCE_SQL,
-    KeptBoxes,
     Partitions,
     TrailBoxes,
     Unboxed,
@@ -270,30 +269,24 @@ async def _arrive(
         rng.shuffle(arrivals)
     arrivals += fixes[:50]  # resent: changes nothing
     partitions = Partitions()
-    # The box keeper remembers the boxes it has written and sends only those that grow.
-    kept = KeptBoxes()
     while arrivals:
         size = rng.randint(1, 40)
         await store_fixes(conn, partitions, FixBatch.of(arrivals[:size]))
         arrivals = arrivals[size:]
         # The box keeper takes the stored batches waiting now and then, a few at a time.
         if rng.random() < 0.3:
-            await _box(conn, rng.randint(1, 6), kept)
-    await _box(conn, kept=kept)
+            await _box(conn, rng.randint(1, 6))
+    await _box(conn)
 
 
-async def _box(
-    conn: asyncpg.Connection, limit: int | None = None, kept: KeptBoxes | None = None
-) -> None:
+async def _box(conn: asyncpg.Connection, limit: int | None = None) -> None:
     """Widens the boxes of the stored batches waiting, as the box keeper does: up to
     `limit` of them, or all."""
     while True:
         async with conn.transaction():
             unboxed = await claim_unboxed(conn, limit or 1000)
-            sent = await widen_boxes(conn, unboxed, kept)
+            await widen_boxes(conn, unboxed)
             await finish_unboxed(conn, unboxed)
-        if kept is not None:
-            kept.committed(sent)
         if limit or not unboxed.ids:
             return
 

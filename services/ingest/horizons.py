@@ -2,7 +2,7 @@
 yet is taken as new without asking the database.
 
 Every request used to look up each of its fixes in the trail (`stored_positions`), to
-tell a re-send from a new fix: a probe of the primary key a fix, 7 to 11 µs of
+tell a re-send from a new fix: a probe of the primary key a fix, 7 to 13 µs of
 PostgreSQL a fix at full load, the costliest statement after the COPY itself
 (docs/benchmarks.md, eleventh and twelfth sessions). But nearly every fix is new, and
 ingest has seen every fix stored since it met the tag: only the fixes it cannot vouch
@@ -11,7 +11,7 @@ for need looking up.
 For each tag met, a *horizon*: a time at or before which the tag's stored fixes are not
 known, and after it, the fixes ingest has put on the bus since (their keys, tag and
 time, in two generations: the newer holds at most `keys` keys, and when it is full
-the older is folded into the horizons and dropped). A fix is looked up if it is at or
+the older is folded into a floor under every horizon and dropped). A fix is looked up if it is at or
 before its tag's horizon, or its key is remembered (a re-send); any other fix of a met
 tag cannot be stored. Out of order is fine: requests overtake each other, and a fix
 older than one already taken is still new unless its own key is remembered.
@@ -20,8 +20,8 @@ How this stays true: fixes reach the trail only through ingest, which remembers 
 fix's key before putting it on the bus (remembering a key or raising a horizon is
 always safe: it only makes more fixes looked up). A tag new to the process gets its
 horizon from the trail itself, its newest stored fix after the request's newest fix
-(a probe or two of the primary key), or that fix; its fixes in that request are all
-looked up.
+(a probe of the primary key a day's partition from then on), or that fix; its fixes in
+that request are all looked up.
 
 What it cannot see: fixes stored through another process (a second API replica behind
 the same load balancer). A re-send of one of those, reaching this process after it has

@@ -351,64 +351,10 @@ async def finish_unboxed(conn: asyncpg.Connection, unboxed: Unboxed) -> None:
     await conn.execute(DONE_SQL, unboxed.ids)
 
 
-@dataclass(frozen=True, slots=True)
-class Boxes:
-    """Boxes as sent to trail_boxes: subject, bucket (epoch seconds), and sides (min lon,
-    min lat, max lon, max lat) a row."""
-
-    subjects: list[uuid.UUID]
-    buckets: list[float]
-    sides: list[tuple[float, float, float, float]]
-
-
-class KeptBoxes:
-    """The boxes a keeper has written and seen committed. Boxes only grow (retention
-    drops a day's boxes only with its fixes, and no fix old enough for that is
-    admitted), so each is at least as large in trail_boxes: a box a round would widen
-    to nothing beyond it can be left out of the upsert, which then changes nothing
-    (a look-up of the key and a comparison, 29 % of the rows sent in the eleventh
-    session's count). At most `max_boxes` are kept (about 200 bytes each), then they
-    are forgotten: the boxes that matter are those of the live edge, a few buckets a
-    subject."""
-
-    def __init__(self, max_boxes: int = 50_000) -> None:
-        self.max_boxes = max_boxes
-        self._boxes: dict[tuple[uuid.UUID, float], tuple[float, float, float, float]] = {}
-
-    def growing(self, boxes: Boxes) -> list[int]:
-        """Which of these boxes reach beyond the one kept for their key (or have none)."""
-        kept = self._boxes
-        out = []
-        for i, key in enumerate(zip(boxes.subjects, boxes.buckets, strict=True)):
-            known = kept.get(key)
-            x0, y0, x1, y1 = boxes.sides[i]
-            if known is None or x0 < known[0] or y0 < known[1] or x1 > known[2] or y1 > known[3]:
-                out.append(i)
-        return out
-
-    def committed(self, boxes: Boxes) -> None:
-        """These boxes are in trail_boxes now (each at least this large)."""
-        if len(self._boxes) + len(boxes.subjects) > self.max_boxes:
-            self._boxes = {}
-        kept = self._boxes
-        for key, (x0, y0, x1, y1) in zip(
-            zip(boxes.subjects, boxes.buckets, strict=True), boxes.sides, strict=True
-        ):
-            known = kept.get(key)
-            if known is not None:
-                x0, y0 = min(x0, known[0]), min(y0, known[1])
-                x1, y1 = max(x1, known[2]), max(y1, known[3])
-            kept[key] = (x0, y0, x1, y1)
-
-
-async def widen_boxes(
-    conn: asyncpg.Connection, unboxed: Unboxed, kept: KeptBoxes | None = None
-) -> Boxes:
-    """Widens the trail boxes by these stored fixes; returns the boxes sent (all of those
-    the fixes make, but those `kept` says would change nothing), for `kept.committed` once
-    the transaction has committed."""
+async def widen_boxes(conn: asyncpg.Connection, unboxed: Unboxed) -> None:
+    """Widens the trail boxes by these stored fixes."""
     if not len(unboxed.code):
-        return Boxes([], [], [])
+        return
     gap = BOX_MAX_GAP.total_seconds()
     los = [from_epoch(t - gap) for t in unboxed.first.tolist()]
     his = [from_epoch(t + gap) for t in unboxed.last.tolist()]
@@ -432,24 +378,13 @@ async def widen_boxes(
             points.accuracy_m,
         )
     )
-    boxes = Boxes(
-        [unboxed.subjects[i] for i in grown.owner.tolist()],
-        grown.bucket.tolist(),
-        list(map(tuple, grown.sides.tolist())),
-    )
-    if kept is not None:
-        growing = kept.growing(boxes)
-        if len(growing) < len(boxes.subjects):
-            boxes = Boxes(
-                [boxes.subjects[i] for i in growing],
-                [boxes.buckets[i] for i in growing],
-                [boxes.sides[i] for i in growing],
-            )
-    if boxes.subjects:
+    if len(grown.owner):
         await conn.execute(
-            WIDEN_SQL, boxes.subjects, boxes.buckets, *map(list, zip(*boxes.sides, strict=True))
+            WIDEN_SQL,
+            [unboxed.subjects[i] for i in grown.owner.tolist()],
+            grown.bucket.tolist(),
+            *(side.tolist() for side in grown.sides.T),
         )
-    return boxes
 
 
 # The same widening in one statement, by stored fixes in {source} (a table, or a

@@ -576,8 +576,6 @@ class CrimeMatcher:
         # The stored batches of the round that failed last, to try one at a time.
         self._suspects: list[int] = []
         self._claimed: list[int] = []
-        # The boxes written, so that a round sends only those that grow.
-        self._kept = trail_store.KeptBoxes()
 
     def start(self) -> None:
         self._keeper.start()
@@ -635,8 +633,7 @@ class CrimeMatcher:
             self._claimed = unboxed.ids
             # Committed before the trigger looks for them, on another connection.
             async with self.db.pool.acquire() as conn, conn.transaction():
-                sent = await trail_store.widen_boxes(conn, unboxed, self._kept)
-            self._kept.committed(sent)
+                await trail_store.widen_boxes(conn, unboxed)
             await self.trigger(unboxed)
             await trail_store.finish_unboxed(claim, unboxed)
         self._claimed = []
