@@ -23,6 +23,7 @@ import asyncio
 import os
 import random
 import resource
+import shutil
 import signal
 import socket
 import sys
@@ -637,6 +638,7 @@ async def main(argv: list[str] | None = None) -> int:
         return procs
 
     procs = await launch()
+    ok = False
     try:
         fleet = Fleet(FleetSpec(tags=args.tags, seed=4))
         stretch = timedelta(minutes=args.minutes)
@@ -744,6 +746,11 @@ async def main(argv: list[str] | None = None) -> int:
             print(f"database kept: {name}")
         else:
             await drop_database(settings, name)
+        # The servers' logs are for a run that failed, or one kept to look into.
+        if ok and not args.keep:
+            shutil.rmtree(args.logs, ignore_errors=True)
+        else:
+            print(f"servers' logs kept: {args.logs}")
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ class FixHorizons:
     ) -> npt.NDArray[np.bool_]:
         """Which of the batch's fixes (`keys`: each fix's tag and time) may be stored
         already, the batch being about to go on the bus: every key is remembered."""
-        if time.monotonic() - self._since > self.ttl_s or len(self._horizon) > self.max_tags:
+        if time.monotonic() - self._since >= self.ttl_s or len(self._horizon) > self.max_tags:
             self.forget()
         used = np.unique(batch.tag).tolist()
         unmet = [i for i in used if batch.tags[i] not in self._horizon]
