@@ -575,7 +575,7 @@ def _checker(
             if r.end is None or r.end >= since:
                 since = min(since, r.start)
         reach = Reach.of([f for f in trail_now if lo - gap <= f.ts <= hi + gap])
-        pending = {(SUBJECT, z.id)} if unsettled(reported, since) else set()
+        pending = {(SUBJECT, z.id)} if unsettled(reported, lo) else set()
         if shortcut and not to_check(
             {SUBJECT: SubjectZones.of([z])}, Reaches.of({SUBJECT: reach}), pending
         ):

@@ -782,14 +782,15 @@ def to_check(
     """Which of each subject's zones must be checked again, known without reading the
     trail back; subjects with none are left out.
 
-    Left out: an exclusion zone with no reported episode still open or ending in the
-    window (`unsettled` pairs have one), when the new fixes and every stored fix within
-    a path's reach of them (`reach`: the fixes from segment_max_gap_s before the first
-    new fix to as long after the last) stay clear of it. New fixes outside with
-    certainty, on paths that cannot touch the zone, can only interrupt runs of fixes
-    inside, never make one; and every run the trail held before was decided when its
-    own fixes came, so it is among the reported episodes, which force the check. A
-    randomized test holds this to the full check, batch by batch.
+    Left out: an exclusion zone with no reported episode still open or ending at or
+    after the subject's first new fix (`unsettled` pairs have one), when the new fixes
+    and every stored fix within a path's reach of them (`reach`: the fixes from
+    segment_max_gap_s before the first new fix to as long after the last) stay clear
+    of it. New fixes outside with certainty, on paths that cannot touch the zone, can
+    only interrupt runs of fixes inside, never make one; every run the trail held
+    before was decided when its own fixes came, so it is among the reported episodes;
+    and one that ended before every new fix is as it was. A randomized test holds this
+    to the full check, batch by batch.
 
     Every (subject, exclusion zone) pair is tested in one pass over arrays: a batch
     holds about a fix a subject at live rates, so this runs for each subject's few
@@ -829,9 +830,14 @@ def to_check(
     return out
 
 
-def unsettled(reported: Mapping[uuid.UUID, Reported], since: datetime) -> bool:
-    """Whether any reported episode is still open or ends in the window from `since`."""
-    return any(r.end is None or r.end >= since for r in reported.values())
+def unsettled(reported: Mapping[uuid.UUID, Reported], first_new: datetime) -> bool:
+    """Whether new fixes from `first_new` on could change a reported episode: one is
+    still open, or ends at or after that fix. An episode that ended before every new
+    fix stays as it is: its run was closed by a fix the new ones all follow (or by its
+    window's end), and runs and paths are decided by the fixes in time order up to
+    their end. A late fix within or before it has a time at or before its end, so it
+    still forces the check."""
+    return any(r.end is None or r.end >= first_new for r in reported.values())
 
 
 def episode_row(

@@ -236,7 +236,7 @@ class ZoneChecker:
             checks = to_check(
                 zones,
                 reach,
-                {k for k, eps in reported.items() if unsettled(eps, since[k[0]])},
+                {k for k, eps in reported.items() if unsettled(eps, spans[k[0]][0])},
             )
             if not checks:
                 return
