@@ -521,6 +521,57 @@ def test_episodes_in_arrays_are_those_found_a_fix_and_a_pair_at_a_time() -> None
     assert segments > 20 and runs > 50  # both kinds were found, many times
 
 
+def test_fixes_placed_for_many_pairs_at_once_are_placed_as_one_pair_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The zone checker places a batch's fixes for every pair it checks at once
+    (Placements.prime): zones of several shapes, some sharing a frame and some not,
+    trails partly placed before, fixes on the edges and far off. Each place is the one
+    placed for that pair alone, to the bit, and place() then computes nothing."""
+    rng = random.Random(5)
+    zones, centres = [], []
+    for k in range(12):
+        # Some 30 m apart (one frame), some tens of kilometres (frames of their own).
+        lat = CENTRE[0] + rng.choice([0.0, 0.0003, 0.25, -0.4])
+        lon = CENTRE[1] + rng.choice([0.0, 0.0004, 0.3])
+        shape = Point(lon, lat) if k % 3 == 2 else Polygon(square(lat, lon, 100.0))
+        centres.append((lat, lon))
+        zones.append(
+            PreparedZone.build(
+                uuid.UUID(int=100 + k),
+                1,
+                rng.choice(list(ZoneKind)),
+                f"z{k}",
+                shape,
+                radius_m=60.0 if k % 3 == 2 else None,
+                buffer_m=rng.choice([0.0, 25.0]),
+            )
+        )
+    assert len({z.frame.centre for z in zones}) > 2
+    pairs = []
+    for k, (z, (lat0, lon0)) in enumerate(zip(zones, centres, strict=True)):
+        trail = []
+        for i in range(rng.randint(1, 40)):
+            east, north = rng.uniform(-250, 250), rng.uniform(-250, 250)
+            if rng.random() < 0.2:
+                east, north = rng.choice([-160.0, -125.0, -100.0, 100.0, 125.0, 160.0]), 0.0
+            lon, lat, _ = WGS84.fwd(lon0, lat0, 90, east)
+            lon, lat, _ = WGS84.fwd(lon, lat, 0, north)
+            ts = T0 + timedelta(minutes=i)
+            trail.append(TrailFix("T", ts, ts, lat, lon, rng.choice([3.0, 20.0, 60.0, 400.0])))
+        pairs.append((z, uuid.UUID(int=k % 5), trail))
+    kept = Placements()
+    for z, subject, trail in pairs[::2]:
+        kept.place(z, subject, trail[: len(trail) // 2])  # some placed before
+    kept.prime(pairs)
+    with monkeypatch.context() as m:
+        m.setattr(service, "_place", lambda *_: pytest.fail("placed again"))
+        primed = [kept.place(z, s, trail) for z, s, trail in pairs]
+    assert primed == [Placements().place(z, s, trail) for z, s, trail in pairs]
+    codes = [p[0] for placed in primed for p in placed]
+    assert {0, 1, 2, 3} <= set(codes)  # every containment came up
+
+
 def test_trails_far_from_an_exclusion_zone_are_skipped_without_changing_any_answer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -61,7 +61,8 @@ class LocalFrame:
         # own took 130 MB of the zone checker's memory. Distances from a centre up to
         # 7 km away err by a factor of at most 1 + (7 km / 6,371 km)^2 / 6, about
         # 2 x 10^-7: 0.2 mm in a kilometre.
-        self._t = _local_transformer(round(lat0, 1), round(lon0, 1))
+        self.centre = (round(lat0, 1), round(lon0, 1))
+        self._t = _local_transformer(*self.centre)
 
     def point(self, lat: float, lon: float) -> tuple[float, float]:
         x, y = self._t.transform(lon, lat)

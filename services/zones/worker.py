@@ -264,6 +264,10 @@ class ZoneChecker:
                 window(s)
             async with self.db.pool.acquire() as conn:
                 trails = await trail_store.trails_since(conn, [(s, since[s]) for s in checks])
+            # Every pair's new fixes placed at once, not a call a pair.
+            self._placements.prime(
+                (zone, s, trails.get(s, [])) for s, zs in checks.items() for zone in zs
+            )
             alerts: list[AlertMessage] = []
             rows: list[dict[str, Any]] = []
             for subject_id, subject_zones in checks.items():
