@@ -16,7 +16,7 @@ import pytest
 from services.common.auth import Principal, Role
 from services.common.database import Database
 from services.common.settings import Settings
-from services.common.timeutil import utcnow
+from services.common.timeutil import from_epoch, utcnow
 from services.ingest.batch import FixBatch
 from services.ingest.horizons import FixHorizons
 from services.ingest.repository import Partitions, store_fixes
@@ -489,7 +489,11 @@ def test_a_batch_grouped_by_subject_keeps_each_ones_fixes_in_order_and_their_spa
     groups = {s: [fixes[i] for i in rows.tolist()] for s, rows in batch.groups().items()}
     assert groups == {s: [f for f in fixes if f.subject_id == s] for s in subjects}
     spans = {s: [min(f.ts for f in fs), max(f.ts for f in fs)] for s, fs in groups.items()}
-    assert batch.spans() == spans
+    subjects_of, first, last = batch.first_last()
+    assert {
+        s: [from_epoch(a), from_epoch(b)]
+        for s, a, b in zip(subjects_of, first.tolist(), last.tolist(), strict=True)
+    } == spans
     assert batch.messages() == fixes
     assert FixBatch.decode(batch.encode()).messages() == fixes
     halves = [batch.take(np.arange(0, 150)), batch.take(np.arange(150, 300))]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from itertools import pairwise
 from typing import Annotated, Any
 
@@ -285,14 +284,6 @@ class FixBatch:
         starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
         subjects = [self.subjects[c] for c in codes[starts].tolist()]
         return subjects, np.minimum.reduceat(ts, starts), np.maximum.reduceat(ts, starts)
-
-    def spans(self, rows: npt.NDArray[Any] | None = None) -> dict[uuid.UUID, list[datetime]]:
-        """Each subject's first and last fix time (among these rows, if given)."""
-        subjects, first, last = self.first_last(rows)
-        return {
-            s: [from_epoch(a), from_epoch(b)]
-            for s, a, b in zip(subjects, first.tolist(), last.tolist(), strict=True)
-        }
 
     def rows(self) -> TrailRows:
         """The fixes as trail_points rows, for COPY."""
