@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from bench.common import drop_database
 from services.cli import alembic_config
 from services.common.bus.memory import MemoryBus
-from services.common.database import Database
+from services.common.database import Database, side_by_side
 from services.common.geo import WGS84
 from services.common.metrics import FIXES_UNBOXED
 from services.common.settings import DatabaseSettings, Settings
@@ -411,6 +411,51 @@ async def test_times_sent_as_epoch_seconds_come_back_to_the_microsecond(db: Data
             times,
         )
     assert wrong == 0
+
+
+async def test_statements_side_by_side_give_their_results_or_the_first_failure_as_itself(
+    db: Database,
+) -> None:
+    """The zone checker runs its independent reads side by side, each on a connection of
+    its own. Their results come back; a failure comes as the error itself, not in an
+    ExceptionGroup (the bus decides by its type whether a retry cures it), and the
+    statements still running are cancelled and their connections given back."""
+
+    async def backend(conn: asyncpg.Connection) -> int:
+        return int(await conn.fetchval("select pg_backend_pid()"))
+
+    async def sleep(conn: asyncpg.Connection, seconds: float) -> None:
+        await conn.execute("select pg_sleep($1)", seconds)
+
+    async def divide(conn: asyncpg.Connection, by: int) -> int:
+        return int(await conn.fetchval("select 1 / $1::int", by))
+
+    async with side_by_side() as tasks:
+        # The first holds its connection until the second has begun: two backends.
+        first = tasks.create_task(db.on_own(sleep, 0.2))
+        pid = tasks.create_task(db.on_own(backend))
+        quotient = tasks.create_task(db.on_own(divide, 1))
+    assert first.result() is None and quotient.result() == 1
+    assert isinstance(pid.result(), int)
+
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        async with side_by_side() as tasks:
+            sleeping = tasks.create_task(db.on_own(sleep, 60))
+            tasks.create_task(db.on_own(divide, 0))
+    assert sleeping.cancelled()
+    async with db.pool.acquire() as conn:
+        for _ in range(50):
+            left = await conn.fetchval(
+                "select count(*) from pg_stat_activity"
+                " where query = 'select pg_sleep($1)' and state = 'active'"
+            )
+            if left == 0:
+                break
+            await asyncio.sleep(0.1)
+    assert left == 0
+    # Both connections went back to the pool in working order.
+    pids = await asyncio.gather(*(db.on_own(backend) for _ in range(2)))
+    assert all(isinstance(p, int) for p in pids)
 
 
 async def test_the_zone_checkers_reads_by_epoch_seconds_keep_every_microsecond(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
 from sqlalchemy import ColumnElement, MetaData, any_, bindparam
@@ -19,6 +20,9 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 
 from services.common.settings import DatabaseSettings
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -96,6 +100,17 @@ class Database:
         async with self.sessions() as session, session.begin():
             yield session
 
+    async def on_own(
+        self,
+        statement: Callable[Concatenate[asyncpg.Connection, P], Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """A statement on a pool connection taken for it alone, so that statements that
+        do not wait on each other can go side by side (see side_by_side)."""
+        async with self.pool.acquire() as conn:
+            return await statement(conn, *args, **kwargs)
+
     async def ping(self) -> bool:
         try:
             async with self.pool.acquire() as conn:
@@ -103,3 +118,15 @@ class Database:
         except (OSError, asyncpg.PostgresError):
             return False
         return True
+
+
+@asynccontextmanager
+async def side_by_side() -> AsyncIterator[asyncio.TaskGroup]:
+    """A task group whose first failure is raised as itself, not in an ExceptionGroup:
+    the bus tells failures a retry cures by their type (is_transient), and a handler
+    that runs statements side by side must fail as one that runs them in turn."""
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            yield tasks
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from group

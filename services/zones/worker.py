@@ -18,7 +18,7 @@ import numpy as np
 from services.alerts.schemas import AlertEvent, AlertKind, AlertMessage, FixRef
 from services.common.bus import Bus
 from services.common.bus.base import is_transient
-from services.common.database import Database
+from services.common.database import Database, side_by_side
 from services.common.geo import degree_margins
 from services.common.metrics import BATCHES_BOXED, FIXES_UNBOXED
 from services.common.periodic import Periodic
@@ -210,34 +210,44 @@ class ZoneChecker:
         # subject of every batch).
         subjects, first, last = fixes.first_last()
         firsts = dict(zip(subjects, first.tolist(), strict=True))
-        async with self.db.pool.acquire() as conn:
-            await repository.touch_activity(conn, subjects, last.tolist())
-            zones = await self._zones(conn, subjects)
-            if not zones:
-                return
-            # Where each subject's trail went around the new fixes, as far as a path
-            # from them reaches: most subjects are nowhere near any of their zones.
-            zoned = np.fromiter((s in zones for s in subjects), bool, len(subjects))
-            reach = await trail_store.reach_around(
-                conn,
-                [s for s in subjects if s in zones],
-                first[zoned],
-                last[zoned],
-                self.params.segment_max_gap_s,
-            )
-            context = timedelta(seconds=self.settings.context_s)
-            first_new: dict[uuid.UUID, datetime] = {}
-            since: dict[uuid.UUID, datetime] = {}
+        # The statements that do not wait on each other go side by side, each on a
+        # connection of its own, taken only for it: a batch waits for the slowest of
+        # them, not for their sum, while the other lanes' batches keep both cores busy.
+        async with side_by_side() as tasks:
+            tasks.create_task(self.db.on_own(repository.touch_activity, subjects, last.tolist()))
+            async with self.db.pool.acquire() as conn:
+                zones = await self._zones(conn, subjects)
+            if zones:
+                # Where each subject's trail went around the new fixes, as far as a path
+                # from them reaches: most subjects are nowhere near any of their zones.
+                zoned = np.fromiter((s in zones for s in subjects), bool, len(subjects))
+                reaching = tasks.create_task(
+                    self.db.on_own(
+                        trail_store.reach_around,
+                        [s for s in subjects if s in zones],
+                        first[zoned],
+                        last[zoned],
+                        self.params.segment_max_gap_s,
+                    )
+                )
+                context = timedelta(seconds=self.settings.context_s)
+                earliest = from_epoch(float(first[zoned].min())) - context
+                reading = tasks.create_task(
+                    self.db.on_own(repository.reported_episodes, list(zones), earliest)
+                )
+        if not zones:
+            return
+        reach, episodes = reaching.result(), reading.result()
+        first_new: dict[uuid.UUID, datetime] = {}
+        since: dict[uuid.UUID, datetime] = {}
 
-            def window(s: uuid.UUID) -> datetime:
-                """The subject's first new fix, and where its read-back begins."""
-                if s not in first_new:
-                    first_new[s] = from_epoch(firsts[s])
-                    since[s] = first_new[s] - context
-                return first_new[s]
+        def window(s: uuid.UUID) -> datetime:
+            """The subject's first new fix, and where its read-back begins."""
+            if s not in first_new:
+                first_new[s] = from_epoch(firsts[s])
+                since[s] = first_new[s] - context
+            return first_new[s]
 
-            earliest = from_epoch(float(first[zoned].min())) - context
-            episodes = await repository.reported_episodes(conn, list(zones), earliest)
         reported: dict[tuple[uuid.UUID, uuid.UUID], dict[uuid.UUID, Reported]] = defaultdict(dict)
         async with self.db.transaction() as session:
             for ep in episodes:
