@@ -432,6 +432,7 @@ async def measure(
     args: argparse.Namespace,
     profile: Path | None,
     label: str,
+    concurrency: int,
 ) -> Stretch:
     """Posts a stretch of fleet time from `start` to the running service, as fast as it
     takes it (or at --rate), and prints what it came to."""
@@ -450,7 +451,7 @@ async def measure(
     cpu0 = cpu_seconds(pids)
     t0 = time.perf_counter()
     spies = [await spy(profile, c, p.pid) for c, p in procs.items()] if profile else []
-    sent = await post(url, supplier, iter(bodies), concurrency=args.concurrency, rate=args.rate)
+    sent = await post(url, supplier, iter(bodies), concurrency=concurrency, rate=args.rate)
     async with db.pool.acquire() as conn:
         # Kafka's offsets first, the count of the trail (a scan of all of it, which
         # cost PostgreSQL 4 to 12 µs a fix of the stretch when it ran every poll, tenth
@@ -545,6 +546,11 @@ async def measure(
     )
 
 
+def describe(code: Path, load: int, loads: list[int]) -> str:
+    """A stretch's checkout, and its offered load when several are compared."""
+    return f"{code}, {load} requests in flight" if len(loads) > 1 else str(code)
+
+
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__)
     parser.add_argument("--tags", type=int, default=2000)
@@ -557,7 +563,13 @@ async def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--zones", type=int, default=10_000)
     parser.add_argument("--crimes", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        action="append",
+        help="requests in flight at once (default 8; repeat to compare offered loads within"
+        " one run: each checkout serves a stretch at each, in turn)",
+    )
     parser.add_argument("--batch", type=int, default=2000, help="fixes a request")
     parser.add_argument("--bus", choices=["memory", "kafka"], default="memory")
     parser.add_argument(
@@ -585,9 +597,11 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="20 tags, 10 minutes, 50 zones")
     args = parser.parse_args(argv)
     codes: list[Path] = [c.absolute() for c in args.code or [ROOT]]
-    # Round r runs the checkouts in order, or reversed when r is odd, so that a machine
-    # getting faster or slower through the run favours none of them.
-    turns = [c for r in range(args.rounds) for c in (codes if r % 2 == 0 else codes[::-1])]
+    loads: list[int] = args.concurrency or [8]
+    variants = [(c, n) for c in codes for n in loads]
+    # Round r runs the variants (checkout and offered load) in order, or reversed when r
+    # is odd, so that a machine getting faster or slower through the run favours none.
+    turns = [v for r in range(args.rounds) for v in (variants if r % 2 == 0 else variants[::-1])]
     if args.smoke:
         args.tags, args.minutes, args.zones, args.crimes = 20, 10.0, 50, 10
         args.history = min(args.history, 10.0)
@@ -674,7 +688,7 @@ async def main(argv: list[str] | None = None) -> int:
         if history:
             t0 = time.perf_counter()
             early = batches(fleet, start - history, args.history, args.batch, lag=lag)
-            before = await post(url, supplier, early, concurrency=args.concurrency)
+            before = await post(url, supplier, early, concurrency=loads[0])
             if before.failures:
                 raise RuntimeError(f"{before.failures} requests of the history failed")
             print(
@@ -693,22 +707,36 @@ async def main(argv: list[str] | None = None) -> int:
                     await asyncio.sleep(0.25)
                 await boxed(conn)
         figures: list[Stretch] = []
-        for k, code in enumerate(turns):
+        for k, (code, load) in enumerate(turns):
             await stop(procs)
             procs = await launch(code)
             await wait_ready(url, next(iter(procs.values())))
-            label = "" if len(turns) == 1 else f" [stretch {k + 1} of {len(turns)}: {code}]"
+            label = (
+                ""
+                if len(turns) == 1
+                else f" [stretch {k + 1} of {len(turns)}: {describe(code, load, loads)}]"
+            )
             profile = args.profile / f"stretch{k + 1}" if args.profile and k else args.profile
             figures.append(
                 await measure(
-                    url, supplier, db, fleet, procs, start + stretch * k, lag, args, profile, label
+                    url,
+                    supplier,
+                    db,
+                    fleet,
+                    procs,
+                    start + stretch * k,
+                    lag,
+                    args,
+                    profile,
+                    label,
+                    load,
                 )
             )
-        if len(codes) > 1:
-            for code in codes:
-                theirs = [f for f, c in zip(figures, turns, strict=True) if c == code]
+        if len(variants) > 1:
+            for code, load in variants:
+                theirs = [f for f, v in zip(figures, turns, strict=True) if v == (code, load)]
                 print(
-                    f"{code}: fixes/s "
+                    f"{describe(code, load, loads)}: fixes/s "
                     + ", ".join(f"{f.rate:,.0f}" for f in theirs)
                     + f" (median {np.median([f.rate for f in theirs]):,.0f}); tagtrail's CPU a"
                     f" fix {np.median([f.server_us for f in theirs]):.0f} µs, PostgreSQL's"
