@@ -424,8 +424,9 @@ async def test_statements_side_by_side_give_their_results_or_the_first_failure_a
     async def backend(conn: asyncpg.Connection) -> int:
         return int(await conn.fetchval("select pg_backend_pid()"))
 
-    async def sleep(conn: asyncpg.Connection, seconds: float) -> None:
+    async def sleep(conn: asyncpg.Connection, seconds: float) -> int:
         await conn.execute("select pg_sleep($1)", seconds)
+        return await backend(conn)
 
     async def divide(conn: asyncpg.Connection, by: int) -> int:
         return int(await conn.fetchval("select 1 / $1::int", by))
@@ -435,8 +436,8 @@ async def test_statements_side_by_side_give_their_results_or_the_first_failure_a
         first = tasks.create_task(db.on_own(sleep, 0.2))
         pid = tasks.create_task(db.on_own(backend))
         quotient = tasks.create_task(db.on_own(divide, 1))
-    assert first.result() is None and quotient.result() == 1
-    assert isinstance(pid.result(), int)
+    assert quotient.result() == 1
+    assert first.result() != pid.result()
 
     with pytest.raises(asyncpg.DivisionByZeroError):
         async with side_by_side() as tasks:
