@@ -75,7 +75,7 @@ class BusSettings(BaseSettings):
     # dozen statements and their round trips whatever its size, so under load larger
     # batches go further; a quiet bus hands over what it has, so this costs no latency
     # then (docs/benchmarks.md).
-    max_batch: int = Field(default=8000, ge=1, le=100_000)
+    max_batch: int = Field(default=16000, ge=1, le=100_000)
 
 
 class IngestSettings(BaseSettings):
