@@ -319,8 +319,7 @@ class Placements:
         ):
             self._pairs.setdefault(pair, {})[key] = (code, px, py, f.ts.timestamp())
         self._fixes += n
-        while self._fixes > self.max_fixes and len(self._pairs) > 1:
-            self._fixes -= len(self._pairs.pop(next(iter(self._pairs))))
+        self._evict()
 
     def place(
         self, zone: PreparedZone, subject_id: uuid.UUID, fixes: Sequence[TrailFix]
@@ -343,9 +342,14 @@ class Placements:
             known = dict(zip(keys, placed, strict=True))
         self._pairs[pair] = known
         self._fixes += len(known)
+        self._evict()
+        return placed
+
+    def _evict(self) -> None:
+        """Drops the pairs used longest ago until at most max_fixes are kept (the last
+        pair stays whatever its size)."""
         while self._fixes > self.max_fixes and len(self._pairs) > 1:
             self._fixes -= len(self._pairs.pop(next(iter(self._pairs))))
-        return placed
 
 
 class _Role(StrEnum):
