@@ -134,9 +134,28 @@ def peak_rss_mib(pid: int) -> float:
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+# PostgreSQL's processes by what they do, from their titles ("postgres: walwriter",
+# "postgres: autovacuum worker tagtrail", a connection's "postgres: user db host state").
+PG_ROLES = ("checkpointer", "background writer", "walwriter", "autovacuum")
+
+
+def pg_role(pid: int) -> str:
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return "connections"
+    rest = title.removeprefix("postgres: ")
+    if rest == title:
+        return "postmaster"  # its command line is the server's own
+    return next((r for r in PG_ROLES if rest.startswith(r)), "connections")
+
+
 def cpu_seconds(procs: dict[str, int]) -> dict[str, float]:
     """CPU time (user and system) used so far by each named process, by every
-    PostgreSQL process together, by Kafka's JVM, and by this benchmark."""
+    PostgreSQL process together, by Kafka's JVM, and by this benchmark; and PostgreSQL's
+    by role ("PostgreSQL: connections", "PostgreSQL: walwriter", ...), where "ended"
+    is what its processes that have ended used (autovacuum workers come and go), as the
+    postmaster, their parent, counts it."""
     out = dict.fromkeys([*procs, "PostgreSQL", "Kafka", "benchmark"], 0.0)
     names = {pid: name for name, pid in procs.items()} | {os.getpid(): "benchmark"}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -148,9 +167,20 @@ def cpu_seconds(procs: dict[str, int]) -> dict[str, float]:
         fields = text[text.rindex(")") + 2 :].split()
         pid = int(stat.parent.name)
         name = names.get(pid) or {"postgres": "PostgreSQL", "java": "Kafka"}.get(comm)
-        if name is not None:
-            # utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-            out[name] += (int(fields[11]) + int(fields[12])) / TICK
+        if name is None:
+            continue
+        # utime and stime are fields 14 and 15 of stat, 12 and 13 after the name;
+        # cutime and cstime, of children that have ended, 16 and 17.
+        used = (int(fields[11]) + int(fields[12])) / TICK
+        out[name] += used
+        if name == "PostgreSQL":
+            role = pg_role(pid)
+            if role == "postmaster":
+                ended = (int(fields[13]) + int(fields[14])) / TICK
+                out[name] += ended
+                out["PostgreSQL: ended"] = out.get("PostgreSQL: ended", 0.0) + ended
+            key = f"PostgreSQL: {role}"
+            out[key] = out.get(key, 0.0) + used
     return out
 
 
@@ -411,6 +441,25 @@ def local_services() -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class Wal:
+    """The cluster's write-ahead log so far (pg_stat_wal): records, full-page images
+    (a page's first change after a checkpoint) and bytes."""
+
+    records: int
+    fpi: int
+    bytes: int
+
+    def __sub__(self, other: Wal) -> Wal:
+        return Wal(self.records - other.records, self.fpi - other.fpi, self.bytes - other.bytes)
+
+
+async def wal_so_far(db: Database) -> Wal:
+    async with db.pool.acquire() as conn:
+        row = await conn.fetchrow("select wal_records, wal_fpi, wal_bytes from pg_stat_wal")
+    return Wal(int(row[0]), int(row[1]), int(row[2]))
+
+
+@dataclass(frozen=True)
 class Stretch:
     """What one measured stretch came to."""
 
@@ -448,6 +497,7 @@ async def measure(
         if args.bus == "kafka"
         else None
     )
+    wal0 = await wal_so_far(db)
     cpu0 = cpu_seconds(pids)
     t0 = time.perf_counter()
     spies = [await spy(profile, c, p.pid) for c, p in procs.items()] if profile else []
@@ -467,6 +517,7 @@ async def measure(
         await boxed(conn)
         took = time.perf_counter() - t0
         cpu1 = cpu_seconds(pids)
+        wal = (await wal_so_far(db)) - wal0
         costliest = await statements(args.statements_dsn, args.database, reset=False)
         for spying in spies:
             spying.send_signal(signal.SIGINT)
@@ -491,13 +542,25 @@ async def measure(
     )
     for reason, n in sent.reasons.most_common():
         print(f"failed requests: {n} x {reason} (the servers' logs: {args.logs})")
-    used = {k: cpu1[k] - cpu0[k] for k in cpu1}
+    used = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
     print(
         f"CPU while fixes flowed ({took:.1f} s x {os.cpu_count()} cores ="
         f" {took * (os.cpu_count() or 1):.1f} s): "
         + ", ".join(
-            f"{k} {v:.1f} s ({v / sent.fixes * 1e6:.0f} µs a fix)" for k, v in used.items() if v > 0
+            f"{k} {v:.1f} s ({v / sent.fixes * 1e6:.0f} µs a fix)"
+            for k, v in used.items()
+            if v > 0 and not k.startswith("PostgreSQL: ")
         )
+    )
+    print(
+        "PostgreSQL's by role (µs a fix): "
+        + ", ".join(
+            f"{k.removeprefix('PostgreSQL: ')} {v / sent.fixes * 1e6:.1f}"
+            for k, v in sorted(used.items(), key=lambda kv: -kv[1])
+            if k.startswith("PostgreSQL: ") and v > 0
+        )
+        + f"; WAL a fix: {wal.records / sent.fixes:.1f} records,"
+        f" {wal.fpi / sent.fixes:.2f} full pages, {wal.bytes / sent.fixes:,.0f} bytes"
     )
     if costliest:
         print("PostgreSQL's costliest statements meanwhile (execution, µs a fix; calls):")
