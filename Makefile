@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help setup venv db kafka run test lint stop status schemas bench-proximity bench-throughput
+.PHONY: help setup venv db kafka run test lint stop status schemas bench-proximity bench-throughput bench-trail-indexes
 
 help:
 	@echo "make run    - set up everything and run the pipeline with a demo fleet"
@@ -14,6 +14,7 @@ help:
 	@echo "make stop   - stop the local PostgreSQL and Kafka"
 	@echo "make bench-proximity - proximity search over 50 million fixes (docs/benchmarks.md)"
 	@echo "make bench-throughput - fixes a second end to end against raw COPY"
+	@echo "make bench-trail-indexes - what each index of the trail costs the store's COPY"
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@UV=$$(bash deploy/local/uv.sh) && $$UV sync --frozen --python python3
@@ -50,6 +51,9 @@ bench-proximity: setup
 
 bench-throughput: setup kafka
 	@$(BIN)/python -m bench.throughput $(ARGS)
+
+bench-trail-indexes: setup
+	@$(BIN)/python -m bench.trail_indexes $(ARGS)
 
 stop:
 	@bash deploy/local/kafka.sh stop

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench import proximity, simulate, throughput
+from bench import proximity, simulate, throughput, trail_indexes
 from bench.fleet import Fleet, FleetSpec
 from services.common.auth import Role
 from services.common.database import Database
@@ -28,6 +28,17 @@ async def test_proximity_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> N
     # Each search is at a place and time where somebody was: they must be found.
     found = next(line for line in out.splitlines() if line.startswith("subjects found"))
     assert int(found.split(", min ")[1].split(",")[0]) >= 1, found
+
+
+async def test_trail_indexes_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert await trail_indexes.main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    medians = out.split("medians:")[1].splitlines()[1:]
+    assert len(medians) == len(trail_indexes.VARIANTS)
+    for line in medians:  # every variant took its fixes in
+        assert float(line.split("µs a fix, ")[1].split(" fixes/s")[0].replace(",", "")) > 0
+    # Each index is put back as it was: the table ends as the migrations made it.
+    assert "as migrated (both indexes)" in out
 
 
 @pytest.mark.parametrize("bus", ["memory", "kafka"])
@@ -46,6 +57,10 @@ async def test_throughput_benchmark_runs(bus: str, capsys: pytest.CaptureFixture
     # store's COPY among them.
     costliest = out.split("PostgreSQL's costliest statements meanwhile")[1].split("\ncrime")[0]
     assert 'COPY "trail_points"' in costliest, costliest
+    # PostgreSQL's CPU by what its processes do: the connections did the stretch's work.
+    roles = next(x for x in out.splitlines() if x.startswith("PostgreSQL's by role"))
+    assert float(roles.split("connections ")[1].split(",")[0].split(";")[0]) > 0, roles
+    assert "WAL a fix: " in roles, roles
 
 
 async def test_the_throughput_benchmark_measures_checkouts_in_turn(

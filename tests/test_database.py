@@ -392,6 +392,44 @@ async def test_rows_encoded_from_columns_are_those_asyncpg_writes_value_by_value
     assert encode(FixBatch.of([]).rows()) == HEADER + TRAILER
 
 
+async def test_copy_writes_a_layouts_rows_in_the_primary_keys_order(db: Database) -> None:
+    """Rows of one layout go into the COPY stream by tag id (byte order), then fix
+    time, whatever order the batch holds them in: each index then takes a tag's rows
+    one after another (docs/benchmarks.md, fifteenth session)."""
+    rng = random.Random(15)
+    tags = ["TAG-b", "TAG-A", "TAG-é", "TAG-a", "TAG-Z"]  # equal lengths in UTF-8 but one
+    start = datetime(2026, 11, 28, 9, tzinfo=UTC)
+    fixes = [
+        FixMessage(
+            tag_id=tag,
+            subject_id=uuid.UUID(int=rng.getrandbits(128)),
+            ts=start + timedelta(seconds=rng.randrange(86400)),
+            received_at=start + timedelta(days=1),
+            lat=51.5,
+            lon=-0.1,
+            accuracy_m=5.0,
+        )
+        for tag in rng.choices(tags, k=300)
+    ]
+    async with db.pool.acquire() as conn:
+        await conn.execute("create temp table copied (like trail_points)")
+        await conn.copy_to_table(
+            "copied",
+            source=chunks(encode(FixBatch.of(fixes).rows())),
+            columns=TRAIL_COLUMNS,
+            format="binary",
+        )
+        # A temporary table keeps a single COPY's rows in the stream's order.
+        as_sent = await conn.fetch(
+            "select octet_length(tag_id) as n, tag_id, ts from copied order by ctid"
+        )
+    assert len(as_sent) == 300
+    for n in {r["n"] for r in as_sent}:
+        layout = [(r["tag_id"], r["ts"]) for r in as_sent if r["n"] == n]
+        assert layout == sorted(layout, key=lambda k: (k[0].encode(), k[1]))
+    assert {r["n"] for r in as_sent} == {5, 6}
+
+
 async def test_times_sent_as_epoch_seconds_come_back_to_the_microsecond(db: Database) -> None:
     """The re-send look-up sends fix times as float8 seconds since 1970 and turns them
     back with to_timestamp: for times to the microsecond from 1970 to 2105, and at the
