@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
-from services.common.auth import Principal, Role
+from services.common.auth import Principal, Role, hash_token
 from services.common.database import Database
 from services.common.settings import Settings
 from services.common.timeutil import from_epoch, utcnow
@@ -244,6 +244,21 @@ async def test_a_conflicting_duplicate_is_kept_aside_not_overwritten(
         aside = await conn.fetchrow("select lat, stored_lat from fix_conflicts")
     assert kept == 52.5700
     assert (aside["lat"], aside["stored_lat"]) == (52.5800, 52.5700)
+
+
+async def test_a_revoked_token_is_refused_at_once(
+    client: httpx.AsyncClient, world: World, db: Database
+) -> None:
+    body = {"tag_id": world.tags[0], "fixes": [fix(now_minus(5))]}
+    assert (await client.post("/v1/fixes", json=body, headers=world.supplier)).status_code == 202
+    token = world.supplier["Authorization"].removeprefix("Bearer ")
+    async with db.pool.acquire() as conn:
+        revoked = await conn.execute(
+            "update credentials set revoked_at = now() where token_hash = $1", hash_token(token)
+        )
+    assert revoked == "UPDATE 1"
+    r = await client.post("/v1/fixes", json=body, headers=world.supplier)
+    assert r.status_code == 401 and "revoked" in r.text
 
 
 async def test_too_many_fixes_in_one_batch_is_413(client: httpx.AsyncClient, world: World) -> None:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import DateTime, String, func, select
+import asyncpg
+from sqlalchemy import DateTime, String, func
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -73,14 +74,20 @@ async def issue_token(session: AsyncSession, principal: Principal) -> str:
     return token
 
 
-async def authenticate(session: AsyncSession, token: str) -> Principal | None:
+# One statement on a raw connection, not through the request's ORM session: the
+# session then never takes a connection on routes that do not use it (ingest, every
+# request of every supplier), which saved a transaction's round trips a request
+# (docs/benchmarks.md, fifteenth session).
+AUTHENTICATE_SQL = """
+select principal_id, role, name from credentials
+where token_hash = $1 and revoked_at is null
+"""
+
+
+async def authenticate(conn: asyncpg.Connection, token: str) -> Principal | None:
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
-    row = await session.scalar(
-        select(Credential).where(
-            Credential.token_hash == hash_token(token), Credential.revoked_at.is_(None)
-        )
-    )
+    row = await conn.fetchrow(AUTHENTICATE_SQL, hash_token(token))
     if row is None:
         return None
-    return Principal(id=row.principal_id, role=Role(row.role), name=row.name)
+    return Principal(id=row["principal_id"], role=Role(row["role"]), name=row["name"])

@@ -34,12 +34,13 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
 async def get_principal(
-    session: SessionDep,
+    runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("a bearer token is required")
-    principal = await authenticate(session, credentials.credentials)
+    async with runtime.db.pool.acquire() as conn:
+        principal = await authenticate(conn, credentials.credentials)
     if principal is None:
         raise Unauthorized("the token is unknown or revoked")
     return principal
