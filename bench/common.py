@@ -84,6 +84,21 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB, {platform.platform()}"
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def stat_cpu_s(stat: str) -> tuple[float, float]:
+    """From a process's /proc/PID/stat: the CPU time (user and system) it has used, and
+    that of its children that have ended and been reaped."""
+    # After the name (in parentheses, and it may hold anything): utime, stime, cutime
+    # and cstime are fields 14 to 17 of stat, 12 to 15 after it.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (
+        (int(fields[11]) + int(fields[12])) / TICK,
+        (int(fields[13]) + int(fields[14])) / TICK,
+    )
+
+
 def header(title: str) -> None:
     print(f"# {title}")
     print(f"date:    {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")

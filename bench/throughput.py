@@ -40,7 +40,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bench.common import bench_database, drop_database, header, wear
+from bench.common import bench_database, drop_database, header, stat_cpu_s, wear
 from bench.fleet import Fleet, FleetSpec
 from bench.pgcopy import COLUMNS, chunks, encode, upload_delays
 from bench.simulate import batches, post, take, window
@@ -131,9 +131,6 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
 # PostgreSQL's processes by what they do, from their titles ("postgres: walwriter",
 # "postgres: autovacuum worker tagtrail", a connection's "postgres: user db host state").
 PG_ROLES = ("checkpointer", "background writer", "walwriter", "autovacuum")
@@ -164,19 +161,15 @@ def cpu_seconds(procs: dict[str, int]) -> dict[str, float]:
         except OSError:
             continue  # ended meanwhile
         comm = text[text.index("(") + 1 : text.rindex(")")]
-        fields = text[text.rindex(")") + 2 :].split()
         pid = int(stat.parent.name)
         name = names.get(pid) or {"postgres": "PostgreSQL", "java": "Kafka"}.get(comm)
         if name is None:
             continue
-        # utime and stime are fields 14 and 15 of stat, 12 and 13 after the name;
-        # cutime and cstime, of children that have ended, 16 and 17.
-        used = (int(fields[11]) + int(fields[12])) / TICK
+        used, ended = stat_cpu_s(text)
         out[name] += used
         if name == "PostgreSQL":
             role = pg_role(pid)
             if role == "postmaster":
-                ended = (int(fields[13]) + int(fields[14])) / TICK
                 out[name] += ended
                 out["PostgreSQL: ended"] = out.get("PostgreSQL: ended", 0.0) + ended
             key = f"PostgreSQL: {role}"

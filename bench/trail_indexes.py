@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -29,14 +28,12 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 
-from bench.common import bench_database, drop_database, header
+from bench.common import bench_database, drop_database, header, stat_cpu_s
 from bench.fleet import Fleet, FleetSpec
 from bench.pgcopy import COLUMNS, chunks, encode, upload_delays
 from bench.simulate import take
 from services.common.settings import Settings
 from services.ingest.repository import Partitions
-
-TICK = os.sysconf("SC_CLK_TCK")
 
 # Each variant: what takes the index away, and what puts it back as the migrations made it.
 VARIANTS: dict[str, tuple[Sequence[str], Sequence[str]]] = {
@@ -59,11 +56,9 @@ def backend_cpu_s(pid: int) -> float:
     """CPU time (user and system) the PostgreSQL backend `pid` has used; NaN when it
     is not a process of this machine."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        return stat_cpu_s(Path(f"/proc/{pid}/stat").read_text())[0]
     except OSError:
         return float("nan")
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 async def copy_rows(conn: asyncpg.Connection, data: bytes) -> None:

@@ -333,6 +333,17 @@ async def test_fixes_go_straight_into_the_trail_and_a_stored_one_sends_the_batch
     assert all((r["x"], r["y"], r["srid"]) == (r["lon"], r["lat"], 4326) for r in rows)
 
 
+async def _copy_encoded(conn: asyncpg.Connection, table: str, fixes: list[FixMessage]) -> None:
+    """The fixes into `table` as the store writes them: one binary COPY, built from
+    columns (services/ingest/pgcopy.py)."""
+    await conn.copy_to_table(
+        table,
+        source=chunks(encode(FixBatch.of(fixes).rows())),
+        columns=TRAIL_COLUMNS,
+        format="binary",
+    )
+
+
 async def test_rows_encoded_from_columns_are_those_asyncpg_writes_value_by_value(
     db: Database,
 ) -> None:
@@ -376,12 +387,7 @@ async def test_rows_encoded_from_columns_are_those_asyncpg_writes_value_by_value
             ],
             columns=TRAIL_COLUMNS,
         )
-        await conn.copy_to_table(
-            "by_column",
-            source=chunks(encode(FixBatch.of(fixes).rows())),
-            columns=TRAIL_COLUMNS,
-            format="binary",
-        )
+        await _copy_encoded(conn, "by_column", fixes)
         counts = await conn.fetchrow(
             "select (select count(*) from by_value), (select count(*) from by_column),"
             " (select count(*) from (table by_value except table by_column) d),"
@@ -413,12 +419,7 @@ async def test_copy_writes_a_layouts_rows_in_the_primary_keys_order(db: Database
     ]
     async with db.pool.acquire() as conn:
         await conn.execute("create temp table copied (like trail_points)")
-        await conn.copy_to_table(
-            "copied",
-            source=chunks(encode(FixBatch.of(fixes).rows())),
-            columns=TRAIL_COLUMNS,
-            format="binary",
-        )
+        await _copy_encoded(conn, "copied", fixes)
         # A temporary table keeps a single COPY's rows in the stream's order.
         as_sent = await conn.fetch(
             "select octet_length(tag_id) as n, tag_id, ts from copied order by ctid"

@@ -7,10 +7,9 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request, status
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.auth import Principal
-from services.common.deps import RuntimeDep, SessionDep, Supplier
+from services.common.deps import RuntimeDep, Supplier
 from services.common.errors import PayloadTooLarge, Unprocessable
 from services.common.limits import read_body
 from services.common.runtime import Runtime
@@ -23,6 +22,12 @@ from services.ingest.service import IngestMemory, Item
 from services.registry.service import TagDirectory
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
+
+# The device routes take no ORM session: authentication reads on a pool connection of
+# its own, and ingest on another, each given back before the bus is waited on. So no
+# request holds a connection while it waits; on the in-process bus the handlers a
+# publish waits for need connections of their own, and however many requests wait,
+# they must not hold them all.
 
 
 def ingest_memory(request: Request, settings: IngestSettings) -> IngestMemory:
@@ -63,13 +68,11 @@ async def _hand_over(
     take: Callable[..., Awaitable[Answer]],
     request: Request,
     runtime: Runtime,
-    session: AsyncSession,
     supplier: Principal,
     items: list[Item],
 ) -> Answer:
     """A request's items to ingest (`take`: service.ingest or service.ingest_events)."""
     return await take(
-        session,
         runtime.db,
         runtime.bus,
         ingest_memory(request, runtime.settings.ingest),
@@ -81,9 +84,7 @@ async def _hand_over(
 
 
 @router.post("/fixes", status_code=status.HTTP_202_ACCEPTED)
-async def post_fixes(
-    request: Request, runtime: RuntimeDep, session: SessionDep, supplier: Supplier
-) -> IngestResult:
+async def post_fixes(request: Request, runtime: RuntimeDep, supplier: Supplier) -> IngestResult:
     """A batch of fixes from one tag. Answers once the accepted fixes are durably on the bus."""
     settings = runtime.settings.ingest
     doc, fixes = await read_json_list(
@@ -96,12 +97,12 @@ async def post_fixes(
         Item(i, {**raw, "tag_id": tag_id} if isinstance(raw, dict) else raw)
         for i, raw in enumerate(fixes)
     ]
-    return await _hand_over(service.ingest, request, runtime, session, supplier, items)
+    return await _hand_over(service.ingest, request, runtime, supplier, items)
 
 
 @router.post("/fixes/stream", status_code=status.HTTP_202_ACCEPTED)
 async def post_fix_stream(
-    request: Request, runtime: RuntimeDep, session: SessionDep, supplier: Supplier
+    request: Request, runtime: RuntimeDep, supplier: Supplier
 ) -> IngestResult:
     """NDJSON, one fix with its tag_id per line; index in the answer is the 0-based line."""
     settings = runtime.settings.ingest
@@ -117,12 +118,12 @@ async def post_fix_stream(
             items.append(Item(i, orjson.loads(line)))
         except orjson.JSONDecodeError:
             items.append(Item(i, service.NOT_JSON))
-    return await _hand_over(service.ingest, request, runtime, session, supplier, items)
+    return await _hand_over(service.ingest, request, runtime, supplier, items)
 
 
 @router.post("/device-events", status_code=status.HTTP_202_ACCEPTED)
 async def post_device_events(
-    request: Request, runtime: RuntimeDep, session: SessionDep, supplier: Supplier
+    request: Request, runtime: RuntimeDep, supplier: Supplier
 ) -> EventsResult:
     """Device conditions: {"events": [{"tag_id", "ts", "kind", ...}, ...]}."""
     settings = runtime.settings.ingest
@@ -130,4 +131,4 @@ async def post_device_events(
         request, settings.max_body_bytes, "events", settings.max_fixes_per_batch
     )
     items = [Item(i, raw) for i, raw in enumerate(events)]
-    return await _hand_over(service.ingest_events, request, runtime, session, supplier, items)
+    return await _hand_over(service.ingest_events, request, runtime, supplier, items)

@@ -122,14 +122,13 @@ def _dtype(tag_len: int, source_len: int, present: Sequence[bool]) -> np.dtype[n
     )
 
 
-def key_order(rows: TrailRows) -> IntArray:
-    """The rows' order by tag id (as bytes: UTF-8 keeps code point order), then fix
-    time: the order of trail_points' primary key. Pure."""
-    tag_rank = np.empty(len(rows.tags), dtype=np.int64)
-    tag_rank[np.argsort(np.array(rows.tags, dtype=np.bytes_), kind="stable")] = np.arange(
-        len(rows.tags)
-    )
-    return np.lexsort((rows.ts, tag_rank[rows.tag]))
+def key_order(tags: npt.NDArray[np.bytes_], tag: IntArray, ts: IntArray) -> IntArray:
+    """The order of rows of tag `tags[tag[i]]` at `ts[i]` by tag id (as bytes: UTF-8
+    keeps code point order), then fix time: the order of trail_points' primary key.
+    Pure."""
+    tag_rank = np.empty(len(tags), dtype=np.int64)
+    tag_rank[np.argsort(tags, kind="stable")] = np.arange(len(tags))
+    return np.lexsort((ts, tag_rank[tag]))
 
 
 def encode(rows: TrailRows) -> bytes:
@@ -155,7 +154,7 @@ def encode(rows: TrailRows) -> bytes:
     layout = (tag_len * 256 + source_len) * 16 + present @ np.array([1, 2, 4, 8])
     tags = np.array(rows.tags, dtype=np.bytes_)
     sources = np.array(rows.sources, dtype=np.bytes_)
-    order = key_order(rows)
+    order = key_order(tags, rows.tag, rows.ts)
     parts = [HEADER]
     for key in np.unique(layout):
         i = order[layout[order] == key]

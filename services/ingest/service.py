@@ -15,7 +15,6 @@ import asyncpg
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.auth import Principal
 from services.common.bus import Bus
@@ -212,7 +211,6 @@ def attribute(
 
 
 async def ingest(
-    session: AsyncSession,
     db: Database,
     bus: Bus,
     memory: IngestMemory,
@@ -221,7 +219,6 @@ async def ingest(
     now: datetime,
     settings: IngestSettings,
 ) -> IngestResult:
-    await _release(session)
     async with db.pool.acquire() as conn:
         batch = await admit_clean(conn, memory.tags, supplier, items, now, settings)
         rejected: list[Rejection] = []
@@ -393,7 +390,6 @@ async def admit_clean(
 
 
 async def ingest_events(
-    session: AsyncSession,
     db: Database,
     bus: Bus,
     memory: IngestMemory,
@@ -403,7 +399,6 @@ async def ingest_events(
     settings: IngestSettings,
 ) -> EventsResult:
     """Device events: validated and attributed like fixes, then put on the bus."""
-    await _release(session)
     async with db.pool.acquire() as conn:
         admitted, rejected = await admit(
             conn, memory.tags, supplier, items, now, settings, DeviceEventIn
@@ -414,15 +409,6 @@ async def ingest_events(
     ]
     await bus.publish(DEVICE_EVENTS, [(e.tag_id, e) for e in events])
     return EventsResult(accepted=len(events), rejected=rejected)
-
-
-async def _release(session: AsyncSession) -> None:
-    """Ends the request's transaction (it has only authenticated the supplier) before
-    anything else: ingest reads on a raw connection of its own, given back before the
-    bus is waited on, so no connection is held meanwhile: on the in-process bus the
-    handlers that publish waits for need connections of their own, and however many
-    requests wait, they must not hold them all."""
-    await session.commit()
 
 
 async def _separate_resends(
