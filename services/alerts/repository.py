@@ -40,9 +40,11 @@ async def lock_all(session: AsyncSession, alert_ids: Iterable[uuid.UUID]) -> lis
     )
 
 
-async def add(session: AsyncSession, alert: Alert) -> None:
-    session.add(alert)
-    await session.flush()
+async def clock(session: AsyncSession) -> datetime:
+    """The transaction's time, as `now()` stamps rows in it."""
+    now = await session.scalar(select(func.now()))
+    assert now is not None
+    return now
 
 
 async def add_transition(session: AsyncSession, transition: AlertTransition) -> None:
@@ -74,11 +76,6 @@ async def subscriptions_for(
         )
     )
     return rows.all()
-
-
-async def add_deliveries(session: AsyncSession, deliveries: Sequence[Delivery]) -> None:
-    session.add_all(deliveries)
-    await session.flush()
 
 
 async def get(session: AsyncSession, alert_id: uuid.UUID) -> Alert | None:
@@ -167,11 +164,6 @@ async def claim_due(session: AsyncSession, now: datetime) -> Delivery | None:
 
 async def add_attempt(session: AsyncSession, attempt: DeliveryAttempt) -> None:
     session.add(attempt)
-    await session.flush()
-
-
-async def add_feed(session: AsyncSession, event: FeedEvent) -> None:
-    session.add(event)
     await session.flush()
 
 

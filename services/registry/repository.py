@@ -124,18 +124,41 @@ async def wearings_of(
     return out
 
 
-async def responsible_at(
-    session: AsyncSession, subject_id: uuid.UUID, at: datetime
-) -> tuple[list[uuid.UUID], str]:
-    managers = await session.scalars(
-        select(ManagerAssignment.manager_id).where(
-            ManagerAssignment.subject_id == subject_id,
-            ManagerAssignment.valid_from <= at,
-            or_(ManagerAssignment.valid_to.is_(None), ManagerAssignment.valid_to > at),
-        )
+async def manager_assignments_of(
+    session: AsyncSession, subject_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, list[tuple[uuid.UUID, datetime, datetime | None]]]:
+    """Every (manager, from, to) of each of these subjects' manager assignments."""
+    rows = await session.execute(
+        select(
+            ManagerAssignment.subject_id,
+            ManagerAssignment.manager_id,
+            ManagerAssignment.valid_from,
+            ManagerAssignment.valid_to,
+        ).where(any_of(ManagerAssignment.subject_id, subject_ids))
     )
-    risk = await session.scalar(select(Subject.risk).where(Subject.id == subject_id))
-    return list(managers.all()), risk or "medium"
+    out: dict[uuid.UUID, list[tuple[uuid.UUID, datetime, datetime | None]]] = {}
+    for subject_id, manager_id, valid_from, valid_to in rows:
+        out.setdefault(subject_id, []).append((manager_id, valid_from, valid_to))
+    return out
+
+
+async def risks_of(
+    session: AsyncSession, subject_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    rows = await session.execute(
+        select(Subject.id, Subject.risk).where(any_of(Subject.id, subject_ids))
+    )
+    return {subject_id: risk for subject_id, risk in rows}
+
+
+async def teams_by_user(
+    session: AsyncSession, user_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, uuid.UUID]:
+    """The team of each of these users that has one."""
+    rows = await session.execute(
+        select(User.id, User.team_id).where(any_of(User.id, user_ids), User.team_id.is_not(None))
+    )
+    return {user_id: team_id for user_id, team_id in rows if team_id is not None}
 
 
 async def supervisors_of(
@@ -152,15 +175,6 @@ async def supervisors_of(
 async def supervised_by(session: AsyncSession, supervisor_id: uuid.UUID) -> list[uuid.UUID]:
     rows = await session.scalars(select(User.id).where(User.supervisor_id == supervisor_id))
     return list(rows.all())
-
-
-async def teams_of(session: AsyncSession, manager_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
-    rows = await session.scalars(
-        select(User.team_id)
-        .where(User.id.in_(list(manager_ids)), User.team_id.is_not(None))
-        .distinct()
-    )
-    return [t for t in rows.all() if t is not None]
 
 
 async def get_team(session: AsyncSession, team_id: uuid.UUID) -> Team | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
@@ -224,11 +224,38 @@ async def wearing_in(
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class Responsible:
+    """Who answered for a subject at a moment: the managers assigned then, their teams
+    (sorted, each once), and the subject's risk."""
+
+    managers: list[uuid.UUID]
+    teams: list[uuid.UUID]
+    risk: str
+
+
 async def responsible_at(
-    session: AsyncSession, subject_id: uuid.UUID, at: datetime
-) -> tuple[list[uuid.UUID], str]:
-    """The managers assigned to a subject at a moment, and the subject's risk."""
-    return await repository.responsible_at(session, subject_id, at)
+    session: AsyncSession, moments: Collection[tuple[uuid.UUID, datetime]]
+) -> dict[tuple[uuid.UUID, datetime], Responsible]:
+    """Who answered for each (subject, moment), in three reads however many there are."""
+    if not moments:
+        return {}
+    subjects = {s for s, _ in moments}
+    assignments = await repository.manager_assignments_of(session, subjects)
+    risks = await repository.risks_of(session, subjects)
+    managers = {
+        (s, at): sorted(
+            {m for m, f, t in assignments.get(s, ()) if f <= at and (t is None or t > at)}
+        )
+        for s, at in moments
+    }
+    teams = await repository.teams_by_user(session, {m for ms in managers.values() for m in ms})
+    return {
+        key: Responsible(
+            ms, sorted({teams[m] for m in ms if m in teams}), risks.get(key[0], "medium")
+        )
+        for key, ms in managers.items()
+    }
 
 
 async def set_supervisor(session: AsyncSession, manager_id: uuid.UUID, body: SupervisorIn) -> User:
@@ -273,10 +300,6 @@ async def set_team(session: AsyncSession, manager_id: uuid.UUID, body: Membershi
     manager.team_id = body.team_id
     await session.flush()
     return manager
-
-
-async def teams_of(session: AsyncSession, manager_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
-    return await repository.teams_of(session, manager_ids)
 
 
 async def team_of(session: AsyncSession, user_id: uuid.UUID) -> uuid.UUID | None:
