@@ -40,6 +40,8 @@ from services.zones.service import (
     crime_alert_id,
     episode_id,
     evaluate,
+    leads_clear,
+    read_back_from,
     reconcile,
     to_check,
     unsettled,
@@ -600,16 +602,26 @@ def test_trails_far_from_an_exclusion_zone_are_skipped_without_changing_any_answ
     assert checked == 300 and 30 < skipped < 270  # both paths were exercised
 
 
+def _read_back(trail: list[TrailFix], since: datetime) -> list[TrailFix]:
+    """The trail from `since` on, led by the one fix before it, as trails_since reads."""
+    return [f for f in trail if f.ts < since][-1:] + [f for f in trail if f.ts >= since]
+
+
 def _checker(
     z: PreparedZone,
     batches: list[list[TrailFix]],
     shortcut: bool,
     params: CheckParams,
     placements: Placements | None = None,
+    near: bool = False,
+    short: list[bool] | None = None,
 ) -> tuple[list[tuple[ChangeKind, uuid.UUID, Reported | None]], int]:
     """The zone checker's steps for one subject and zone, as the worker takes them, over
     a sequence of batches: what it says, and how many batches it did not read back for.
-    `placements`: fixes placed before, kept between batches as the worker keeps them."""
+    `placements`: fixes placed before, kept between batches as the worker keeps them;
+    `near`: an exclusion zone's read-back only as far as a path reaches, unless its
+    leading fix is near the zone (as the worker reads back), rather than always two
+    hours; `short` gets, a batch read back, whether that read-back was the short one."""
     context = timedelta(hours=2)
     gap = timedelta(seconds=params.segment_max_gap_s)
     stored: dict[datetime, TrailFix] = {}
@@ -620,11 +632,8 @@ def _checker(
         stored.update((f.ts, f) for f in batch)
         trail_now = [stored[t] for t in sorted(stored)]
         lo, hi = min(f.ts for f in batch), max(f.ts for f in batch)
-        since = lo - context
-        reported = {k: r for k, r in episodes.items() if r.end is None or r.end >= since}
-        for r in reported.values():
-            if r.end is None or r.end >= since:
-                since = min(since, r.start)
+        reported = {k: r for k, r in episodes.items() if r.end is None or r.end >= lo - context}
+        since = read_back_from(lo, context, reported.values())
         reach = Reach.of([f for f in trail_now if lo - gap <= f.ts <= hi + gap])
         pending = {(SUBJECT, z.id)} if unsettled(reported, lo) else set()
         if shortcut and not to_check(
@@ -632,9 +641,17 @@ def _checker(
         ):
             skipped += 1
             continue
-        before = [f for f in trail_now if f.ts < since][-1:]
-        trail = before + [f for f in trail_now if f.ts >= since]
-        for change in check_zone(z, SUBJECT, trail, reported, since, params, placements):
+        trail = _read_back(trail_now, since)
+        if near and z.kind is ZoneKind.exclusion:
+            since = read_back_from(lo, gap, reported.values())
+            trail = _read_back(trail_now, since)
+            clear = leads_clear([z], trail, since)
+            if short is not None:
+                short.append(clear)
+            if not clear:
+                since = read_back_from(lo, context, reported.values())
+                trail = _read_back(trail_now, since)
+        for change in check_zone(z, SUBJECT, trail, reported, since, lo, params, placements):
             if change.episode is None:
                 del episodes[change.id]
                 said.append((change.kind, change.id, None))
@@ -694,6 +711,93 @@ def test_subjects_nowhere_near_an_exclusion_zone_are_not_read_back_and_nothing_i
     # Both paths were exercised: episodes were said, and many batches were not read back.
     assert said_total > 50
     assert 0.1 * batches_total < skipped_total < 0.9 * batches_total
+
+
+def _hugging(rng: random.Random, z: PreparedZone) -> list[list[TrailFix]]:
+    """A walk that lingers about the edge of a zone 100 m across, in and out of it and
+    touching it for long stretches, fixes a minute apart with gaps; delivered live, late
+    and newest first, with resends."""
+    fixes = []
+    ts = T0
+    angle, radius = rng.uniform(0, 6.3), rng.uniform(60, 400)
+    for _ in range(rng.randint(40, 160)):
+        angle += rng.uniform(-0.3, 0.3)
+        radius = min(max(radius + rng.uniform(-40, 40) - 0.2 * (radius - 110), 0.0), 600.0)
+        ts += timedelta(seconds=rng.choice([60, 60, 60, 60, 120, 400, 3000]))
+        lat, lon = at_offset(radius * math.cos(angle), radius * math.sin(angle))
+        fixes.append(TrailFix("T", ts, ts, lat, lon, rng.choice([5.0, 15.0, 40.0, 80.0])))
+    batches: list[list[TrailFix]] = []
+    held: list[TrailFix] = []
+    for f in fixes:
+        if rng.random() < 0.15:
+            held.append(f)
+            continue
+        batches.append([f])
+        if held and rng.random() < 0.3:
+            batches.append(held[::-1])
+            held = []
+        if rng.random() < 0.05:
+            batches.append([rng.choice(fixes)])
+    if held:
+        batches.append(held)
+    return batches
+
+
+def test_a_short_read_back_says_what_two_hours_of_trail_say() -> None:
+    """For an exclusion zone the checker reads back only as far as a path reaches, and
+    the whole context only when the fix leading that read-back is not wholly outside the
+    zone (a run can go on through hours of fixes touching the boundary). Batch by batch
+    it says exactly what reading back two hours says, for walks that linger about the
+    zone's edge, and most read-backs stay short. An episode that ended before the new
+    fixes is not announced again."""
+    rng = random.Random(17)
+    params = CheckParams()
+    zones = [zone(), zone(half_m=30.0, buffer_m=40.0), zone(radius_m=60.0)]
+    said_total = 0
+    short: list[bool] = []
+    for _ in range(150):
+        z = rng.choice(zones)
+        batches = _hugging(rng, z)
+        full, _ = _checker(z, batches, True, params)
+        assert _checker(z, batches, True, params, near=True, short=short)[0] == full
+        assert _checker(z, batches, True, params, Placements(), near=True)[0] == full
+        # An episode is announced once, unless superseded in between.
+        standing: set[uuid.UUID] = set()
+        for kind, episode_id_, _ in full:
+            assert not (kind is ChangeKind.opened and episode_id_ in standing)
+            if kind is ChangeKind.superseded:
+                standing.discard(episode_id_)
+            else:
+                standing.add(episode_id_)
+        said_total += len(full)
+    assert said_total > 200
+    assert 0.3 * len(short) < sum(short) < 0.95 * len(short)
+
+
+def test_a_run_carried_through_hours_of_touching_fixes_reads_back_the_context() -> None:
+    """One possibly-inside fix, three hours of fixes touching the boundary, then fixes
+    inside: the fix leading a short read-back touches the zone, so the checker reads
+    back the whole context, as it did before, and opens the breach where that shows it
+    (docs/benchmarks.md, fourteenth session)."""
+    z = zone()
+    possibly = TrailFix("T", T0, T0, *at_offset(95.0, 0.0), 20.0)
+    assert classify(z, possibly) is Containment.possibly_inside
+    touching = [
+        TrailFix("T", T0 + timedelta(minutes=m), T0, *at_offset(110.0, 0.0), 30.0)
+        for m in range(1, 181)
+    ]
+    assert classify(z, touching[0]) is Containment.touching
+    inside = [
+        TrailFix("T", T0 + timedelta(minutes=m), T0, *at_offset(0.0, 0.0), 5.0) for m in (181, 182)
+    ]
+    batches = [[possibly], *([f] for f in touching), *([f] for f in inside)]
+    short: list[bool] = []
+    near, _ = _checker(z, batches, True, CheckParams(), near=True, short=short)
+    assert near == _checker(z, batches, True, CheckParams())[0]
+    assert short[-1] is False
+    opened = [r for kind, _, r in near if kind is ChangeKind.opened]
+    assert opened and opened[-1] is not None
+    assert opened[-1].start == inside[0].ts
 
 
 def test_to_check_keeps_exactly_the_exclusion_zones_a_reach_meets() -> None:

@@ -813,19 +813,26 @@ def check_zone(
     trail: Sequence[TrailFix],
     reported: Mapping[uuid.UUID, Reported],
     since: datetime,
+    first_new: datetime,
     params: CheckParams,
     placements: Placements | None = None,
 ) -> list[Change[Episode]]:
     """What changed for one subject in one zone: the episodes of the trail read back from
-    `since` (led by the one fix before it), reconciled with those reported."""
+    `since` (led by the one fix before it), reconciled with those reported.
+
+    Only episodes going on at or after the first new fix are reconciled. One that ended
+    before it is as it was decided (see `unsettled`), and the read-back, reaching back
+    to the start of an episode still open, often holds some: derived again, they were
+    announced again as opened whenever they had ended before the episodes read back."""
     current = [
         e
         for e in evaluate(zone, subject_id, trail, params, placements)
         # An episode at the very first fix read back, when that fix is from before the
         # window, may have begun earlier still: not ours to call.
-        if not (trail and e.start == trail[0].ts < since)
+        if not (trail and e.start == trail[0].ts < since) and (e.end is None or e.end >= first_new)
     ]
-    return reconcile(reported, current, (since, FOREVER))
+    going_on = {k: r for k, r in reported.items() if r.end is None or r.end >= first_new}
+    return reconcile(going_on, current, (since, FOREVER))
 
 
 @dataclass(frozen=True)
@@ -909,6 +916,45 @@ def unsettled(reported: Mapping[uuid.UUID, Reported], first_new: datetime) -> bo
     their end. A late fix within or before it has a time at or before its end, so it
     still forces the check."""
     return any(r.end is None or r.end >= first_new for r in reported.values())
+
+
+def read_back_from(
+    first_new: datetime, context: timedelta, reported: Iterable[Reported]
+) -> datetime:
+    """Where a subject's trail is read back from: `context` before its first new fix, or
+    earlier, at the start of any reported episode still open or ending at or after that
+    point, so that every such episode is derived whole again."""
+    since = first_new - context
+    while True:
+        earlier = min(
+            (r.start for r in reported if (r.end is None or r.end >= since) and r.start < since),
+            default=None,
+        )
+        if earlier is None:
+            return since
+        since = earlier
+
+
+def leads_clear(zones: Iterable[PreparedZone], trail: Sequence[TrailFix], since: datetime) -> bool:
+    """Whether a trail read back from `since` (led by the one stored fix before it, as
+    trails are read back) is enough to derive every episode its new fixes can be part of,
+    in each of these zones, as the whole trail would: when nothing was stored before it,
+    or when they are exclusion zones and the leading fix lies wholly outside every one.
+
+    A run of fixes in an exclusion zone ends only at a fix wholly outside it; fixes
+    touching the boundary merely break its streak, for any length of time. So a run the
+    new fixes join began after the last such fix before them, and whatever came before
+    that fix was decided when its own fixes came. A path between fixes is checked only
+    for fixes at most segment_max_gap_s apart, which a read-back from that far before
+    the first new fix holds. Inclusion zones and curfews look further back (a curfew's
+    look-back), and a leading fix near the zone says nothing: those read back the whole
+    context (`TAGTRAIL_CHECK_CONTEXT_S`)."""
+    if not trail or trail[0].ts >= since:
+        return True
+    lead = trail[0]
+    return all(
+        z.kind is ZoneKind.exclusion and classify(z, lead) is Containment.outside for z in zones
+    )
 
 
 def episode_row(

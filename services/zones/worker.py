@@ -57,6 +57,8 @@ from services.zones.service import (
     check_zone,
     episode_row,
     evaluate,
+    leads_clear,
+    read_back_from,
     to_check,
     unsettled,
 )
@@ -239,41 +241,52 @@ class ZoneChecker:
             return
         reach, episodes = reaching.result(), reading.result()
         first_new: dict[uuid.UUID, datetime] = {}
-        since: dict[uuid.UUID, datetime] = {}
 
-        def window(s: uuid.UUID) -> datetime:
-            """The subject's first new fix, and where its read-back begins."""
+        def first_of(s: uuid.UUID) -> datetime:
+            """The subject's first new fix."""
             if s not in first_new:
                 first_new[s] = from_epoch(firsts[s])
-                since[s] = first_new[s] - context
             return first_new[s]
 
         reported: dict[tuple[uuid.UUID, uuid.UUID], dict[uuid.UUID, Reported]] = defaultdict(dict)
+        theirs: dict[uuid.UUID, list[Reported]] = defaultdict(list)
         async with self.db.transaction() as session:
             for ep in episodes:
-                reported[(ep.subject_id, ep.zone_id)][ep.id] = Reported(
-                    ep.id,
-                    ep.condition,
-                    ep.start,
-                    ep.end,
-                    Confidence(ep.confidence),
-                    ep.last_fix,
+                r = Reported(
+                    ep.id, ep.condition, ep.start, ep.end, Confidence(ep.confidence), ep.last_fix
                 )
-                window(ep.subject_id)
-                # Read back far enough to see every episode still open in full.
-                if ep.end is None or ep.end >= since[ep.subject_id]:
-                    since[ep.subject_id] = min(since[ep.subject_id], ep.start)
+                reported[(ep.subject_id, ep.zone_id)][ep.id] = r
+                theirs[ep.subject_id].append(r)
             checks = to_check(
                 zones,
                 reach,
-                {k for k, eps in reported.items() if unsettled(eps, window(k[0]))},
+                {k for k, eps in reported.items() if unsettled(eps, first_of(k[0]))},
             )
             if not checks:
                 return
-            for s in checks:
-                window(s)
+            # Exclusion zones alone: a read-back as far as a path reaches, unless the fix
+            # leading it lies near a zone (service.leads_clear); then, as for the
+            # others, the whole context.
+            near = timedelta(seconds=self.params.segment_max_gap_s)
+            since = {
+                s: read_back_from(
+                    first_of(s),
+                    near if all(z.kind is ZoneKind.exclusion for z in zs) else context,
+                    theirs[s],
+                )
+                for s, zs in checks.items()
+            }
             async with self.db.pool.acquire() as conn:
-                trails = await trail_store.trails_since(conn, [(s, since[s]) for s in checks])
+                trails = await trail_store.trails_since(conn, list(since.items()))
+                further = {
+                    s: back
+                    for s, zs in checks.items()
+                    if not leads_clear(zs, trails.get(s, []), since[s])
+                    and (back := read_back_from(first_of(s), context, theirs[s])) < since[s]
+                }
+                if further:
+                    trails.update(await trail_store.trails_since(conn, list(further.items())))
+                    since.update(further)
             # Every pair's new fixes placed at once, not a call a pair.
             self._placements.prime(
                 (zone, s, trails.get(s, [])) for s, zs in checks.items() for zone in zs
@@ -294,6 +307,7 @@ class ZoneChecker:
                         trail,
                         reported[(subject_id, zone.id)],
                         since[subject_id],
+                        first_of(subject_id),
                         self.params,
                         self._placements,
                     )
