@@ -33,7 +33,7 @@ from services.alerts.schemas import (
     WebhookOut,
 )
 from services.alerts.service import Action, AlertState, signing_secret, transition
-from services.alerts.worker import enqueue, record
+from services.alerts.worker import enqueue, history_row
 from services.common.auth import Principal, Role
 from services.common.deps import Admin, Caseload, RuntimeDep, SessionDep
 from services.common.errors import NotFound, Unprocessable
@@ -233,7 +233,10 @@ async def _act(
         alert.outcome, alert.note = body.outcome.value, body.note
     alert.updated_at = now  # type: ignore[assignment]
     outcome = body.outcome.value if body else None
-    await record(session, alert, before, user.id, user.name, outcome, body.note if body else None)
+    await repository.add_transition(
+        session,
+        history_row(alert, before, user.id, user.name, outcome, body.note if body else None),
+    )
     await session.flush()
     await session.refresh(alert)
     await enqueue(session, alert, alert.state)

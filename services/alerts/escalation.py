@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from services.alerts import repository
-from services.alerts.worker import enqueue, record
+from services.alerts.worker import enqueue, history_row
 from services.common.database import Database
 from services.common.periodic import Periodic
 from services.common.settings import AlertSettings
@@ -45,7 +45,9 @@ class Escalator:
                         if added
                         else f"not acknowledged within {after_s / 60:.0f} min; no supervisor set"
                     )
-                    await record(session, alert, alert.state, outcome="escalated", note=note)
+                    await repository.add_transition(
+                        session, history_row(alert, alert.state, outcome="escalated", note=note)
+                    )
                     await session.flush()
                     await enqueue(session, alert, "escalated")
                     done += 1

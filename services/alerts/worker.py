@@ -81,27 +81,28 @@ async def enqueue(session: AsyncSession, alert: Alert, event: str) -> None:
     await enqueue_all(session, [(alert, event, payload(alert, event))])
 
 
-async def record(
-    session: AsyncSession,
+def history_row(
     alert: Alert,
     before: str | None,
     actor: uuid.UUID | None = None,
     actor_name: str = SYSTEM,
     outcome: str | None = None,
     note: str | None = None,
-) -> None:
-    await repository.add_transition(
-        session,
-        AlertTransition(
-            alert_id=alert.id,
-            from_state=before,
-            to_state=alert.state,
-            actor_id=actor,
-            actor_name=actor_name,
-            outcome=outcome,
-            note=note,
-        ),
+) -> AlertTransition:
+    """The history row of an alert's change from `before` to the state it is now in."""
+    return AlertTransition(
+        alert_id=alert.id,
+        from_state=before,
+        to_state=alert.state,
+        actor_id=actor,
+        actor_name=actor_name,
+        outcome=outcome,
+        note=note,
     )
+
+
+def evidence_of(m: AlertMessage) -> list[dict[str, Any]]:
+    return [f.model_dump(mode="json") for f in m.evidence]
 
 
 class Filing:
@@ -163,7 +164,7 @@ class Filing:
             delay_s=m.delay_s,
             reason=m.reason,
             details={**m.details, "risk": who.risk},
-            evidence=[f.model_dump(mode="json") for f in m.evidence],
+            evidence=evidence_of(m),
             severity=severity(m.kind.value, m.confidence, who.risk),
             managers=who.managers,
             teams=who.teams,
@@ -194,7 +195,7 @@ class Filing:
         alert.last_fix_at = m.last_fix_at
         alert.reason = m.reason
         alert.details = {**m.details, "risk": alert.details.get("risk", "medium")}
-        alert.evidence = [f.model_dump(mode="json") for f in m.evidence]
+        alert.evidence = evidence_of(m)
         alert.severity = severity(m.kind.value, m.confidence, alert.details["risk"])
         alert.updated_at = self.now
         if alert.state == AlertState.superseded:
@@ -207,11 +208,7 @@ class Filing:
         return None
 
     def _record(self, alert: Alert, before: str | None) -> None:
-        self.transitions.append(
-            AlertTransition(
-                alert_id=alert.id, from_state=before, to_state=alert.state, actor_name=SYSTEM
-            )
-        )
+        self.transitions.append(history_row(alert, before))
 
 
 class Dispatcher:
@@ -224,7 +221,7 @@ class Dispatcher:
                 a.id: a
                 for a in await repository.lock_all(session, sorted({m.alert_id for m in messages}))
             }
-            # Who answers for the alerts not filed yet: a moment a message, one read.
+            # Who answers for the alerts not filed yet, for all of them at once.
             responsible = await registry.responsible_at(
                 session,
                 {

@@ -155,9 +155,7 @@ async def teams_by_user(
     session: AsyncSession, user_ids: Collection[uuid.UUID]
 ) -> dict[uuid.UUID, uuid.UUID]:
     """The team of each of these users that has one."""
-    rows = await session.execute(
-        select(User.id, User.team_id).where(any_of(User.id, user_ids), User.team_id.is_not(None))
-    )
+    rows = await session.execute(select(User.id, User.team_id).where(any_of(User.id, user_ids)))
     return {user_id: team_id for user_id, team_id in rows if team_id is not None}
 
 
