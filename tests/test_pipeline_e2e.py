@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -281,3 +281,65 @@ async def test_filed_alerts_reach_downstream_systems_on_the_kafka_alert_feed(
     finally:
         await consumer.stop()
         await pipeline.stop()
+
+
+async def test_an_open_breach_carried_from_batch_to_batch_counts_fixes_stored_by_others(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    """The zone checker carries a breach still open from one batch to the next rather
+    than read its hours of fixes back each time (service.Checkpoint). A fix among them
+    stored by another process (on Kafka, a consumer that held the subject's partition
+    for a while) makes it read them back: the breach it reports is the one the whole
+    trail shows."""
+    http = client
+    world = await enrol(http, db, n=1, prefix="CARRY")
+    shop = (52.6100, -0.3000)
+    zone = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [square(*shop, 120)]},
+        "properties": {"subject_id": str(world.subjects[0]), "kind": "exclusion", "name": "Shop"},
+    }
+    assert (await http.post("/v1/zones", json=zone, headers=world.admin)).status_code == 201
+    start = (utcnow() - timedelta(hours=1)).replace(microsecond=0)
+
+    async def breach() -> list[dict[str, Any]]:
+        r = await http.get("/v1/alerts", headers=world.manager)
+        return [a for a in r.json()["items"] if a["kind"] == "exclusion"]
+
+    async def post_and_wait(minute: int) -> dict[str, Any]:
+        at = start + timedelta(minutes=minute)
+        r = await http.post(
+            "/v1/fixes",
+            json={"tag_id": world.tags[0], "fixes": [fix(at, *shop)]},
+            headers=world.supplier,
+        )
+        assert r.json()["accepted"] == 1
+        items = await eventually(
+            breach,
+            lambda items: len(items) == 1 and datetime.fromisoformat(items[0]["last_fix_at"]) == at,
+        )
+        return items[0]
+
+    # Live, a fix a batch: from the second on, the run is carried on.
+    for minute in range(10):
+        alert = await post_and_wait(minute)
+    assert alert["reason"].endswith("10 supporting in all")
+    # Stored by someone else, between fixes the checkpoint summarises.
+    late = start + timedelta(minutes=4, seconds=30)
+    async with db.pool.acquire() as conn:
+        await conn.execute(
+            "insert into trail_points (tag_id, ts, received_at, subject_id, lat, lon,"
+            " accuracy_m, source, geom) values ($1, $2, now(), $3, $4, $5, 8, 'gps',"
+            " st_setsrid(st_makepoint($5, $4), 4326))",
+            world.tags[0],
+            late,
+            world.subjects[0],
+            *shop,
+        )
+    alert = await post_and_wait(10)
+    assert alert["reason"].endswith("12 supporting in all")
+    afresh = await episodes_afresh(
+        db, check_params(settings.check), start - timedelta(hours=1), utcnow()
+    )
+    (episode,) = [e for e in afresh if e.subject_id == world.subjects[0]]
+    assert str(episode.id) == alert["id"] and episode.reason == alert["reason"]

@@ -25,6 +25,7 @@ from services.zones.service import (
     Change,
     ChangeKind,
     CheckParams,
+    Checkpoint,
     Condition,
     Confidence,
     Containment,
@@ -615,19 +616,27 @@ def _checker(
     placements: Placements | None = None,
     near: bool = False,
     short: list[bool] | None = None,
+    processes: int = 0,
+    carried: list[bool] | None = None,
 ) -> tuple[list[tuple[ChangeKind, uuid.UUID, Reported | None]], int]:
     """The zone checker's steps for one subject and zone, as the worker takes them, over
     a sequence of batches: what it says, and how many batches it did not read back for.
     `placements`: fixes placed before, kept between batches as the worker keeps them;
     `near`: an exclusion zone's read-back only as far as a path reaches, unless its
     leading fix is near the zone (as the worker reads back), rather than always two
-    hours; `short` gets, a batch read back, whether that read-back was the short one."""
+    hours; `short` gets, a batch read back, whether that read-back was the short one.
+    `processes`: checkers keeping the runs left open as checkpoints (as the worker
+    does), taking the batches in turns at random, as Kafka consumers do across
+    rebalances, each validating its own checkpoints against the shared store; `carried`
+    gets, a batch read back, whether a checkpoint was carried on."""
     context = timedelta(hours=2)
     gap = timedelta(seconds=params.segment_max_gap_s)
     stored: dict[datetime, TrailFix] = {}
     episodes: dict[uuid.UUID, Reported] = {}
     said: list[tuple[ChangeKind, uuid.UUID, Reported | None]] = []
     skipped = 0
+    memories: list[dict[uuid.UUID, Checkpoint]] = [{} for _ in range(processes)]
+    turns = random.Random(len(batches))
     for batch in batches:
         stored.update((f.ts, f) for f in batch)
         trail_now = [stored[t] for t in sorted(stored)]
@@ -641,17 +650,39 @@ def _checker(
         ):
             skipped += 1
             continue
+        memory = turns.choice(memories) if memories else {}
+        cp = memory.get(z.id)
+        if not (
+            cp is not None
+            and cp.carries(z, lo)
+            and sum(cp.run.start <= t <= cp.through for t in stored) == cp.counted
+            and (open_ := reported.get(cp.episode_id)) is not None
+            and open_.end is None
+        ):
+            cp = None
+        if carried is not None and memories:
+            carried.append(cp is not None)
+        others = [r for r in reported.values() if cp is None or r.id != cp.episode_id]
+        through = [cp.through] if cp is not None else []
+        since = min([read_back_from(lo, context, others), *through])
         trail = _read_back(trail_now, since)
         if near and z.kind is ZoneKind.exclusion:
-            since = read_back_from(lo, gap, reported.values())
+            since = min([read_back_from(lo, gap, others), *through])
             trail = _read_back(trail_now, since)
-            clear = leads_clear([z], trail, since)
+            clear = cp is not None or leads_clear([z], trail, since)
             if short is not None:
                 short.append(clear)
             if not clear:
-                since = read_back_from(lo, context, reported.values())
+                since = read_back_from(lo, context, others)
                 trail = _read_back(trail_now, since)
-        for change in check_zone(z, SUBJECT, trail, reported, since, lo, params, placements):
+        changes, checkpoint = check_zone(
+            z, SUBJECT, trail, reported, since, lo, params, placements, cp
+        )
+        if checkpoint is None:
+            memory.pop(z.id, None)
+        else:
+            memory[z.id] = checkpoint
+        for change in changes:
             if change.episode is None:
                 del episodes[change.id]
                 said.append((change.kind, change.id, None))
@@ -755,12 +786,22 @@ def test_a_short_read_back_says_what_two_hours_of_trail_say() -> None:
     zones = [zone(), zone(half_m=30.0, buffer_m=40.0), zone(radius_m=60.0)]
     said_total = 0
     short: list[bool] = []
+    carried: list[bool] = []
     for _ in range(150):
         z = rng.choice(zones)
         batches = _hugging(rng, z)
         full, _ = _checker(z, batches, True, params)
         assert _checker(z, batches, True, params, near=True, short=short)[0] == full
         assert _checker(z, batches, True, params, Placements(), near=True)[0] == full
+        # Open runs carried on from checkpoints, by one checker or by three taking
+        # the batches in turns: the same.
+        for processes in (1, 3):
+            assert (
+                _checker(z, batches, True, params, near=True, processes=processes, carried=carried)[
+                    0
+                ]
+                == full
+            )
         # An episode is announced once, unless superseded in between.
         standing: set[uuid.UUID] = set()
         for kind, episode_id_, _ in full:
@@ -772,6 +813,9 @@ def test_a_short_read_back_says_what_two_hours_of_trail_say() -> None:
         said_total += len(full)
     assert said_total > 200
     assert 0.3 * len(short) < sum(short) < 0.95 * len(short)
+    # Checkpoints were carried on, and were often not (a late fix among the fixes they
+    # summarise, another checker's turn, or nothing open).
+    assert 0.2 * len(carried) < sum(carried) < 0.8 * len(carried)
 
 
 def test_a_run_carried_through_hours_of_touching_fixes_reads_back_the_context() -> None:
@@ -798,6 +842,25 @@ def test_a_run_carried_through_hours_of_touching_fixes_reads_back_the_context() 
     opened = [r for kind, _, r in near if kind is ChangeKind.opened]
     assert opened and opened[-1] is not None
     assert opened[-1].start == inside[0].ts
+
+
+def test_a_carried_run_ends_at_a_fix_far_from_the_zone() -> None:
+    """A run carried on from a checkpoint ends at the first fix outside, when the subject
+    is next seen far from the zone, as the full check ends it."""
+    z = zone()
+    inside = [
+        TrailFix("T", T0 + timedelta(minutes=m), T0, *at_offset(0.0, 0.0), 5.0) for m in range(10)
+    ]
+    far = [
+        TrailFix("T", T0 + timedelta(minutes=m), T0, *at_offset(5000.0, 0.0), 5.0) for m in (20, 21)
+    ]
+    batches = [[f] for f in inside + far]
+    carried: list[bool] = []
+    said, _ = _checker(z, batches, True, CheckParams(), near=True, processes=1, carried=carried)
+    assert said == _checker(z, batches, True, CheckParams())[0]
+    assert carried[-2] is True  # the first far fix went on from a checkpoint
+    last = said[-1][2]
+    assert last is not None and last.start == inside[0].ts and last.end == far[0].ts
 
 
 def test_to_check_keeps_exactly_the_exclusion_zones_a_reach_meets() -> None:

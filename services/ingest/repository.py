@@ -869,6 +869,37 @@ async def trails_since(
     return _by_subject(rows)
 
 
+# $1-$3 (subject, from, through) as arrays; $4 the earliest from. A count a row, in
+# order: from the index on (subject_id, ts) alone.
+COUNT_BETWEEN_SQL = """
+select (
+    select count(*) from trail_points t
+    where t.subject_id = r.subject_id and t.ts between r.lo and r.hi
+      -- The earliest over all, which the planner sees: only partitions from it.
+      and t.ts >= $4
+)
+from unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[]) with ordinality
+    as r(subject_id, lo, hi, i)
+order by r.i
+"""
+
+
+async def count_between(
+    conn: asyncpg.Connection, spans: Sequence[tuple[uuid.UUID, datetime, datetime]]
+) -> list[int]:
+    """How many fixes are stored for each (subject, from, through), both ends included."""
+    if not spans:
+        return []
+    rows = await conn.fetch(
+        COUNT_BETWEEN_SQL,
+        [s for s, _, _ in spans],
+        [lo for _, lo, _ in spans],
+        [hi for _, _, hi in spans],
+        min(lo for _, lo, _ in spans),
+    )
+    return [n for (n,) in rows]
+
+
 # $1-$3 (subject, first, last) as arrays, the times as seconds since 1970 (float8, as
 # STORED_POSITIONS_SQL: exact to the microsecond, and a datetime costs asyncpg four
 # times a float to encode, for every subject of every batch); $4 the pad (s); $5/$6

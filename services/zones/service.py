@@ -10,10 +10,10 @@ episodes around it are derived again (see reconcile).
 from __future__ import annotations
 
 import uuid
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from itertools import chain, pairwise
@@ -425,7 +425,11 @@ def episode_id(
 class _Run:
     start: datetime
     reason_start: str
-    support: list[TrailFix] = field(default_factory=list)
+    # The supporting fixes: the first EVIDENCE_HEAD, the last, and how many in all. The
+    # run is carried from batch to batch (Checkpoint) and never needs the others.
+    head: list[TrailFix] = field(default_factory=list)
+    last: TrailFix | None = None
+    count: int = 0
     strong_streak: int = 0
     streak_from: datetime | None = None
     best_streak: int = 0
@@ -434,7 +438,10 @@ class _Run:
     weak_count: int = 0
 
     def add(self, fix: TrailFix, role: _Role) -> None:
-        self.support.append(fix)
+        if self.count < EVIDENCE_HEAD:
+            self.head.append(fix)
+        self.last = fix
+        self.count += 1
         if role is _Role.strong:
             self.any_strong = True
             if self.strong_streak == 0:
@@ -446,6 +453,9 @@ class _Run:
         else:
             self.weak_count += 1
             self.strong_streak = 0
+
+    def copy(self) -> _Run:
+        return replace(self, head=list(self.head))
 
     def interrupt(self) -> None:
         self.strong_streak = 0
@@ -468,9 +478,11 @@ class _Run:
         where = "inside" if zone.kind is ZoneKind.exclusion else "outside"
         reason = (
             f"{self.reason_start}; {self.best_streak} consecutive fix(es) wholly {where} "
-            f"over {self.best_dwell_s:.0f} s, {len(self.support)} supporting in all"
+            f"over {self.best_dwell_s:.0f} s, {self.count} supporting in all"
         )
-        evidence = tuple(self.support[:EVIDENCE_HEAD]) + tuple(self.support[EVIDENCE_HEAD:][-1:])
+        evidence = tuple(self.head)
+        if self.count > EVIDENCE_HEAD and self.last is not None:
+            evidence += (self.last,)
         return Episode(
             subject_id=subject_id,
             zone_id=zone.id,
@@ -480,10 +492,53 @@ class _Run:
             start=self.start,
             end=end,
             confidence=confidence,
-            last_fix=self.support[-1].ts if self.support else None,
+            last_fix=self.last.ts if self.last is not None else None,
             evidence=evidence,
             reason=reason,
         )
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A run of fixes in an unscheduled exclusion zone still open at the last fix a
+    check read (`through`), as that check left it, so that the next check carries it on
+    from the fixes after that one instead of reading the trail back to the run's start,
+    which may be hours of fixes, with every batch.
+
+    `counted` is how many stored fixes the subject has from the run's start to
+    `through`. Stored fixes are never changed, so while that count holds and every new
+    fix comes after `through`, the fixes the run summarises are the ones it was made
+    from, whichever process stored them and whatever happened in between; a late fix
+    among them changes the count (or comes at or before `through`) and the trail is read
+    back in full again."""
+
+    subject_id: uuid.UUID
+    zone_id: uuid.UUID
+    zone_version: int
+    run: _Run
+    through: datetime
+    counted: int
+
+    @property
+    def episode_id(self) -> uuid.UUID:
+        return episode_id(self.subject_id, self.zone_id, Condition.breach, self.run.start)
+
+    def carries(self, zone: PreparedZone, first_new: datetime) -> bool:
+        """Whether this checkpoint can stand for the fixes up to `through` in a check of
+        `zone` whose first new fix is `first_new` (the stored count aside)."""
+        return (
+            zone.id == self.zone_id
+            and zone.version == self.zone_version
+            and _checkpointed(zone)
+            and first_new > self.through
+        )
+
+
+def _checkpointed(zone: PreparedZone) -> bool:
+    """Whether a zone's open runs are carried as checkpoints: exclusion zones in force
+    at all times. A curfew's runs are cut by its windows, and an inclusion zone reads
+    back a look-back before them: those read the trail back."""
+    return zone.kind is ZoneKind.exclusion and not zone.scheduled
 
 
 def evaluate(
@@ -495,9 +550,24 @@ def evaluate(
 ) -> list[Episode]:
     """Every episode the trail shows for this zone, derived from the trail alone.
     `placements`: fixes placed against zones before, kept to be placed once."""
+    return _evaluate(zone, subject_id, trail, params, placements, None)[0]
+
+
+def _evaluate(
+    zone: PreparedZone,
+    subject_id: uuid.UUID,
+    trail: Sequence[TrailFix],
+    params: CheckParams,
+    placements: Placements | None,
+    carried: Checkpoint | None,
+) -> tuple[list[Episode], _Run | None]:
+    """As evaluate, going on from the run `carried` (if any) at the fixes after its
+    `through`; with the run still open at the last fix, when the zone is checkpointed."""
     fixes, times = _ordered(trail)
-    if not fixes or (zone.kind is ZoneKind.exclusion and _far_from(zone, fixes)):
-        return []
+    if not fixes or (
+        zone.kind is ZoneKind.exclusion and carried is None and _far_from(zone, fixes)
+    ):
+        return [], None
     lookback = timedelta(seconds=params.curfew_lookback_s)
     last_known = times[-1]
     placed = (
@@ -510,13 +580,20 @@ def evaluate(
     roles = [table[c] for c in codes.tolist()]
     supporting = np.flatnonzero(_SUPPORTING[zone.kind][codes]).tolist()
     episodes: list[Episode] = []
+    still_open: _Run | None = None
     for opens, closes in zone.windows(times[0] - lookback, last_known + timedelta(seconds=1)):
         # The fixes in [opens, closes), and those in the lookback before it: slices,
         # the trail being in time order.
         lo, hi = bisect_left(times, opens), bisect_left(times, closes)
         before = bisect_left(times, opens - lookback)
         ended = closes <= last_known
-        episodes += _runs(
+        # A carried run goes on at the first fix after those it summarises.
+        resume = (
+            (carried.run.copy(), max(lo, bisect_right(times, carried.through)))
+            if carried is not None and opens <= carried.through < closes
+            else None
+        )
+        found, run = _runs(
             zone,
             subject_id,
             fixes,
@@ -527,13 +604,17 @@ def evaluate(
             (opens, closes),
             ended,
             params,
+            resume,
         )
+        episodes += found
+        if run is not None and _checkpointed(zone):
+            still_open = run
         if zone.kind is ZoneKind.inclusion and zone.scheduled and ended:
             episodes += _gaps(zone, subject_id, fixes[lo:hi], opens, closes, params)
         if zone.kind is ZoneKind.exclusion:
             episodes += _segments(zone, subject_id, fixes, where, lo, hi, params)
     episodes.sort(key=lambda e: (e.start, e.condition))
-    return episodes
+    return episodes, still_open
 
 
 def _far_from(zone: PreparedZone, fixes: Sequence[TrailFix]) -> bool:
@@ -572,21 +653,26 @@ def _runs(
     window: tuple[datetime, datetime],
     ended: bool,
     params: CheckParams,
-) -> list[Episode]:
+    resume: tuple[_Run, int] | None = None,
+) -> tuple[list[Episode], _Run | None]:
     """The runs of supporting fixes among fixes[lo:hi] (`span`) in the window (opens,
     closes): `roles` says each fix's role and `supporting` lists, in order, the
     indices of the strong and weak ones; `lookback`: whether the fix before lo is in
-    the curfew's lookback."""
+    the curfew's lookback. `resume`: a run open before the fix at the index given, to go
+    on from there. With the run still open at the end of the span, if the window goes
+    on."""
     (lo, hi), (opens, closes) = span, window
     out: list[Episode] = []
     run: _Run | None = None
-    if zone.kind is ZoneKind.inclusion and zone.scheduled and lookback:
+    i = lo
+    if resume is not None:
+        run, i = resume
+    elif zone.kind is ZoneKind.inclusion and zone.scheduled and lookback:
         # Outside when the curfew starts is a breach from the start, not from a crossing.
         role = roles[lo - 1]
         if role in (_Role.strong, _Role.weak):
             run = _Run(opens, f"outside when the curfew began at {opens.isoformat()}")
             run.add(fixes[lo - 1], role)
-    i = lo
     while i < hi:
         if run is None:
             # Nothing happens until a supporting fix: straight to the next one.
@@ -612,7 +698,7 @@ def _runs(
         episode = run.episode(zone, subject_id, closes if ended else None, params)
         if episode is not None:
             out.append(episode)
-    return out
+    return out, None if ended else run
 
 
 # The float seconds between two fixes' times err by well under this; a gap within it
@@ -816,23 +902,40 @@ def check_zone(
     first_new: datetime,
     params: CheckParams,
     placements: Placements | None = None,
-) -> list[Change[Episode]]:
+    carried: Checkpoint | None = None,
+) -> tuple[list[Change[Episode]], Checkpoint | None]:
     """What changed for one subject in one zone: the episodes of the trail read back from
-    `since` (led by the one fix before it), reconciled with those reported.
+    `since` (led by the one fix before it), reconciled with those reported; with the
+    run left open at the last fix, as a checkpoint for the next check.
+
+    `carried`: the checkpoint the last check left, known to stand for the stored fixes up
+    to its `through` (Checkpoint), which the trail then need only reach.
 
     Only episodes going on at or after the first new fix are reconciled. One that ended
     before it is as it was decided (see `unsettled`), and the read-back, reaching back
     to the start of an episode still open, often holds some: derived again, they were
     announced again as opened whenever they had ended before the episodes read back."""
+    found, run = _evaluate(zone, subject_id, trail, params, placements, carried)
+    carried_from = carried.run.start if carried is not None else None
+    # An episode at the very first fix read back, when that fix is from before the
+    # window, may have begun earlier still: not ours to call, unless carried.
+    unknown = trail[0].ts if trail and trail[0].ts < since else None
     current = [
         e
-        for e in evaluate(zone, subject_id, trail, params, placements)
-        # An episode at the very first fix read back, when that fix is from before the
-        # window, may have begun earlier still: not ours to call.
-        if not (trail and e.start == trail[0].ts < since) and (e.end is None or e.end >= first_new)
+        for e in found
+        if (e.start != unknown or e.start == carried_from) and (e.end is None or e.end >= first_new)
     ]
     going_on = {k: r for k, r in reported.items() if r.end is None or r.end >= first_new}
-    return reconcile(going_on, current, (since, FOREVER))
+    changes = reconcile(going_on, current, (since, FOREVER))
+    checkpoint = None
+    if run is not None and (run.start != unknown or run.start == carried_from):
+        through = max(f.ts for f in trail)
+        if carried is not None and run.start == carried_from:
+            counted = carried.counted + sum(carried.through < f.ts <= through for f in trail)
+        else:
+            counted = sum(run.start <= f.ts for f in trail)
+        checkpoint = Checkpoint(subject_id, zone.id, zone.version, run, through, counted)
+    return changes, checkpoint
 
 
 @dataclass(frozen=True)

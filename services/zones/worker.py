@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -45,6 +45,7 @@ from services.zones.service import (
     Change,
     ChangeKind,
     CheckParams,
+    Checkpoint,
     Condition,
     Confidence,
     Episode,
@@ -66,6 +67,9 @@ from services.zones.service import (
 log = logging.getLogger(__name__)
 
 ZONES_GROUP = "tagtrail-zones"
+# Subjects whose open runs the zone checker carries from batch to batch (Checkpoint),
+# at most: a few kB each.
+MAX_CHECKPOINT_SUBJECTS = 50_000
 CRIMES_GROUP = "tagtrail-crimes"
 
 
@@ -156,6 +160,9 @@ class ZoneChecker:
         self._refreshing = asyncio.Lock()
         # Fixes placed against zones, kept for the batches that read them back again.
         self._placements = Placements()
+        # Runs still open, by subject and zone, carried on by the next batch rather than
+        # read back from their start (service.Checkpoint).
+        self._checkpoints: dict[uuid.UUID, dict[uuid.UUID, Checkpoint]] = {}
 
     async def start(self) -> None:
         """Reads which zones apply to whom and prepares them, so the first batches do
@@ -237,9 +244,23 @@ class ZoneChecker:
                 reading = tasks.create_task(
                     self.db.on_own(repository.reported_episodes, list(zones), earliest)
                 )
+                # Whether the fixes each checkpoint summarises are still those stored.
+                candidates = [
+                    cp
+                    for s in zones
+                    for cp in self._checkpoints.get(s, {}).values()
+                    if cp.through.timestamp() < firsts[s]
+                ]
+                counting = tasks.create_task(
+                    self.db.on_own(
+                        trail_store.count_between,
+                        [(cp.subject_id, cp.run.start, cp.through) for cp in candidates],
+                    )
+                )
         if not zones:
             return
         reach, episodes = reaching.result(), reading.result()
+        counts = counting.result()
         first_new: dict[uuid.UUID, datetime] = {}
 
         def first_of(s: uuid.UUID) -> datetime:
@@ -264,15 +285,26 @@ class ZoneChecker:
             )
             if not checks:
                 return
+            carried = self._carried(checks, candidates, counts, reported, first_of)
+            # What the trail must be read back for: every episode but those carried.
+            for s, cps in carried.items():
+                ids = {cp.episode_id for cp in cps.values()}
+                theirs[s] = [r for r in theirs[s] if r.id not in ids]
             # Exclusion zones alone: a read-back as far as a path reaches, unless the fix
             # leading it lies near a zone (service.leads_clear); then, as for the
-            # others, the whole context.
+            # others, the whole context. A carried run needs only the fixes after those
+            # it summarises.
             near = timedelta(seconds=self.params.segment_max_gap_s)
             since = {
-                s: read_back_from(
-                    first_of(s),
-                    near if all(z.kind is ZoneKind.exclusion for z in zs) else context,
-                    theirs[s],
+                s: min(
+                    [
+                        read_back_from(
+                            first_of(s),
+                            near if all(z.kind is ZoneKind.exclusion for z in zs) else context,
+                            theirs[s],
+                        ),
+                        *(cp.through for cp in carried.get(s, {}).values()),
+                    ]
                 )
                 for s, zs in checks.items()
             }
@@ -281,7 +313,11 @@ class ZoneChecker:
                 further = {
                     s: back
                     for s, zs in checks.items()
-                    if not leads_clear(zs, trails.get(s, []), since[s])
+                    if not leads_clear(
+                        [z for z in zs if z.id not in carried.get(s, {})],
+                        trails.get(s, []),
+                        since[s],
+                    )
                     and (back := read_back_from(first_of(s), context, theirs[s])) < since[s]
                 }
                 if further:
@@ -301,7 +337,7 @@ class ZoneChecker:
                     (f.ts for f in trail if (f.tag_id, f.ts) not in new), default=None
                 )
                 for zone in subject_zones:
-                    changes = check_zone(
+                    changes, checkpoint = check_zone(
                         zone,
                         subject_id,
                         trail,
@@ -310,7 +346,9 @@ class ZoneChecker:
                         first_of(subject_id),
                         self.params,
                         self._placements,
+                        carried.get(subject_id, {}).get(zone.id),
                     )
+                    self._keep(subject_id, zone.id, checkpoint)
                     for change in changes:
                         alerts.append(self._message(zone, subject_id, change, mine, seen_before))
                         rows.append(_episode_row(subject_id, zone, change, reported))
@@ -319,6 +357,50 @@ class ZoneChecker:
             # store absorbs; the other order could lose an alert.
             await self.bus.publish(ALERTS, [(str(a.subject_id), a) for a in alerts])
             await repository.save_episodes(session, rows)
+
+    def _carried(
+        self,
+        checks: Mapping[uuid.UUID, list[PreparedZone]],
+        candidates: list[Checkpoint],
+        counts: list[int],
+        reported: Mapping[tuple[uuid.UUID, uuid.UUID], Mapping[uuid.UUID, Reported]],
+        first_of: Callable[[uuid.UUID], datetime],
+    ) -> dict[uuid.UUID, dict[uuid.UUID, Checkpoint]]:
+        """The checkpoints this batch can go on from, by subject and zone: the stored
+        fixes they summarise are still all there are, every new fix comes after them, the
+        zone is as it was, and the episode they carry is still reported as open (another
+        process may have taken the subject over, and over again, in between)."""
+        out: dict[uuid.UUID, dict[uuid.UUID, Checkpoint]] = {}
+        for cp, stored in zip(candidates, counts, strict=True):
+            zone = next((z for z in checks.get(cp.subject_id, []) if z.id == cp.zone_id), None)
+            episode = reported.get((cp.subject_id, cp.zone_id), {}).get(cp.episode_id)
+            if (
+                zone is not None
+                and stored == cp.counted
+                and cp.carries(zone, first_of(cp.subject_id))
+                and episode is not None
+                and episode.end is None
+            ):
+                out.setdefault(cp.subject_id, {})[cp.zone_id] = cp
+        return out
+
+    def _keep(
+        self, subject_id: uuid.UUID, zone_id: uuid.UUID, checkpoint: Checkpoint | None
+    ) -> None:
+        """Keeps the run a check left open for the next batch (or forgets the last one),
+        for at most MAX_CHECKPOINT_SUBJECTS subjects, the longest kept going first."""
+        if checkpoint is None:
+            theirs = self._checkpoints.get(subject_id)
+            if theirs is not None:
+                theirs.pop(zone_id, None)
+                if not theirs:
+                    del self._checkpoints[subject_id]
+            return
+        theirs = self._checkpoints.pop(subject_id, {})
+        theirs[zone_id] = checkpoint
+        self._checkpoints[subject_id] = theirs
+        while len(self._checkpoints) > MAX_CHECKPOINT_SUBJECTS:
+            del self._checkpoints[next(iter(self._checkpoints))]
 
     def _message(
         self,
