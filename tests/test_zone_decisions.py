@@ -656,8 +656,7 @@ def _checker(
             cp is not None
             and cp.carries(z, lo)
             and sum(cp.run.start <= t <= cp.through for t in stored) == cp.counted
-            and (open_ := reported.get(cp.episode_id)) is not None
-            and open_.end is None
+            and cp.episode_id in reported
         ):
             cp = None
         if carried is not None and memories:
@@ -676,7 +675,7 @@ def _checker(
                 since = read_back_from(lo, context, others)
                 trail = _read_back(trail_now, since)
         changes, checkpoint = check_zone(
-            z, SUBJECT, trail, reported, since, lo, params, placements, cp
+            z, SUBJECT, trail, reported, since, lo, params, placements, cp, hi
         )
         if checkpoint is None:
             memory.pop(z.id, None)

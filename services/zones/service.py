@@ -560,9 +560,11 @@ def _evaluate(
     params: CheckParams,
     placements: Placements | None,
     carried: Checkpoint | None,
+    until: datetime | None = None,
 ) -> tuple[list[Episode], _Run | None]:
     """As evaluate, going on from the run `carried` (if any) at the fixes after its
-    `through`; with the run still open at the last fix, when the zone is checkpointed."""
+    `through`; with the run open after the last fix at or before `until`, when the zone
+    is checkpointed."""
     fixes, times = _ordered(trail)
     if not fixes or (
         zone.kind is ZoneKind.exclusion and carried is None and _far_from(zone, fixes)
@@ -593,6 +595,11 @@ def _evaluate(
             if carried is not None and opens <= carried.through < closes
             else None
         )
+        mark = (
+            bisect_right(times, until)
+            if until is not None and _checkpointed(zone) and opens <= until < closes
+            else None
+        )
         found, run = _runs(
             zone,
             subject_id,
@@ -605,9 +612,10 @@ def _evaluate(
             ended,
             params,
             resume,
+            mark,
         )
         episodes += found
-        if run is not None and _checkpointed(zone):
+        if run is not None:
             still_open = run
         if zone.kind is ZoneKind.inclusion and zone.scheduled and ended:
             episodes += _gaps(zone, subject_id, fixes[lo:hi], opens, closes, params)
@@ -654,16 +662,19 @@ def _runs(
     ended: bool,
     params: CheckParams,
     resume: tuple[_Run, int] | None = None,
+    mark: int | None = None,
 ) -> tuple[list[Episode], _Run | None]:
     """The runs of supporting fixes among fixes[lo:hi] (`span`) in the window (opens,
     closes): `roles` says each fix's role and `supporting` lists, in order, the
     indices of the strong and weak ones; `lookback`: whether the fix before lo is in
     the curfew's lookback. `resume`: a run open before the fix at the index given, to go
-    on from there. With the run still open at the end of the span, if the window goes
-    on."""
+    on from there. With (a copy of) the run open once the fixes before index `mark` are
+    taken, if a mark is given."""
     (lo, hi), (opens, closes) = span, window
     out: list[Episode] = []
     run: _Run | None = None
+    at_mark: _Run | None = None
+    marked, mark = mark is None, lo if mark is None else mark
     i = lo
     if resume is not None:
         run, i = resume
@@ -674,12 +685,16 @@ def _runs(
             run = _Run(opens, f"outside when the curfew began at {opens.isoformat()}")
             run.add(fixes[lo - 1], role)
     while i < hi:
+        if not marked and i >= mark:
+            at_mark, marked = run.copy() if run is not None else None, True
         if run is None:
             # Nothing happens until a supporting fix: straight to the next one.
             k = bisect_left(supporting, i)
             if k == len(supporting) or supporting[k] >= hi:
                 break
             i = supporting[k]
+            # No run is open over the fixes passed.
+            marked = marked or i >= mark
         f, role = fixes[i], roles[i]
         if role in (_Role.strong, _Role.weak):
             if run is None:
@@ -698,7 +713,9 @@ def _runs(
         episode = run.episode(zone, subject_id, closes if ended else None, params)
         if episode is not None:
             out.append(episode)
-    return out, None if ended else run
+    if not marked and not ended:
+        at_mark = run
+    return out, at_mark
 
 
 # The float seconds between two fixes' times err by well under this; a gap within it
@@ -903,10 +920,12 @@ def check_zone(
     params: CheckParams,
     placements: Placements | None = None,
     carried: Checkpoint | None = None,
+    until: datetime | None = None,
 ) -> tuple[list[Change[Episode]], Checkpoint | None]:
     """What changed for one subject in one zone: the episodes of the trail read back from
     `since` (led by the one fix before it), reconciled with those reported; with the
-    run left open at the last fix, as a checkpoint for the next check.
+    run open at the last fix up to `until` (the last new fix: those after it, stored
+    already, come with batches still to be checked), as a checkpoint for the next check.
 
     `carried`: the checkpoint the last check left, known to stand for the stored fixes up
     to its `through` (Checkpoint), which the trail then need only reach.
@@ -915,7 +934,7 @@ def check_zone(
     before it is as it was decided (see `unsettled`), and the read-back, reaching back
     to the start of an episode still open, often holds some: derived again, they were
     announced again as opened whenever they had ended before the episodes read back."""
-    found, run = _evaluate(zone, subject_id, trail, params, placements, carried)
+    found, run = _evaluate(zone, subject_id, trail, params, placements, carried, until)
     carried_from = carried.run.start if carried is not None else None
     # An episode at the very first fix read back, when that fix is from before the
     # window, may have begun earlier still: not ours to call, unless carried.
@@ -926,14 +945,21 @@ def check_zone(
         if (e.start != unknown or e.start == carried_from) and (e.end is None or e.end >= first_new)
     ]
     going_on = {k: r for k, r in reported.items() if r.end is None or r.end >= first_new}
-    changes = reconcile(going_on, current, (since, FOREVER))
+    # The carried run's episode is derived whole, from its start: if it is derived no
+    # more (its run ended short of one), it is superseded, as a whole read-back says.
+    lo = since if carried_from is None else min(since, carried_from)
+    changes = reconcile(going_on, current, (lo, FOREVER))
     checkpoint = None
-    if run is not None and (run.start != unknown or run.start == carried_from):
-        through = max(f.ts for f in trail)
+    if (
+        until is not None
+        and run is not None
+        and (run.start != unknown or run.start == carried_from)
+    ):
+        through = max(f.ts for f in trail if f.ts <= until)
         if carried is not None and run.start == carried_from:
             counted = carried.counted + sum(carried.through < f.ts <= through for f in trail)
         else:
-            counted = sum(run.start <= f.ts for f in trail)
+            counted = sum(run.start <= f.ts <= through for f in trail)
         checkpoint = Checkpoint(subject_id, zone.id, zone.version, run, through, counted)
     return changes, checkpoint
 

@@ -219,6 +219,7 @@ class ZoneChecker:
         # subject of every batch).
         subjects, first, last = fixes.first_last()
         firsts = dict(zip(subjects, first.tolist(), strict=True))
+        lasts = dict(zip(subjects, last.tolist(), strict=True))
         # The statements that do not wait on each other go side by side, each on a
         # connection of its own, taken only for it: a batch waits for the slowest of
         # them, not for their sum, while the other lanes' batches keep both cores busy.
@@ -268,6 +269,10 @@ class ZoneChecker:
             if s not in first_new:
                 first_new[s] = from_epoch(firsts[s])
             return first_new[s]
+
+        def last_of(s: uuid.UUID) -> datetime:
+            """The subject's last new fix."""
+            return from_epoch(lasts[s])
 
         reported: dict[tuple[uuid.UUID, uuid.UUID], dict[uuid.UUID, Reported]] = defaultdict(dict)
         theirs: dict[uuid.UUID, list[Reported]] = defaultdict(list)
@@ -347,6 +352,7 @@ class ZoneChecker:
                         self.params,
                         self._placements,
                         carried.get(subject_id, {}).get(zone.id),
+                        last_of(subject_id),
                     )
                     self._keep(subject_id, zone.id, checkpoint)
                     for change in changes:
@@ -368,8 +374,10 @@ class ZoneChecker:
     ) -> dict[uuid.UUID, dict[uuid.UUID, Checkpoint]]:
         """The checkpoints this batch can go on from, by subject and zone: the stored
         fixes they summarise are still all there are, every new fix comes after them, the
-        zone is as it was, and the episode they carry is still reported as open (another
-        process may have taken the subject over, and over again, in between)."""
+        zone is as it was, and the episode they carry is still reported, not superseded:
+        a late fix before the run's start that moved it would have superseded it (another
+        process may have taken the subject over, and over again, in between). The
+        episode may have ended since, at fixes after the checkpoint: those are read."""
         out: dict[uuid.UUID, dict[uuid.UUID, Checkpoint]] = {}
         for cp, stored in zip(candidates, counts, strict=True):
             zone = next((z for z in checks.get(cp.subject_id, []) if z.id == cp.zone_id), None)
@@ -379,7 +387,6 @@ class ZoneChecker:
                 and stored == cp.counted
                 and cp.carries(zone, first_of(cp.subject_id))
                 and episode is not None
-                and episode.end is None
             ):
                 out.setdefault(cp.subject_id, {})[cp.zone_id] = cp
         return out
