@@ -22,6 +22,7 @@ from services.common.trail import Reach, Reaches
 from services.zones import service
 from services.zones.schedule import DatedException, LocalWindow, Schedule, Timetable, WeeklyWindow
 from services.zones.service import (
+    CHECKPOINT_LAGS,
     Change,
     ChangeKind,
     CheckParams,
@@ -36,6 +37,7 @@ from services.zones.service import (
     SubjectZones,
     TrailFix,
     ZoneKind,
+    carried_on,
     check_zone,
     classify,
     crime_alert_id,
@@ -44,6 +46,7 @@ from services.zones.service import (
     leads_clear,
     read_back_from,
     reconcile,
+    still_kept,
     to_check,
     unsettled,
 )
@@ -635,7 +638,7 @@ def _checker(
     episodes: dict[uuid.UUID, Reported] = {}
     said: list[tuple[ChangeKind, uuid.UUID, Reported | None]] = []
     skipped = 0
-    memories: list[dict[uuid.UUID, Checkpoint]] = [{} for _ in range(processes)]
+    memories: list[dict[uuid.UUID, list[Checkpoint]]] = [{} for _ in range(processes)]
     turns = random.Random(len(batches))
     for batch in batches:
         stored.update((f.ts, f) for f in batch)
@@ -651,7 +654,7 @@ def _checker(
             skipped += 1
             continue
         memory = turns.choice(memories) if memories else {}
-        cp = memory.get(z.id)
+        cp = carried_on(memory.get(z.id, []), lo)
         if not (
             cp is not None
             and cp.carries(z, lo)
@@ -674,13 +677,20 @@ def _checker(
             if not clear:
                 since = read_back_from(lo, context, others)
                 trail = _read_back(trail_now, since)
-        changes, checkpoint = check_zone(
-            z, SUBJECT, trail, reported, since, lo, params, placements, cp, hi
+        changes, checkpoints = check_zone(
+            z,
+            SUBJECT,
+            trail,
+            reported,
+            since,
+            lo,
+            params,
+            placements,
+            cp,
+            [hi - lag for lag in CHECKPOINT_LAGS],
         )
-        if checkpoint is None:
-            memory.pop(z.id, None)
-        else:
-            memory[z.id] = checkpoint
+        if kept := still_kept(memory.pop(z.id, []), checkpoints, lo, 4):
+            memory[z.id] = kept
         for change in changes:
             if change.episode is None:
                 del episodes[change.id]

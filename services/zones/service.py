@@ -33,6 +33,12 @@ ALERT_NAMESPACE = uuid.UUID("5b0f1c8e-7a53-4d4a-9c2e-3a9f7d1e2b60")
 FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
 # How many supporting fixes an episode keeps as evidence: the first few and the last.
 EVIDENCE_HEAD = 5
+# Where the zone checker keeps an open run for the checks to come (Checkpoint): as it is
+# at the subject's last new fix, and as it was these lags before. A batch's fixes can
+# come before some already checked (uploads side by side are stored in the order they
+# finish, and a buffered upload comes late), and a check goes on from the latest
+# checkpoint before its first new fix.
+CHECKPOINT_LAGS = (timedelta(minutes=30), timedelta(minutes=5), timedelta(0))
 
 
 class Containment(StrEnum):
@@ -534,6 +540,26 @@ class Checkpoint:
         )
 
 
+def carried_on(kept: Sequence[Checkpoint], first_new: datetime) -> Checkpoint | None:
+    """Of a subject's checkpoints in a zone (in time order), the one a check whose first
+    new fix is `first_new` would go on from: the latest before it."""
+    return next((c for c in reversed(kept) if c.through < first_new), None)
+
+
+def still_kept(
+    kept: Sequence[Checkpoint], made: Sequence[Checkpoint], first_new: datetime, most: int
+) -> list[Checkpoint]:
+    """The checkpoints to keep after a check whose first new fix was `first_new` made
+    `made`: those kept before that the new fixes all follow (the others now summarise
+    fewer fixes than are stored), and the new; the latest `most`, in time order. None,
+    when the check left no run open."""
+    if not made:
+        return []
+    by_through = {c.through: c for c in kept if c.through < first_new}
+    by_through.update((c.through, c) for c in made)
+    return [by_through[t] for t in sorted(by_through)][-most:]
+
+
 def _checkpointed(zone: PreparedZone) -> bool:
     """Whether a zone's open runs are carried as checkpoints: exclusion zones in force
     at all times. A curfew's runs are cut by its windows, and an inclusion zone reads
@@ -560,16 +586,17 @@ def _evaluate(
     params: CheckParams,
     placements: Placements | None,
     carried: Checkpoint | None,
-    until: datetime | None = None,
-) -> tuple[list[Episode], _Run | None]:
+    marks: Sequence[datetime] = (),
+) -> tuple[list[Episode], list[tuple[datetime, _Run]]]:
     """As evaluate, going on from the run `carried` (if any) at the fixes after its
-    `through`; with the run open after the last fix at or before `until`, when the zone
-    is checkpointed."""
+    `through`; with, when the zone is checkpointed, the run open once the fixes up to each
+    of `marks` (in time order) are taken, for those after `through` with a run open, as
+    (the last such fix, the run)."""
     fixes, times = _ordered(trail)
     if not fixes or (
         zone.kind is ZoneKind.exclusion and carried is None and _far_from(zone, fixes)
     ):
-        return [], None
+        return [], []
     lookback = timedelta(seconds=params.curfew_lookback_s)
     last_known = times[-1]
     placed = (
@@ -582,7 +609,7 @@ def _evaluate(
     roles = [table[c] for c in codes.tolist()]
     supporting = np.flatnonzero(_SUPPORTING[zone.kind][codes]).tolist()
     episodes: list[Episode] = []
-    still_open: _Run | None = None
+    open_at: list[tuple[datetime, _Run]] = []
     for opens, closes in zone.windows(times[0] - lookback, last_known + timedelta(seconds=1)):
         # The fixes in [opens, closes), and those in the lookback before it: slices,
         # the trail being in time order.
@@ -595,12 +622,19 @@ def _evaluate(
             if carried is not None and opens <= carried.through < closes
             else None
         )
-        mark = (
-            bisect_right(times, until)
-            if until is not None and _checkpointed(zone) and opens <= until < closes
-            else None
+        # Each mark as the index of the first fix after it, if a fix that the carried
+        # run does not already summarise is at or before it.
+        after = bisect_right(times, carried.through) if carried is not None else 0
+        indices = (
+            [
+                k
+                for m in marks
+                if opens <= m < closes and (k := bisect_right(times, m)) > max(lo, after)
+            ]
+            if _checkpointed(zone)
+            else []
         )
-        found, run = _runs(
+        found, runs = _runs(
             zone,
             subject_id,
             fixes,
@@ -612,17 +646,16 @@ def _evaluate(
             ended,
             params,
             resume,
-            mark,
+            indices,
         )
         episodes += found
-        if run is not None:
-            still_open = run
+        open_at += [(times[k - 1], r) for k, r in zip(indices, runs, strict=True) if r is not None]
         if zone.kind is ZoneKind.inclusion and zone.scheduled and ended:
             episodes += _gaps(zone, subject_id, fixes[lo:hi], opens, closes, params)
         if zone.kind is ZoneKind.exclusion:
             episodes += _segments(zone, subject_id, fixes, where, lo, hi, params)
     episodes.sort(key=lambda e: (e.start, e.condition))
-    return episodes, still_open
+    return episodes, open_at
 
 
 def _far_from(zone: PreparedZone, fixes: Sequence[TrailFix]) -> bool:
@@ -662,19 +695,18 @@ def _runs(
     ended: bool,
     params: CheckParams,
     resume: tuple[_Run, int] | None = None,
-    mark: int | None = None,
-) -> tuple[list[Episode], _Run | None]:
+    marks: Sequence[int] = (),
+) -> tuple[list[Episode], list[_Run | None]]:
     """The runs of supporting fixes among fixes[lo:hi] (`span`) in the window (opens,
     closes): `roles` says each fix's role and `supporting` lists, in order, the
     indices of the strong and weak ones; `lookback`: whether the fix before lo is in
     the curfew's lookback. `resume`: a run open before the fix at the index given, to go
-    on from there. With (a copy of) the run open once the fixes before index `mark` are
-    taken, if a mark is given."""
+    on from there. With (a copy of) the run open once the fixes before each index of
+    `marks` (ascending) are taken, a run or None a mark."""
     (lo, hi), (opens, closes) = span, window
     out: list[Episode] = []
     run: _Run | None = None
-    at_mark: _Run | None = None
-    marked, mark = mark is None, lo if mark is None else mark
+    at_marks: list[_Run | None] = []
     i = lo
     if resume is not None:
         run, i = resume
@@ -685,8 +717,8 @@ def _runs(
             run = _Run(opens, f"outside when the curfew began at {opens.isoformat()}")
             run.add(fixes[lo - 1], role)
     while i < hi:
-        if not marked and i >= mark:
-            at_mark, marked = run.copy() if run is not None else None, True
+        while len(at_marks) < len(marks) and i >= marks[len(at_marks)]:
+            at_marks.append(run.copy() if run is not None else None)
         if run is None:
             # Nothing happens until a supporting fix: straight to the next one.
             k = bisect_left(supporting, i)
@@ -694,7 +726,8 @@ def _runs(
                 break
             i = supporting[k]
             # No run is open over the fixes passed.
-            marked = marked or i >= mark
+            while len(at_marks) < len(marks) and i >= marks[len(at_marks)]:
+                at_marks.append(None)
         f, role = fixes[i], roles[i]
         if role in (_Role.strong, _Role.weak):
             if run is None:
@@ -713,9 +746,9 @@ def _runs(
         episode = run.episode(zone, subject_id, closes if ended else None, params)
         if episode is not None:
             out.append(episode)
-    if not marked and not ended:
-        at_mark = run
-    return out, at_mark
+    while len(at_marks) < len(marks):
+        at_marks.append(None if ended or run is None else run.copy())
+    return out, at_marks
 
 
 # The float seconds between two fixes' times err by well under this; a gap within it
@@ -920,12 +953,12 @@ def check_zone(
     params: CheckParams,
     placements: Placements | None = None,
     carried: Checkpoint | None = None,
-    until: datetime | None = None,
-) -> tuple[list[Change[Episode]], Checkpoint | None]:
+    marks: Sequence[datetime] = (),
+) -> tuple[list[Change[Episode]], list[Checkpoint]]:
     """What changed for one subject in one zone: the episodes of the trail read back from
     `since` (led by the one fix before it), reconciled with those reported; with the
-    run open at the last fix up to `until` (the last new fix: those after it, stored
-    already, come with batches still to be checked), as a checkpoint for the next check.
+    run open at the last fix up to each of `marks`, in time order, as checkpoints for
+    the checks to come (see CHECKPOINT_LAGS).
 
     `carried`: the checkpoint the last check left, known to stand for the stored fixes up
     to its `through` (Checkpoint), which the trail then need only reach.
@@ -934,7 +967,7 @@ def check_zone(
     before it is as it was decided (see `unsettled`), and the read-back, reaching back
     to the start of an episode still open, often holds some: derived again, they were
     announced again as opened whenever they had ended before the episodes read back."""
-    found, run = _evaluate(zone, subject_id, trail, params, placements, carried, until)
+    found, open_at = _evaluate(zone, subject_id, trail, params, placements, carried, marks)
     carried_from = carried.run.start if carried is not None else None
     # An episode at the very first fix read back, when that fix is from before the
     # window, may have begun earlier still: not ours to call, unless carried.
@@ -949,19 +982,18 @@ def check_zone(
     # more (its run ended short of one), it is superseded, as a whole read-back says.
     lo = since if carried_from is None else min(since, carried_from)
     changes = reconcile(going_on, current, (lo, FOREVER))
-    checkpoint = None
-    if (
-        until is not None
-        and run is not None
-        and (run.start != unknown or run.start == carried_from)
-    ):
-        through = max(f.ts for f in trail if f.ts <= until)
+    checkpoints: list[Checkpoint] = []
+    for through, run in open_at:
+        if run.start == unknown and run.start != carried_from:
+            continue
+        if checkpoints and checkpoints[-1].through == through:
+            continue  # two marks, one fix
         if carried is not None and run.start == carried_from:
             counted = carried.counted + sum(carried.through < f.ts <= through for f in trail)
         else:
             counted = sum(run.start <= f.ts <= through for f in trail)
-        checkpoint = Checkpoint(subject_id, zone.id, zone.version, run, through, counted)
-    return changes, checkpoint
+        checkpoints.append(Checkpoint(subject_id, zone.id, zone.version, run, through, counted))
+    return changes, checkpoints
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from services.zones.matching import (
 from services.zones.models import Crime, CrimeMatchRun
 from services.zones.schemas import CrimeMessage
 from services.zones.service import (
+    CHECKPOINT_LAGS,
     FOREVER,
     Change,
     ChangeKind,
@@ -55,11 +56,13 @@ from services.zones.service import (
     SubjectZones,
     TrailFix,
     ZoneKind,
+    carried_on,
     check_zone,
     episode_row,
     evaluate,
     leads_clear,
     read_back_from,
+    still_kept,
     to_check,
     unsettled,
 )
@@ -70,6 +73,8 @@ ZONES_GROUP = "tagtrail-zones"
 # Subjects whose open runs the zone checker carries from batch to batch (Checkpoint),
 # at most: a few kB each.
 MAX_CHECKPOINT_SUBJECTS = 50_000
+# Checkpoints kept a subject and zone, the latest.
+MAX_CHECKPOINTS = 4
 CRIMES_GROUP = "tagtrail-crimes"
 
 
@@ -162,7 +167,7 @@ class ZoneChecker:
         self._placements = Placements()
         # Runs still open, by subject and zone, carried on by the next batch rather than
         # read back from their start (service.Checkpoint).
-        self._checkpoints: dict[uuid.UUID, dict[uuid.UUID, Checkpoint]] = {}
+        self._checkpoints: dict[uuid.UUID, dict[uuid.UUID, list[Checkpoint]]] = {}
 
     async def start(self) -> None:
         """Reads which zones apply to whom and prepares them, so the first batches do
@@ -220,6 +225,14 @@ class ZoneChecker:
         subjects, first, last = fixes.first_last()
         firsts = dict(zip(subjects, first.tolist(), strict=True))
         lasts = dict(zip(subjects, last.tolist(), strict=True))
+        first_new: dict[uuid.UUID, datetime] = {}
+
+        def first_of(s: uuid.UUID) -> datetime:
+            """The subject's first new fix."""
+            if s not in first_new:
+                first_new[s] = from_epoch(firsts[s])
+            return first_new[s]
+
         # The statements that do not wait on each other go side by side, each on a
         # connection of its own, taken only for it: a batch waits for the slowest of
         # them, not for their sum, while the other lanes' batches keep both cores busy.
@@ -245,12 +258,14 @@ class ZoneChecker:
                 reading = tasks.create_task(
                     self.db.on_own(repository.reported_episodes, list(zones), earliest)
                 )
-                # Whether the fixes each checkpoint summarises are still those stored.
+                # Whether the fixes summarised by each subject and zone's latest
+                # checkpoint before the first new fix are still all those stored.
                 candidates = [
                     cp
                     for s in zones
-                    for cp in self._checkpoints.get(s, {}).values()
-                    if cp.through.timestamp() < firsts[s]
+                    if s in self._checkpoints
+                    for kept in self._checkpoints[s].values()
+                    if (cp := carried_on(kept, first_of(s))) is not None
                 ]
                 counting = tasks.create_task(
                     self.db.on_own(
@@ -262,17 +277,11 @@ class ZoneChecker:
             return
         reach, episodes = reaching.result(), reading.result()
         counts = counting.result()
-        first_new: dict[uuid.UUID, datetime] = {}
 
-        def first_of(s: uuid.UUID) -> datetime:
-            """The subject's first new fix."""
-            if s not in first_new:
-                first_new[s] = from_epoch(firsts[s])
-            return first_new[s]
-
-        def last_of(s: uuid.UUID) -> datetime:
-            """The subject's last new fix."""
-            return from_epoch(lasts[s])
+        def marks_of(s: uuid.UUID) -> list[datetime]:
+            """Where the subject's open runs are kept for the batches to come."""
+            last_new = from_epoch(lasts[s])
+            return [last_new - lag for lag in CHECKPOINT_LAGS]
 
         reported: dict[tuple[uuid.UUID, uuid.UUID], dict[uuid.UUID, Reported]] = defaultdict(dict)
         theirs: dict[uuid.UUID, list[Reported]] = defaultdict(list)
@@ -342,7 +351,7 @@ class ZoneChecker:
                     (f.ts for f in trail if (f.tag_id, f.ts) not in new), default=None
                 )
                 for zone in subject_zones:
-                    changes, checkpoint = check_zone(
+                    changes, checkpoints = check_zone(
                         zone,
                         subject_id,
                         trail,
@@ -352,9 +361,9 @@ class ZoneChecker:
                         self.params,
                         self._placements,
                         carried.get(subject_id, {}).get(zone.id),
-                        last_of(subject_id),
+                        marks_of(subject_id),
                     )
-                    self._keep(subject_id, zone.id, checkpoint)
+                    self._keep(subject_id, zone.id, checkpoints, first_of(subject_id))
                     for change in changes:
                         alerts.append(self._message(zone, subject_id, change, mine, seen_before))
                         rows.append(_episode_row(subject_id, zone, change, reported))
@@ -392,20 +401,23 @@ class ZoneChecker:
         return out
 
     def _keep(
-        self, subject_id: uuid.UUID, zone_id: uuid.UUID, checkpoint: Checkpoint | None
+        self,
+        subject_id: uuid.UUID,
+        zone_id: uuid.UUID,
+        checkpoints: list[Checkpoint],
+        first_new: datetime,
     ) -> None:
-        """Keeps the run a check left open for the next batch (or forgets the last one),
-        for at most MAX_CHECKPOINT_SUBJECTS subjects, the longest kept going first."""
-        if checkpoint is None:
-            theirs = self._checkpoints.get(subject_id)
-            if theirs is not None:
-                theirs.pop(zone_id, None)
-                if not theirs:
-                    del self._checkpoints[subject_id]
-            return
+        """Keeps the runs a check left open for the batches to come, with those kept
+        before that the new fixes all follow (the others hold fewer fixes than are
+        stored), the latest MAX_CHECKPOINTS; or forgets them all when no run was open
+        at the last new fix. At most MAX_CHECKPOINT_SUBJECTS subjects' are kept, those
+        kept longest ago going first."""
         theirs = self._checkpoints.pop(subject_id, {})
-        theirs[zone_id] = checkpoint
-        self._checkpoints[subject_id] = theirs
+        kept = still_kept(theirs.pop(zone_id, []), checkpoints, first_new, MAX_CHECKPOINTS)
+        if kept:
+            theirs[zone_id] = kept
+        if theirs:
+            self._checkpoints[subject_id] = theirs
         while len(self._checkpoints) > MAX_CHECKPOINT_SUBJECTS:
             del self._checkpoints[next(iter(self._checkpoints))]
 
