@@ -148,7 +148,9 @@ class ZoneChecker:
     back the subject's trail around them, derives the episodes again, and tells the alert
     store what changed: new episodes, grown or ended ones, and ones that late fixes have
     superseded. Per-subject state is the stored trail plus the episodes reported so far,
-    both in PostGIS, so a restart carries on where it left off."""
+    both in PostGIS, so a restart carries on where it left off. In memory it keeps only
+    what saves reading back: fixes placed against zones, and runs still open
+    (service.Checkpoint), each checked against the stored trail before it is used."""
 
     def __init__(self, db: Database, bus: Bus, settings: CheckSettings) -> None:
         self.db = db
