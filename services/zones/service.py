@@ -506,10 +506,11 @@ class _Run:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A run of fixes in an unscheduled exclusion zone still open at the last fix a
-    check read (`through`), as that check left it, so that the next check carries it on
-    from the fixes after that one instead of reading the trail back to the run's start,
-    which may be hours of fixes, with every batch.
+    """A run of fixes in an exclusion zone in force at all times, as it stood once a
+    check had taken the fixes up to `through` (one of CHECKPOINT_LAGS before the
+    subject's last new fix), so that a later check goes on from the fixes after that
+    one instead of reading the trail back to the run's start, which may be hours of
+    fixes, with every batch.
 
     `counted` is how many stored fixes the subject has from the run's start to
     `through`. Stored fixes are never changed, so while that count holds and every new
