@@ -553,7 +553,7 @@ def still_kept(
     """The checkpoints to keep after a check whose first new fix was `first_new` made
     `made`: those kept before that the new fixes all follow (the others now summarise
     fewer fixes than are stored), and the new; the latest `most`, in time order. None,
-    when the check left no run open."""
+    when the check found no run open at any of its marks."""
     if not made:
         return []
     by_through = {c.through: c for c in kept if c.through < first_new}

@@ -411,8 +411,8 @@ class ZoneChecker:
     ) -> None:
         """Keeps the runs a check left open for the batches to come, with those kept
         before that the new fixes all follow (the others hold fewer fixes than are
-        stored), the latest MAX_CHECKPOINTS; or forgets them all when no run was open
-        at the last new fix. At most MAX_CHECKPOINT_SUBJECTS subjects' are kept, those
+        stored), the latest MAX_CHECKPOINTS; or forgets them all when the check found
+        no run open at any of its marks. At most MAX_CHECKPOINT_SUBJECTS subjects' are kept, those
         kept longest ago going first."""
         theirs = self._checkpoints.pop(subject_id, {})
         kept = still_kept(theirs.pop(zone_id, []), checkpoints, first_new, MAX_CHECKPOINTS)
