@@ -657,7 +657,7 @@ def _checker(
         cp = carried_on(memory.get(z.id, []), lo)
         if not (
             cp is not None
-            and cp.carries(z, lo)
+            and cp.of_zone(z)
             and sum(cp.run.start <= t <= cp.through for t in stored) == cp.counted
             and cp.episode_id in reported
         ):

@@ -530,15 +530,10 @@ class Checkpoint:
     def episode_id(self) -> uuid.UUID:
         return episode_id(self.subject_id, self.zone_id, Condition.breach, self.run.start)
 
-    def carries(self, zone: PreparedZone, first_new: datetime) -> bool:
-        """Whether this checkpoint can stand for the fixes up to `through` in a check of
-        `zone` whose first new fix is `first_new` (the stored count aside)."""
-        return (
-            zone.id == self.zone_id
-            and zone.version == self.zone_version
-            and _checkpointed(zone)
-            and first_new > self.through
-        )
+    def of_zone(self, zone: PreparedZone) -> bool:
+        """Whether this checkpoint was made in this zone as it now stands (a new version
+        may be another shape, or a curfew)."""
+        return zone.id == self.zone_id and zone.version == self.zone_version and _checkpointed(zone)
 
 
 def carried_on(kept: Sequence[Checkpoint], first_new: datetime) -> Checkpoint | None:
@@ -618,14 +613,14 @@ def _evaluate(
         before = bisect_left(times, opens - lookback)
         ended = closes <= last_known
         # A carried run goes on at the first fix after those it summarises.
+        after = bisect_right(times, carried.through) if carried is not None else 0
         resume = (
-            (carried.run.copy(), max(lo, bisect_right(times, carried.through)))
+            (carried.run.copy(), max(lo, after))
             if carried is not None and opens <= carried.through < closes
             else None
         )
         # Each mark as the index of the first fix after it, if a fix that the carried
         # run does not already summarise is at or before it.
-        after = bisect_right(times, carried.through) if carried is not None else 0
         indices = (
             [
                 k

@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -301,7 +301,7 @@ class ZoneChecker:
             )
             if not checks:
                 return
-            carried = self._carried(checks, candidates, counts, reported, first_of)
+            carried = self._carried(checks, candidates, counts, reported)
             # What the trail must be read back for: every episode but those carried.
             for s, cps in carried.items():
                 ids = {cp.episode_id for cp in cps.values()}
@@ -381,14 +381,14 @@ class ZoneChecker:
         candidates: list[Checkpoint],
         counts: list[int],
         reported: Mapping[tuple[uuid.UUID, uuid.UUID], Mapping[uuid.UUID, Reported]],
-        first_of: Callable[[uuid.UUID], datetime],
     ) -> dict[uuid.UUID, dict[uuid.UUID, Checkpoint]]:
-        """The checkpoints this batch can go on from, by subject and zone: the stored
-        fixes they summarise are still all there are, every new fix comes after them, the
-        zone is as it was, and the episode they carry is still reported, not superseded:
-        a late fix before the run's start that moved it would have superseded it (another
-        process may have taken the subject over, and over again, in between). The
-        episode may have ended since, at fixes after the checkpoint: those are read."""
+        """The checkpoints this batch can go on from, by subject and zone, of those every
+        new fix comes after (`candidates`, service.carried_on): the stored fixes they
+        summarise are still all there are (`counts`), the zone is as it was, and the
+        episode they carry is still reported, not superseded: a late fix before the run's
+        start that moved it would have superseded it (another process may have taken the
+        subject over, and over again, in between). The episode may have ended since, at
+        fixes after the checkpoint: those are read."""
         out: dict[uuid.UUID, dict[uuid.UUID, Checkpoint]] = {}
         for cp, stored in zip(candidates, counts, strict=True):
             zone = next((z for z in checks.get(cp.subject_id, []) if z.id == cp.zone_id), None)
@@ -396,7 +396,7 @@ class ZoneChecker:
             if (
                 zone is not None
                 and stored == cp.counted
-                and cp.carries(zone, first_of(cp.subject_id))
+                and cp.of_zone(zone)
                 and episode is not None
             ):
                 out.setdefault(cp.subject_id, {})[cp.zone_id] = cp
