@@ -6,6 +6,7 @@ import json
 import uuid
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 from jsonschema import Draft202012Validator
 
@@ -65,3 +66,27 @@ def test_a_points_batch_validates_against_its_schema() -> None:
     schema = json.loads(schema_path("points-batch-message").read_text())
     Draft202012Validator(schema).validate(json.loads(payload))
     assert FixBatch.decode(payload).messages() == fixes
+
+
+def test_a_part_of_a_batch_carries_only_its_own_tags_and_subjects() -> None:
+    """A lane's part of a request's batch shares the request's lists; on the wire it
+    names only the tags and subjects of its own fixes, and decodes to the same fixes."""
+    subjects = [uuid.uuid4() for _ in range(4)]
+    fixes = [
+        FixMessage(
+            tag_id=f"T{k % 5}",
+            subject_id=subjects[k % 4],
+            ts=datetime(2026, 11, 25, 10, k, tzinfo=UTC),
+            received_at=datetime(2026, 11, 25, 10, 30, tzinfo=UTC),
+            lat=52.57,
+            lon=-0.24,
+            accuracy_m=8,
+        )
+        for k in range(20)
+    ]
+    rows = [k for k in range(20) if k % 5 in (1, 3)]
+    part = FixBatch.of(fixes).take(np.array(rows))
+    wire = json.loads(part.encode())
+    assert sorted(wire["tags"]) == ["T1", "T3"]
+    assert sorted(wire["subjects"]) == sorted({str(subjects[k % 4]) for k in rows})
+    assert FixBatch.decode(part.encode()).messages() == [fixes[k] for k in rows]
