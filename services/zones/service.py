@@ -968,12 +968,18 @@ def check_zone(
     # An episode at the very first fix read back, when that fix is from before the
     # window, may have begun earlier still: not ours to call, unless carried.
     unknown = trail[0].ts if trail and trail[0].ts < since else None
+    going_on = {k: r for k, r in reported.items() if r.end is None or r.end >= first_new}
+    # An episode reported as going on at the first new fix that the trail now shows
+    # ending before it is the same episode, ended earlier by fixes stored but not yet
+    # checked (the store runs ahead: a tag's buffered upload from the gap before the new
+    # fixes): it is updated, not superseded, as nothing checked later could derive it
+    # whole again (docs/benchmarks.md, eighteenth session).
     current = [
         e
         for e in found
-        if (e.start != unknown or e.start == carried_from) and (e.end is None or e.end >= first_new)
+        if (e.start != unknown or e.start == carried_from)
+        and (e.end is None or e.end >= first_new or e.id in going_on)
     ]
-    going_on = {k: r for k, r in reported.items() if r.end is None or r.end >= first_new}
     # The carried run's episode is derived whole, from its start: if it is derived no
     # more (its run ended short of one), it is superseded, as a whole read-back says.
     lo = since if carried_from is None else min(since, carried_from)
