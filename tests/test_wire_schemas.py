@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from asyncpg.pgproto.pgproto import UUID as PgUUID
 from jsonschema import Draft202012Validator
 
 from services.ingest.batch import FixBatch
@@ -90,3 +92,24 @@ def test_a_part_of_a_batch_carries_only_its_own_tags_and_subjects() -> None:
     assert sorted(wire["tags"]) == ["T1", "T3"]
     assert sorted(wire["subjects"]) == sorted({str(subjects[k % 4]) for k in rows})
     assert FixBatch.decode(part.encode()).messages() == [fixes[k] for k in rows]
+
+
+def test_a_batch_names_its_subjects_alike_whichever_kind_of_uuid_holds_them() -> None:
+    """Subjects come as asyncpg's UUIDs from the database and as uuid.UUID from the bus;
+    on the wire both are the same canonical text."""
+    fixes = [
+        FixMessage(
+            tag_id=f"T{k}",
+            subject_id=uuid.uuid4(),
+            ts=datetime(2026, 11, 25, 10, k, tzinfo=UTC),
+            received_at=datetime(2026, 11, 25, 10, 30, tzinfo=UTC),
+            lat=52.57,
+            lon=-0.24,
+            accuracy_m=8,
+        )
+        for k in range(3)
+    ]
+    batch = FixBatch.of(fixes)
+    theirs = dataclasses.replace(batch, subjects=[PgUUID(s.bytes) for s in batch.subjects])
+    assert theirs.encode() == batch.encode()
+    assert json.loads(batch.encode())["subjects"] == [str(f.subject_id) for f in fixes]
