@@ -63,9 +63,9 @@ class KafkaSettings(BaseSettings):
     # How long the broker may hold a fetch of fixes (the points topics) for more to come,
     # up to a mebibyte: larger batches, fewer statements a fix, at the cost of up to this
     # much more fix-to-alert delay a hop (two hops) whenever the load is light. 0: hand
-    # over what there is at once. Measured on two cores, 200 made 10 % more fixes a
-    # second flat out and fix-to-alert p99 at 5,000 a second rose from about 680 ms
-    # (docs/benchmarks.md, eighteenth session).
+    # over what there is at once. Measured on two cores, 200 made 4 to 10 % more fixes
+    # a second flat out, and fix-to-alert p99 at 5,000 a second 919 ms against about
+    # 680 (docs/benchmarks.md, eighteenth session).
     fetch_wait_ms: int = Field(default=0, ge=0, le=1000)
     # How long a publish may wait for the broker (the producer's request timeout).
     request_timeout_s: float = Field(default=40.0, gt=0, le=600)

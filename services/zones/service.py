@@ -962,7 +962,9 @@ def check_zone(
     Only episodes going on at or after the first new fix are reconciled. One that ended
     before it is as it was decided (see `unsettled`), and the read-back, reaching back
     to the start of an episode still open, often holds some: derived again, they were
-    announced again as opened whenever they had ended before the episodes read back."""
+    announced again as opened whenever they had ended before the episodes read back.
+    But one reported as going on that now ends before the first new fix, ended by fixes
+    stored and not yet checked, is reconciled: it is updated, not superseded."""
     found, open_at = _evaluate(zone, subject_id, trail, params, placements, carried, marks)
     carried_from = carried.run.start if carried is not None else None
     # An episode at the very first fix read back, when that fix is from before the
