@@ -269,16 +269,21 @@ class ZoneChecker:
                     for kept in self._checkpoints[s].values()
                     if (cp := carried_on(kept, first_of(s))) is not None
                 ]
-                counting = tasks.create_task(
-                    self.db.on_own(
-                        trail_store.count_between,
-                        [(cp.subject_id, cp.run.start, cp.through) for cp in candidates],
+                # (No connection taken when there is nothing to count.)
+                counting = (
+                    tasks.create_task(
+                        self.db.on_own(
+                            trail_store.count_between,
+                            [(cp.subject_id, cp.run.start, cp.through) for cp in candidates],
+                        )
                     )
+                    if candidates
+                    else None
                 )
         if not zones:
             return
         reach, episodes = reaching.result(), reading.result()
-        counts = counting.result()
+        counts = counting.result() if counting is not None else []
 
         def marks_of(s: uuid.UUID) -> list[datetime]:
             """Where the subject's open runs are kept for the batches to come."""
