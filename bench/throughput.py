@@ -177,6 +177,38 @@ def cpu_seconds(procs: dict[str, int]) -> dict[str, float]:
     return out
 
 
+def backend_cpu_seconds() -> dict[int, float]:
+    """CPU time (user and system) used so far by each PostgreSQL connection, by pid."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # ended meanwhile
+        pid = int(stat.parent.name)
+        if text[text.index("(") + 1 : text.rindex(")")] == "postgres" and (
+            pg_role(pid) == "connections"
+        ):
+            out[pid] = stat_cpu_s(text)[0]
+    return out
+
+
+async def by_client(
+    db: Database, before: dict[int, float], after: dict[int, float]
+) -> dict[str, float]:
+    """What PostgreSQL's connections used between two readings, by the process they
+    serve (their application_name: `tagtrail api`, `tagtrail worker zones`, ...).
+    Connections opened meanwhile count whole; those closed meanwhile are left out (the
+    postmaster counts them as ended)."""
+    async with db.pool.acquire() as conn:
+        names = dict(await conn.fetch("select pid, application_name from pg_stat_activity"))
+    out: dict[str, float] = {}
+    for pid, used in after.items():
+        client = names.get(pid) or "others"
+        out[client] = out.get(client, 0.0) + used - before.get(pid, 0.0)
+    return out
+
+
 async def enrol_fleet(db: Database, fleet: Fleet, since: datetime) -> tuple[str, str]:
     """Supplier, tags, subjects and who wears what (tags fitted at `since`, just before
     the stretch the simulator posts, so no tag is silent before it), straight into the
@@ -492,6 +524,7 @@ async def measure(
     )
     wal0 = await wal_so_far(db)
     cpu0 = cpu_seconds(pids)
+    backends0 = backend_cpu_seconds()
     t0 = time.perf_counter()
     spies = [await spy(profile, c, p.pid) for c, p in procs.items()] if profile else []
     sent = await post(url, supplier, iter(bodies), concurrency=concurrency, rate=args.rate)
@@ -510,6 +543,7 @@ async def measure(
         await boxed(conn)
         took = time.perf_counter() - t0
         cpu1 = cpu_seconds(pids)
+        clients = await by_client(db, backends0, backend_cpu_seconds())
         wal = (await wal_so_far(db)) - wal0
         costliest = await statements(args.statements_dsn, args.database, reset=False)
         for spying in spies:
@@ -554,6 +588,14 @@ async def measure(
         )
         + f"; WAL a fix: {wal.records / sent.fixes:.1f} records,"
         f" {wal.fpi / sent.fixes:.2f} full pages, {wal.bytes / sent.fixes:,.0f} bytes"
+    )
+    print(
+        "PostgreSQL's connections by the process they serve (µs a fix): "
+        + ", ".join(
+            f"{k} {v / sent.fixes * 1e6:.1f}"
+            for k, v in sorted(clients.items(), key=lambda kv: -kv[1])
+            if v > 0
+        )
     )
     if costliest:
         print("PostgreSQL's costliest statements meanwhile (execution, µs a fix; calls):")
@@ -667,7 +709,7 @@ async def main(argv: list[str] | None = None) -> int:
     name = f"tagtrail_bench_tp_{uuid.uuid4().hex[:8]}"
     header(f"end-to-end throughput ({'in-process bus' if args.bus == 'memory' else 'Kafka'})")
     await bench_database(settings, name, fresh=True)
-    db = await Database.connect(settings.db, name)
+    db = await Database.connect(settings.db, name, name="tagtrail benchmark")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     prefix = f"bench{uuid.uuid4().hex[:8]}."

@@ -124,7 +124,7 @@ async def _token(role: UserRole, name: str) -> None:
     from services.registry import service as registry
 
     settings = get_settings()
-    db = await Database.connect(settings.db)
+    db = await Database.connect(settings.db, name="tagtrail token")
     try:
         async with db.transaction() as session:
             user, token = await registry.create_user_token(session, role, name)
@@ -180,20 +180,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "run":
         collector.tune()
         migrate()
-        pipeline = Pipeline(settings, bus=args.bus, roles=ALL_ROLES)
+        pipeline = Pipeline(settings, bus=args.bus, roles=ALL_ROLES, name="tagtrail run")
         host, port = args.host or settings.app.host, args.port or settings.app.port
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(pipeline, host, port, args.demo))
     elif args.command == "api":
         collector.tune()
-        pipeline = Pipeline(settings, bus="kafka")
+        pipeline = Pipeline(settings, bus="kafka", name="tagtrail api")
         host, port = args.host or settings.app.host, args.port or settings.app.port
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(pipeline, host, port, demo=False))
     elif args.command == "worker":
         collector.tune()
+        pipeline = Pipeline(
+            settings, bus="kafka", roles=[Role(args.role)], name=f"tagtrail worker {args.role}"
+        )
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_work(Pipeline(settings, bus="kafka", roles=[Role(args.role)])))
+            asyncio.run(_work(pipeline))
 
 
 if __name__ == "__main__":

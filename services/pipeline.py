@@ -66,6 +66,7 @@ class Pipeline:
         roles: Collection[Role] = (),
         database: str | None = None,
         group_suffix: str = "",
+        name: str = "tagtrail",
     ) -> None:
         self.settings = settings
         self.bus_kind = bus
@@ -73,6 +74,8 @@ class Pipeline:
         self.database = database
         # Lets tests run isolated consumer groups on one shared broker.
         self.group_suffix = group_suffix
+        # The database connections' application_name: which process they serve.
+        self.name = name
         self._runtime: Runtime | None = None
         self._store: StoreWorker | None = None
         self._watch: DeviceWatch | None = None
@@ -89,7 +92,7 @@ class Pipeline:
         return self._runtime
 
     async def start(self) -> Runtime:
-        db = await Database.connect(self.settings.db, self.database)
+        db = await Database.connect(self.settings.db, self.database, name=self.name)
         bus = make_bus(self.settings, self.bus_kind)
         batch = self.settings.bus.max_batch
         sfx = self.group_suffix

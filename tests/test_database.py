@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import shapely
 from alembic import command
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from bench.common import drop_database
@@ -88,6 +89,39 @@ def test_migrations_match_the_models(settings: Settings, database: str) -> None:
     config = alembic_config(settings.db.sqlalchemy_url(database))
     # Raises when autogenerate would find any difference.
     command.check(config)
+
+
+async def test_pool_connections_say_whose_they_are_and_come_back_clean(
+    settings: Settings, database: str
+) -> None:
+    """Each connection names its process (application_name), on both pools; and one
+    released in the middle of a transaction, or holding a transaction's advisory lock,
+    comes back out of it, the lock gone, without the reset round trip asyncpg makes by
+    default (database.py, `_keep_session`)."""
+    db = await Database.connect(
+        settings.db.model_copy(update={"pool_size": 1}), database, name="tagtrail worker x"
+    )
+    try:
+        async with db.pool.acquire() as conn:
+            pid = await conn.fetchval("select pg_backend_pid()")
+            assert await conn.fetchval("show application_name") == "tagtrail worker x"
+            await conn.execute("begin")
+            await conn.execute("select pg_advisory_xact_lock(42)")
+        async with db.pool.acquire() as conn:
+            assert await conn.fetchval("select pg_backend_pid()") == pid  # the same one
+            assert not conn.is_in_transaction()
+            assert (
+                await conn.fetchval(
+                    "select count(*) from pg_locks where locktype = 'advisory' and pid = $1", pid
+                )
+                == 0
+            )
+            # Its settings are those it opened with.
+            assert await conn.fetchval("show jit") == "off"
+        async with db.transaction() as session:
+            assert await session.scalar(text("show application_name")) == "tagtrail worker x"
+    finally:
+        await db.close()
 
 
 async def test_partitions_are_created_ahead_and_on_demand(db: Database) -> None:

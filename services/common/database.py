@@ -49,6 +49,18 @@ def any_of(column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
 SERVER_SETTINGS = {"jit": "off"}
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What a pool connection needs done when it is released, beyond what asyncpg
+    always does (an open transaction rolled back, listener callbacks dropped): nothing.
+    asyncpg's default also runs `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET
+    ALL` in a round trip of its own, each time; but nothing here leaves that state
+    behind: advisory locks are taken for the transaction (`pg_advisory_xact_lock`),
+    cursors only inside a transaction, nobody LISTENs, and session settings are made
+    when a connection opens (SERVER_SETTINGS), never changed after. A round trip and
+    four statements on every release cost the API and the zone checker about 4 % of
+    their samples on Kafka (docs/benchmarks.md, nineteenth session)."""
+
+
 async def _prepare_connection(conn: asyncpg.Connection) -> None:
     """Geometry values as EWKB bytes both ways in binary format (PostGIS's binary input
     takes EWKB as it is), where asyncpg has no codec of its own for the type: for
@@ -72,21 +84,27 @@ class Database:
     pool: asyncpg.Pool
 
     @classmethod
-    async def connect(cls, settings: DatabaseSettings, database: str | None = None) -> Database:
+    async def connect(
+        cls, settings: DatabaseSettings, database: str | None = None, *, name: str = "tagtrail"
+    ) -> Database:
+        """`name` is the connections' application_name, which pg_stat_activity shows: which
+        process (and role) a connection serves."""
+        server_settings = {**SERVER_SETTINGS, "application_name": name}
         engine = create_async_engine(
             settings.sqlalchemy_url(database),
             pool_size=settings.pool_size,
             # Up to twice pool_size under load (settings.py counts on it).
             max_overflow=settings.pool_size,
             pool_pre_ping=True,
-            connect_args={"server_settings": SERVER_SETTINGS},
+            connect_args={"server_settings": server_settings},
         )
         pool = await asyncpg.create_pool(
             settings.asyncpg_dsn(database),
             min_size=1,
             max_size=settings.pool_size,
-            server_settings=SERVER_SETTINGS,
+            server_settings=server_settings,
             init=_prepare_connection,
+            reset=_keep_session,
         )
         return cls(engine, async_sessionmaker(engine, expire_on_commit=False), pool)
 
