@@ -192,7 +192,11 @@ async def reported_episodes(
 async def save_episodes(session: AsyncSession, episodes: Sequence[dict[str, Any]]) -> None:
     if not episodes:
         return
-    stmt = insert(ZoneEpisode).values(list(episodes))
+    # The rows as parameters of one statement (SQLAlchemy's bulk insert, compiled once
+    # and cached), not as values built into it: a statement of N rows' values was
+    # compiled afresh each batch, 1.4 µs a fix in the zone checker's samples on Kafka
+    # (docs/benchmarks.md, nineteenth session).
+    stmt = insert(ZoneEpisode)
     await session.execute(
         stmt.on_conflict_do_update(
             index_elements=[ZoneEpisode.id],
@@ -208,7 +212,8 @@ async def save_episodes(session: AsyncSession, episodes: Sequence[dict[str, Any]
                     "reason",
                 )
             },
-        )
+        ),
+        list(episodes),
     )
 
 
