@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help setup venv db kafka run test lint stop status schemas bench-proximity bench-throughput bench-trail-indexes
+.PHONY: help setup venv db kafka run test lint stop status schemas bench-proximity bench-throughput bench-trail-indexes bench-copy-batches
 
 help:
 	@echo "make run    - set up everything and run the pipeline with a demo fleet"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench-proximity - proximity search over 50 million fixes (docs/benchmarks.md)"
 	@echo "make bench-throughput - fixes a second end to end against raw COPY"
 	@echo "make bench-trail-indexes - what each index of the trail costs the store's COPY"
+	@echo "make bench-copy-batches - what a batch's size and tags cost the store's COPY"
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@UV=$$(bash deploy/local/uv.sh) && $$UV sync --frozen --python python3
@@ -54,6 +55,9 @@ bench-throughput: setup kafka
 
 bench-trail-indexes: setup
 	@$(BIN)/python -m bench.trail_indexes $(ARGS)
+
+bench-copy-batches: setup
+	@$(BIN)/python -m bench.copy_batches $(ARGS)
 
 stop:
 	@bash deploy/local/kafka.sh stop

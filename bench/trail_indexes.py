@@ -74,14 +74,27 @@ async def measure(
     history: int,
     fixes: int,
     batch: int,
+    per_tag: int = 0,
 ) -> tuple[float, float]:
     """History then the measured fixes into a day partition of their own; returns the
-    backend's CPU µs a fix and the fixes a second of the measured COPYs."""
+    backend's CPU µs a fix and the fixes a second of the measured COPYs. The measured
+    fixes go in the fleet's time order (0), or, with `per_tag`, in windows of that many
+    fixes a tag, each window's rows in the primary key's order, as the store writes a
+    batch: a COPY of them then holds about that many fixes of each tag in it."""
     tags = [fleet.spec.tag_id(i) for i in range(fleet.spec.tags)]
     subjects: list[uuid.UUID] = [fleet.spec.subject_id(i) for i in range(fleet.spec.tags)]
     day = datetime.now(UTC).date() - timedelta(days=day_offset)
     d = fleet.day(day)
     rng = np.random.default_rng(day_offset)
+
+    end = min(history + fixes, len(d))
+    if per_tag:
+        order = np.arange(len(d))
+        window = per_tag * fleet.spec.tags
+        for a in range(history, end, window):
+            w = slice(a, min(a + window, end))
+            order[w] = order[w][np.lexsort((d.ts[w], d.tag[w]))]
+        d = take(d, order)
 
     def rows(lo: int, hi: int) -> bytes:
         keep = np.zeros(len(d), dtype=bool)
@@ -90,7 +103,6 @@ async def measure(
 
     await Partitions().ensure(conn, [day])
     await copy_rows(conn, rows(0, history))
-    end = min(history + fixes, len(d))
     parts = [rows(a, min(a + batch, end)) for a in range(history, end, batch)]
     pid = await conn.fetchval("select pg_backend_pid()")
     cpu0, t0 = backend_cpu_s(pid), time.perf_counter()

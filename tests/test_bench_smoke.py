@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench import proximity, simulate, throughput, trail_indexes
+from bench import copy_batches, proximity, simulate, throughput, trail_indexes
 from bench.fleet import Fleet, FleetSpec
 from services.common.auth import Role
 from services.common.database import Database
@@ -39,6 +39,19 @@ async def test_trail_indexes_benchmark_runs(capsys: pytest.CaptureFixture[str]) 
         assert float(line.split("µs a fix, ")[1].split(" fixes/s")[0].replace(",", "")) > 0
     # Each index is put back as it was: the table ends as the migrations made it.
     assert "as migrated (both indexes)" in out
+
+
+@pytest.mark.parametrize("collate_c", [False, True])
+async def test_copy_batches_benchmark_runs(
+    collate_c: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await copy_batches.main(["--smoke"] + (["--collate-c"] if collate_c else [])) == 0
+    out = capsys.readouterr().out
+    assert f"tag_id collation: {'C' if collate_c else 'the database default'}" in out
+    medians = out.split("medians:")[1].splitlines()[1:]
+    assert len(medians) == 3
+    for line in medians:  # every variant took its fixes in
+        assert float(line.split("µs a fix, ")[1].split(" fixes/s")[0].replace(",", "")) > 0
 
 
 @pytest.mark.parametrize("bus", ["memory", "kafka"])

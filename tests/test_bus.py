@@ -584,3 +584,46 @@ async def test_kafka_fetches_of_fixes_may_wait_for_more_and_everything_arrives(
     assert bus.fetch_limits(READINGS) == {"fetch_min_bytes": 1, "fetch_max_wait_ms": 500}
     unset = KafkaBus(kafka_settings(settings).kafka, DEAD, [FIX_BATCHES, DEAD])
     assert unset.fetch_limits(FIX_BATCHES) == {"fetch_min_bytes": 1, "fetch_max_wait_ms": 500}
+
+
+async def test_kafka_consumers_of_fixes_under_load_fetch_on_for_more(settings: Settings) -> None:
+    """Under load (TAGTRAIL_KAFKA_LINGER_RATE fixes fetched within about a second), a
+    consumer of fixes fetches on for up to TAGTRAIL_KAFKA_LINGER_MS before handing them
+    over, so what comes meanwhile joins the batch, and stops as soon as the handler's
+    batch is full; a light load's fixes are handed over as they come."""
+    isolated = kafka_settings(settings)
+    isolated.kafka = isolated.kafka.model_copy(update={"linger_ms": 4000, "linger_rate": 25})
+    loop = asyncio.get_running_loop()
+    calls: list[tuple[float, list[int]]] = []
+
+    async def handle(batches: list[FixBatch]) -> None:
+        b = FixBatch.concat(batches)
+        calls.append((loop.time(), [round(a) - 1 for a in b.accuracy_m.tolist()]))
+
+    bus = KafkaBus(isolated.kafka, DEAD, [FIX_BATCHES, DEAD])
+    bus.subscribe("test-batches", FIX_BATCHES, handle, max_batch=60)
+    await bus.start()
+    try:
+        # Once the consumer has its partitions (a first fix arrives), and the second it
+        # counts has gone by: a trickle, 10 fixes, is handed over at once.
+        await bus.publish_batch(FIX_BATCHES, _fix_batch([("tag-a", 0)]))
+        await eventually(lambda: _value(len(calls)), lambda n: n == 1)
+        await asyncio.sleep(1.5)
+        sent = loop.time()
+        await bus.publish_batch(FIX_BATCHES, _fix_batch([("tag-a", n) for n in range(1, 11)]))
+        await eventually(lambda: _value(len(calls)), lambda n: n == 2)
+        assert calls[1][0] - sent < 3.0 and calls[1][1] == list(range(1, 11))
+        await asyncio.sleep(1.5)
+        # 30 at once is a load: the consumer fetches on, and the 30 sent half a second
+        # later join them in one batch, handed over when it holds 60, not at the linger's
+        # end.
+        await bus.publish_batch(FIX_BATCHES, _fix_batch([("tag-a", n) for n in range(11, 41)]))
+        await asyncio.sleep(0.5)
+        sent = loop.time()
+        await bus.publish_batch(FIX_BATCHES, _fix_batch([("tag-a", n) for n in range(41, 71)]))
+        await eventually(lambda: _value(sum(len(c) for _, c in calls)), lambda n: n >= 71)
+    finally:
+        await bus.stop()
+    assert len(calls) == 3, [len(c) for _, c in calls]
+    assert calls[2][1] == list(range(11, 71))
+    assert calls[2][0] - sent < 3.0

@@ -67,6 +67,19 @@ class KafkaSettings(BaseSettings):
     # a second flat out, and fix-to-alert p99 at 5,000 a second 919 ms against about
     # 680 (docs/benchmarks.md, eighteenth session).
     fetch_wait_ms: int = Field(default=0, ge=0, le=1000)
+    # Under load, a consumer of fixes (the points topics) goes on fetching for up to
+    # linger_ms before handing a batch over, up to TAGTRAIL_BUS_MAX_BATCH fixes. Under
+    # load means it has fetched at least linger_rate fixes over the last LOAD_WINDOW_S
+    # (about a second; kafka.py): 8,000 is about half what each of a worker's two lanes
+    # fetches flat out on two cores, and three times what it fetches at 5,000 a second.
+    # Without it each worker keeps up with its topic and takes about 2,000 fixes a
+    # batch, of about one fix a tag, and PostgreSQL's COPY costs twice as much a fix
+    # then as in batches of several fixes a tag (bench/copy_batches.py). With 500 ms,
+    # batches of about 7,000 made 27 % more fixes a second on Kafka flat out, fix-to-
+    # alert at 5,000 a second unchanged (docs/benchmarks.md, nineteenth session).
+    # 0: hand over what a fetch brings, always.
+    linger_ms: int = Field(default=500, ge=0, le=5000)
+    linger_rate: int = Field(default=8000, ge=1, le=10_000_000)
     # How long a publish may wait for the broker (the producer's request timeout).
     request_timeout_s: float = Field(default=40.0, gt=0, le=600)
 

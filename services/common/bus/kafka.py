@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
@@ -71,6 +71,10 @@ PACK_BYTES = 256 * 1024
 RECORDS_A_FETCH = 50
 # What a fetch of fixes waits for, when TAGTRAIL_KAFKA_FETCH_WAIT_MS lets it wait.
 FETCH_MIN_BYTES = 1 << 20
+# The span over which a consumer counts the fixes it has fetched, to tell whether it is
+# under load (TAGTRAIL_KAFKA_LINGER_RATE): longer than a linger, so that a consumer
+# lingering under a steady load still finds itself under load when it next fetches.
+LOAD_WINDOW_S = 1.0
 
 
 _ADAPTERS: dict[type[BaseModel], TypeAdapter[list[tuple[str, Any]]]] = {}
@@ -151,6 +155,23 @@ def unpack(topic: Topic[Any], record: Any) -> list[Envelope]:
         return [Envelope(str(k).encode(), orjson.dumps(m)) for k, m in pairs]
     except (orjson.JSONDecodeError, TypeError, ValueError):
         return [Envelope(record.key or b"", value)]
+
+
+class Load:
+    """The rows a consumer has fetched over the last `window` seconds."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._fetched: deque[tuple[float, int]] = deque()
+        self._total = 0
+
+    def add(self, now: float, rows: int) -> int:
+        """Counts `rows` fetched at `now`; returns the rows of the window up to now."""
+        self._fetched.append((now, rows))
+        self._total += rows
+        while self._fetched[0][0] < now - self.window:
+            self._total -= self._fetched.popleft()[1]
+        return self._total
 
 
 # How long stop() lets consumers finish the batch in hand before cancelling them.
@@ -347,6 +368,7 @@ class KafkaBus(Bus):
 
     async def _consume(self, sub: Subscription, consumer: AIOKafkaConsumer) -> None:
         backoff = Backoff()
+        load = Load(LOAD_WINDOW_S)
         while not self._stopping.is_set():
             try:
                 batches = await consumer.getmany(timeout_ms=500, max_records=RECORDS_A_FETCH)
@@ -362,6 +384,8 @@ class KafkaBus(Bus):
             envelopes = [
                 e for records in batches.values() for r in records for e in unpack(sub.topic, r)
             ]
+            if isinstance(sub.topic, BatchTopic) and self.settings.linger_ms > 0:
+                await self._linger(sub, consumer, load, batches, envelopes)
             for run in sized(envelopes, sub.max_batch):
                 await self.deliver(sub, run)
             offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
@@ -372,6 +396,43 @@ class KafkaBus(Bus):
                 # last commit, and every handler is idempotent, so nothing is lost or doubled.
                 log.warning("%s: commit failed after a rebalance", sub.group)
             await self._record_lag(sub, consumer)
+
+    async def _linger(
+        self,
+        sub: Subscription,
+        consumer: AIOKafkaConsumer,
+        load: Load,
+        batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]],
+        envelopes: list[Envelope],
+    ) -> None:
+        """Under load, fetches on for up to TAGTRAIL_KAFKA_LINGER_MS, or until the
+        handler's batch is full, adding what comes to `batches` and `envelopes` (a
+        partition's records after those it had, so per-key order holds). Otherwise
+        returns at once: a light load's fixes are handed over as they come."""
+        loop = asyncio.get_running_loop()
+        rows = sum(e.size for e in envelopes)
+        if load.add(loop.time(), rows) < self.settings.linger_rate:
+            return
+        deadline = loop.time() + self.settings.linger_ms / 1000
+        while rows < sub.max_batch and not self._stopping.is_set():
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            try:
+                more = await consumer.getmany(
+                    timeout_ms=max(1, int(left * 1000)), max_records=RECORDS_A_FETCH
+                )
+            except KafkaError:
+                return  # hand over what there is; the next fetch retries
+            fetched = 0
+            for tp, records in more.items():
+                batches.setdefault(tp, []).extend(records)
+                for r in records:
+                    for e in unpack(sub.topic, r):
+                        envelopes.append(e)
+                        fetched += e.size
+            rows += fetched
+            load.add(loop.time(), fetched)
 
     async def _record_lag(self, sub: Subscription, consumer: AIOKafkaConsumer) -> None:
         total = 0
