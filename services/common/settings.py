@@ -73,12 +73,13 @@ class KafkaSettings(BaseSettings):
     # (about a second; kafka.py): 8,000 is about half what each of a worker's two lanes
     # fetches flat out on two cores, and three times what it fetches at 5,000 a second.
     # Without it each worker keeps up with its topic and takes about 2,000 fixes a
-    # batch, of about one fix a tag, and PostgreSQL's COPY costs twice as much a fix
-    # then as in batches of several fixes a tag (bench/copy_batches.py). With 500 ms,
-    # batches of about 7,000 made 27 % more fixes a second on Kafka flat out, fix-to-
-    # alert at 5,000 a second unchanged (docs/benchmarks.md, nineteenth session).
-    # 0: hand over what a fetch brings, always.
-    linger_ms: int = Field(default=500, ge=0, le=5000)
+    # batch, of about one fix a tag, and PostgreSQL's COPY costs 40 % more a fix then
+    # than in batches of several fixes a tag (bench/copy_batches.py). Lingering 500 ms
+    # made batches of about 7,000 and 27 % more fixes a second on Kafka flat out; 250
+    # as many as 500, and 1,000 fewer; fix-to-alert at 5,000 a second is unchanged, as
+    # nothing lingers there (docs/benchmarks.md, nineteenth session). 0: hand over what
+    # a fetch brings, always.
+    linger_ms: int = Field(default=250, ge=0, le=5000)
     linger_rate: int = Field(default=8000, ge=1, le=10_000_000)
     # How long a publish may wait for the broker (the producer's request timeout).
     request_timeout_s: float = Field(default=40.0, gt=0, le=600)
