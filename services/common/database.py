@@ -57,7 +57,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     behind: advisory locks are taken for the transaction (`pg_advisory_xact_lock`),
     cursors only inside a transaction, nobody LISTENs, and session settings are made
     when a connection opens (SERVER_SETTINGS), never changed after. A round trip and
-    four statements on every release cost the API and the zone checker about 4 % of
+    four statements on every release cost the API and the zone checker 3 to 4 % of
     their samples on Kafka (docs/benchmarks.md, nineteenth session)."""
 
 
