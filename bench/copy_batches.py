@@ -26,11 +26,10 @@ import asyncio
 import uuid
 
 import asyncpg
-import numpy as np
 
 from bench.common import bench_database, drop_database, header
 from bench.fleet import Fleet, FleetSpec
-from bench.trail_indexes import measure
+from bench.trail_indexes import figure, measure, print_medians
 from services.common.settings import Settings
 
 # (fixes a COPY, fixes of a tag in it)
@@ -68,7 +67,7 @@ async def main(argv: list[str] | None = None) -> int:
     fleet = Fleet(FleetSpec(tags=args.tags, seed=3))
     await bench_database(settings, name, fresh=True)
     conn = await asyncpg.connect(settings.db.asyncpg_dsn(name))
-    figures: dict[tuple[int, int], list[tuple[float, float]]] = {v: [] for v in variants}
+    figures: dict[str, list[tuple[float, float]]] = {label(*v): [] for v in variants}
     try:
         if args.collate_c:
             await conn.execute(
@@ -79,18 +78,12 @@ async def main(argv: list[str] | None = None) -> int:
             us, rate = await measure(
                 conn, fleet, 60 + i, args.history, args.fixes, batch, per_tag=per_tag
             )
-            figures[(batch, per_tag)].append((us, rate))
-            print(
-                f"{label(batch, per_tag):40s} PostgreSQL {us:5.2f} µs a fix, {rate:9,.0f} fixes/s"
-            )
+            figures[label(batch, per_tag)].append((us, rate))
+            print(figure(label(batch, per_tag), us, rate))
     finally:
         await conn.close()
         await drop_database(settings, name)
-    print("medians:")
-    for (batch, per_tag), runs in figures.items():
-        us = float(np.median([u for u, _ in runs]))
-        rate = float(np.median([r for _, r in runs]))
-        print(f"  {label(batch, per_tag):40s} PostgreSQL {us:5.2f} µs a fix, {rate:9,.0f} fixes/s")
+    print_medians(figures)
     return 0
 
 

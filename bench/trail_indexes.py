@@ -21,7 +21,7 @@ import argparse
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -115,6 +115,19 @@ async def measure(
     return used / n * 1e6, n / took
 
 
+def figure(label: str, us: float, rate: float) -> str:
+    return f"{label:40s} PostgreSQL {us:5.2f} µs a fix, {rate:9,.0f} fixes/s"
+
+
+def print_medians(figures: Mapping[str, Sequence[tuple[float, float]]]) -> None:
+    """Each variant's median CPU a fix and rate, of its (µs a fix, fixes a second) runs."""
+    print("medians:")
+    for label, runs in figures.items():
+        us = float(np.median([u for u, _ in runs]))
+        rate = float(np.median([r for _, r in runs]))
+        print("  " + figure(label, us, rate))
+
+
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.trail_indexes", description=__doc__)
     parser.add_argument("--tags", type=int, default=2000)
@@ -146,15 +159,11 @@ async def main(argv: list[str] | None = None) -> int:
             for statement in put_back:
                 await conn.execute(statement)
             figures[variant].append((us, rate))
-            print(f"{variant:40s} PostgreSQL {us:5.2f} µs a fix, {rate:9,.0f} fixes/s")
+            print(figure(variant, us, rate))
     finally:
         await conn.close()
         await drop_database(settings, name)
-    print("medians:")
-    for variant, runs in figures.items():
-        us = float(np.median([u for u, _ in runs]))
-        rate = float(np.median([r for _, r in runs]))
-        print(f"  {variant:40s} PostgreSQL {us:5.2f} µs a fix, {rate:9,.0f} fixes/s")
+    print_medians(figures)
     return 0
 
 
