@@ -147,12 +147,15 @@ def pg_role(pid: int) -> str:
     return next((r for r in PG_ROLES if rest.startswith(r)), "connections")
 
 
-def cpu_seconds(procs: dict[str, int]) -> dict[str, float]:
+def cpu_seconds(
+    procs: dict[str, int], connections: dict[int, float] | None = None
+) -> dict[str, float]:
     """CPU time (user and system) used so far by each named process, by every
     PostgreSQL process together, by Kafka's JVM, and by this benchmark; and PostgreSQL's
     by role ("PostgreSQL: connections", "PostgreSQL: walwriter", ...), where "ended"
     is what its processes that have ended used (autovacuum workers come and go), as the
-    postmaster, their parent, counts it."""
+    postmaster, their parent, counts it. Each PostgreSQL connection's own, by pid, into
+    `connections` when given."""
     out = dict.fromkeys([*procs, "PostgreSQL", "Kafka", "benchmark"], 0.0)
     names = {pid: name for name, pid in procs.items()} | {os.getpid(): "benchmark"}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -174,22 +177,8 @@ def cpu_seconds(procs: dict[str, int]) -> dict[str, float]:
                 out["PostgreSQL: ended"] = out.get("PostgreSQL: ended", 0.0) + ended
             key = f"PostgreSQL: {role}"
             out[key] = out.get(key, 0.0) + used
-    return out
-
-
-def backend_cpu_seconds() -> dict[int, float]:
-    """CPU time (user and system) used so far by each PostgreSQL connection, by pid."""
-    out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue  # ended meanwhile
-        pid = int(stat.parent.name)
-        if text[text.index("(") + 1 : text.rindex(")")] == "postgres" and (
-            pg_role(pid) == "connections"
-        ):
-            out[pid] = stat_cpu_s(text)[0]
+            if role == "connections" and connections is not None:
+                connections[pid] = used
     return out
 
 
@@ -523,8 +512,8 @@ async def measure(
         else None
     )
     wal0 = await wal_so_far(db)
-    cpu0 = cpu_seconds(pids)
-    backends0 = backend_cpu_seconds()
+    backends0: dict[int, float] = {}
+    cpu0 = cpu_seconds(pids, backends0)
     t0 = time.perf_counter()
     spies = [await spy(profile, c, p.pid) for c, p in procs.items()] if profile else []
     sent = await post(url, supplier, iter(bodies), concurrency=concurrency, rate=args.rate)
@@ -542,8 +531,9 @@ async def measure(
         # stretch's too.
         await boxed(conn)
         took = time.perf_counter() - t0
-        cpu1 = cpu_seconds(pids)
-        clients = await by_client(db, backends0, backend_cpu_seconds())
+        backends1: dict[int, float] = {}
+        cpu1 = cpu_seconds(pids, backends1)
+        clients = await by_client(db, backends0, backends1)
         wal = (await wal_so_far(db)) - wal0
         costliest = await statements(args.statements_dsn, args.database, reset=False)
         for spying in spies:

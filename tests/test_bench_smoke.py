@@ -74,6 +74,9 @@ async def test_throughput_benchmark_runs(bus: str, capsys: pytest.CaptureFixture
     roles = next(x for x in out.splitlines() if x.startswith("PostgreSQL's by role"))
     assert float(roles.split("connections ")[1].split(",")[0].split(";")[0]) > 0, roles
     assert "WAL a fix: " in roles, roles
+    # And its connections' by the process they serve (their application_name).
+    clients = next(x for x in out.splitlines() if x.startswith("PostgreSQL's connections by"))
+    assert ("tagtrail run " if bus == "memory" else "tagtrail worker store ") in clients, clients
 
 
 async def test_the_throughput_benchmark_measures_checkouts_in_turn(

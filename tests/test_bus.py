@@ -546,46 +546,6 @@ async def test_many_publishes_at_once_to_one_partition_all_get_through(settings:
         await bus.stop()
 
 
-async def test_kafka_fetches_of_fixes_may_wait_for_more_and_everything_arrives(
-    settings: Settings,
-) -> None:
-    """With TAGTRAIL_KAFKA_FETCH_WAIT_MS set, the broker holds a fetch of fixes for more
-    to come (up to a mebibyte): a trickle still arrives, every row once and each tag's
-    in order, once the wait is up. Only fetches of fixes wait."""
-    isolated = kafka_settings(settings)
-    isolated.kafka = isolated.kafka.model_copy(update={"fetch_wait_ms": 300})
-    rows: list[tuple[str, int]] = []
-    readings: list[Reading] = []
-
-    async def handle(batches: list[FixBatch]) -> None:
-        b = FixBatch.concat(batches)
-        rows.extend(zip(b.tag_ids(), (round(a) - 1 for a in b.accuracy_m.tolist()), strict=True))
-
-    async def read(batch: list[Reading]) -> None:
-        readings.extend(batch)
-
-    bus = KafkaBus(isolated.kafka, DEAD, [FIX_BATCHES, READINGS, DEAD])
-    bus.subscribe("test-batches", FIX_BATCHES, handle)
-    bus.subscribe("test-readings", READINGS, read)
-    await bus.start()
-    try:
-        sent = [(f"tag-{n % 3}", n) for n in range(30)]
-        for start in range(0, len(sent), 10):
-            await bus.publish_batch(FIX_BATCHES, _fix_batch(sent[start : start + 10]))
-        await bus.publish(READINGS, [("k", Reading(key="k", n=1))])
-        await eventually(lambda: _value(len(rows)), lambda n: n >= len(sent))
-        await eventually(lambda: _value(len(readings)), lambda n: n == 1)
-    finally:
-        await bus.stop()
-    assert sorted(rows) == sorted(sent)
-    for tag in {t for t, _ in sent}:
-        assert [n for t, n in rows if t == tag] == [n for t, n in sent if t == tag]
-    assert bus.fetch_limits(FIX_BATCHES) == {"fetch_min_bytes": 1 << 20, "fetch_max_wait_ms": 300}
-    assert bus.fetch_limits(READINGS) == {"fetch_min_bytes": 1, "fetch_max_wait_ms": 500}
-    unset = KafkaBus(kafka_settings(settings).kafka, DEAD, [FIX_BATCHES, DEAD])
-    assert unset.fetch_limits(FIX_BATCHES) == {"fetch_min_bytes": 1, "fetch_max_wait_ms": 500}
-
-
 async def test_kafka_consumers_of_fixes_under_load_fetch_on_for_more(settings: Settings) -> None:
     """Under load (TAGTRAIL_KAFKA_LINGER_RATE fixes fetched within about a second), a
     consumer of fixes fetches on for up to TAGTRAIL_KAFKA_LINGER_MS before handing them

@@ -60,13 +60,6 @@ class KafkaSettings(BaseSettings):
     bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = "tagtrail."
     partitions: int = Field(default=8, ge=1, le=1024)
-    # How long the broker may hold a fetch of fixes (the points topics) for more to come,
-    # up to a mebibyte: larger batches, fewer statements a fix, at the cost of up to this
-    # much more fix-to-alert delay a hop (two hops) whenever the load is light. 0: hand
-    # over what there is at once. Measured on two cores, 200 made 4 to 10 % more fixes
-    # a second flat out, and fix-to-alert p99 at 5,000 a second 919 ms against about
-    # 680 (docs/benchmarks.md, eighteenth session).
-    fetch_wait_ms: int = Field(default=0, ge=0, le=1000)
     # Under load, a consumer of fixes (the points topics) goes on fetching for up to
     # linger_ms before handing a batch over, up to TAGTRAIL_BUS_MAX_BATCH fixes. Under
     # load means it has fetched at least linger_rate fixes over the last LOAD_WINDOW_S

@@ -69,8 +69,6 @@ PACKED = ("tagtrail-pack", b"1")
 PACK_BYTES = 256 * 1024
 # Records a fetch: packs of up to a few hundred messages each.
 RECORDS_A_FETCH = 50
-# What a fetch of fixes waits for, when TAGTRAIL_KAFKA_FETCH_WAIT_MS lets it wait.
-FETCH_MIN_BYTES = 1 << 20
 # The span over which a consumer counts the fixes it has fetched, to tell whether it is
 # under load (TAGTRAIL_KAFKA_LINGER_RATE): longer than a linger, so that a consumer
 # lingering under a steady load still finds itself under load when it next fetches.
@@ -250,7 +248,6 @@ class KafkaBus(Bus):
                     # A group's lanes join together; a member that missed a rebalance
                     # hears of it at its next heartbeat.
                     heartbeat_interval_ms=1000,
-                    **self.fetch_limits(sub.topic),
                 )
             )
         # Together, so a group's lanes join in one rebalance rather than one each.
@@ -259,18 +256,6 @@ class KafkaBus(Bus):
             self._tasks.append(
                 asyncio.create_task(self._consume(sub, consumer), name=f"{sub.group}/{lane}")
             )
-
-    def fetch_limits(self, topic: Topic[Any]) -> dict[str, int]:
-        """What a fetch of the topic waits for: fixes (batch topics) up to a mebibyte for
-        at most TAGTRAIL_KAFKA_FETCH_WAIT_MS, when set; anything else, and fixes when it
-        is not, are handed over as soon as there are any (alerts, crimes and events are
-        few, and a wait would only delay them)."""
-        if isinstance(topic, BatchTopic) and self.settings.fetch_wait_ms > 0:
-            return {
-                "fetch_min_bytes": FETCH_MIN_BYTES,
-                "fetch_max_wait_ms": self.settings.fetch_wait_ms,
-            }
-        return {"fetch_min_bytes": 1, "fetch_max_wait_ms": 500}
 
     async def stop(self) -> None:
         # Graceful first: each consumer finishes and commits the batch in hand.
