@@ -258,11 +258,13 @@ def test_the_kept_partitions_are_the_default_partitioners() -> None:
     keep = KeyPartitioner()
     for n in (1, 3, 8, 16):
         parts = list(range(n))
-        for i in range(300):
-            key = f"TAG-{i:05d}".encode()
-            expected = DefaultPartitioner()(key, parts, parts)
-            assert keep(key, parts, parts) == expected
-            assert keep(key, parts, parts) == expected
+        keys = [f"TAG-{i:05d}".encode() for i in range(300)]
+        expected = [DefaultPartitioner()(key, parts, parts) for key in keys]
+        # Some keys met one at a time first, then all of them at once, twice.
+        assert [keep(key, parts, parts) for key in keys[::7]] == expected[::7]
+        assert keep.lanes(keys, parts) == expected
+        assert keep.lanes(keys, parts) == expected
+        assert [keep(key, parts, parts) for key in keys] == expected
 
 
 async def test_more_waiting_requests_than_connections_all_get_through(

@@ -124,6 +124,40 @@ async def test_pool_connections_say_whose_they_are_and_come_back_clean(
         await db.close()
 
 
+async def test_a_connection_the_server_closed_is_replaced_before_a_session_uses_it(
+    settings: Settings, database: str
+) -> None:
+    """After the server has closed a pooled connection (a restart; here
+    pg_terminate_backend), the next session gets a new one and its work goes through,
+    without a round trip to test each connection before use (database.py,
+    `_closed_on_checkout`); and nothing is sent to an open one before the work."""
+    db = await Database.connect(
+        settings.db.model_copy(update={"pool_size": 1}), database, name="tagtrail worker y"
+    )
+    try:
+        async with db.transaction() as session:
+            first = await session.scalar(text("select pg_backend_pid()"))
+        async with db.pool.acquire() as conn:
+            assert await conn.fetchval("select pg_terminate_backend($1)", first)
+        # The server's goodbye reaches the pooled connection as the event loop runs.
+        await asyncio.sleep(0.2)
+        async with db.transaction() as session:
+            second = await session.scalar(text("select pg_backend_pid()"))
+        assert second != first
+        # An open connection is lent as it is: nothing runs on it before the session's
+        # own statements (pool_pre_ping ran BEGIN, ";" and ROLLBACK first).
+        async with db.transaction() as session:
+            raw = (await (await session.connection()).get_raw_connection()).driver_connection
+        sent: list[str] = []
+        raw.add_query_logger(lambda q: sent.append(q.query))
+        async with db.transaction() as session:
+            assert await session.scalar(text("select pg_backend_pid()")) == second
+        # (asyncpg logs the statements it runs unprepared: here the transaction's.)
+        assert sent == ["BEGIN;", "COMMIT;"]
+    finally:
+        await db.close()
+
+
 async def test_partitions_are_created_ahead_and_on_demand(db: Database) -> None:
     partitions = Partitions()
     today = date(2026, 11, 25)

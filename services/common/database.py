@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
-from sqlalchemy import ColumnElement, MetaData, any_, bindparam
+from sqlalchemy import ColumnElement, MetaData, any_, bindparam, event
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from services.common.settings import DatabaseSettings
 
@@ -76,6 +78,24 @@ async def _prepare_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+def _closed_on_checkout(
+    dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
+) -> None:
+    """Whether an ORM pool connection is still open, asked of asyncpg without a round
+    trip, as asyncpg's own pool asks before it lends one: once the server has closed
+    the connection (a restart, pg_terminate_backend) asyncpg knows, and the pool then
+    opens another in its place (it does so for DisconnectionError, up to three times).
+    SQLAlchemy's pool_pre_ping asked the server instead: BEGIN, an empty statement and
+    ROLLBACK before every session's first statement, three round trips that cost the
+    dispatcher a fifteenth of its samples on Kafka (docs/benchmarks.md, twentieth
+    session). A connection whose server vanished without closing it (no FIN: a network
+    cut) is not caught here, nor was it quickly by the ping; its first statement fails,
+    SQLAlchemy then invalidates the pool's connections, and the work is retried (the
+    bus retries what fails transiently; an API client gets a 503)."""
+    if record.driver_connection is None or record.driver_connection.is_closed():
+        raise DisconnectionError("the database closed this connection")
+
+
 @dataclass
 class Database:
     engine: AsyncEngine
@@ -95,9 +115,9 @@ class Database:
             pool_size=settings.pool_size,
             # Up to twice pool_size under load (settings.py counts on it).
             max_overflow=settings.pool_size,
-            pool_pre_ping=True,
             connect_args={"server_settings": server_settings},
         )
+        event.listen(engine.sync_engine, "checkout", _closed_on_checkout)
         pool = await asyncpg.create_pool(
             settings.asyncpg_dsn(database),
             min_size=1,
