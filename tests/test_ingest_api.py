@@ -447,6 +447,7 @@ async def test_a_clean_request_is_admitted_in_one_validation_as_the_full_path_ad
             ("ts 30 February", {**good, "ts": "2026-02-30T10:00:00Z"}),
             ("ts as epoch number", {**good, "ts": 1764064800}),
             ("ts lower-case z", {**good, "ts": now_minus(60).strftime("%Y-%m-%dt%H:%M:%Sz")}),
+            ("ts of two lines", {**good, "ts": f"{good['ts']}\n{good['ts']}"}),
             (
                 "ts to the nanosecond",
                 {**good, "ts": now_minus(60).strftime("%Y-%m-%dT%H:%M:%S.%f123Z")},
@@ -474,6 +475,50 @@ async def test_a_clean_request_is_admitted_in_one_validation_as_the_full_path_ad
             items = [Item(0, good), Item(1, bad), Item(2, good)]
             found = await admit_clean(conn, tags, supplier, items, now, Settings().ingest)
             assert found is None, case
+
+
+async def test_a_tag_worn_by_two_subjects_in_turn_is_attributed_as_the_full_path_does(
+    client: httpx.AsyncClient, world: World, db: Database
+) -> None:
+    """A request's fixes of a tag are attributed a tag at a time, to the subject who wore
+    it throughout them, before or after it changed hands; a request whose fixes of it
+    fall on both sides of the change goes the full way, fix by fix, each to its own
+    wearer."""
+    supplier = Principal(world.supplier_id, Role.supplier, "supplier-T")
+    tag, before, after = world.tags[0], world.subjects[0], world.subjects[1]
+    now = utcnow()
+    switch = now - timedelta(hours=1)
+    async with db.pool.acquire() as conn:
+        await conn.execute(
+            "update tag_assignments set valid_to = $2 where tag_id = any($1::text[])",
+            world.tags[:2],
+            switch,
+        )
+    r = await client.post(
+        f"/v1/subjects/{after}/tags",
+        json={"tag_id": tag, "valid_from": switch.isoformat()},
+        headers=world.admin,
+    )
+    assert r.status_code == 201, r.text
+    tags = TagDirectory()
+
+    def request(*ages_s: float) -> list[Item]:
+        return [Item(i, fix(now_minus(age), tag_id=tag)) for i, age in enumerate(ages_s)]
+
+    async with db.pool.acquire() as conn:
+        for ages, wearer in [((600, 60), after), ((7200, 5400), before), ((3599, 60), after)]:
+            items = request(*ages)
+            quick = await admit_clean(conn, tags, supplier, items, now, Settings().ingest)
+            assert quick is not None
+            assert quick.messages() == await _admitted_fix_by_fix(conn, supplier, items, now)
+            assert {m.subject_id for m in quick.messages()} == {wearer}
+        items = request(60, 7200, 600)
+        assert await admit_clean(conn, tags, supplier, items, now, Settings().ingest) is None
+        assert [m.subject_id for m in await _admitted_fix_by_fix(conn, supplier, items, now)] == [
+            after,
+            before,
+            after,
+        ]
 
 
 def test_a_batch_grouped_by_subject_keeps_each_ones_fixes_in_order_and_their_span() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -47,15 +48,46 @@ class Wearing(NamedTuple):
 
 @dataclass(slots=True)
 class TagInfo:
+    """A tag and who has worn it when. Its wearings are all added before it is used."""
+
     tag_id: str
     supplier_id: uuid.UUID
     wearings: list[Wearing] = field(default_factory=list)
+    # The wearings as `spans` gives them, once asked for.
+    _spans: list[tuple[float, float, uuid.UUID]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def subject_at(self, ts: datetime) -> uuid.UUID | None:
         """The subject wearing this tag at ts (periods never overlap: a constraint says so)."""
         for w in self.wearings:
             if w.valid_from <= ts and (w.valid_to is None or ts < w.valid_to):
                 return w.subject_id
+        return None
+
+    def spans(self) -> list[tuple[float, float, uuid.UUID]]:
+        """The wearings as (from, to, subject), times in seconds since 1970 (`to`
+        infinite while it is worn), the latest first."""
+        if self._spans is None:
+            self._spans = sorted(
+                (
+                    (
+                        w.valid_from.timestamp(),
+                        math.inf if w.valid_to is None else w.valid_to.timestamp(),
+                        w.subject_id,
+                    )
+                    for w in self.wearings
+                ),
+                key=lambda span: -span[0],
+            )
+        return self._spans
+
+    def worn_throughout(self, first: float, last: float) -> uuid.UUID | None:
+        """The subject wearing this tag from `first` to `last` (seconds since 1970, first
+        <= last), if one subject wore it all that time."""
+        for start, end, subject in self.spans():
+            if start <= first:
+                return subject if last < end else None
         return None
 
 
