@@ -627,10 +627,6 @@ def _fixes(tag: str, subject: uuid.UUID, times: list[datetime]) -> FixBatch:
     )
 
 
-def _keys(batch: FixBatch) -> list[tuple[str, float]]:
-    return list(zip(batch.tag_ids(), batch.ts.tolist(), strict=True))
-
-
 @pytest.mark.parametrize("generation", [100_000, 8], ids=["one generation", "folding"])
 async def test_only_fixes_ingest_cannot_vouch_for_are_looked_up(
     db: Database, generation: int
@@ -667,7 +663,7 @@ async def test_only_fixes_ingest_cannot_vouch_for_are_looked_up(
                 mine = sorted(t for g, t in stored_keys if g == tag)
                 times = rng.sample(mine, min(len(mine), 2)) or [last + 60]
             batch = _fixes(tag, tags[tag], [datetime.fromtimestamp(t, UTC) for t in times])
-            unsure = (await horizons.unsure(conn, batch, _keys(batch))).tolist()
+            unsure = (await horizons.unsure(conn, batch)).tolist()
             for t, u in zip(times, unsure, strict=True):
                 if (tag, t) in stored_keys:
                     assert u, (step, kind, tag, t)
@@ -701,5 +697,5 @@ async def test_what_ingest_remembers_is_forgotten_after_its_ttl(db: Database) ->
     async with db.pool.acquire() as conn:
         for minute in range(3):
             batch = _fixes("HZ-T", subject, [start + timedelta(minutes=minute)])
-            assert (await forgetful.unsure(conn, batch, _keys(batch))).all()
-            assert (await trusting.unsure(conn, batch, _keys(batch))).all() == (minute == 0)
+            assert (await forgetful.unsure(conn, batch)).all()
+            assert (await trusting.unsure(conn, batch)).all() == (minute == 0)

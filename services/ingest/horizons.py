@@ -33,7 +33,6 @@ that window; a single API process has no such window."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 
 import asyncpg
 import numpy as np
@@ -42,13 +41,30 @@ import numpy.typing as npt
 from services.ingest import repository
 from services.ingest.batch import FixBatch
 
-Key = tuple[str, float]
+# A fix's tag and time as one number (keys_of).
+Key = int
+
+# Mixes a tag's hash into a key (2^64 / the golden ratio, odd: every tag hash a
+# different multiple).
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def keys_of(batch: FixBatch) -> list[Key]:
+    """Each fix's key, its tag and time, as one number: the same for the same tag and
+    time in any batch of this process. Two keys may share a number (about one pair in
+    2^64), which costs a look-up, never a fix: a shared number only makes a fix unsure.
+    A number hashes and compares at once; a (tag, time) tuple hashed its parts every
+    time it was met, three times a fix, and was made a fix (docs/benchmarks.md,
+    twentieth session)."""
+    tag_hashes = np.array([hash(t) for t in batch.tags], dtype=np.int64).view(np.uint64)
+    keys: list[Key] = (tag_hashes[batch.tag] * _MIX + batch.ts.view(np.uint64)).tolist()
+    return keys
 
 
 class FixHorizons:
     """Each met tag's horizon (seconds since 1970) and the keys taken since, for the tags
     a process has met in the last `ttl_s` seconds; at most `max_tags` tags, and `keys`
-    keys a generation (two kept, about 120 bytes a key). A generation must outlast the
+    keys a generation (two kept, about 60 bytes a key). A generation must outlast the
     fixes in flight at once (8 requests of 2,000 in the benchmark), or requests that
     overtake others are looked up. Folding a generation raises every tag's horizon to
     the newest time among its keys, whichever the tag (a floor under every horizon):
@@ -79,15 +95,14 @@ class FixHorizons:
         self._older, self._older_newest = self._newer, self._newer_newest
         self._newer, self._newer_newest = set(), -np.inf
 
-    async def unsure(
-        self, conn: asyncpg.Connection, batch: FixBatch, keys: Sequence[Key]
-    ) -> npt.NDArray[np.bool_]:
-        """Which of the batch's fixes (`keys`: each fix's tag and time) may be stored
-        already, the batch being about to go on the bus: every key is remembered."""
+    async def unsure(self, conn: asyncpg.Connection, batch: FixBatch) -> npt.NDArray[np.bool_]:
+        """Which of the batch's fixes may be stored already, the batch being about to go
+        on the bus: every fix's key is remembered."""
         if time.monotonic() - self._since >= self.ttl_s or len(self._horizon) > self.max_tags:
             self.forget()
         used = np.unique(batch.tag).tolist()
-        unmet = [i for i in used if batch.tags[i] not in self._horizon]
+        names = [batch.tags[i] for i in used]
+        unmet = [i for i, name in zip(used, names, strict=True) if name not in self._horizon]
         if unmet:
             newest = np.full(len(batch.tags), -np.inf)
             np.maximum.at(newest, batch.tag, batch.ts)
@@ -102,12 +117,14 @@ class FixHorizons:
         # From here to the end nothing is awaited: the look-up and remembering the keys
         # are one step for every other request.
         if self._highest > self._floor:
-            horizons = self._horizon
+            # (Read again after the look-up: another request may have forgotten them.)
+            get = self._horizon.get
             horizon = np.full(len(batch.tags), np.inf)
-            horizon[used] = [max(horizons.get(batch.tags[i], np.inf), self._floor) for i in used]
+            horizon[used] = np.maximum([get(name, np.inf) for name in names], self._floor)
             unsure = batch.ts <= horizon[batch.tag]
         else:
             unsure = batch.ts <= self._floor
+        keys = keys_of(batch)
         seen = self._newer.intersection(keys) | self._older.intersection(keys)
         if seen:
             unsure |= np.fromiter((k in seen for k in keys), dtype=bool, count=len(keys))

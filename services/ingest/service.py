@@ -460,12 +460,12 @@ async def _separate_resends(
     which the store worker sets aside, and counts them. Only fixes at or before their
     tag's horizon, or re-sends of fixes taken since, are looked up in the trail
     (services/ingest/horizons.py)."""
-    keys = list(zip(batch.tag_ids(), batch.ts.tolist(), strict=True))
-    unsure = await horizons.unsure(conn, batch, keys)
+    unsure = await horizons.unsure(conn, batch)
     order = np.lexsort((batch.ts, batch.tag))
     twice = (np.diff(batch.tag[order]) == 0) & (np.diff(batch.ts[order]) == 0)
     if not unsure.any() and not twice.any():
         return batch, 0, 0  # nearly always: every fix new to its tag's trail, each once
+    keys = list(zip(batch.tag_ids(), batch.ts.tolist(), strict=True))
     stored = await repository.stored_positions(
         conn, [k for k, u in zip(keys, unsure.tolist(), strict=True) if u]
     )

@@ -1,0 +1,216 @@
+"""The ingest request path alone: the CPU a fix that taking a request of fixes costs the
+process that takes it (the API on Kafka, and a share of `tagtrail run`), from the
+request's parsed lines to its fixes durable on the bus: the clean path's checks and
+attribution, the re-send look-up, the batch's encoding and the publish.
+
+    python -m bench.ingest_path                  # in-process bus, this checkout
+    python -m bench.ingest_path --bus kafka      # publishing to the local broker
+    python -m bench.ingest_path --code A --code B --rounds 4   # checkouts side by side
+    python -m bench.ingest_path --smoke          # a few of each: proves it still works
+
+End to end, a change of a few per cent in this path cannot be told from the machine's
+drift and the other processes' (docs/benchmarks.md). Here one process does the work a
+request at a time, and its own CPU time (user and system) is what is measured: no HTTP,
+no workers (on the in-process bus a group that takes each batch and does nothing stands
+in for them), no parsing of the lines (the route's, unchanged by what this measures).
+
+The fleet of bench/fleet.py (2,000 tags) is enrolled in a database of its own, built by
+the real migrations; its fixes over --minutes of fleet time are made into requests as
+the simulator posts them (2,000 fixes each, late bursts out of order). Each checkout's
+code is measured in a process of its own (its directory first on the path), in turn
+(A B, then B A, ...), over the same requests, with what ingest keeps in memory (tags,
+horizons) met afresh; the first --warm requests are not measured. Nothing stores the
+fixes, so the trail stays empty: a late fix is looked up and found new, as a late fix
+mostly is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _child(args: argparse.Namespace) -> None:
+    """One measurement, in the code first on the path: prints its figures as JSON."""
+    from services.common.auth import Principal, Role
+    from services.common.bus.kafka import KafkaBus
+    from services.common.bus.memory import MemoryBus
+    from services.common.database import Database
+    from services.common.settings import Settings
+    from services.common.timeutil import utcnow
+    from services.ingest import service
+    from services.ingest.horizons import FixHorizons
+    from services.ingest.service import IngestMemory, Item
+    from services.registry.service import TagDirectory
+    from services.topics import ALL, DEAD_LETTER, POINTS
+
+    settings = Settings()
+    bodies: list[bytes] = pickle.loads(await asyncio.to_thread(Path(args.child).read_bytes))
+    db = await Database.connect(settings.db, args.database, name="tagtrail benchmark")
+    bus: Any
+    if args.bus == "kafka":
+        kafka = settings.kafka.model_copy(update={"topic_prefix": f"ip{uuid.uuid4().hex[:8]}."})
+        bus = KafkaBus(kafka, DEAD_LETTER, ALL, lanes=settings.bus.lanes)
+    else:
+        bus = MemoryBus(DEAD_LETTER, lanes=settings.bus.lanes)
+
+        async def drain(batches: list[Any]) -> None:
+            return None
+
+        bus.subscribe("bench-drain", POINTS, drain, max_batch=settings.bus.max_batch)
+    await bus.start()
+    memory = IngestMemory(TagDirectory(), FixHorizons(settings.ingest.horizon_ttl_s))
+    supplier = Principal(uuid.UUID(args.supplier), Role.supplier, "bench")
+    fixes = accepted = 0
+    cpu = wall = 0.0
+    try:
+        for k, body in enumerate(bodies):
+            items = [Item(i, orjson.loads(line)) for i, line in enumerate(body.split(b"\n"))]
+            c0, w0 = time.process_time(), time.perf_counter()
+            result = await service.ingest(
+                db, bus, memory, supplier, items, utcnow(), settings.ingest
+            )
+            if k >= args.warm:
+                cpu += time.process_time() - c0
+                wall += time.perf_counter() - w0
+                fixes += len(items)
+                accepted += result.accepted
+    finally:
+        await bus.stop()
+        await db.close()
+    print(orjson.dumps({"fixes": fixes, "accepted": accepted, "cpu": cpu, "wall": wall}).decode())
+
+
+def _measure(code: Path, requests: Path, args: argparse.Namespace, supplier: str) -> dict[str, Any]:
+    """A child process's figures, its code from `code`."""
+    from bench.throughput import local_services
+
+    env = {**os.environ, **local_services(), "PYTHONPATH": str(code)}
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "ingest_path.py"),
+            "--child",
+            str(requests),
+            "--database",
+            args.database,
+            "--supplier",
+            supplier,
+            "--bus",
+            args.bus,
+            "--warm",
+            str(args.warm),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    figures: dict[str, Any] = orjson.loads(out.stdout.strip().splitlines()[-1])
+    return figures
+
+
+async def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest_path", description=__doc__)
+    parser.add_argument("--tags", type=int, default=2000)
+    parser.add_argument("--minutes", type=float, default=180.0, help="fleet time made requests")
+    parser.add_argument("--batch", type=int, default=2000, help="fixes a request")
+    parser.add_argument("--warm", type=int, default=20, help="first requests not measured")
+    parser.add_argument("--bus", choices=["memory", "kafka"], default="memory")
+    parser.add_argument(
+        "--code",
+        type=Path,
+        action="append",
+        help="a checkout whose ingest is measured (repeat to compare; default this one)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="measurements a checkout")
+    parser.add_argument("--smoke", action="store_true", help="20 tags, 10 minutes")
+    # A measurement's own process (internal).
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--database", help=argparse.SUPPRESS)
+    parser.add_argument("--supplier", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        await _child(args)
+        return 0
+
+    from bench.common import bench_database, drop_database, header, wear
+    from bench.fleet import Fleet, FleetSpec
+    from bench.simulate import batches
+    from services.common.database import Database
+    from services.common.settings import Settings
+    from services.registry import service as registry
+    from services.registry.schemas import SupplierIn
+
+    if args.smoke:
+        args.tags, args.minutes, args.batch, args.warm = 20, 10.0, 50, 1
+    codes = [c.absolute() for c in args.code or [ROOT]]
+    turns = [c for r in range(args.rounds) for c in (codes if r % 2 == 0 else codes[::-1])]
+    settings = Settings()
+    args.database = f"tagtrail_bench_ip_{uuid.uuid4().hex[:8]}"
+    header(f"the ingest request path ({'in-process bus' if args.bus == 'memory' else 'Kafka'})")
+    fleet = Fleet(FleetSpec(tags=args.tags, seed=4))
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=args.minutes + 1)
+    requests = list(batches(fleet, start, args.minutes, args.batch))
+    bodies = [b"\n".join(lines) for lines in requests]
+    print(
+        f"{args.tags:,} tags; {sum(map(len, requests)):,} fixes in"
+        f" {len(bodies):,} requests ({args.minutes:g} minutes of fleet time), the first"
+        f" {args.warm} unmeasured; {args.bus} bus"
+    )
+    await bench_database(settings, args.database, fresh=True)
+    figures: dict[Path, list[dict[str, Any]]] = {c: [] for c in codes}
+    try:
+        db = await Database.connect(settings.db, args.database, name="tagtrail benchmark")
+        try:
+            async with db.transaction() as session:
+                supplier, _ = await registry.create_supplier(session, SupplierIn(name="bench"))
+            async with db.pool.acquire() as conn:
+                await wear(conn, fleet, supplier.id, start - timedelta(days=1))
+        finally:
+            await db.close()
+        with tempfile.NamedTemporaryFile(suffix=".requests") as saved:
+            pickle.dump(bodies, saved)
+            saved.flush()
+            for k, code in enumerate(turns):
+                f = await asyncio.to_thread(
+                    _measure, code, Path(saved.name), args, str(supplier.id)
+                )
+                figures[code].append(f)
+                print(f"[{k + 1} of {len(turns)}: {code}] " + line(f))
+    finally:
+        await drop_database(settings, args.database)
+    if len(turns) > 1:
+        print("medians:")
+        for code, runs in figures.items():
+            us = float(np.median([r["cpu"] / r["fixes"] * 1e6 for r in runs]))
+            print(f"  {code}: {us:.3f} µs of CPU a fix")
+    return 0 if all(r["accepted"] == r["fixes"] for rs in figures.values() for r in rs) else 1
+
+
+def line(f: dict[str, Any]) -> str:
+    return (
+        f"{f['fixes']:,} fixes ({f['accepted']:,} accepted): {f['cpu'] / f['fixes'] * 1e6:.3f} µs"
+        f" of CPU a fix, {f['wall'] / f['fixes'] * 1e6:.3f} µs of wall time"
+    )
+
+
+if __name__ == "__main__":
+    if "--child" in sys.argv:
+        sys.path.remove(str(Path(__file__).resolve().parent))
+    raise SystemExit(asyncio.run(main()))
