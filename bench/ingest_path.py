@@ -12,7 +12,8 @@ End to end, a change of a few per cent in this path cannot be told from the mach
 drift and the other processes' (docs/benchmarks.md). Here one process does the work a
 request at a time, and its own CPU time (user and system) is what is measured: no HTTP,
 no workers (on the in-process bus a group that takes each batch and does nothing stands
-in for them), no parsing of the lines (the route's, unchanged by what this measures).
+in for them), no parsing of the lines (the route's, unchanged by what this measures);
+the cycle collector runs by the clock, as in every tagtrail process.
 
 The fleet of bench/fleet.py (2,000 tags) is enrolled in a database of its own, built by
 the real migrations; its fixes over --minutes of fleet time are made into requests as
@@ -47,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 async def _child(args: argparse.Namespace) -> None:
     """One measurement, in the code first on the path: prints its figures as JSON."""
+    from services.common import collector
     from services.common.auth import Principal, Role
     from services.common.bus.kafka import KafkaBus
     from services.common.bus.memory import MemoryBus
@@ -59,6 +61,8 @@ async def _child(args: argparse.Namespace) -> None:
     from services.registry.service import TagDirectory
     from services.topics import ALL, DEAD_LETTER, POINTS
 
+    # The cycle collector as a tagtrail process has it (services/common/collector.py).
+    collector.tune()
     settings = Settings()
     bodies: list[bytes] = pickle.loads(await asyncio.to_thread(Path(args.child).read_bytes))
     db = await Database.connect(settings.db, args.database, name="tagtrail benchmark")
@@ -74,6 +78,9 @@ async def _child(args: argparse.Namespace) -> None:
 
         bus.subscribe("bench-drain", POINTS, drain, max_batch=settings.bus.max_batch)
     await bus.start()
+    collector.freeze()
+    clock = collector.Collector()
+    clock.start()
     memory = IngestMemory(TagDirectory(), FixHorizons(settings.ingest.horizon_ttl_s))
     supplier = Principal(uuid.UUID(args.supplier), Role.supplier, "bench")
     fixes = accepted = 0
@@ -91,6 +98,7 @@ async def _child(args: argparse.Namespace) -> None:
                 fixes += len(items)
                 accepted += result.accepted
     finally:
+        await clock.stop()
         await bus.stop()
         await db.close()
     print(orjson.dumps({"fixes": fixes, "accepted": accepted, "cpu": cpu, "wall": wall}).decode())

@@ -411,8 +411,9 @@ async def admit_clean(
         and _between(hdop, 0, 100)
     ):
         return None
-    # A subject a tag here: their codes by the tags'.
-    subject_list, tag_subject = codes_of(wearers, by_identity=True)
+    # A subject a tag here: their codes by the tags'. (Nearly all distinct: by value, as
+    # asyncpg's UUIDs hash in C, not by identity first.)
+    subject_list, tag_subject = codes_of(wearers)
     return FixBatch(
         tags=tag_list,
         tag=tag,
