@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import numpy as np
@@ -331,16 +331,18 @@ def _wearers(
     last = np.full(len(tag_list), -np.inf)
     np.minimum.at(first, tag, ts)
     np.maximum.at(last, tag, ts)
-    wearers: list[uuid.UUID] = []
-    for tag_id, a, b in zip(tag_list, first.tolist(), last.tolist(), strict=True):
-        info = known.get(tag_id)
-        if info is None or info.supplier_id != supplier.id:
-            return None
-        wearer = info.worn_throughout(a, b)
-        if wearer is None:
-            return None
-        wearers.append(wearer)
-    return wearers
+    try:
+        infos = [known[t] for t in tag_list]
+    except KeyError:
+        return None
+    if {info.supplier_id for info in infos} != {supplier.id}:
+        return None
+    wearers = [
+        info.worn_throughout(a, b)
+        for info, a, b in zip(infos, first.tolist(), last.tolist(), strict=True)
+    ]
+    # (A UUID is always true: `all` asks no one's __eq__, as `None in` would.)
+    return cast(list[uuid.UUID], wearers) if all(wearers) else None
 
 
 async def admit_clean(
