@@ -59,6 +59,9 @@ bench-trail-indexes: setup
 bench-copy-batches: setup
 	@$(BIN)/python -m bench.copy_batches $(ARGS)
 
+bench-ingest-path: setup kafka
+	@$(BIN)/python -m bench.ingest_path $(ARGS)
+
 stop:
 	@bash deploy/local/kafka.sh stop
 	@bash deploy/local/postgres.sh stop

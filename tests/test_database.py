@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
+import httpx
 import numpy as np
 import pytest
 import shapely
@@ -18,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from bench.common import drop_database
+from services.app import create_app
 from services.cli import alembic_config
 from services.common.bus.memory import MemoryBus
 from services.common.database import Database, side_by_side
@@ -58,6 +60,7 @@ from services.ingest.repository import (
     widen_boxes,
 )
 from services.ingest.schemas import FixMessage, FixSource
+from services.pipeline import Pipeline
 from services.topics import DEAD_LETTER
 from services.zones.repository import OpenScene, touch_activity
 from services.zones.worker import CrimeMatcher, _scenes_met, scene_places
@@ -156,6 +159,42 @@ async def test_a_connection_the_server_closed_is_replaced_before_a_session_uses_
         assert sent == ["BEGIN;", "COMMIT;"]
     finally:
         await db.close()
+
+
+async def test_the_api_answers_503_while_the_database_refuses_it(settings: Settings) -> None:
+    """A request whose database connection is lost or refused is told to come back
+    (503), not that it failed (500): here the database takes no connections (a
+    connection limit of 0) and the process's own were ended, and authentication, which
+    reads on asyncpg's pool, is the first to find out."""
+    name = f"tagtrail_test_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(settings.db.asyncpg_dsn("postgres"))
+    await admin.execute(f"create database {name}")
+    pipeline = Pipeline(settings, bus="memory", database=name, name="tagtrail api")
+    try:
+        await pipeline.start()
+        app = create_app(pipeline, manage=False)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://tagtrail") as c:
+            inside = await asyncpg.connect(settings.db.asyncpg_dsn(name))
+            try:
+                await inside.execute(f"alter database {name} connection limit 0")
+                await inside.execute(
+                    "select pg_terminate_backend(pid) from pg_stat_activity"
+                    " where datname = current_database() and pid <> pg_backend_pid()"
+                )
+                await asyncio.sleep(0.2)
+                r = await c.post(
+                    "/v1/fixes/stream", content=b"{}", headers={"Authorization": "Bearer tt_x"}
+                )
+            finally:
+                await inside.execute(f"alter database {name} connection limit -1")
+                await inside.close()
+        assert r.status_code == 503, r.text
+        assert r.json() == {"error": "database unavailable"}
+    finally:
+        await pipeline.stop()
+        await admin.execute(f"drop database if exists {name} with (force)")
+        await admin.close()
 
 
 async def test_partitions_are_created_ahead_and_on_demand(db: Database) -> None:

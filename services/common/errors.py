@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -71,3 +72,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DBAPIError)
     async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
         return JSONResponse({"error": "database unavailable"}, status_code=503)
+
+    # The same, where a route reads on asyncpg's pool, not through the ORM (ingest,
+    # authentication): a connection lost or refused, or the database full, is a retry
+    # later for the client, not a fault of its request.
+    for lost in (
+        asyncpg.PostgresConnectionError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.TooManyConnectionsError,
+        ConnectionError,
+    ):
+        app.add_exception_handler(lost, _database_lost)
+
+
+async def _database_lost(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"error": "database unavailable"}, status_code=503)
