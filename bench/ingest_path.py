@@ -22,7 +22,7 @@ code is measured in a process of its own (its directory first on the path), in t
 (A B, then B A, ...), over the same requests, with what ingest keeps in memory (tags,
 horizons) met afresh; the first --warm requests are not measured. Nothing stores the
 fixes, so the trail stays empty: a late fix is looked up and found new, as a late fix
-mostly is.
+mostly is. On Kafka each measurement publishes to topics of its own, deleted at the end.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ async def _child(args: argparse.Namespace) -> None:
     db = await Database.connect(settings.db, args.database, name="tagtrail benchmark")
     bus: Any
     if args.bus == "kafka":
-        kafka = settings.kafka.model_copy(update={"topic_prefix": f"ip{uuid.uuid4().hex[:8]}."})
+        prefix = f"{args.database}.{uuid.uuid4().hex[:8]}."
+        kafka = settings.kafka.model_copy(update={"topic_prefix": prefix})
         bus = KafkaBus(kafka, DEAD_LETTER, ALL, lanes=settings.bus.lanes)
     else:
         bus = MemoryBus(DEAD_LETTER, lanes=settings.bus.lanes)
@@ -125,10 +126,11 @@ def _measure(code: Path, requests: Path, args: argparse.Namespace, supplier: str
             str(args.warm),
         ],
         env=env,
-        check=True,
         capture_output=True,
         text=True,
     )
+    if out.returncode:
+        raise RuntimeError(f"the measurement in {code} failed:\n{out.stderr[-4000:]}")
     figures: dict[str, Any] = orjson.loads(out.stdout.strip().splitlines()[-1])
     return figures
 
@@ -203,12 +205,28 @@ async def main(argv: list[str] | None = None) -> int:
                 print(f"[{k + 1} of {len(turns)}: {code}] " + line(f))
     finally:
         await drop_database(settings, args.database)
+        if args.bus == "kafka":
+            await drop_topics(settings.kafka.bootstrap, args.database)
     if len(turns) > 1:
         print("medians:")
         for code, runs in figures.items():
             us = float(np.median([r["cpu"] / r["fixes"] * 1e6 for r in runs]))
             print(f"  {code}: {us:.3f} µs of CPU a fix")
     return 0 if all(r["accepted"] == r["fixes"] for rs in figures.values() for r in rs) else 1
+
+
+async def drop_topics(bootstrap: str, prefix: str) -> None:
+    """The measurements' topics (named after the run's database) off the broker."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        ours = [t for t in await admin.list_topics() if t.startswith(prefix + ".")]
+        if ours:
+            await admin.delete_topics(ours)
+    finally:
+        await admin.close()
 
 
 def line(f: dict[str, Any]) -> str:

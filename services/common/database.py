@@ -86,12 +86,12 @@ def _closed_on_checkout(
     the connection (a restart, pg_terminate_backend) asyncpg knows, and the pool then
     opens another in its place (it does so for DisconnectionError, up to three times).
     SQLAlchemy's pool_pre_ping asked the server instead: BEGIN, an empty statement and
-    ROLLBACK before every session's first statement, three round trips that cost the
-    dispatcher a fifteenth of its samples on Kafka (docs/benchmarks.md, twentieth
-    session). A connection whose server vanished without closing it (no FIN: a network
-    cut) is not caught here, nor was it quickly by the ping; its first statement fails,
-    SQLAlchemy then invalidates the pool's connections, and the work is retried (the
-    bus retries what fails transiently; an API client gets a 503)."""
+    ROLLBACK before every session's first statement, three round trips that were 6 % of
+    the dispatcher's samples on Kafka (docs/benchmarks.md, twentieth session). A
+    connection whose server vanished without closing it (no FIN: a network cut) is not
+    caught here, nor was it quickly by the ping; its first statement fails, SQLAlchemy
+    then invalidates the pool's connections, and the work is retried (the bus retries
+    what fails transiently; an API client gets a 503)."""
     if record.driver_connection is None or record.driver_connection.is_closed():
         raise DisconnectionError("the database closed this connection")
 
