@@ -109,7 +109,9 @@ def _measure(code: Path, requests: Path, args: argparse.Namespace, supplier: str
     """A child process's figures, its code from `code`."""
     from bench.throughput import local_services
 
-    env = {**os.environ, **local_services(), "PYTHONPATH": str(code)}
+    # As bench/throughput.py serves another checkout: this environment, which made the
+    # database, over where this checkout's local services run.
+    env = {**local_services(), **os.environ, "PYTHONPATH": str(code)}
     out = subprocess.run(
         [
             sys.executable,
@@ -238,5 +240,6 @@ def line(f: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     if "--child" in sys.argv:
-        sys.path.remove(str(Path(__file__).resolve().parent))
+        # Run by its path: the first entry is bench/, whose modules are not the code's.
+        del sys.path[0]
     raise SystemExit(asyncio.run(main()))
