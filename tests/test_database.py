@@ -140,10 +140,15 @@ async def test_a_connection_the_server_closed_is_replaced_before_a_session_uses_
     try:
         async with db.transaction() as session:
             first = await session.scalar(text("select pg_backend_pid()"))
+            pooled = (await (await session.connection()).get_raw_connection()).driver_connection
         async with db.pool.acquire() as conn:
             assert await conn.fetchval("select pg_terminate_backend($1)", first)
         # The server's goodbye reaches the pooled connection as the event loop runs.
-        await asyncio.sleep(0.2)
+        for _ in range(100):
+            if pooled.is_closed():
+                break
+            await asyncio.sleep(0.05)
+        assert pooled.is_closed()
         async with db.transaction() as session:
             second = await session.scalar(text("select pg_backend_pid()"))
         assert second != first
