@@ -29,7 +29,7 @@ import asyncpg
 
 from bench.common import bench_database, drop_database, header
 from bench.fleet import Fleet, FleetSpec
-from bench.trail_indexes import figure, measure, print_medians
+from bench.trail_indexes import in_turn, measure, print_medians
 from services.common.settings import Settings
 
 # (fixes a COPY, fixes of a tag in it)
@@ -67,19 +67,18 @@ async def main(argv: list[str] | None = None) -> int:
     fleet = Fleet(FleetSpec(tags=args.tags, seed=3))
     await bench_database(settings, name, fresh=True)
     conn = await asyncpg.connect(settings.db.asyncpg_dsn(name))
-    figures: dict[str, list[tuple[float, float]]] = {label(*v): [] for v in variants}
+    shapes = {label(*v): v for v in variants}
+
+    async def one(i: int, variant: str) -> tuple[float, float]:
+        batch, per_tag = shapes[variant]
+        return await measure(conn, fleet, 60 + i, args.history, args.fixes, batch, per_tag=per_tag)
+
     try:
         if args.collate_c:
             await conn.execute(
                 'alter table trail_points alter column tag_id type varchar(64) collate "C"'
             )
-        order = [*variants, *reversed(variants)]
-        for i, (batch, per_tag) in enumerate(order):
-            us, rate = await measure(
-                conn, fleet, 60 + i, args.history, args.fixes, batch, per_tag=per_tag
-            )
-            figures[label(batch, per_tag)].append((us, rate))
-            print(figure(label(batch, per_tag), us, rate))
+        figures = await in_turn(list(shapes), one)
     finally:
         await conn.close()
         await drop_database(settings, name)

@@ -21,7 +21,7 @@ import argparse
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -119,6 +119,20 @@ def figure(label: str, us: float, rate: float) -> str:
     return f"{label:40s} PostgreSQL {us:5.2f} µs a fix, {rate:9,.0f} fixes/s"
 
 
+async def in_turn(
+    labels: Sequence[str], one: Callable[[int, str], Awaitable[tuple[float, float]]]
+) -> dict[str, list[tuple[float, float]]]:
+    """Each variant measured in the order A B C C B A (`one(i, label)`, the i-th
+    measurement, gives its µs a fix and fixes a second), each figure printed as it
+    comes; every variant's runs."""
+    figures: dict[str, list[tuple[float, float]]] = {label: [] for label in labels}
+    for i, label in enumerate([*labels, *reversed(labels)]):
+        us, rate = await one(i, label)
+        figures[label].append((us, rate))
+        print(figure(label, us, rate))
+    return figures
+
+
 def print_medians(figures: Mapping[str, Sequence[tuple[float, float]]]) -> None:
     """Each variant's median CPU a fix and rate, of its (µs a fix, fixes a second) runs."""
     print("medians:")
@@ -148,18 +162,18 @@ async def main(argv: list[str] | None = None) -> int:
     fleet = Fleet(FleetSpec(tags=args.tags, seed=3))
     await bench_database(settings, name, fresh=True)
     conn = await asyncpg.connect(settings.db.asyncpg_dsn(name))
-    figures: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
+
+    async def one(i: int, variant: str) -> tuple[float, float]:
+        take_away, put_back = VARIANTS[variant]
+        for statement in take_away:
+            await conn.execute(statement)
+        result = await measure(conn, fleet, 60 + i, args.history, args.fixes, args.batch)
+        for statement in put_back:
+            await conn.execute(statement)
+        return result
+
     try:
-        order = [*VARIANTS, *reversed(VARIANTS)]
-        for i, variant in enumerate(order):
-            take_away, put_back = VARIANTS[variant]
-            for statement in take_away:
-                await conn.execute(statement)
-            us, rate = await measure(conn, fleet, 60 + i, args.history, args.fixes, args.batch)
-            for statement in put_back:
-                await conn.execute(statement)
-            figures[variant].append((us, rate))
-            print(figure(variant, us, rate))
+        figures = await in_turn(list(VARIANTS), one)
     finally:
         await conn.close()
         await drop_database(settings, name)
