@@ -7,15 +7,15 @@ from typing import Any
 from services.alerts.schemas import AlertFeedMessage, AlertMessage
 from services.common.bus import BatchTopic, Topic
 from services.common.bus.messages import DeadLetter
-from services.ingest.batch import FixBatch, FixBatchMessage
+from services.ingest.batch import FixBatch, FixColumnsMessage
 from services.ingest.schemas import DeviceEvent
 from services.zones.schemas import CrimeMessage
 
 # Fixes a batch a message, as columns (services/ingest/batch.py).
-POINTS = BatchTopic("points", FixBatchMessage, decoder=FixBatch.decode)
+POINTS = BatchTopic("points", FixColumnsMessage, decoder=FixBatch.decode)
 # Fixes once they are in trail_points: what the zone checker works from, so the trail it
 # reads back always holds every fix it has been told about.
-STORED = BatchTopic("stored-points", FixBatchMessage, decoder=FixBatch.decode)
+STORED = BatchTopic("stored-points", FixColumnsMessage, decoder=FixBatch.decode)
 DEVICE_EVENTS = Topic("device-events", DeviceEvent, packed=True)
 STORED_EVENTS = Topic("stored-device-events", DeviceEvent, packed=True)
 CRIMES = Topic("crimes", CrimeMessage, packed=True)

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from services.alerts.schemas import AlertFeedMessage, AlertMessage
 from services.common.bus.messages import DeadLetter
-from services.ingest.batch import FixBatchMessage
+from services.ingest.batch import FixBatchMessage, FixColumnsMessage
 from services.ingest.schemas import (
     DeviceEvent,
     DeviceEventIn,
@@ -36,8 +36,12 @@ WIRE: dict[str, type[BaseModel]] = {
     # they carried batches as columns (tenth session); still how ingest's full path
     # makes each fix.
     "points-message": FixMessage,
-    # What the points and stored-points topics carry: a batch of fixes as columns.
+    # A batch of fixes as columns of JSON values: what the points topics carried from
+    # the tenth session to the twentieth, still read; and how a dead letter shows one.
     "points-batch-message": FixBatchMessage,
+    # What the points and stored-points topics carry: a batch of fixes as columns of
+    # bytes (twenty-first session).
+    "points-columns-message": FixColumnsMessage,
     "device-events-message": DeviceEvent,
     "crimes-message": CrimeMessage,
     "alerts-message": AlertMessage,

@@ -14,6 +14,7 @@ from typing import Any
 from zlib import crc32
 
 import httpx
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
@@ -26,7 +27,7 @@ from services.common.bus.messages import DeadLetter
 from services.common.database import Database
 from services.common.settings import Settings
 from services.common.timeutil import utcnow
-from services.ingest.batch import FixBatch, FixBatchMessage
+from services.ingest.batch import FixBatch, FixColumnsMessage
 from services.ingest.schemas import FixMessage
 from services.pipeline import Pipeline
 from tests.conftest import enrol, eventually, fix, kafka_settings, square
@@ -381,7 +382,7 @@ def test_packs_hold_every_message_in_order_and_fit_a_record() -> None:
 
 # A topic of fix batches, as the points topics are, with small messages so that a
 # publish is split many ways.
-FIX_BATCHES = BatchTopic("fix-batches", FixBatchMessage, decoder=FixBatch.decode, max_rows=30)
+FIX_BATCHES = BatchTopic("fix-batches", FixColumnsMessage, decoder=FixBatch.decode, max_rows=30)
 
 
 def _fix_batch(rows: list[tuple[str, int]]) -> FixBatch:
@@ -497,14 +498,16 @@ async def test_a_row_no_handler_can_take_is_dead_lettered_alone(
     (letter,) = letters
     assert letter.key == "k"
     assert letter.error == "ValueError: cannot handle this fix"
+    # Shown as JSON values, for a person to read, and still a batch to decode.
+    assert orjson.loads(letter.payload)["accuracy_m"] == [13.0]
     (poison,) = FixBatch.decode(letter.payload.encode()).messages()
     assert (poison.tag_id, poison.accuracy_m) == ("k", 13.0)
 
 
 async def test_kafka_reads_points_records_written_before_batches(settings: Settings) -> None:
-    """Records the points topics held before they carried batches, a pack of fix
-    messages (with the pack header) and a lone fix message, are read as batches beside
-    new ones: an upgrade loses nothing in flight."""
+    """Records the points topics held before they carried batches of bytes, a pack of
+    fix messages (with the pack header), a lone fix message and a batch of JSON values,
+    are read as batches beside new ones: an upgrade loses nothing in flight."""
     seen: list[FixMessage] = []
 
     async def handle(batches: list[FixBatch]) -> None:
@@ -521,10 +524,12 @@ async def test_kafka_reads_points_records_written_before_batches(settings: Setti
         topic = bus.physical(FIX_BATCHES)
         await producer.send_and_wait(topic, packed + b"]", key=b"k", headers=[kafka.PACKED])
         await producer.send_and_wait(topic, old[3].model_dump_json().encode(), key=b"k")
-        new = _fix_batch([("k", n) for n in range(4, 6)])
+        values = _fix_batch([("k", n) for n in range(4, 6)]).readable()
+        await producer.send_and_wait(topic, values, key=b"k")
+        new = _fix_batch([("k", n) for n in range(6, 8)])
         await bus.publish_batch(FIX_BATCHES, new)
-        await eventually(lambda: _value(len(seen)), lambda n: n == 6)
-        assert [m.accuracy_m for m in seen] == [1, 2, 3, 4, 5, 6]
+        await eventually(lambda: _value(len(seen)), lambda n: n == 8)
+        assert [m.accuracy_m for m in seen] == [1, 2, 3, 4, 5, 6, 7, 8]
     finally:
         await producer.stop()
         await bus.stop()

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 from jsonschema import Draft202012Validator
+from pydantic import ValidationError
 
 from services.ingest.batch import FixBatch
-from services.ingest.schemas import FixMessage
+from services.ingest.schemas import FixMessage, FixSource
 from services.wire import WIRE, render, schema_path
 
 
@@ -60,18 +63,115 @@ def _fix(minute: int, tag_id: str, subject_id: uuid.UUID, **optional: Any) -> Fi
     )
 
 
+def _lacking(n: int = 6) -> list[FixMessage]:
+    """Fixes of two tags and two sources, some without their optional values."""
+    subject = uuid.uuid4()
+    return [
+        _fix(
+            k,
+            f"T{k % 2}",
+            subject,
+            speed_mps=None if k % 2 else 1.5,
+            sats=None if k % 3 else 9,
+            source=FixSource.wifi if k % 4 == 1 else FixSource.gps,
+        )
+        for k in range(n)
+    ]
+
+
 def test_a_points_batch_validates_against_its_schema() -> None:
     """A batch as the points topics carry it, with fixes that lack their optional
-    values (nulls in the columns), satisfies its schema and decodes to the same fixes."""
-    subject = uuid.uuid4()
-    fixes = [
-        _fix(k, f"T{k % 2}", subject, speed_mps=None if k % 2 else 1.5, sats=None if k % 3 else 9)
-        for k in range(6)
-    ]
+    values, satisfies its schema and decodes to the same fixes."""
+    fixes = _lacking()
     payload = FixBatch.of(fixes).encode()
-    schema = json.loads(schema_path("points-batch-message").read_text())
+    schema = json.loads(schema_path("points-columns-message").read_text())
     Draft202012Validator(schema).validate(json.loads(payload))
     assert FixBatch.decode(payload).messages() == fixes
+
+
+def test_a_batch_as_a_dead_letter_shows_it_is_readable_and_still_decodes() -> None:
+    """How a dead letter shows a batch: a JSON array a column (nulls where a value is
+    not there), satisfying the older batch schema, which decode still reads."""
+    fixes = _lacking()
+    payload = FixBatch.of(fixes).readable()
+    schema = json.loads(schema_path("points-batch-message").read_text())
+    Draft202012Validator(schema).validate(json.loads(payload))
+    assert json.loads(payload)["lat"] == [52.57] * 6
+    assert json.loads(payload)["speed_mps"] == [1.5, None] * 3
+    assert FixBatch.decode(payload).messages() == fixes
+
+
+def test_a_batch_travels_exactly_however_its_values_look() -> None:
+    """Every value comes back bit for bit: times to the microsecond over the years (as
+    far as FixBatch keeps them exact, to 2106),
+    coordinates at their bounds, optional values there and not."""
+    rng = np.random.default_rng(7)
+    fixes = [
+        FixMessage(
+            tag_id=f"T{k % 7}",
+            subject_id=uuid.UUID(int=k % 5 + 1),
+            ts=datetime(1971 + k % 130, 1 + k % 12, 1 + k % 28, tzinfo=UTC)
+            + timedelta(microseconds=int(rng.integers(0, 86_400_000_000))),
+            received_at=datetime(2026, 11, 25, tzinfo=UTC),
+            lat=float(rng.choice([-90.0, 90.0, rng.uniform(-90, 90)])),
+            lon=float(rng.choice([-180.0, 180.0, rng.uniform(-180, 180)])),
+            accuracy_m=float(rng.choice([5e-324, 0.1, 1e300])),
+            speed_mps=rng.choice([None, 0.0, 150.0]),
+            heading_deg=rng.choice([None, 0.0, 359.999999]),
+            source=rng.choice(list(FixSource)),
+            sats=rng.choice([None, 0, 64]),
+            hdop=rng.choice([None, 0.0, 100.0]),
+        )
+        for k in range(400)
+    ]
+    assert FixBatch.decode(FixBatch.of(fixes).encode()).messages() == fixes
+
+
+def _columns(fixes: list[FixMessage]) -> dict[str, Any]:
+    return json.loads(FixBatch.of(fixes).encode())
+
+
+def _b64(values: list[float], dtype: str) -> str:
+    return base64.urlsafe_b64encode(np.array(values, dtype=dtype).tobytes()).decode()
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "dtype", "error"),
+    [
+        ("lat", [52.0, 90.5, 52.0], "<f8", "lat of fix 1 is 90.5: it must be >= -90 and <= 90"),
+        ("lon", [0.0, 0.0, float("nan")], "<f8", "lon of fix 2 is nan"),
+        ("accuracy_m", [8.0, 0.0, 8.0], "<f8", "accuracy_m of fix 1 is 0.0: it must be > 0"),
+        ("accuracy_m", [float("inf"), 8.0, 8.0], "<f8", "accuracy_m of fix 0 is inf"),
+        ("speed_mps", [1.0, float("nan"), -0.5], "<f8", "speed_mps of fix 2 is -0.5"),
+        ("heading_deg", [360.0, 1.0, 1.0], "<f8", "heading_deg of fix 0 is 360.0"),
+        ("hdop", [float("-inf"), 1.0, 1.0], "<f8", "hdop of fix 0 is -inf"),
+        ("sats", [-1, 65, 3], "i1", "sats of fix 1 is 65: it must be >= 0 and <= 64"),
+        ("sats", [-2, 1, 3], "i1", "sats of fix 0 is -2"),
+        ("ts", [-1.0, 0.0, 0.0], "<f8", "ts of fix 0 is -1.0: it must be >= 0 and < 253402300800"),
+        ("tag", [0, 1, 2], "<i4", "tag must index tags"),
+        ("subject", [0, -1, 0], "<i4", "subject must index subjects"),
+        ("source", [0, 0, 1], "u1", "source must index sources"),
+        ("lat", [52.0, 52.0], "<f8", "every column must hold one value a fix"),
+    ],
+)
+def test_a_points_batch_out_of_bounds_is_refused_naming_the_column_and_fix(
+    column: str, values: list[float], dtype: str, error: str
+) -> None:
+    """Columns of bytes are held to a device fix's bounds as JSON values are: a value out
+    of them, or a code past its list, is refused, and the error says where."""
+    subject = uuid.uuid4()
+    wire = _columns([_fix(k, "T0", subject) for k in range(3)])
+    wire[column] = _b64(values, dtype)
+    with pytest.raises(ValidationError) as caught:
+        FixBatch.decode(orjson.dumps(wire))
+    assert error in str(caught.value)
+
+
+def test_a_column_of_a_broken_length_is_refused() -> None:
+    wire = _columns([_fix(k, "T0", uuid.uuid4()) for k in range(3)])
+    wire["lat"] = base64.urlsafe_b64encode(b"\0" * 23).decode()
+    with pytest.raises(ValidationError, match="lat must hold 8 bytes a fix"):
+        FixBatch.decode(orjson.dumps(wire))
 
 
 def test_a_part_of_a_batch_carries_only_its_own_tags_and_subjects() -> None:

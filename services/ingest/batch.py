@@ -9,11 +9,12 @@ loop on their own, and about a fifth of tagtrail's CPU in the benchmark
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +24,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     TypeAdapter,
     ValidationError,
     model_validator,
@@ -58,11 +60,13 @@ EpochSeconds = Annotated[float, Field(ge=_EPOCH_RANGE[0], lt=_EPOCH_RANGE[1])]
 
 
 class FixBatchMessage(BaseModel):
-    """A batch of validated fixes on the points (and stored-points) topic, as columns:
-    fix i is tag `tags[tag[i]]`'s, worn by subject `subjects[subject[i]]`, at `ts[i]`
-    (seconds since 1970 UTC, exact to the microsecond), received at `received_at[i]`;
-    a fix without a speed, heading, satellite count or HDOP has null there. Every fix
-    is held to a device fix's bounds. One batch's fixes all fall in one partition."""
+    """A batch of validated fixes as columns of JSON values: fix i is tag
+    `tags[tag[i]]`'s, worn by subject `subjects[subject[i]]`, at `ts[i]` (seconds since
+    1970 UTC, exact to the microsecond), received at `received_at[i]`; a fix without a
+    speed, heading, satellite count or HDOP has null there. Every fix is held to a
+    device fix's bounds. What the points topics carried from the tenth session to the
+    twentieth (FixColumnsMessage since), still read; and how a dead letter shows a
+    batch, for a person to read."""
 
     model_config = ConfigDict(allow_inf_nan=False, frozen=True)
 
@@ -93,6 +97,138 @@ class FixBatchMessage(BaseModel):
         if max(self.subject, default=-1) >= len(self.subjects):
             raise ValueError("subject must index subjects")
         return self
+
+
+# Each column of a FixColumnsMessage: its little-endian type, and the bounds its values
+# keep (None: a code, held to its list's length instead). A value that is not there is
+# NaN in the optional float columns and -1 in sats.
+_WIRE_COLUMNS: dict[str, tuple[str, Any]] = {
+    "tag": ("<i4", None),
+    "subject": ("<i4", None),
+    "ts": ("<f8", EpochSeconds),
+    "received_at": ("<f8", EpochSeconds),
+    "lat": ("<f8", Latitude),
+    "lon": ("<f8", Longitude),
+    "accuracy_m": ("<f8", AccuracyM),
+    "speed_mps": ("<f8", SpeedMps),
+    "heading_deg": ("<f8", HeadingDeg),
+    "source": ("u1", None),
+    "sats": ("i1", Satellites),
+    "hdop": ("<f8", Hdop),
+}
+_CODED = {"tag": "tags", "subject": "subjects", "source": "sources"}
+
+
+def _limits(kind: Any) -> list[tuple[str, float]]:
+    """The comparisons a bounded type of schemas.py (Annotated, with pydantic's Field)
+    makes, as (operator, bound): pydantic keeps each as an annotated_types constraint
+    with one attribute, named for it."""
+    out: list[tuple[str, float]] = []
+    for constraint in get_args(kind)[1].metadata:
+        for op, name in ((">=", "ge"), (">", "gt"), ("<=", "le"), ("<", "lt")):
+            bound = getattr(constraint, name, None)
+            if bound is not None:
+                out.append((op, float(bound)))
+    return out
+
+
+_COMPARE = {">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less}
+
+
+def _column(name: str) -> Any:
+    dtype, kind = _WIRE_COLUMNS[name]
+    if kind is None:
+        what = f"a code into {_CODED[name]}"
+    else:
+        what = "the value, " + " and ".join(f"{op} {bound:.15g}" for op, bound in _limits(kind))
+    if kind is not None and type(None) in get_args(get_args(kind)[0]):
+        what += "; -1 where there is none" if name == "sats" else "; NaN where there is none"
+    return Field(description=f"base64url of one little-endian {np.dtype(dtype).name} a fix: {what}")
+
+
+def _check_bounds(name: str, values: npt.NDArray[Any], kind: Any) -> None:
+    """ValueError naming the column and the first fix whose value breaks `kind`'s bounds
+    (or is not finite; NaN, or -1 in sats, is no value where `kind` is optional)."""
+    floats = values.astype(np.float64)
+    optional = type(None) in get_args(get_args(kind)[0])
+    ok = np.isfinite(floats)
+    limits = _limits(kind)
+    for op, bound in limits:
+        ok &= _COMPARE[op](floats, bound)
+    if optional:
+        ok |= (values == -1) if values.dtype.kind == "i" else np.isnan(floats)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        rule = " and ".join(f"{op} {bound:.15g}" for op, bound in limits) or "finite"
+        raise ValueError(f"{name} of fix {i} is {values[i].item()!r}: it must be {rule}")
+
+
+class FixColumnsMessage(BaseModel):
+    """A batch of validated fixes on the points (and stored-points) topic, each column
+    its values' bytes (base64url; little-endian): fix i is tag `tags[tag[i]]`'s, worn
+    by subject `subjects[subject[i]]`, at `ts[i]` (seconds since 1970 UTC, exact to the
+    microsecond), from source `sources[source[i]]`, received at `received_at[i]`. Every
+    fix is held to a device fix's bounds. One batch's fixes all fall in one partition."""
+
+    # What the points topics carry since the twenty-first session. A column of 2,000
+    # floats as JSON numbers (FixBatchMessage) made every reader build 2,000 Python
+    # floats to put them in one array: about 1 µs a fix for each of the store and the
+    # zone checker. As bytes, a column is one array at once (docs/benchmarks.md).
+
+    model_config = ConfigDict(frozen=True, val_json_bytes="base64", ser_json_bytes="base64")
+
+    tags: list[TagId]
+    subjects: list[uuid.UUID]
+    sources: list[FixSource]
+    tag: bytes = _column("tag")
+    subject: bytes = _column("subject")
+    ts: bytes = _column("ts")
+    received_at: bytes = _column("received_at")
+    lat: bytes = _column("lat")
+    lon: bytes = _column("lon")
+    accuracy_m: bytes = _column("accuracy_m")
+    speed_mps: bytes = _column("speed_mps")
+    heading_deg: bytes = _column("heading_deg")
+    source: bytes = _column("source")
+    sats: bytes = _column("sats")
+    hdop: bytes = _column("hdop")
+
+    # The columns as arrays, as the validator read and checked them.
+    _arrays: dict[str, npt.NDArray[Any]] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _columns_hold_fixes(self) -> FixColumnsMessage:
+        arrays: dict[str, npt.NDArray[Any]] = {}
+        for name, (dtype, kind) in _WIRE_COLUMNS.items():
+            raw: bytes = getattr(self, name)
+            size = np.dtype(dtype).itemsize
+            if len(raw) % size:
+                raise ValueError(f"{name} must hold {size} bytes a fix")
+            values = np.frombuffer(raw, dtype=dtype)
+            if kind is None:
+                bound = len(getattr(self, _CODED[name]))
+                if len(values) and not (0 <= values.min() and values.max() < bound):
+                    raise ValueError(f"{name} must index {_CODED[name]}")
+            else:
+                _check_bounds(name, values, kind)
+            arrays[name] = values
+        if len({len(a) for a in arrays.values()}) > 1:
+            raise ValueError("every column must hold one value a fix")
+        self._arrays = arrays
+        return self
+
+
+def _used(codes: IntArray, size: int) -> tuple[IntArray, IntArray]:
+    """The codes into a list of `size` that are used, in order, and each code as an
+    index into those (np.unique's answer, without its sort)."""
+    used = np.flatnonzero(np.bincount(codes, minlength=size))
+    index = np.zeros(size, dtype=np.int64)
+    index[used] = np.arange(len(used))
+    return used, index[codes]
+
+
+def _b64(values: npt.NDArray[Any], dtype: str) -> str:
+    return base64.urlsafe_b64encode(values.astype(dtype).tobytes()).decode("ascii")
 
 
 def codes_of(values: Iterable[Any], *, by_identity: bool = False) -> tuple[list[Any], IntArray]:
@@ -306,25 +442,37 @@ class FixBatch:
         )
 
     def encode(self) -> bytes:
-        """The batch as a FixBatchMessage's JSON (nulls for NaN and -1), with only the
-        tags and subjects its fixes name. A lane's part of a request's batch shares the
-        request's lists (`take`); written whole, each tag and subject would travel, and be
-        parsed, once a partition (docs/benchmarks.md, eighteenth session)."""
-        tag_used, tag = np.unique(self.tag, return_inverse=True)
-        subject_used, subject = np.unique(self.subject, return_inverse=True)
+        """The batch as a FixColumnsMessage's JSON, with only the tags, subjects and
+        sources its fixes name. A lane's part of a request's batch shares the request's
+        lists (`take`); written whole, each tag and subject would travel, and be parsed,
+        once a partition (docs/benchmarks.md, eighteenth session)."""
+        tag_used, tag = _used(self.tag, len(self.tags))
+        subject_used, subject = _used(self.subject, len(self.subjects))
+        source_used, source = _used(self.source, len(SOURCES))
+        return orjson.dumps(
+            {
+                "tags": [self.tags[i] for i in tag_used.tolist()],
+                "subjects": self._subject_texts(subject_used),
+                "sources": [SOURCES[i].value for i in source_used.tolist()],
+                "tag": _b64(tag, "<i4"),
+                "subject": _b64(subject, "<i4"),
+                "source": _b64(source, "u1"),
+                **{name: _b64(getattr(self, name), _WIRE_COLUMNS[name][0]) for name in _PLAIN},
+            }
+        )
+
+    def readable(self) -> bytes:
+        """The batch as a FixBatchMessage's JSON (a JSON array a column, nulls for NaN
+        and -1), which a person can read: for dead letters. `decode` reads it too."""
+        tag_used, tag = _used(self.tag, len(self.tags))
+        subject_used, subject = _used(self.subject, len(self.subjects))
         sats = self.sats.astype(object)
         sats[self.sats < 0] = None
         return orjson.dumps(
             {
                 "tags": [self.tags[i] for i in tag_used.tolist()],
                 "tag": tag,
-                # orjson writes a uuid.UUID itself, as str() would but in a tenth of the
-                # time; asyncpg's kind (a subclass) it does not take, and its str() is
-                # quick.
-                "subjects": [
-                    s if type(s) is uuid.UUID else str(s)
-                    for s in (self.subjects[i] for i in subject_used.tolist())
-                ],
+                "subjects": self._subject_texts(subject_used),
                 "subject": subject,
                 "ts": self.ts,
                 "received_at": self.received_at,
@@ -341,20 +489,46 @@ class FixBatch:
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
 
+    def _subject_texts(self, used: IntArray) -> list[Any]:
+        # orjson writes a uuid.UUID itself, as str() would but in a tenth of the time;
+        # asyncpg's kind (a subclass) it does not take, and its str() is quick.
+        return [
+            s if type(s) is uuid.UUID else str(s) for s in (self.subjects[i] for i in used.tolist())
+        ]
+
     @classmethod
     def decode(cls, payload: bytes) -> FixBatch:
-        """A FixBatchMessage's JSON as a batch, or a record written before the points
-        topics carried batches (one fix message, or a pack of [key, message] pairs);
-        pydantic.ValidationError if it is none of them."""
+        """A FixColumnsMessage's JSON as a batch, or a record written before the points
+        topics carried them (a FixBatchMessage, one fix message, or a pack of [key,
+        message] pairs); pydantic.ValidationError if it is none of them (the error is
+        the FixColumnsMessage's)."""
         try:
-            return cls.from_message(FixBatchMessage.model_validate_json(payload))
+            return cls.from_columns(FixColumnsMessage.model_validate_json(payload))
         except ValidationError as exc:
+            try:
+                return cls.from_message(FixBatchMessage.model_validate_json(payload))
+            except ValidationError:
+                pass
             for older in (_LEGACY_PACK, _LEGACY_ONE):
                 try:
                     return cls.of([m for _, m in older.validate_json(payload)])
                 except ValidationError:
                     continue
             raise exc
+
+    @classmethod
+    def from_columns(cls, m: FixColumnsMessage) -> FixBatch:
+        a = m._arrays
+        sources = np.array([_SOURCE_CODE[s] for s in m.sources], dtype=np.int64)
+        return cls(
+            tags=list(m.tags),
+            tag=a["tag"].astype(np.int64),
+            subjects=list(m.subjects),
+            subject=a["subject"].astype(np.int64),
+            source=sources[a["source"]],
+            sats=a["sats"].astype(np.int64),
+            **{name: a[name].astype(np.float64) for name in _PLAIN if name != "sats"},
+        )
 
     @classmethod
     def from_message(cls, m: FixBatchMessage) -> FixBatch:
@@ -375,6 +549,9 @@ class FixBatch:
             hdop=_floats(m.hdop),
         )
 
+
+# The columns of a FixColumnsMessage that are values, not codes into a list.
+_PLAIN = tuple(name for name in _WIRE_COLUMNS if name not in _CODED)
 
 # How the points topics' records were written before they carried batches.
 _LEGACY_PACK = TypeAdapter(list[tuple[str, FixMessage]])

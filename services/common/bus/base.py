@@ -47,6 +47,10 @@ class Topic(Generic[M]):
     def decode(self, payload: bytes) -> M:
         return self.model.model_validate_json(payload)
 
+    def readable(self, message: M) -> bytes:
+        """The message as a dead letter shows it to a person."""
+        return self.encode(message)
+
     def singles(self, env: Envelope, message: M) -> list[tuple[Envelope, M]]:
         """A message as the smallest messages a handler can take alone (with their
         envelopes), to find which fails when its batch does: itself."""
@@ -67,6 +71,8 @@ class Batch(Protocol):
     def take(self, rows: npt.NDArray[Any]) -> Self: ...
 
     def encode(self) -> bytes: ...
+
+    def readable(self) -> bytes: ...
 
 
 def _no_decoder(payload: bytes) -> Any:
@@ -89,6 +95,9 @@ class BatchTopic(Topic[Any]):
 
     def decode(self, payload: bytes) -> Any:
         return self.decoder(payload)
+
+    def readable(self, message: Any) -> bytes:
+        return bytes(message.readable())
 
     def singles(self, env: Envelope, message: Any) -> list[tuple[Envelope, Any]]:
         """A batch as batches of one row, each keyed by its own row's key."""
@@ -282,7 +291,7 @@ class Bus(ABC):
             topic=sub.topic.name,
             key=env.key.decode(errors="replace"),
             payload=(
-                env.value or (sub.topic.encode(env.message) if env.message is not None else b"")
+                env.value or (sub.topic.readable(env.message) if env.message is not None else b"")
             ).decode(errors="replace"),
             error=error[:4000],
             failed_at=datetime.now(UTC),
