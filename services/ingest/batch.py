@@ -132,35 +132,45 @@ def _limits(kind: Any) -> list[tuple[str, float]]:
     return out
 
 
-_COMPARE = {">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less}
-
-
 def _column(name: str) -> Any:
     dtype, kind = _WIRE_COLUMNS[name]
     if kind is None:
         what = f"a code into {_CODED[name]}"
     else:
-        what = "the value, " + " and ".join(f"{op} {bound:.15g}" for op, bound in _limits(kind))
-    if kind is not None and type(None) in get_args(get_args(kind)[0]):
+        what = f"the value, {_rule(kind)}"
+    if kind is not None and _optional(kind):
         what += "; -1 where there is none" if name == "sats" else "; NaN where there is none"
     return Field(description=f"base64url of one little-endian {np.dtype(dtype).name} a fix: {what}")
 
 
-def _check_bounds(name: str, values: npt.NDArray[Any], kind: Any) -> None:
-    """ValueError naming the column and the first fix whose value breaks `kind`'s bounds
-    (or is not finite; NaN, or -1 in sats, is no value where `kind` is optional)."""
-    floats = values.astype(np.float64)
-    optional = type(None) in get_args(get_args(kind)[0])
-    ok = np.isfinite(floats)
-    limits = _limits(kind)
-    for op, bound in limits:
-        ok &= _COMPARE[op](floats, bound)
-    if optional:
-        ok |= (values == -1) if values.dtype.kind == "i" else np.isnan(floats)
-    if not ok.all():
-        i = int(np.argmin(ok))
-        rule = " and ".join(f"{op} {bound:.15g}" for op, bound in limits) or "finite"
-        raise ValueError(f"{name} of fix {i} is {values[i].item()!r}: it must be {rule}")
+def _optional(kind: Any) -> bool:
+    return type(None) in get_args(get_args(kind)[0])
+
+
+def _rule(kind: Any) -> str:
+    return " and ".join(f"{op} {bound:.15g}" for op, bound in _limits(kind))
+
+
+def _inclusive(kind: Any) -> tuple[float, float]:
+    """The least and greatest finite float that `kind` allows (a strict bound's next
+    float inside it)."""
+    hi = float(np.finfo(np.float64).max)
+    lo = -hi
+    for op, bound in _limits(kind):
+        if op in (">=", ">"):
+            lo = max(lo, bound if op == ">=" else float(np.nextafter(bound, np.inf)))
+        else:
+            hi = min(hi, bound if op == "<=" else float(np.nextafter(bound, -np.inf)))
+    return lo, hi
+
+
+# The float columns, checked as one array: a row a column, with its bounds beside it.
+_FLOATS = tuple(name for name, (dtype, _) in _WIRE_COLUMNS.items() if dtype == "<f8")
+_FLOAT_LO, _FLOAT_HI = (
+    np.array([_inclusive(_WIRE_COLUMNS[name][1])[k] for name in _FLOATS])[:, None] for k in (0, 1)
+)
+_FLOAT_OPTIONAL = np.array([_optional(_WIRE_COLUMNS[name][1]) for name in _FLOATS])[:, None]
+_SATS_LO, _SATS_HI = _inclusive(Satellites)
 
 
 class FixColumnsMessage(BaseModel):
@@ -193,29 +203,44 @@ class FixColumnsMessage(BaseModel):
     sats: bytes = _column("sats")
     hdop: bytes = _column("hdop")
 
-    # The columns as arrays, as the validator read and checked them.
-    _arrays: dict[str, npt.NDArray[Any]] = PrivateAttr(default_factory=dict)
+    # The float columns as one array, a row each in _FLOATS' order, as the validator
+    # checked them.
+    _floats: npt.NDArray[np.float64] = PrivateAttr()
 
     @model_validator(mode="after")
     def _columns_hold_fixes(self) -> FixColumnsMessage:
-        arrays: dict[str, npt.NDArray[Any]] = {}
-        for name, (dtype, kind) in _WIRE_COLUMNS.items():
-            raw: bytes = getattr(self, name)
+        n = None
+        for name, (dtype, _) in _WIRE_COLUMNS.items():
             size = np.dtype(dtype).itemsize
-            if len(raw) % size:
+            length, rest = divmod(len(getattr(self, name)), size)
+            if rest:
                 raise ValueError(f"{name} must hold {size} bytes a fix")
-            values = np.frombuffer(raw, dtype=dtype)
-            if kind is None:
-                bound = len(getattr(self, _CODED[name]))
-                if len(values) and not (0 <= values.min() and values.max() < bound):
-                    raise ValueError(f"{name} must index {_CODED[name]}")
-            else:
-                _check_bounds(name, values, kind)
-            arrays[name] = values
-        if len({len(a) for a in arrays.values()}) > 1:
-            raise ValueError("every column must hold one value a fix")
-        self._arrays = arrays
+            if n is not None and length != n:
+                raise ValueError("every column must hold one value a fix")
+            n = length
+        for name, listed in _CODED.items():
+            codes = np.frombuffer(getattr(self, name), _WIRE_COLUMNS[name][0])
+            if len(codes) and not (0 <= codes.min() and codes.max() < len(getattr(self, listed))):
+                raise ValueError(f"{name} must index {listed}")
+        # A NaN fails both comparisons: no value, allowed only where the column is optional.
+        floats = np.stack([np.frombuffer(getattr(self, name), "<f8") for name in _FLOATS])
+        ok = (floats >= _FLOAT_LO) & (floats <= _FLOAT_HI)
+        ok |= _FLOAT_OPTIONAL & np.isnan(floats)
+        if not ok.all():
+            column, i = (int(k) for k in np.argwhere(~ok)[0])
+            name = _FLOATS[column]
+            _refuse(name, i, floats[column, i].item())
+        sats = np.frombuffer(self.sats, "i1")
+        bad = np.flatnonzero((sats != -1) & ((sats < _SATS_LO) | (sats > _SATS_HI)))
+        if len(bad):
+            _refuse("sats", int(bad[0]), sats[bad[0]].item())
+        self._floats = floats
         return self
+
+
+def _refuse(name: str, i: int, value: object) -> None:
+    kind = _WIRE_COLUMNS[name][1]
+    raise ValueError(f"{name} of fix {i} is {value!r}: it must be {_rule(kind) or 'finite'}")
 
 
 def _used(codes: IntArray, size: int) -> tuple[IntArray, IntArray]:
@@ -518,16 +543,15 @@ class FixBatch:
 
     @classmethod
     def from_columns(cls, m: FixColumnsMessage) -> FixBatch:
-        a = m._arrays
         sources = np.array([_SOURCE_CODE[s] for s in m.sources], dtype=np.int64)
         return cls(
             tags=list(m.tags),
-            tag=a["tag"].astype(np.int64),
+            tag=np.frombuffer(m.tag, "<i4").astype(np.int64),
             subjects=list(m.subjects),
-            subject=a["subject"].astype(np.int64),
-            source=sources[a["source"]],
-            sats=a["sats"].astype(np.int64),
-            **{name: a[name].astype(np.float64) for name in _PLAIN if name != "sats"},
+            subject=np.frombuffer(m.subject, "<i4").astype(np.int64),
+            source=sources[np.frombuffer(m.source, "u1")],
+            sats=np.frombuffer(m.sats, "i1").astype(np.int64),
+            **dict(zip(_FLOATS, m._floats, strict=True)),
         )
 
     @classmethod
