@@ -16,6 +16,7 @@ from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import cached_property
 from itertools import chain, pairwise
 from operator import attrgetter, lt
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar, cast
@@ -415,7 +416,9 @@ class Episode:
     reason: str
     details: Mapping[str, Any] = field(default_factory=dict)
 
-    @property
+    # Worked out once an episode: a check asks for it several times (reconciling,
+    # messages, rows), and a uuid5 with its text is dear (about 3 µs).
+    @cached_property
     def id(self) -> uuid.UUID:
         return episode_id(self.subject_id, self.zone_id, self.condition, self.start)
 
