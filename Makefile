@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help setup venv db kafka run test lint stop status schemas bench-proximity bench-throughput bench-trail-indexes bench-copy-batches
+.PHONY: help setup venv db kafka run test lint stop status schemas bench-proximity bench-throughput bench-trail-indexes bench-copy-batches bench-ingest-path bench-wire
 
 help:
 	@echo "make run    - set up everything and run the pipeline with a demo fleet"
@@ -16,6 +16,8 @@ help:
 	@echo "make bench-throughput - fixes a second end to end against raw COPY"
 	@echo "make bench-trail-indexes - what each index of the trail costs the store's COPY"
 	@echo "make bench-copy-batches - what a batch's size and tags cost the store's COPY"
+	@echo "make bench-ingest-path - the CPU a fix of taking a request of fixes"
+	@echo "make bench-wire - the CPU a fix of the points topics' messages, written and read"
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@UV=$$(bash deploy/local/uv.sh) && $$UV sync --frozen --python python3
@@ -61,6 +63,9 @@ bench-copy-batches: setup
 
 bench-ingest-path: setup kafka
 	@$(BIN)/python -m bench.ingest_path $(ARGS)
+
+bench-wire: setup
+	@$(BIN)/python -m bench.wire $(ARGS)
 
 stop:
 	@bash deploy/local/kafka.sh stop

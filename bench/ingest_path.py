@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import os
 import pickle
-import subprocess
 import sys
 import tempfile
 import time
@@ -107,59 +106,28 @@ async def _child(args: argparse.Namespace) -> None:
 
 def _measure(code: Path, requests: Path, args: argparse.Namespace, supplier: str) -> dict[str, Any]:
     """A child process's figures, its code from `code`."""
+    from bench import checkouts
     from bench.throughput import local_services
 
     # As bench/throughput.py serves another checkout: this environment, which made the
     # database, over where this checkout's local services run.
-    env = {**local_services(), **os.environ, "PYTHONPATH": str(code)}
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "ingest_path.py"),
-            "--child",
-            str(requests),
-            "--database",
-            args.database,
-            "--supplier",
-            supplier,
-            "--bus",
-            args.bus,
-            "--warm",
-            str(args.warm),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if out.returncode:
-        raise RuntimeError(f"the measurement in {code} failed:\n{out.stderr[-4000:]}")
-    figures: dict[str, Any] = orjson.loads(out.stdout.strip().splitlines()[-1])
-    return figures
+    argv = [str(requests), "--database", args.database, "--supplier", supplier]
+    argv += ["--bus", args.bus, "--warm", str(args.warm)]
+    return checkouts.measure(Path(__file__), code, argv, {**local_services(), **os.environ})
 
 
 async def main(argv: list[str] | None = None) -> int:
+    # Not at the top: a measurement's own process runs another checkout's code.
+    from bench import checkouts
+
     parser = argparse.ArgumentParser(prog="python -m bench.ingest_path", description=__doc__)
     parser.add_argument("--tags", type=int, default=2000)
     parser.add_argument("--minutes", type=float, default=180.0, help="fleet time made requests")
     parser.add_argument("--batch", type=int, default=2000, help="fixes a request")
     parser.add_argument("--warm", type=int, default=20, help="first requests not measured")
     parser.add_argument("--bus", choices=["memory", "kafka"], default="memory")
-    parser.add_argument(
-        "--code",
-        type=Path,
-        action="append",
-        help="a checkout whose ingest is measured (repeat to compare; default this one)",
-    )
-    parser.add_argument("--rounds", type=int, default=1, help="measurements a checkout")
-    parser.add_argument("--smoke", action="store_true", help="20 tags, 10 minutes")
-    # A measurement's own process (internal).
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--database", help=argparse.SUPPRESS)
-    parser.add_argument("--supplier", help=argparse.SUPPRESS)
+    checkouts.add_options(parser, "ingest")
     args = parser.parse_args(argv)
-    if args.child:
-        await _child(args)
-        return 0
 
     from bench.common import bench_database, drop_database, header, wear
     from bench.fleet import Fleet, FleetSpec
@@ -171,8 +139,7 @@ async def main(argv: list[str] | None = None) -> int:
 
     if args.smoke:
         args.tags, args.minutes, args.batch, args.warm = 20, 10.0, 50, 1
-    codes = [c.absolute() for c in args.code or [ROOT]]
-    turns = [c for r in range(args.rounds) for c in (codes if r % 2 == 0 else codes[::-1])]
+    turns = checkouts.in_turn(args.code, ROOT, args.rounds)
     settings = Settings()
     args.database = f"tagtrail_bench_ip_{uuid.uuid4().hex[:8]}"
     header(f"the ingest request path ({'in-process bus' if args.bus == 'memory' else 'Kafka'})")
@@ -186,7 +153,7 @@ async def main(argv: list[str] | None = None) -> int:
         f" {args.warm} unmeasured; {args.bus} bus"
     )
     await bench_database(settings, args.database, fresh=True)
-    figures: dict[Path, list[dict[str, Any]]] = {c: [] for c in codes}
+    figures: dict[Path, list[dict[str, Any]]] = {c: [] for c in turns}
     try:
         db = await Database.connect(settings.db, args.database, name="tagtrail benchmark")
         try:
@@ -238,8 +205,20 @@ def line(f: dict[str, Any]) -> str:
     )
 
 
+def _child_args(argv: list[str]) -> argparse.Namespace:
+    """A measurement's own process's arguments (from _measure)."""
+    parser = argparse.ArgumentParser()
+    for name in ("--child", "--database", "--supplier", "--bus"):
+        parser.add_argument(name, required=True)
+    parser.add_argument("--warm", type=int, required=True)
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
     if "--child" in sys.argv:
-        # Run by its path: the first entry is bench/, whose modules are not the code's.
+        # Run by its path: the first entry is bench/, whose modules are not the code's,
+        # and no module of bench/ is imported here: the code's bench/ may lack them.
         del sys.path[0]
+        asyncio.run(_child(_child_args(sys.argv[1:])))
+        raise SystemExit(0)
     raise SystemExit(asyncio.run(main()))

@@ -564,7 +564,7 @@ async def measure(
         f"CPU while fixes flowed ({took:.1f} s x {os.cpu_count()} cores ="
         f" {took * (os.cpu_count() or 1):.1f} s): "
         + ", ".join(
-            f"{k} {v:.1f} s ({v / sent.fixes * 1e6:.0f} µs a fix)"
+            f"{k} {v:.1f} s ({v / sent.fixes * 1e6:.1f} µs a fix)"
             for k, v in used.items()
             if v > 0 and not k.startswith("PostgreSQL: ")
         )
@@ -829,8 +829,8 @@ async def main(argv: list[str] | None = None) -> int:
                     f"{describe(code, load, loads)}: fixes/s "
                     + ", ".join(f"{f.rate:,.0f}" for f in theirs)
                     + f" (median {np.median([f.rate for f in theirs]):,.0f}); tagtrail's CPU a"
-                    f" fix {np.median([f.server_us for f in theirs]):.0f} µs, PostgreSQL's"
-                    f" {np.median([f.postgres_us for f in theirs]):.0f} µs (medians)"
+                    f" fix {np.median([f.server_us for f in theirs]):.1f} µs, PostgreSQL's"
+                    f" {np.median([f.postgres_us for f in theirs]):.1f} µs (medians)"
                 )
         found, wrong = await verify_matches(url, admin, db, start)
         print(

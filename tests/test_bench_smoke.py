@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench import copy_batches, ingest_path, proximity, simulate, throughput, trail_indexes
+from bench import copy_batches, ingest_path, proximity, simulate, throughput, trail_indexes, wire
 from bench.fleet import Fleet, FleetSpec
 from services.common.auth import Role
 from services.common.database import Database
@@ -52,6 +52,20 @@ async def test_copy_batches_benchmark_runs(
     assert len(medians) == 3
     for line in medians:  # every variant took its fixes in
         assert float(line.split("µs a fix, ")[1].split(" fixes/s")[0].replace(",", "")) > 0
+
+
+def test_wire_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    # This checkout twice, as two checkouts are compared: each in a process of its own.
+    here = str(wire.ROOT)
+    assert wire.main(["--smoke", "--code", here, "--code", here]) == 0
+    out = capsys.readouterr().out
+    runs = [x for x in out.splitlines() if x.startswith("[")]
+    assert len(runs) == 2, out
+    for line in runs:  # every fix encoded and decoded to the same, at some CPU a fix
+        assert "DIFFER" not in line, line
+        assert int(line.split("] ")[1].split(" fixes")[0].replace(",", "")) > 100, line
+        assert float(line.split("encode ")[1].split(" µs")[0]) > 0, line
+    assert f"{here}: encode " in out.split("medians")[1]
 
 
 @pytest.mark.parametrize("bus", ["memory", "kafka"])
