@@ -11,7 +11,7 @@ from services.ingest.batch import FixBatch, FixColumnsMessage
 from services.ingest.schemas import DeviceEvent
 from services.zones.schemas import CrimeMessage
 
-# Fixes a batch a message, as columns (services/ingest/batch.py).
+# Fixes a batch a message, as columns of bytes (services/ingest/batch.py).
 POINTS = BatchTopic("points", FixColumnsMessage, decoder=FixBatch.decode)
 # Fixes once they are in trail_points: what the zone checker works from, so the trail it
 # reads back always holds every fix it has been told about.
