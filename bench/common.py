@@ -118,3 +118,17 @@ def latency_line(label: str, seconds: Sequence[float]) -> str:
         f"{label}: n={len(ms)} p50={percentile(ms, 50):.1f} ms p95={percentile(ms, 95):.1f} ms "
         f"p99={percentile(ms, 99):.1f} ms max={max(ms):.1f} ms"
     )
+
+
+async def drop_topics(bootstrap: str, prefix: str) -> None:
+    """A run's topics (those whose names start with `prefix`) off the broker."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        ours = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if ours:
+            await admin.delete_topics(ours)
+    finally:
+        await admin.close()

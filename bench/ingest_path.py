@@ -129,7 +129,7 @@ async def main(argv: list[str] | None = None) -> int:
     checkouts.add_options(parser, "ingest")
     args = parser.parse_args(argv)
 
-    from bench.common import bench_database, drop_database, header, wear
+    from bench.common import bench_database, drop_database, drop_topics, header, wear
     from bench.fleet import Fleet, FleetSpec
     from bench.simulate import batches
     from services.common.database import Database
@@ -175,27 +175,13 @@ async def main(argv: list[str] | None = None) -> int:
     finally:
         await drop_database(settings, args.database)
         if args.bus == "kafka":
-            await drop_topics(settings.kafka.bootstrap, args.database)
+            await drop_topics(settings.kafka.bootstrap, args.database + ".")
     if len(turns) > 1:
         print("medians:")
         for code, runs in figures.items():
             us = float(np.median([r["cpu"] / r["fixes"] * 1e6 for r in runs]))
             print(f"  {code}: {us:.3f} µs of CPU a fix")
     return 0 if all(r["accepted"] == r["fixes"] for rs in figures.values() for r in rs) else 1
-
-
-async def drop_topics(bootstrap: str, prefix: str) -> None:
-    """The measurements' topics (named after the run's database) off the broker."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        ours = [t for t in await admin.list_topics() if t.startswith(prefix + ".")]
-        if ours:
-            await admin.delete_topics(ours)
-    finally:
-        await admin.close()
 
 
 def line(f: dict[str, Any]) -> str:

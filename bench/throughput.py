@@ -40,7 +40,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bench.common import bench_database, drop_database, header, stat_cpu_s, wear
+from bench.common import bench_database, drop_database, drop_topics, header, stat_cpu_s, wear
 from bench.fleet import Fleet, FleetSpec
 from bench.pgcopy import COLUMNS, chunks, encode, upload_delays
 from bench.simulate import batches, post, take, window
@@ -682,7 +682,9 @@ async def main(argv: list[str] | None = None) -> int:
         help="stretches a checkout, in alternating order (A B, then B A, ...)",
     )
     parser.add_argument(
-        "--keep", action="store_true", help="keep the run's database afterwards, to look into"
+        "--keep",
+        action="store_true",
+        help="keep the run's database (and on Kafka its topics) afterwards, to look into",
     )
     parser.add_argument("--smoke", action="store_true", help="20 tags, 10 minutes, 50 zones")
     args = parser.parse_args(argv)
@@ -864,6 +866,8 @@ async def main(argv: list[str] | None = None) -> int:
             print(f"database kept: {name}")
         else:
             await drop_database(settings, name)
+            if args.bus == "kafka":
+                await drop_topics(args.kafka_bootstrap, prefix)
         # The servers' logs are for a run that failed, or one kept to look into.
         if ok and not args.keep:
             shutil.rmtree(args.logs, ignore_errors=True)

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bench import copy_batches, ingest_path, proximity, simulate, throughput, trail_indexes, wire
 from bench.fleet import Fleet, FleetSpec
 from services.common.auth import Role
 from services.common.database import Database
+from services.common.settings import Settings
 from services.pipeline import Pipeline
 from tests.conftest import serve, token_for
 
@@ -83,11 +85,22 @@ async def test_ingest_path_benchmark_runs(bus: str, capsys: pytest.CaptureFixtur
     assert f"{here}: " in out.split("medians:")[1]
 
 
+async def _bench_topics() -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=Settings().kafka.bootstrap)
+    await admin.start()
+    try:
+        return {t for t in await admin.list_topics() if t.startswith("bench")}
+    finally:
+        await admin.close()
+
+
 @pytest.mark.parametrize("bus", ["memory", "kafka"])
 async def test_throughput_benchmark_runs(bus: str, capsys: pytest.CaptureFixture[str]) -> None:
     # The whole pipeline as `tagtrail run`, or as the API and a worker per role on Kafka,
     # the simulator posting to it over HTTP.
+    before = await _bench_topics()
     assert await throughput.main(["--smoke", "--bus", bus]) == 0
+    assert await _bench_topics() == before  # a run takes its topics away with it
     out = capsys.readouterr().out
     # 20 tags for 10 minutes, less signal loss (which slice of the day depends on the
     # clock): every fix accepted is stored.
