@@ -77,14 +77,13 @@ def requests_as_parts(
     listed once, a subject a tag), split a message a partition as a publish splits it;
     the parts as FixBatch's fields (plain lists and numpy arrays, which every checkout's
     FixBatch takes)."""
-    from aiokafka.partitioner import DefaultPartitioner
-
+    from services.common.bus.base import lane_parts
+    from services.common.bus.kafka import KeyPartitioner
     from services.ingest.pgcopy import SOURCES
     from services.ingest.schemas import FixSource
 
     everyone = list(range(partitions))
-    partitioner = DefaultPartitioner()
-    lane_of: dict[str, int] = {}
+    partitioner = KeyPartitioner()
     gps = SOURCES.index(FixSource.gps)
     received = datetime.now(UTC).timestamp()
     parts: list[dict[str, Any]] = []
@@ -109,18 +108,11 @@ def requests_as_parts(
             "sats": np.full(len(fixes), -1, dtype=np.int64),
             "hdop": np.full(len(fixes), np.nan),
         }
-        for t in tags:
-            if t not in lane_of:
-                lane_of[t] = int(partitioner(t.encode(), everyone, everyone))
-        lane = np.array([lane_of[t] for t in tags], dtype=np.int64)[tag]
-        order = np.argsort(lane, kind="stable")
-        for p in range(partitions):
-            rows = order[lane[order] == p]
-            for i in range(0, len(rows), max_rows):
-                take = rows[i : i + max_rows]
-                parts.append(
-                    {k: v[take] if isinstance(v, np.ndarray) else v for k, v in columns.items()}
-                )
+        lane = np.array(partitioner.lanes([t.encode() for t in tags], everyone))[tag]
+        for rows in lane_parts(lane, max_rows):
+            parts.append(
+                {k: v[rows] if isinstance(v, np.ndarray) else v for k, v in columns.items()}
+            )
     return parts
 
 

@@ -105,6 +105,19 @@ class BatchTopic(Topic[Any]):
         return [(Envelope(r.tags[int(r.tag[0])].encode(), b"", r), r) for r in rows]
 
 
+def lane_parts(lane: npt.NDArray[np.int64], max_rows: int) -> list[npt.NDArray[np.int64]]:
+    """How a publish splits a batch whose row i goes to lane `lane[i]`: the rows of each
+    lane in their order, at most max_rows a part. Pure."""
+    order = np.argsort(lane, kind="stable")
+    starts = np.flatnonzero(np.r_[True, lane[order][1:] != lane[order][:-1]])
+    ends = [*starts[1:].tolist(), len(order)]
+    return [
+        order[i : min(b, i + max_rows)]
+        for a, b in zip(starts.tolist(), ends, strict=True)
+        for i in range(a, b, max_rows)
+    ]
+
+
 @dataclass(slots=True)
 class Envelope:
     """A raw message as it travels: its key and its encoded body. Not changed once made;
@@ -223,22 +236,17 @@ class Bus(ABC):
         if not len(batch):
             return
         lane = np.array(await self.lanes_of(topic, batch.tags), dtype=np.int64)[batch.tag]
-        order = np.argsort(lane, kind="stable")
-        starts = np.flatnonzero(np.r_[True, lane[order][1:] != lane[order][:-1]])
-        ends = [*starts[1:].tolist(), len(order)]
         envelopes = []
-        for a, b in zip(starts.tolist(), ends, strict=True):
-            for i in range(a, b, topic.max_rows):
-                rows = order[i : min(b, i + topic.max_rows)]
-                part = batch.take(rows)
-                envelopes.append(
-                    Envelope(
-                        batch.tags[int(batch.tag[rows[0]])].encode(),
-                        b"" if self.in_process else topic.encode(part),
-                        part,
-                        len(rows),
-                    )
+        for rows in lane_parts(lane, topic.max_rows):
+            part = batch.take(rows)
+            envelopes.append(
+                Envelope(
+                    batch.tags[int(batch.tag[rows[0]])].encode(),
+                    b"" if self.in_process else topic.encode(part),
+                    part,
+                    len(rows),
                 )
+            )
         await self.publish_raw(topic, envelopes)
 
     async def deliver(self, sub: Subscription, envelopes: Sequence[Envelope]) -> None:
