@@ -14,7 +14,6 @@ from typing import Any
 from zlib import crc32
 
 import httpx
-import numpy as np
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -533,62 +532,6 @@ async def test_kafka_reads_points_records_written_before_batches(settings: Setti
         assert [m.accuracy_m for m in seen] == [1, 2, 3, 4, 5, 6, 7, 8]
     finally:
         await producer.stop()
-        await bus.stop()
-
-
-FORWARDED = BatchTopic("forwarded-batches", FixColumnsMessage, decoder=FixBatch.decode, max_rows=30)
-
-
-async def test_kafka_batches_passed_on_as_they_came_go_as_the_bytes_they_came_in(
-    settings: Settings,
-) -> None:
-    """As the store passes fixes on to stored-points: the batches a handler is given,
-    published again, are the very records read, byte for byte and in each partition's
-    order, not batches encoded anew (the records are laid out as the bus would not lay
-    them out, so a batch encoded anew would differ)."""
-
-    async def forward(batches: list[FixBatch]) -> None:
-        await bus.publish_batches(FORWARDED, batches)
-
-    bus = KafkaBus(kafka_settings(settings).kafka, DEAD, [FIX_BATCHES, FORWARDED, DEAD])
-    bus.subscribe("test-forward", FIX_BATCHES, forward)
-    await bus.start()
-    topics = [bus.physical(t) for t in (FIX_BATCHES, FORWARDED)]
-    consumer = AIOKafkaConsumer(
-        *topics, bootstrap_servers=bus.settings.bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        rng = random.Random(3)
-        rows = [(f"tag-{rng.randrange(9)}", n) for n in range(150)]
-        batch = _fix_batch(rows)  # a message a tag, each within FORWARDED.max_rows
-        await bus.publish_raw(
-            FIX_BATCHES,
-            [
-                Envelope(
-                    tag.encode(),
-                    orjson.dumps(orjson.loads(part.encode()), option=orjson.OPT_INDENT_2),
-                    size=len(part),
-                )
-                for tag in sorted({t for t, _ in rows})
-                for part in [batch.take(np.array([t == tag for t in batch.tag_ids()]))]
-            ],
-        )
-        records: dict[str, dict[int, list[bytes]]] = {t: {} for t in topics}
-
-        def rows_in(topic: str) -> int:
-            values = [v for vs in records[topic].values() for v in vs]
-            return sum(len(FixBatch.decode(v)) for v in values)
-
-        async with asyncio.timeout(30):
-            while rows_in(topics[1]) < len(rows):
-                for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
-                    records[tp.topic].setdefault(tp.partition, []).extend(r.value for r in batch)
-        read, written = records[topics[0]], records[topics[1]]
-        assert sum(len(v) for v in read.values()) == 9
-        assert written == read
-    finally:
-        await consumer.stop()
         await bus.stop()
 
 

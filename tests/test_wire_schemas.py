@@ -195,21 +195,3 @@ def test_a_batch_names_its_subjects_alike_whichever_kind_of_uuid_holds_them() ->
     theirs = dataclasses.replace(batch, subjects=[PgUUID(s.bytes) for s in batch.subjects])
     assert theirs.encode() == batch.encode()
     assert json.loads(batch.encode())["subjects"] == [str(f.subject_id) for f in fixes]
-
-
-def test_a_batch_read_off_the_wire_is_written_again_as_it_came_and_only_then() -> None:
-    """The store passes batches on as they came: one read from a columns message writes
-    those very bytes again; a part of it, a copy with other values, or one read from an
-    older form is encoded afresh, as the current message."""
-    fixes = [_fix(k, f"T{k % 3}", uuid.uuid4()) for k in range(6)]
-    payload = FixBatch.of(fixes).encode()
-    batch = FixBatch.decode(payload)
-    assert batch.encode() is payload
-    assert FixBatch.concat([batch]).encode() is payload
-    part = batch.take(np.array([0, 3]))
-    assert FixBatch.decode(part.encode()).messages() == [fixes[0], fixes[3]]
-    moved = dataclasses.replace(batch, lat=batch.lat + 1.0)
-    assert FixBatch.decode(moved.encode()).messages()[0].lat == fixes[0].lat + 1.0
-    older = FixBatch.decode(FixBatch.of(fixes).readable())
-    assert json.loads(older.encode()).keys() == json.loads(payload).keys()
-    assert FixBatch.decode(older.encode()).messages() == fixes

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Annotated, Any, get_args
 
@@ -314,9 +314,7 @@ class FixBatch:
     microsecond: `datetime.timestamp` and `fromtimestamp` go to and fro unchanged);
     NaN marks a speed, heading or HDOP that is not there, -1 a satellite count;
     `source[i]` indexes pgcopy.SOURCES. The lists may hold values no fix uses (after
-    `take`). Not changed once made: on the in-process bus every group shares it.
-    `wire` is the FixColumnsMessage it was read from, if it was: the store passes a
-    batch on as it came, and then writes those bytes again rather than encoding it."""
+    `take`). Not changed once made: on the in-process bus every group shares it."""
 
     tags: list[str]
     tag: IntArray
@@ -332,9 +330,6 @@ class FixBatch:
     source: IntArray
     sats: IntArray
     hdop: FloatArray
-    # Set by decode alone (not an argument): a copy made with other values, such as
-    # dataclasses.replace makes, must not carry bytes that no longer say what it holds.
-    wire: bytes | None = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -476,8 +471,6 @@ class FixBatch:
         sources its fixes name. A lane's part of a request's batch shares the request's
         lists (`take`); written whole, each tag and subject would travel, and be parsed,
         once a partition (docs/benchmarks.md, eighteenth session)."""
-        if self.wire is not None:
-            return self.wire
         tag_used, tag = _used(self.tag, len(self.tags))
         subject_used, subject = _used(self.subject, len(self.subjects))
         source_used, source = _used(self.source, len(SOURCES))
@@ -535,9 +528,7 @@ class FixBatch:
         message] pairs); pydantic.ValidationError if it is none of them (the error is
         the FixColumnsMessage's)."""
         try:
-            batch = cls.from_columns(FixColumnsMessage.model_validate_json(payload))
-            object.__setattr__(batch, "wire", payload)  # frozen: set once, as made
-            return batch
+            return cls.from_columns(FixColumnsMessage.model_validate_json(payload))
         except ValidationError as exc:
             try:
                 return cls.from_message(FixBatchMessage.model_validate_json(payload))

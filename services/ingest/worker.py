@@ -44,10 +44,8 @@ class StoreWorker:
         if result.conflicts:
             log.warning("%d conflicting duplicate fix(es) set aside", result.conflicts)
         # All of them, not only the ones inserted just now: if we died after the commit
-        # last time, this redelivery is the only way the checks hear of them. Batch by
-        # batch as they came: on Kafka each is then written out as the bytes it came in
-        # (FixBatch.wire), not encoded again (docs/benchmarks.md, twenty-second session).
-        await self.bus.publish_batches(STORED, batches)
+        # last time, this redelivery is the only way the checks hear of them.
+        await self.bus.publish_batch(STORED, fixes)
 
     async def handle_events(self, events: list[DeviceEvent]) -> None:
         async with self.db.pool.acquire() as conn:

@@ -233,29 +233,21 @@ class Bus(ABC):
     async def publish_batch(self, topic: BatchTopic, batch: Batch) -> None:
         """Publishes a batch's rows, a message a partition (lane) of at most
         topic.max_rows; returns once they are durable."""
-        await self.publish_batches(topic, [batch])
-
-    async def publish_batches(self, topic: BatchTopic, batches: Sequence[Batch]) -> None:
-        """Publishes batches' rows as publish_batch does, each batch split on its own,
-        in order; a batch that is one lane's and no larger than topic.max_rows goes as
-        it is, one message. Returns once they are all durable."""
+        if not len(batch):
+            return
+        lane = np.array(await self.lanes_of(topic, batch.tags), dtype=np.int64)[batch.tag]
         envelopes = []
-        for batch in batches:
-            if not len(batch):
-                continue
-            lane = np.array(await self.lanes_of(topic, batch.tags), dtype=np.int64)[batch.tag]
-            for rows in lane_parts(lane, topic.max_rows):
-                part = batch if len(rows) == len(batch) else batch.take(rows)
-                envelopes.append(
-                    Envelope(
-                        batch.tags[int(batch.tag[rows[0]])].encode(),
-                        b"" if self.in_process else topic.encode(part),
-                        part,
-                        len(rows),
-                    )
+        for rows in lane_parts(lane, topic.max_rows):
+            part = batch.take(rows)
+            envelopes.append(
+                Envelope(
+                    batch.tags[int(batch.tag[rows[0]])].encode(),
+                    b"" if self.in_process else topic.encode(part),
+                    part,
+                    len(rows),
                 )
-        if envelopes:
-            await self.publish_raw(topic, envelopes)
+            )
+        await self.publish_raw(topic, envelopes)
 
     async def deliver(self, sub: Subscription, envelopes: Sequence[Envelope]) -> None:
         """Hands a batch to a handler: transient failures are retried until they pass,
