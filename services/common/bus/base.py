@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -69,6 +70,9 @@ class Batch(Protocol):
     def __len__(self) -> int: ...
 
     def take(self, rows: npt.NDArray[Any]) -> Self: ...
+
+    @classmethod
+    def concat(cls, batches: Sequence[Self]) -> Self: ...
 
     def encode(self) -> bytes: ...
 
@@ -148,6 +152,15 @@ def sized(envelopes: Sequence[Envelope], max_size: int) -> list[Sequence[Envelop
     return runs
 
 
+@dataclass(frozen=True, eq=False)
+class Gathering:
+    """Batches for one topic that wait to be published together, and the task that
+    publishes them."""
+
+    batches: list[Any]
+    sent: asyncio.Task[None]
+
+
 @dataclass
 class Subscription:
     group: str
@@ -189,6 +202,10 @@ class Bus(ABC):
     def __init__(self, dead_letter: Topic[Any]) -> None:
         self.dead_letter = dead_letter
         self.subscriptions: list[Subscription] = []
+        # publish_batch's batches waiting for the topic's publish in flight, and the lock
+        # that keeps one in flight a topic.
+        self._gathering: dict[str, Gathering] = {}
+        self._sending: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def subscribe(
         self, group: str, topic: Topic[Any], handler: Handler, *, max_batch: int = 2000
@@ -232,9 +249,41 @@ class Bus(ABC):
 
     async def publish_batch(self, topic: BatchTopic, batch: Batch) -> None:
         """Publishes a batch's rows, a message a partition (lane) of at most
-        topic.max_rows; returns once they are durable."""
+        topic.max_rows; returns once they are durable, raising BusUnavailable if they
+        may not be.
+
+        On a bus whose messages leave the process, batches published while a topic's
+        publish is in flight wait for it to end and then go together, one publish: a
+        message then holds several requests' rows, and a message's cost is mostly its
+        tags and subjects, written and read once a message each (docs/benchmarks.md,
+        twenty-second session). With no publish in flight a batch goes at once. If
+        that publish fails, each of its callers is told so."""
         if not len(batch):
             return
+        if self.in_process:
+            await self._publish_split(topic, batch)
+            return
+        gathering = self._gathering.get(topic.name)
+        if gathering is None:
+            batches: list[Any] = []
+            sent = asyncio.create_task(self._publish_gathered(topic, batches))
+            # Its failure is each caller's; seen here too, in case every caller is gone.
+            sent.add_done_callback(lambda t: t.cancelled() or t.exception())
+            gathering = self._gathering[topic.name] = Gathering(batches, sent)
+        gathering.batches.append(batch)
+        # A caller that gives up (a request cancelled) leaves the others' publish be.
+        await asyncio.shield(gathering.sent)
+
+    async def _publish_gathered(self, topic: BatchTopic, batches: list[Any]) -> None:
+        async with self._sending[topic.name]:
+            # From here on, batches gather for the next publish.
+            gathering = self._gathering.get(topic.name)
+            if gathering is not None and gathering.batches is batches:
+                del self._gathering[topic.name]
+            await self._publish_split(topic, type(batches[0]).concat(batches))
+
+    async def _publish_split(self, topic: BatchTopic, batch: Batch) -> None:
+        """publish_batch's work, for one batch."""
         lane = np.array(await self.lanes_of(topic, batch.tags), dtype=np.int64)[batch.tag]
         envelopes = []
         for rows in lane_parts(lane, topic.max_rows):
