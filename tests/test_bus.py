@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import BaseModel
 
-from services.common.bus import BatchTopic, Bus, Envelope, Topic, kafka
+from services.common.bus import BatchTopic, Bus, BusUnavailable, Envelope, Topic, kafka
 from services.common.bus.kafka import KafkaBus, KeyPartitioner
 from services.common.bus.memory import MemoryBus
 from services.common.bus.messages import DeadLetter
@@ -532,6 +532,100 @@ async def test_kafka_reads_points_records_written_before_batches(settings: Setti
         assert [m.accuracy_m for m in seen] == [1, 2, 3, 4, 5, 6, 7, 8]
     finally:
         await producer.stop()
+        await bus.stop()
+
+
+async def test_kafka_batches_published_while_one_is_in_flight_go_together(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publishes of a topic's batches made while one is in flight wait for it and then
+    go as one publish, a message a partition: fewer, larger messages. Each caller
+    returns once its rows are durable, and each tag's rows keep the order published."""
+    bus = KafkaBus(kafka_settings(settings).kafka, DEAD, [FIX_BATCHES, DEAD])
+    await bus.start()
+    real = bus.publish_raw
+    sent: list[int] = []
+    first_held = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def held_first(topic: Topic[Any], envelopes: Any) -> None:
+        sent.append(sum(e.size for e in envelopes))
+        if len(sent) == 1:
+            first_held.set()
+            await go_on.wait()
+        await real(topic, envelopes)
+
+    monkeypatch.setattr(bus, "publish_raw", held_first)
+    consumer = AIOKafkaConsumer(
+        bus.physical(FIX_BATCHES),
+        bootstrap_servers=bus.settings.bootstrap,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    tags = ["tag-a", "tag-b", "tag-c"]  # 2 rows each a publish: at most 6 a message
+
+    def rows(k: int) -> FixBatch:
+        return _fix_batch([(t, 2 * k + i) for t in tags for i in (0, 1)])
+
+    try:
+        first = asyncio.create_task(bus.publish_batch(FIX_BATCHES, rows(0)))
+        await first_held.wait()
+        later = [asyncio.create_task(bus.publish_batch(FIX_BATCHES, rows(k))) for k in (1, 2, 3)]
+        await asyncio.sleep(0.1)
+        assert not any(t.done() for t in [first, *later])
+        go_on.set()
+        await asyncio.gather(first, *later)
+        assert sent == [6, 18]
+        records: list[Any] = []
+        async with asyncio.timeout(20):
+            while sum(len(FixBatch.decode(r.value)) for r in records) < 24:
+                for batch in (await consumer.getmany(timeout_ms=500)).values():
+                    records.extend(batch)
+        assert len(records) == 2 * len({_partition_of(bus, t) for t in tags})
+        got = FixBatch.concat(
+            [FixBatch.decode(r.value) for r in sorted(records, key=lambda r: r.offset)]
+        )
+        for tag in tags:
+            mine = [
+                round(a) - 1
+                for t, a in zip(got.tag_ids(), got.accuracy_m.tolist(), strict=True)
+                if t == tag
+            ]
+            assert mine == list(range(8))
+    finally:
+        await consumer.stop()
+        await bus.stop()
+
+
+async def test_kafka_a_failed_publish_fails_each_batch_gathered_into_it(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the publish a batch went in fails, its caller is told, whoever else's batches
+    went with it; the next publish is not held up."""
+    bus = KafkaBus(kafka_settings(settings).kafka, DEAD, [FIX_BATCHES, DEAD])
+    await bus.start()
+    real = bus.publish_raw
+    calls = 0
+
+    async def refuse_second(topic: Topic[Any], envelopes: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise BusUnavailable("the broker is away")
+        await real(topic, envelopes)
+
+    monkeypatch.setattr(bus, "publish_raw", refuse_second)
+    try:
+        await bus.publish_batch(FIX_BATCHES, _fix_batch([("k", 0)]))
+        outcomes = await asyncio.gather(
+            *(bus.publish_batch(FIX_BATCHES, _fix_batch([("k", n)])) for n in range(1, 4)),
+            return_exceptions=True,
+        )
+        assert calls == 2
+        assert all(isinstance(o, BusUnavailable) for o in outcomes), outcomes
+        await bus.publish_batch(FIX_BATCHES, _fix_batch([("k", 9)]))
+        assert calls == 3
+    finally:
         await bus.stop()
 
 
