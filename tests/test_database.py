@@ -955,7 +955,7 @@ async def test_stored_fixes_are_candidates_until_their_boxes_are_widened(db: Dat
         assert await subjects_passing(conn, 51.5, -0.11, 50.0, *later) == []
         await _box(conn)
         assert await conn.fetchval("select count(*) from trail_unboxed") == 0
-        assert await conn.fetchval(boxes, subject) == 4
+        assert await conn.fetchval(boxes, subject) == timedelta(minutes=20) // BOX_BUCKET
         assert await subjects_passing(conn, 51.5, -0.11, 50.0, *hour) == [subject]
         assert await subjects_passing(conn, 53.0, 1.0, 50.0, *hour) == []
         assert await subjects_passing(conn, 51.5, -0.11, 50.0, *later) == []
