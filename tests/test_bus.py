@@ -629,6 +629,41 @@ async def test_kafka_a_failed_publish_fails_each_batch_gathered_into_it(
         await bus.stop()
 
 
+async def test_kafka_a_gathered_publish_stopped_while_it_waits_fails_its_callers_alone(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gathered publish stopped before it went (its task cancelled, as when the process
+    stops): its callers are told the bus did not take their rows, and later publishes
+    gather afresh instead of joining it."""
+    bus = KafkaBus(kafka_settings(settings).kafka, DEAD, [FIX_BATCHES, DEAD])
+    await bus.start()
+    real = bus.publish_raw
+    first_held = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def held_first(topic: Topic[Any], envelopes: Any) -> None:
+        if not first_held.is_set():
+            first_held.set()
+            await go_on.wait()
+        await real(topic, envelopes)
+
+    monkeypatch.setattr(bus, "publish_raw", held_first)
+    try:
+        first = asyncio.create_task(bus.publish_batch(FIX_BATCHES, _fix_batch([("k", 0)])))
+        await first_held.wait()
+        waiting = asyncio.create_task(bus.publish_batch(FIX_BATCHES, _fix_batch([("k", 1)])))
+        await asyncio.sleep(0.05)
+        bus._gathering[FIX_BATCHES.name].sent.cancel()
+        with pytest.raises(BusUnavailable):
+            await waiting
+        go_on.set()
+        await first
+        async with asyncio.timeout(20):
+            await bus.publish_batch(FIX_BATCHES, _fix_batch([("k", 2)]))
+    finally:
+        await bus.stop()
+
+
 async def test_many_publishes_at_once_to_one_partition_all_get_through(settings: Settings) -> None:
     """aiokafka sends a partition's batches one at a time, and takes the time a send has
     waited off its timeout again every time it wakes to another batch ahead: with many

@@ -961,6 +961,37 @@ async def test_stored_fixes_are_candidates_until_their_boxes_are_widened(db: Dat
         assert await subjects_passing(conn, 51.5, -0.11, 50.0, *later) == []
 
 
+async def test_boxes_stored_with_a_shorter_bucket_are_still_found(db: Database) -> None:
+    """A box from before the buckets grew (5 minutes, now 10) holds its bucket's fixes and
+    their paths up to BOX_MAX_GAP on: a search whose window meets any of that time finds
+    its subject, whichever minute it starts in."""
+    assert BOX_BUCKET > timedelta(minutes=5)
+    subject = uuid.uuid4()
+    day = datetime(2026, 11, 20, tzinfo=UTC)
+    bucket = day + timedelta(hours=10, minutes=5)  # a 5-minute bucket, not a 10-minute one
+    async with db.pool.acquire() as conn:
+        await Partitions().ensure(conn, [day.date()])
+        await conn.execute(
+            "insert into trail_boxes (subject_id, bucket, box)"
+            " values ($1, $2, st_makeenvelope(-0.121, 51.499, -0.119, 51.501, 4326))",
+            subject,
+            bucket,
+        )
+        # Its last fix at most 5 minutes in, its last path at most BOX_MAX_GAP after.
+        reach = timedelta(minutes=5) + BOX_MAX_GAP
+        for minute in range(int(reach / timedelta(minutes=1))):
+            start = bucket + timedelta(minutes=minute)
+            found = await subjects_passing(
+                conn, 51.5, -0.12, 50.0, start, start + timedelta(seconds=30)
+            )
+            assert found == [subject], start
+        before = bucket - timedelta(minutes=1)
+        assert (
+            await subjects_passing(conn, 51.5, -0.12, 50.0, before - timedelta(minutes=5), before)
+            == []
+        )
+
+
 KEEPER_DAY = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
 

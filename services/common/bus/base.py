@@ -271,16 +271,27 @@ class Bus(ABC):
             sent.add_done_callback(lambda t: t.cancelled() or t.exception())
             gathering = self._gathering[topic.name] = Gathering(batches, sent)
         gathering.batches.append(batch)
-        # A caller that gives up (a request cancelled) leaves the others' publish be.
-        await asyncio.shield(gathering.sent)
+        try:
+            # A caller that gives up (a request cancelled) leaves the others' publish be.
+            await asyncio.shield(gathering.sent)
+        except asyncio.CancelledError:
+            if gathering.sent.cancelled():  # the publish was stopped, not this caller
+                raise BusUnavailable("the publish was stopped before it was done") from None
+            raise
 
     async def _publish_gathered(self, topic: BatchTopic, batches: list[Any]) -> None:
-        async with self._sending[topic.name]:
-            # From here on, batches gather for the next publish.
+        lock = self._sending[topic.name]
+        try:
+            await lock.acquire()
+        finally:
+            # From here on, or if stopped while it waited, batches gather for the next.
             gathering = self._gathering.get(topic.name)
             if gathering is not None and gathering.batches is batches:
                 del self._gathering[topic.name]
+        try:
             await self._publish_split(topic, type(batches[0]).concat(batches))
+        finally:
+            lock.release()
 
     async def _publish_split(self, topic: BatchTopic, batch: Batch) -> None:
         """publish_batch's work, for one batch."""
