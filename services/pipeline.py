@@ -94,7 +94,7 @@ class Pipeline:
     async def start(self) -> Runtime:
         db = await Database.connect(self.settings.db, self.database, name=self.name)
         bus = make_bus(self.settings, self.bus_kind)
-        batch = self.settings.bus.max_batch
+        batch = self.settings.bus.batch_cap(self.bus_kind)
         sfx = self.group_suffix
         if Role.store in self.roles:
             self._store = StoreWorker(db, bus)

@@ -25,7 +25,7 @@ from services.common.bus.kafka import KafkaBus, KeyPartitioner
 from services.common.bus.memory import MemoryBus
 from services.common.bus.messages import DeadLetter
 from services.common.database import Database
-from services.common.settings import Settings
+from services.common.settings import BusSettings, Settings
 from services.common.timeutil import utcnow
 from services.ingest.batch import FixBatch, FixColumnsMessage
 from services.ingest.schemas import FixMessage
@@ -723,3 +723,13 @@ async def test_kafka_consumers_of_fixes_under_load_fetch_on_for_more(settings: S
     assert len(calls) == 3, [len(c) for _, c in calls]
     assert calls[2][1] == list(range(11, 71))
     assert calls[2][0] - sent < 3.0
+
+
+def test_the_batch_cap_is_larger_on_kafka_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handlers take up to 32,000 fixes a call on Kafka and 16,000 in one process, where
+    a request waits for its batch's checks; TAGTRAIL_BUS_MAX_BATCH sets both."""
+    monkeypatch.delenv("TAGTRAIL_BUS_MAX_BATCH", raising=False)
+    unset = BusSettings()
+    assert (unset.batch_cap("kafka"), unset.batch_cap("memory")) == (32_000, 16_000)
+    both = BusSettings(max_batch=5_000)
+    assert (both.batch_cap("kafka"), both.batch_cap("memory")) == (5_000, 5_000)
