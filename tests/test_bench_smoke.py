@@ -100,7 +100,9 @@ async def test_throughput_benchmark_runs(bus: str, capsys: pytest.CaptureFixture
     # the simulator posting to it over HTTP.
     before = await _bench_topics()
     assert await throughput.main(["--smoke", "--bus", bus]) == 0
-    assert await _bench_topics() == before  # a run takes its topics away with it
+    # A run takes its topics away with it (none new is left; another run on the same
+    # broker may take its own away meanwhile).
+    assert await _bench_topics() <= before
     out = capsys.readouterr().out
     # 20 tags for 10 minutes, less signal loss (which slice of the day depends on the
     # clock): every fix accepted is stored.
