@@ -8,6 +8,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -535,6 +536,28 @@ async def test_kafka_reads_points_records_written_before_batches(settings: Setti
         await bus.stop()
 
 
+@dataclass
+class HeldFirst:
+    """A bus whose first publish_raw waits, once started, until `go_on` is set: the
+    sizes (rows) of each publish made, and whether the first has started."""
+
+    sent: list[int] = field(default_factory=list)
+    first_held: asyncio.Event = field(default_factory=asyncio.Event)
+    go_on: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def hold(self, bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
+        real = bus.publish_raw
+
+        async def held_first(topic: Topic[Any], envelopes: Any) -> None:
+            self.sent.append(sum(e.size for e in envelopes))
+            if len(self.sent) == 1:
+                self.first_held.set()
+                await self.go_on.wait()
+            await real(topic, envelopes)
+
+        monkeypatch.setattr(bus, "publish_raw", held_first)
+
+
 async def test_kafka_batches_published_while_one_is_in_flight_go_together(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -543,19 +566,8 @@ async def test_kafka_batches_published_while_one_is_in_flight_go_together(
     returns once its rows are durable, and each tag's rows keep the order published."""
     bus = KafkaBus(kafka_settings(settings).kafka, DEAD, [FIX_BATCHES, DEAD])
     await bus.start()
-    real = bus.publish_raw
-    sent: list[int] = []
-    first_held = asyncio.Event()
-    go_on = asyncio.Event()
-
-    async def held_first(topic: Topic[Any], envelopes: Any) -> None:
-        sent.append(sum(e.size for e in envelopes))
-        if len(sent) == 1:
-            first_held.set()
-            await go_on.wait()
-        await real(topic, envelopes)
-
-    monkeypatch.setattr(bus, "publish_raw", held_first)
+    held = HeldFirst()
+    held.hold(bus, monkeypatch)
     consumer = AIOKafkaConsumer(
         bus.physical(FIX_BATCHES),
         bootstrap_servers=bus.settings.bootstrap,
@@ -569,13 +581,13 @@ async def test_kafka_batches_published_while_one_is_in_flight_go_together(
 
     try:
         first = asyncio.create_task(bus.publish_batch(FIX_BATCHES, rows(0)))
-        await first_held.wait()
+        await held.first_held.wait()
         later = [asyncio.create_task(bus.publish_batch(FIX_BATCHES, rows(k))) for k in (1, 2, 3)]
         await asyncio.sleep(0.1)
         assert not any(t.done() for t in [first, *later])
-        go_on.set()
+        held.go_on.set()
         await asyncio.gather(first, *later)
-        assert sent == [6, 18]
+        assert held.sent == [6, 18]
         records: list[Any] = []
         async with asyncio.timeout(20):
             while sum(len(FixBatch.decode(r.value)) for r in records) < 24:
@@ -637,26 +649,17 @@ async def test_kafka_a_gathered_publish_stopped_while_it_waits_fails_its_callers
     gather afresh instead of joining it."""
     bus = KafkaBus(kafka_settings(settings).kafka, DEAD, [FIX_BATCHES, DEAD])
     await bus.start()
-    real = bus.publish_raw
-    first_held = asyncio.Event()
-    go_on = asyncio.Event()
-
-    async def held_first(topic: Topic[Any], envelopes: Any) -> None:
-        if not first_held.is_set():
-            first_held.set()
-            await go_on.wait()
-        await real(topic, envelopes)
-
-    monkeypatch.setattr(bus, "publish_raw", held_first)
+    held = HeldFirst()
+    held.hold(bus, monkeypatch)
     try:
         first = asyncio.create_task(bus.publish_batch(FIX_BATCHES, _fix_batch([("k", 0)])))
-        await first_held.wait()
+        await held.first_held.wait()
         waiting = asyncio.create_task(bus.publish_batch(FIX_BATCHES, _fix_batch([("k", 1)])))
         await asyncio.sleep(0.05)
         bus._gathering[FIX_BATCHES.name].sent.cancel()
         with pytest.raises(BusUnavailable):
             await waiting
-        go_on.set()
+        held.go_on.set()
         await first
         async with asyncio.timeout(20):
             await bus.publish_batch(FIX_BATCHES, _fix_batch([("k", 2)]))
