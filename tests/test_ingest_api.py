@@ -17,6 +17,7 @@ from services.common.auth import Principal, Role, hash_token
 from services.common.database import Database
 from services.common.settings import Settings
 from services.common.timeutil import from_epoch, utcnow
+from services.ingest.api import stream_items
 from services.ingest.batch import FixBatch
 from services.ingest.horizons import FixHorizons
 from services.ingest.repository import Partitions, store_fixes
@@ -307,6 +308,26 @@ async def test_ndjson_stream_for_many_tags(
         (5, "lat"),
     ]
     assert await stored(db) == 2
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        # Every line JSON, the last blank (as a stream ends): read in one pass.
+        ([b'{"a": 1}', b"[2]", b""], [(0, {"a": 1}), (1, [2])]),
+        ([b'{"a": 1}\r', b" 3 ", b"  "], [(0, {"a": 1}), (1, 3)]),
+        # A blank line among them: each keeps its own line's index.
+        ([b'{"a": 1}', b"", b'{"b": 2}'], [(0, {"a": 1}), (2, {"b": 2})]),
+        ([b'{"a": 1}', b" \r", b"4", b""], [(0, {"a": 1}), (2, 4)]),
+        # A line that is not JSON stands in its place.
+        ([b"1", b"{broken", b"2"], [(0, 1), (1, NOT_JSON), (2, 2)]),
+        ([b""], []),
+    ],
+)
+def test_a_stream_line_is_indexed_by_its_line(
+    lines: list[bytes], expected: list[tuple[int, Any]]
+) -> None:
+    assert [(i.index, i.raw) for i in stream_items(lines)] == expected
 
 
 async def test_ingest_needs_a_supplier_token(client: httpx.AsyncClient, world: World) -> None:

@@ -110,6 +110,22 @@ async def post_fix_stream(
     lines = body.split(b"\n")
     if len(lines) > settings.max_stream_lines + 1:
         raise PayloadTooLarge(f"more than {settings.max_stream_lines} lines in one stream")
+    return await _hand_over(service.ingest, request, runtime, supplier, stream_items(lines))
+
+
+def stream_items(lines: list[bytes]) -> list[Item]:
+    """A stream's lines as items, each indexed by its line; blank lines are left out and
+    a line that is not JSON stands as NOT_JSON. Nearly always every line is JSON but a
+    last blank one, and then the lines are read in one pass: 0.66 µs a fix against 1.17
+    a line at a time (docs/benchmarks.md, twenty-third session)."""
+    if lines and not lines[-1].strip():
+        lines = lines[:-1]
+    try:
+        values = [orjson.loads(line) for line in lines]
+    except orjson.JSONDecodeError:  # a blank line among them, or one that is not JSON
+        pass
+    else:
+        return list(map(Item, range(len(values)), values))
     items: list[Item] = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -118,7 +134,7 @@ async def post_fix_stream(
             items.append(Item(i, orjson.loads(line)))
         except orjson.JSONDecodeError:
             items.append(Item(i, service.NOT_JSON))
-    return await _hand_over(service.ingest, request, runtime, supplier, items)
+    return items
 
 
 @router.post("/device-events", status_code=status.HTTP_202_ACCEPTED)

@@ -42,7 +42,9 @@ from services.registry.service import TagDirectory, TagInfo
 from services.topics import DEVICE_EVENTS, POINTS
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, dear for
+# an object made for every fix of every request. Nothing changes one once made.
+@dataclass(slots=True)
 class Item:
     """One fix as it came in: its position in the request and its raw JSON value."""
 
