@@ -103,15 +103,22 @@ def batches(
 
 
 def _line(fleet: Fleet, d: DayOfFixes, i: int) -> bytes:
-    return orjson.dumps(
-        {
-            "tag_id": fleet.spec.tag_id(int(d.tag[i])),
-            "ts": datetime.fromtimestamp(float(d.ts[i]), UTC).isoformat(),
-            "lat": round(float(d.lat[i]), 7),
-            "lon": round(float(d.lon[i]), 7),
-            "accuracy_m": float(d.accuracy_m[i]),
-            "speed_mps": float(d.speed_mps[i]),
-        }
+    # A copy of its own size: orjson (3.12 on) hands back its whole write buffer, 4 KiB
+    # however short the line, and a day's lines held at once took 12.9 GB, not half a
+    # gigabyte (docs/benchmarks.md, twenty-fourth session).
+    return bytes(
+        memoryview(
+            orjson.dumps(
+                {
+                    "tag_id": fleet.spec.tag_id(int(d.tag[i])),
+                    "ts": datetime.fromtimestamp(float(d.ts[i]), UTC).isoformat(),
+                    "lat": round(float(d.lat[i]), 7),
+                    "lon": round(float(d.lon[i]), 7),
+                    "accuracy_m": float(d.accuracy_m[i]),
+                    "speed_mps": float(d.speed_mps[i]),
+                }
+            )
+        )
     )
 
 
