@@ -135,8 +135,18 @@ async def post(
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/x-ndjson"}
     began = time.perf_counter()
 
-    async def worker(client: httpx.AsyncClient) -> None:
-        async with client:
+    # A client of one kept-open connection for each request in flight: one client
+    # pooling them spent 2.5 times the CPU a request (2.8 ms against 1.1 for 2,000
+    # fixes, posted to a server that only reads them), most of it its pool's
+    # bookkeeping, which visits every connection for every request (docs/benchmarks.md,
+    # twenty-third session). The benchmark shares the cores with the servers it
+    # measures. One TLS context for them all: each client would load the certificates.
+    tls = httpx.create_ssl_context()
+
+    async def worker() -> None:
+        async with httpx.AsyncClient(
+            timeout=120, verify=tls, limits=httpx.Limits(max_connections=1)
+        ) as client:
             while (lines := await queue.get()) is not None:
                 await send(client, lines)
 
@@ -161,28 +171,21 @@ async def post(
         sent.duplicates += answer["duplicates"]
         sent.rejected += len(answer["rejected"])
 
-    # A client of one kept-open connection for each request in flight: one client
-    # pooling them spent 2.5 times the CPU a request (2.8 ms against 1.1 for 2,000
-    # fixes, posted to a server that only reads them), most of it its pool's
-    # bookkeeping, which visits every connection for every request (docs/benchmarks.md,
-    # twenty-third session). The benchmark shares the cores with the servers it
-    # measures. One TLS context for them all: each client would load the certificates.
-    tls = httpx.create_ssl_context()
-    clients = [
-        httpx.AsyncClient(timeout=120, verify=tls, limits=httpx.Limits(max_connections=1))
-        for _ in range(concurrency)
-    ]
-    workers = [asyncio.create_task(worker(client)) for client in clients]
-    for lines in bodies:
-        sent.fixes += len(lines)
-        if rate:
-            ahead = sent.fixes / rate - (time.perf_counter() - began)
-            if ahead > 0:
-                await asyncio.sleep(ahead)
-        await queue.put(lines)
-    for _ in workers:
-        await queue.put(None)
-    await asyncio.gather(*workers)
+    # In a task group: a worker that fails on anything else (an answer that is not what
+    # the API says it sends) fails the whole post, rather than leaving the queue full and
+    # this loop waiting on it for ever.
+    async with asyncio.TaskGroup() as workers:
+        for _ in range(concurrency):
+            workers.create_task(worker())
+        for lines in bodies:
+            sent.fixes += len(lines)
+            if rate:
+                ahead = sent.fixes / rate - (time.perf_counter() - began)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            await queue.put(lines)
+        for _ in range(concurrency):
+            await queue.put(None)
     return sent
 
 

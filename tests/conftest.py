@@ -17,6 +17,7 @@ import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
+from starlette.types import ASGIApp
 
 from bench.common import drop_database
 from services.app import create_app
@@ -117,8 +118,14 @@ def free_port() -> int:
 @asynccontextmanager
 async def serve(pipeline: Pipeline) -> AsyncIterator[str]:
     """Serves the API over real HTTP on a free loopback port; yields its base URL."""
+    async with serve_app(create_app(pipeline, manage=False)) as url:
+        yield url
+
+
+@asynccontextmanager
+async def serve_app(app: ASGIApp) -> AsyncIterator[str]:
+    """Serves an ASGI app over real HTTP on a free loopback port; yields its base URL."""
     port = free_port()
-    app = create_app(pipeline, manage=False)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     )

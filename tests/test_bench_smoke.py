@@ -3,6 +3,7 @@ figures are printed, never asserted: speed is measured on demand (docs/benchmark
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from starlette.types import Receive, Scope, Send
 
 from bench import copy_batches, ingest_path, proximity, simulate, throughput, trail_indexes, wire
 from bench.fleet import Fleet, FleetSpec
@@ -19,7 +21,7 @@ from services.common.auth import Role
 from services.common.database import Database
 from services.common.settings import Settings
 from services.pipeline import Pipeline
-from tests.conftest import serve, token_for
+from tests.conftest import serve, serve_app, token_for
 
 
 async def test_proximity_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -162,6 +164,22 @@ async def test_the_simulator_enrols_a_fleet_and_posts_it(
         stored = await conn.fetchval("select count(*) from trail_points")
     # 5 tags reporting each minute for 30 minutes, less signal loss (up to an hour a tag).
     assert 90 <= stored <= 150, stored
+
+
+async def test_the_simulator_fails_on_an_answer_it_cannot_read_rather_than_wait() -> None:
+    async def accepts_unreadably(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+        await send({"type": "http.response.body", "body": b"accepted, more or less"})
+
+    # More requests than the queue and the workers hold at once: were a failed worker to
+    # leave the rest waiting, the posting would wait for ever.
+    bodies = iter([[b'{"tag_id": "T1"}']] * 40)
+    async with serve_app(accepts_unreadably) as url, asyncio.timeout(30):
+        with pytest.raises(ExceptionGroup) as failed:
+            await simulate.post(url, "token", bodies, concurrency=2)
+    assert failed.group_contains(ValueError)  # the JSON decoder's error
 
 
 def test_the_simulator_holds_back_offline_tags_and_sends_them_late_out_of_order() -> None:
