@@ -104,8 +104,8 @@ def batches(
 
 def _line(fleet: Fleet, d: DayOfFixes, i: int) -> bytes:
     # A copy of its own size: orjson (3.12 on) hands back its whole write buffer, 4 KiB
-    # however short the line, and a day's lines held at once took 12.9 GB, not half a
-    # gigabyte (docs/benchmarks.md, twenty-fourth session).
+    # however short the line, and a whole day's lines, held at once by the throughput
+    # benchmark, took 11.7 GB rather than 0.7 (docs/benchmarks.md, twenty-fourth session).
     return bytes(
         memoryview(
             orjson.dumps(
