@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import re
 import shutil
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -180,6 +181,23 @@ async def test_the_simulator_fails_on_an_answer_it_cannot_read_rather_than_wait(
         with pytest.raises(ExceptionGroup) as failed:
             await simulate.post(url, "token", bodies, concurrency=2)
     assert failed.group_contains(ValueError)  # the JSON decoder's error
+
+
+def test_the_simulator_holds_each_line_at_its_own_size() -> None:
+    # orjson hands back a 4 KiB buffer for the shortest line; the throughput benchmark
+    # holds a whole day's lines at once (docs/benchmarks.md, twenty-fourth session).
+    fleet = Fleet(FleetSpec(tags=50, seed=2))
+    start = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        made = list(simulate.batches(fleet, start, 60, batch_fixes=500))
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    lines = [line for batch in made for line in batch]
+    assert len(lines) > 2500
+    assert held < 2 * sum(map(len, lines)), (held, sum(map(len, lines)))
 
 
 def test_the_simulator_holds_back_offline_tags_and_sends_them_late_out_of_order() -> None:
