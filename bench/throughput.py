@@ -64,9 +64,12 @@ def free_port() -> int:
 # The fleet time every run posts, whatever the clock says: a weekday afternoon, when
 # the fleet is out and about (its fixes are stamped as the stretch just before the run).
 FLEET_TIME = datetime(2026, 3, 11, 13, 30, tzinfo=UTC)
-# Consumer groups each topic must have, all caught up, before a Kafka run is done (the
-# crime matcher's box keeper takes stored fixes from the database: `boxed` below).
-KAFKA_CONSUMERS = {"points": 1, "stored-points": 1}
+# Consumer groups the fixes must have, all caught up, before a Kafka run is done: the
+# store's and the zone checker's, both on points since the twenty-fifth session (on
+# stored-points before, as another checkout's may be). The crime matcher's box keeper
+# takes stored fixes from the database (`boxed` below).
+FIX_TOPICS = ("points", "stored-points")
+FIX_GROUPS = 2
 
 
 async def boxed(conn: asyncpg.Connection) -> None:
@@ -115,7 +118,7 @@ async def kafka_caught_up(
             if (group, tp.topic) in moved:
                 committed[tp] = min(committed.get(tp, offset), offset)
                 groups_on.setdefault(tp.topic.removeprefix(prefix), set()).add(group)
-        if any(len(groups_on.get(t, ())) < n for t, n in KAFKA_CONSUMERS.items()):
+        if sum(len(groups_on.get(t, ())) for t in FIX_TOPICS) < FIX_GROUPS:
             return False
         ends = await consumer.end_offsets(list(committed))
         return all(committed[tp] >= end for tp, end in ends.items())

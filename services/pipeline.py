@@ -109,7 +109,9 @@ class Pipeline:
         if Role.zones in self.roles:
             checker = ZoneChecker(db, bus, self.settings.check)
             await checker.start()
-            bus.subscribe(ZONES_GROUP + sfx, STORED, checker.handle, max_batch=batch)
+            bus.subscribe(
+                ZONES_GROUP + sfx, STORED, checker.handle, max_batch=batch, after=STORE_GROUP + sfx
+            )
             self._watch = DeviceWatch(db, bus, self.settings.check)
             bus.subscribe(
                 CONDITIONS_GROUP + sfx, STORED_EVENTS, self._watch.handle, max_batch=batch

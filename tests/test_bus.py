@@ -18,6 +18,7 @@ import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import BaseModel
 
@@ -726,6 +727,66 @@ async def test_kafka_consumers_of_fixes_under_load_fetch_on_for_more(settings: S
     assert len(calls) == 3, [len(c) for _, c in calls]
     assert calls[2][1] == list(range(11, 71))
     assert calls[2][0] - sent < 3.0
+
+
+# What the store publishes once it has stored fixes: on Kafka, the fix batches
+# themselves, read as the publishing group commits them.
+DONE_BATCHES = BatchTopic(
+    "done-batches", FixColumnsMessage, decoder=FixBatch.decode, stands_for=FIX_BATCHES
+)
+
+
+async def test_kafka_a_topic_standing_for_another_is_read_as_its_publisher_commits(
+    settings: Settings,
+) -> None:
+    """A topic that stands for another (the stored fixes, for the points) is not written
+    on Kafka: its readers read the other topic, each record only once the publishing
+    group has committed past it, that is, once its work on the record is done."""
+    isolated = kafka_settings(settings)
+    release = asyncio.Event()
+    taken: list[int] = []
+    seen: list[int] = []
+
+    async def publish_when_done(batches: list[FixBatch]) -> None:
+        b = FixBatch.concat(batches)
+        taken.extend(round(a) - 1 for a in b.accuracy_m.tolist())
+        await release.wait()
+        await publisher.publish_batch(DONE_BATCHES, b)
+
+    async def read(batches: list[FixBatch]) -> None:
+        seen.extend(round(a) - 1 for b in batches for a in b.accuracy_m.tolist())
+
+    publisher = KafkaBus(isolated.kafka, DEAD, [FIX_BATCHES, DONE_BATCHES, DEAD])
+    publisher.subscribe("test-publisher", FIX_BATCHES, publish_when_done)
+    reader = KafkaBus(isolated.kafka, DEAD, [FIX_BATCHES, DONE_BATCHES, DEAD])
+    with pytest.raises(ValueError, match="name its publisher"):
+        reader.subscribe("test-reader", DONE_BATCHES, read)
+    reader.subscribe("test-reader", DONE_BATCHES, read, after="test-publisher")
+    await publisher.start()
+    await reader.start()
+    try:
+        await publisher.publish_batch(FIX_BATCHES, _fix_batch([("tag-a", n) for n in range(5)]))
+        await eventually(lambda: _value(len(taken)), lambda n: n == 5)
+        # The reader has the records by now (its topic is theirs), but the publisher
+        # has not done with them.
+        await asyncio.sleep(2.0)
+        assert seen == []
+        release.set()
+        await eventually(lambda: _value(list(seen)), lambda s: s == list(range(5)))
+        with pytest.raises(TypeError, match="not written"):
+            await publisher.publish_raw(DONE_BATCHES, [Envelope(b"tag-a", b"{}")])
+        admin = AIOKafkaAdminClient(bootstrap_servers=isolated.kafka.bootstrap)
+        await admin.start()
+        try:
+            topics = set(await admin.list_topics())
+        finally:
+            await admin.close()
+        assert publisher.physical(DONE_BATCHES) == publisher.physical(FIX_BATCHES)
+        assert isolated.kafka.topic_prefix + DONE_BATCHES.name not in topics
+    finally:
+        release.set()
+        await reader.stop()
+        await publisher.stop()
 
 
 def test_the_batch_cap_is_larger_on_kafka_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -93,6 +93,13 @@ class BatchTopic(Topic[Any]):
 
     decoder: Callable[[bytes], Any] = field(default=_no_decoder)
     max_rows: int = 2000
+    # On a bus that keeps its records (Kafka), a topic that stands for another is not
+    # written: its publisher has handled that other topic's records, and publishes to
+    # this one exactly the rows it took from them, once its work on them is done. So
+    # rather than write them again, the bus lets this topic's readers read the other
+    # topic, each record once the publishing group has committed past it (the group
+    # named `after` when they subscribe). On the in-process bus it is a topic like any.
+    stands_for: BatchTopic | None = None
 
     def encode(self, message: Any) -> bytes:
         return bytes(message.encode())
@@ -167,6 +174,8 @@ class Subscription:
     topic: Topic[Any]
     handler: Handler
     max_batch: int
+    # The group that publishes the topic, if the topic stands for another (BatchTopic).
+    after: str | None = None
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -208,10 +217,19 @@ class Bus(ABC):
         self._sending: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def subscribe(
-        self, group: str, topic: Topic[Any], handler: Handler, *, max_batch: int = 2000
+        self,
+        group: str,
+        topic: Topic[Any],
+        handler: Handler,
+        *,
+        max_batch: int = 2000,
+        after: str | None = None,
     ) -> None:
-        """Registers a handler; call before start()."""
-        self.subscriptions.append(Subscription(group, topic, handler, max_batch))
+        """Registers a handler; call before start(). `after`: the group that publishes
+        the topic, which a topic that stands for another needs (BatchTopic)."""
+        if isinstance(topic, BatchTopic) and topic.stands_for is not None and after is None:
+            raise ValueError(f"{topic.name} stands for {topic.stands_for.name}: name its publisher")
+        self.subscriptions.append(Subscription(group, topic, handler, max_batch, after))
 
     @abstractmethod
     async def start(self) -> None: ...

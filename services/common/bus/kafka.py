@@ -19,6 +19,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from services.common.bus.base import (
     Backoff,
+    Batch,
     BatchTopic,
     Bus,
     BusUnavailable,
@@ -187,6 +188,11 @@ class Load:
         return self._total
 
 
+# How often a reader of a topic that stands for another asks whether the publisher
+# has committed what it has fetched: first, and at most (KafkaBus._published).
+GATE_FIRST_S = 0.01
+GATE_LAST_S = 0.1
+
 # How long stop() lets consumers finish the batch in hand before cancelling them.
 GRACE_S = 15.0
 
@@ -208,6 +214,10 @@ class KafkaBus(Bus):
         self._partitioner = KeyPartitioner()
         self.topics = list(topics)
         self._producer: AIOKafkaProducer | None = None
+        # Reads the committed offsets of the groups that publish topics standing for
+        # others (BatchTopic.stands_for), and where each group's coordinator is.
+        self._admin: AIOKafkaAdminClient | None = None
+        self._coordinators: dict[str, int] = {}
         self._consumers: list[AIOKafkaConsumer] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -216,6 +226,10 @@ class KafkaBus(Bus):
         self._adding: defaultdict[tuple[str, int], asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def physical(self, topic: Topic[Any]) -> str:
+        """The topic's name on the broker: for a topic that stands for another, the
+        other's (see BatchTopic)."""
+        while isinstance(topic, BatchTopic) and topic.stands_for is not None:
+            topic = topic.stands_for
         return self.settings.topic_prefix + topic.name
 
     async def ensure_topics(self) -> None:
@@ -224,9 +238,9 @@ class KafkaBus(Bus):
         try:
             existing = set(await admin.list_topics())
             missing = [
-                NewTopic(self.physical(t), self.settings.partitions, 1)
-                for t in self.topics
-                if self.physical(t) not in existing
+                NewTopic(name, self.settings.partitions, 1)
+                for name in dict.fromkeys(self.physical(t) for t in self.topics)
+                if name not in existing
             ]
             if missing:
                 # Another process may create the same topics at the same moment; the
@@ -247,6 +261,12 @@ class KafkaBus(Bus):
             request_timeout_ms=int(self.settings.request_timeout_s * 1000),
         )
         await self._producer.start()
+        if any(sub.after is not None for sub in self.subscriptions):
+            self._admin = AIOKafkaAdminClient(
+                bootstrap_servers=self.settings.bootstrap,
+                request_timeout_ms=int(self.settings.request_timeout_s * 1000),
+            )
+            await self._admin.start()
         lanes = [(sub, lane) for sub in self.subscriptions for lane in range(self.lanes)]
         for sub, _ in lanes:
             self._consumers.append(
@@ -289,6 +309,9 @@ class KafkaBus(Bus):
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
 
     async def ping(self) -> bool:
         if self._producer is None:
@@ -309,9 +332,18 @@ class KafkaBus(Bus):
             raise BusUnavailable(f"the message bus did not say its partitions: {exc}") from exc
         return self._partitioner.lanes([k.encode() for k in keys], partitions)
 
+    async def publish_batch(self, topic: BatchTopic, batch: Batch) -> None:
+        """As Bus.publish_batch; a topic that stands for another is not written: its
+        rows are on the bus already, as the other's, and its readers see them once the
+        publisher's group has committed them (BatchTopic.stands_for)."""
+        if topic.stands_for is None:
+            await super().publish_batch(topic, batch)
+
     async def publish_raw(self, topic: Topic[Any], envelopes: Sequence[Envelope]) -> None:
         if self._producer is None:
             raise RuntimeError("the Kafka bus is not started")
+        if isinstance(topic, BatchTopic) and topic.stands_for is not None:
+            raise TypeError(f"{topic.name} stands for {topic.stands_for.name}: it is not written")
         name = self.physical(topic)
         producer = self._producer
         try:
@@ -386,9 +418,11 @@ class KafkaBus(Bus):
             ]
             if isinstance(sub.topic, BatchTopic) and self.settings.linger_ms > 0:
                 await self._linger(sub, consumer, load, batches, envelopes)
+            offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
+            if sub.after is not None and not await self._published(sub, offsets):
+                return  # stopping: none of it handled, none of it committed
             for run in sized(envelopes, sub.max_batch):
                 await self.deliver(sub, run)
-            offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
             try:
                 await consumer.commit(offsets)
             except CommitFailedError:
@@ -396,6 +430,38 @@ class KafkaBus(Bus):
                 # last commit, and every handler is idempotent, so nothing is lost or doubled.
                 log.warning("%s: commit failed after a rebalance", sub.group)
             await self._record_lag(sub, consumer)
+
+    async def _published(self, sub: Subscription, offsets: dict[TopicPartition, int]) -> bool:
+        """Waits until the group that publishes the subscription's topic (`sub.after`)
+        has committed each partition of the topic it stands for up to `offsets`: only
+        then is its work on those records done, and they are the topic's. False if the
+        bus stops first. The committed offsets are polled: 10 ms apart at first, as
+        the publisher may be about to commit, then further apart, up to 100 ms."""
+        assert self._admin is not None and isinstance(sub.topic, BatchTopic)
+        assert sub.topic.stands_for is not None
+        group = f"{sub.after}.{sub.topic.stands_for.name}"
+        wait = GATE_FIRST_S
+        while not self._stopping.is_set():
+            try:
+                node = self._coordinators.get(group)
+                if node is None:
+                    node = self._coordinators[group] = await self._admin.find_coordinator(group)
+                committed = await self._admin.list_consumer_group_offsets(
+                    group, node, list(offsets)
+                )
+            except KafkaError as exc:
+                log.warning("%s: reading %s's offsets failed, retrying: %r", sub.group, group, exc)
+                self._coordinators.pop(group, None)
+                wait = GATE_LAST_S
+            else:
+                done = {tp: meta.offset for tp, meta in committed.items()}
+                if all(done.get(tp, -1) >= end for tp, end in offsets.items()):
+                    return True
+            # Until either the wait is over or the bus stops.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)
+            wait = min(GATE_LAST_S, wait * 2)
+        return False
 
     async def _linger(
         self,
