@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.common.database import Database
 from services.common.settings import Settings
@@ -414,3 +414,90 @@ async def test_a_breach_ended_by_fixes_stored_but_not_yet_checked_is_updated_not
     )
     (episode,) = [e for e in afresh if e.subject_id == world.subjects[0]]
     assert str(episode.id) == alert["id"] and episode.end == ended
+
+
+async def test_the_zone_checker_reading_the_points_again_files_nothing_new(
+    settings: Settings, database: str, db: Database
+) -> None:
+    """On Kafka the zone checker's group reads the points topic (as the store commits
+    it). A version before read stored-points, so after an upgrade the group reads the
+    points from their start and checks every fix again: that must change no alert and
+    file no transition (README, "The stored fixes on Kafka")."""
+    isolated = kafka_settings(settings)
+
+    async def transitions() -> int:
+        return await count(db, "select count(*) from alert_transitions")
+
+    pipeline = Pipeline(isolated, bus="kafka", roles=ALL_ROLES, database=database)
+    await pipeline.start()
+    try:
+        async with serve(pipeline) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            world = await enrol(http, db, n=1)
+            zone = {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [square(*ZONE_CENTRE, 150)]},
+                "properties": {
+                    "subject_id": str(world.subjects[0]),
+                    "kind": "exclusion",
+                    "name": "Victim's street",
+                },
+            }
+            r = await http.post("/v1/zones", json=zone, headers=world.admin)
+            assert r.status_code == 201, r.text
+            start = utcnow() - timedelta(minutes=30)
+            outside = (ZONE_CENTRE[0] + 0.01, ZONE_CENTRE[1])
+            # Two breaches, uploaded in three requests (three batches at least).
+            path = [outside, *[ZONE_CENTRE] * 3, outside, outside, *[ZONE_CENTRE] * 3, outside]
+            fixes = [fix(start + timedelta(minutes=i), *p) for i, p in enumerate(path)]
+            for part in (fixes[:4], fixes[4:7], fixes[7:]):
+                r = await http.post(
+                    "/v1/fixes",
+                    json={"tag_id": world.tags[0], "fixes": part},
+                    headers=world.supplier,
+                )
+                assert r.status_code == 202, r.text
+            ended = "select count(*) from alerts where ended_at is not null"
+            await eventually(lambda: count(db, ended), lambda n: n == 2)
+    finally:
+        await pipeline.stop()
+    before = await transitions()
+    alerts = "select id, opened_at, ended_at, state, superseded_by from alerts order by id"
+    async with db.pool.acquire() as conn:
+        standing = [tuple(r) for r in await conn.fetch(alerts)]
+
+    # The zone checker's group back to the start of the points topic.
+    group = "tagtrail-zones.stored-points"
+    points = isolated.kafka.topic_prefix + "points"
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=isolated.kafka.bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        parts = [TopicPartition(points, p) for p in range(isolated.kafka.partitions)]
+        ends = await consumer.end_offsets(parts)
+        consumer.assign(parts)
+        await consumer.commit({tp: 0 for tp in parts})
+    finally:
+        await consumer.stop()
+
+    again = Pipeline(isolated, bus="kafka", roles=ALL_ROLES, database=database)
+    await again.start()
+    try:
+        checker = AIOKafkaConsumer(bootstrap_servers=isolated.kafka.bootstrap, group_id=group)
+        await checker.start()
+        try:
+
+            async def read_again() -> bool:
+                done = [(await checker.committed(tp)) or 0 for tp in parts]
+                return all(d >= ends[tp] for d, tp in zip(done, parts, strict=True))
+
+            await eventually(read_again, bool)
+        finally:
+            await checker.stop()
+        await asyncio.sleep(1.0)
+    finally:
+        await again.stop()
+    assert sum(ends.values()) > 0
+    assert await transitions() == before
+    async with db.pool.acquire() as conn:
+        assert [tuple(r) for r in await conn.fetch(alerts)] == standing
