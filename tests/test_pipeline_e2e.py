@@ -433,17 +433,7 @@ async def test_the_zone_checker_reading_the_points_again_files_nothing_new(
     try:
         async with serve(pipeline) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
             world = await enrol(http, db, n=1)
-            zone = {
-                "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": [square(*ZONE_CENTRE, 150)]},
-                "properties": {
-                    "subject_id": str(world.subjects[0]),
-                    "kind": "exclusion",
-                    "name": "Victim's street",
-                },
-            }
-            r = await http.post("/v1/zones", json=zone, headers=world.admin)
-            assert r.status_code == 201, r.text
+            await exclusion_zone(http, world, ZONE_CENTRE)
             start = utcnow() - timedelta(minutes=30)
             outside = (ZONE_CENTRE[0] + 0.01, ZONE_CENTRE[1])
             # Two breaches, uploaded in three requests (three batches at least).
