@@ -188,6 +188,12 @@ class Load:
         return self._total
 
 
+def group_id(group: str, topic: Topic[Any]) -> str:
+    """The Kafka consumer group of a role's group on a topic: one a (role, topic), so a
+    role on two topics never rebalances both."""
+    return f"{group}.{topic.name}"
+
+
 # How often a reader of a topic that stands for another asks whether the publisher
 # has committed what it has fetched: first, and at most (KafkaBus._published).
 GATE_FIRST_S = 0.01
@@ -273,9 +279,7 @@ class KafkaBus(Bus):
                 AIOKafkaConsumer(
                     self.physical(sub.topic),
                     bootstrap_servers=self.settings.bootstrap,
-                    # One group per (role, topic): a role on two topics never rebalances
-                    # both.
-                    group_id=f"{sub.group}.{sub.topic.name}",
+                    group_id=group_id(sub.group, sub.topic),
                     enable_auto_commit=False,
                     auto_offset_reset="earliest",
                     max_partition_fetch_bytes=MAX_REQUEST_BYTES,
@@ -438,8 +442,8 @@ class KafkaBus(Bus):
         bus stops first. The committed offsets are polled: 10 ms apart at first, as
         the publisher may be about to commit, then further apart, up to 100 ms."""
         assert self._admin is not None and isinstance(sub.topic, BatchTopic)
-        assert sub.topic.stands_for is not None
-        group = f"{sub.after}.{sub.topic.stands_for.name}"
+        assert sub.after is not None and sub.topic.stands_for is not None
+        group = group_id(sub.after, sub.topic.stands_for)
         wait = GATE_FIRST_S
         while not self._stopping.is_set():
             try:
