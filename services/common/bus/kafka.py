@@ -198,6 +198,8 @@ def group_id(group: str, topic: Topic[Any]) -> str:
 # has committed what it has fetched: first, and at most (KafkaBus._published).
 GATE_FIRST_S = 0.01
 GATE_LAST_S = 0.1
+# How long it waits before it lets the records go, to fetch them again.
+GATE_PATIENCE_S = 10.0
 
 # How long stop() lets consumers finish the batch in hand before cancelling them.
 GRACE_S = 15.0
@@ -424,7 +426,15 @@ class KafkaBus(Bus):
                 await self._linger(sub, consumer, load, batches, envelopes)
             offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
             if sub.after is not None and not await self._published(sub, offsets):
-                return  # stopping: none of it handled, none of it committed
+                # Not yet (or stopping): none of it is handled or committed, and it is
+                # fetched again, so that the consumer polls on and keeps its partitions
+                # (a consumer that has not polled for max_poll_interval_ms is dropped
+                # from its group) while the publisher is down.
+                assigned = consumer.assignment()
+                for tp, records in batches.items():
+                    if records and tp in assigned:
+                        consumer.seek(tp, records[0].offset)
+                continue
             for run in sized(envelopes, sub.max_batch):
                 await self.deliver(sub, run)
             try:
@@ -439,13 +449,16 @@ class KafkaBus(Bus):
         """Waits until the group that publishes the subscription's topic (`sub.after`)
         has committed each partition of the topic it stands for up to `offsets`: only
         then is its work on those records done, and they are the topic's. False if the
-        bus stops first. The committed offsets are polled: 10 ms apart at first, as
-        the publisher may be about to commit, then further apart, up to 100 ms."""
+        bus stops first, or if GATE_PATIENCE_S go by first (the publisher is down or
+        far behind). The committed offsets are polled: 10 ms apart at first, as the
+        publisher may be about to commit, then further apart, up to 100 ms."""
         assert self._admin is not None and isinstance(sub.topic, BatchTopic)
         assert sub.after is not None and sub.topic.stands_for is not None
         group = group_id(sub.after, sub.topic.stands_for)
         wait = GATE_FIRST_S
-        while not self._stopping.is_set():
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GATE_PATIENCE_S
+        while not self._stopping.is_set() and loop.time() < deadline:
             try:
                 node = self._coordinators.get(group)
                 if node is None:
