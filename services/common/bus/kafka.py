@@ -236,7 +236,7 @@ class KafkaBus(Bus):
     def physical(self, topic: Topic[Any]) -> str:
         """The topic's name on the broker: for a topic that stands for another, the
         other's (see BatchTopic)."""
-        while isinstance(topic, BatchTopic) and topic.stands_for is not None:
+        if isinstance(topic, BatchTopic) and topic.stands_for is not None:
             topic = topic.stands_for
         return self.settings.topic_prefix + topic.name
 
