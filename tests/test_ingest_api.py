@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -412,17 +413,25 @@ def _written(rng: random.Random, ts: datetime) -> str:
     )
 
 
+@pytest.mark.parametrize("max_tags", [100_000, 1], ids=["kept", "numbers dropped"])
 async def test_a_clean_request_is_admitted_in_one_validation_as_the_full_path_admits_it(
-    client: httpx.AsyncClient, world: World, db: Database
+    client: httpx.AsyncClient, world: World, db: Database, max_tags: int
 ) -> None:
     """admit_clean (every fix validated once, as a message) makes the very messages the
     full path makes, times in UTC's own tzinfo, for random clean requests; and leaves
     to the full path any request with one fix it would reject, or with a time it does not
-    read plainly."""
+    read plainly. Also when the directory can keep one tag's number only, and drops
+    them all nearly every request."""
     rng = random.Random(4)
     supplier = Principal(world.supplier_id, Role.supplier, "supplier-T")
     other = await enrol(client, db, n=1, prefix="U")
-    tags = TagDirectory()
+    r = await client.post(
+        "/v1/tags",
+        json={"tag_id": "T-BARE", "supplier_id": str(world.supplier_id)},
+        headers=world.admin,
+    )
+    assert r.status_code == 201, r.text
+    tags = TagDirectory(max_tags=max_tags)
     now = utcnow()
     async with db.pool.acquire() as conn:
         for _ in range(30):
@@ -461,6 +470,7 @@ async def test_a_clean_request_is_admitted_in_one_validation_as_the_full_path_ad
             ("unknown source", {**good, "source": "psychic"}),
             ("unknown tag", {**good, "tag_id": "NO-SUCH-TAG"}),
             ("another supplier's tag", {**good, "tag_id": other.tags[0]}),
+            ("a tag never worn", {**good, "tag_id": "T-BARE"}),
             ("tag id a number", {**good, "tag_id": 7}),
             ("ts in the future", {**good, "ts": (now + timedelta(hours=1)).isoformat()}),
             ("ts over a year old", {**good, "ts": (now - timedelta(days=400)).isoformat()}),
@@ -631,6 +641,31 @@ async def test_the_tag_directory_answers_as_the_registry_does_after_every_change
     assert kept == fresh and "T-NEW" in kept
 
 
+async def test_the_tag_directory_reads_again_what_another_request_dropped_meanwhile(
+    client: httpx.AsyncClient, world: World, db: Database
+) -> None:
+    """Requests read tags side by side. When one's new tags make the directory drop
+    every number (it keeps one here) while another waits for its tags from the
+    registry, the waiting one reads them again under the new numbers: each answers
+    as the registry does, and every number left names the tag it was given for."""
+    more = await enrol(client, db, n=2, prefix="V")
+    directory = TagDirectory(max_tags=1)
+    wanted = [world.tags, more.tags, [world.tags[0], more.tags[1]]]
+
+    async def read(tag_ids: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        async with db.pool.acquire() as conn:
+            kept = await directory.resolve(conn, tag_ids)
+            return kept, await resolve_tags(conn, tag_ids)
+
+    for _ in range(3):
+        for kept, fresh in await asyncio.gather(*(read(t) for t in wanted)):
+            assert kept == fresh and len(kept) == 2
+        assert directory.codes.epoch > 0
+        for code, name in enumerate(directory.codes.names):
+            info = directory._infos[code]
+            assert info is None or info.tag_id == name
+
+
 def _fixes(tag: str, subject: uuid.UUID, times: list[datetime]) -> FixBatch:
     return FixBatch.of(
         [
@@ -648,9 +683,13 @@ def _fixes(tag: str, subject: uuid.UUID, times: list[datetime]) -> FixBatch:
     )
 
 
-@pytest.mark.parametrize("generation", [100_000, 8], ids=["one generation", "folding"])
+@pytest.mark.parametrize(
+    ("generation", "max_tags"),
+    [(100_000, 100_000), (8, 100_000), (100_000, 2)],
+    ids=["one generation", "folding", "numbers dropped"],
+)
 async def test_only_fixes_ingest_cannot_vouch_for_are_looked_up(
-    db: Database, generation: int
+    db: Database, generation: int, max_tags: int
 ) -> None:
     """Random requests for a few tags, each of fixes in order, late (out of order, new), or
     re-sends of stored ones, each request stored after it is judged: every fix already in
@@ -658,11 +697,13 @@ async def test_only_fixes_ingest_cannot_vouch_for_are_looked_up(
     no generation of keys has been folded into the horizons, a new fix of a tag met
     before is not looked up, however late, if it is after the tag's horizon when met. A
     tag whose trail holds later fixes than the process has seen (stored through another
-    process) gets its horizon from the trail."""
+    process) gets its horizon from the trail. When the tags' numbers are dropped (two
+    kept here), what was kept by them is forgotten: only stored fixes must be looked up."""
     rng = random.Random(7)
     start = utcnow().replace(microsecond=0) - timedelta(hours=3)
     tags = {f"HZ-{i}": uuid.uuid4() for i in range(4)}
-    horizons = FixHorizons(ttl_s=3600, keys=generation)
+    horizons = FixHorizons(ttl_s=3600, keys=generation, max_tags=max_tags)
+    trusting = generation > 1000 and max_tags > len(tags)
     stored_keys: set[tuple[str, float]] = set()
     met: dict[str, float] = {}  # each tag's horizon when met
     newest: dict[str, float] = {}
@@ -688,7 +729,7 @@ async def test_only_fixes_ingest_cannot_vouch_for_are_looked_up(
             for t, u in zip(times, unsure, strict=True):
                 if (tag, t) in stored_keys:
                     assert u, (step, kind, tag, t)
-                elif tag in met and t > met[tag] and generation > 1000:
+                elif tag in met and t > met[tag] and trusting:
                     assert not u, (step, kind, tag, t)
                     skipped += 1
                 elif not u:
@@ -708,6 +749,34 @@ async def test_only_fixes_ingest_cannot_vouch_for_are_looked_up(
             newest[tag] = max(newest.get(tag, -1.0), *times)
     assert skipped > 10
     assert met["HZ-0"] == (start + timedelta(hours=2)).timestamp()
+
+
+async def test_a_tag_forgotten_while_a_request_looks_up_another_is_looked_up(
+    db: Database,
+) -> None:
+    """A request with a tag met before and one new to the process waits for the new
+    one's horizon; if everything is forgotten meanwhile (another request found the TTL
+    gone), the tag met before has no horizon left, and all its fixes are looked up."""
+    start = utcnow().replace(microsecond=0) - timedelta(hours=1)
+    subject = uuid.uuid4()
+    horizons = FixHorizons(ttl_s=3600)
+    async with db.pool.acquire() as conn:
+        assert (await horizons.unsure(conn, _fixes("HZ-A", subject, [start]))).all()
+        later = [start + timedelta(minutes=1)]
+        assert not (await horizons.unsure(conn, _fixes("HZ-A", subject, later))).any()
+        both = FixBatch.concat(
+            [
+                _fixes("HZ-A", subject, [start + timedelta(minutes=2)]),
+                _fixes("HZ-B", subject, [start + timedelta(minutes=2)]),
+            ]
+        )
+
+        async def forget() -> None:
+            await asyncio.sleep(0)  # once the request waits for HZ-B's horizon
+            horizons.forget()
+
+        unsure, _ = await asyncio.gather(horizons.unsure(conn, both), forget())
+    assert unsure.tolist() == [True, True]
 
 
 async def test_what_ingest_remembers_is_forgotten_after_its_ttl(db: Database) -> None:

@@ -16,10 +16,8 @@ from services.common.runtime import Runtime
 from services.common.settings import IngestSettings
 from services.common.timeutil import utcnow
 from services.ingest import service
-from services.ingest.horizons import FixHorizons
 from services.ingest.schemas import EventsResult, IngestResult
 from services.ingest.service import IngestMemory, Item
-from services.registry.service import TagDirectory
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
@@ -36,9 +34,7 @@ def ingest_memory(request: Request, settings: IngestSettings) -> IngestMemory:
     state = request.app.state
     memory: IngestMemory | None = getattr(state, "ingest_memory", None)
     if memory is None:
-        memory = state.ingest_memory = IngestMemory(
-            TagDirectory(), FixHorizons(settings.horizon_ttl_s)
-        )
+        memory = state.ingest_memory = IngestMemory.new(settings.horizon_ttl_s)
     return memory
 
 

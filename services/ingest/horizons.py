@@ -40,46 +40,55 @@ import numpy.typing as npt
 
 from services.ingest import repository
 from services.ingest.batch import FixBatch
+from services.registry.service import TagCodes
 
 # A fix's tag and time as one number (keys_of).
 Key = int
 
-# Mixes a tag's hash into a key (2^64 / the golden ratio, odd: every tag hash a
-# different multiple).
+# Mixes a tag's number into a key (2^64 / the golden ratio, odd: every tag a different
+# multiple).
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
-def keys_of(batch: FixBatch) -> list[Key]:
-    """Each fix's key, its tag and time, as one number: the same for the same tag and
-    time in any batch of this process. Two keys may share a number (about one pair in
-    2^64), which costs a look-up, never a fix: a shared number only makes a fix unsure.
-    A number hashes and compares at once; a (tag, time) tuple hashed its parts every
-    time it was met, three times a fix, and was made a fix (docs/benchmarks.md,
-    twentieth session)."""
-    tag_hashes = np.array([hash(t) for t in batch.tags], dtype=np.int64).view(np.uint64)
-    keys: list[Key] = (tag_hashes[batch.tag] * _MIX + batch.ts.view(np.uint64)).tolist()
+def keys_of(codes: npt.NDArray[np.int64], ts: npt.NDArray[np.float64]) -> list[Key]:
+    """Each fix's key, its tag's number (`codes`, a fix) and its time, as one number:
+    the same for the same tag and time in any batch while the tags' numbers last. Two
+    keys may share a number (about one pair in 2^64), which costs a look-up, never a
+    fix: a shared number only makes a fix unsure. A number hashes and compares at
+    once; a (tag, time) tuple hashed its parts every time it was met, three times a
+    fix, and was made a fix (docs/benchmarks.md, twentieth session)."""
+    keys: list[Key] = (codes.astype(np.uint64) * _MIX + ts.view(np.uint64)).tolist()
     return keys
 
 
 class FixHorizons:
     """Each met tag's horizon (seconds since 1970) and the keys taken since, for the tags
-    a process has met in the last `ttl_s` seconds; at most `max_tags` tags, and `keys`
-    keys a generation (two kept, about 60 bytes a key). A generation must outlast the
-    fixes in flight at once (8 requests of 2,000 in the benchmark), or requests that
-    overtake others are looked up. Folding a generation raises every tag's horizon to
-    the newest time among its keys, whichever the tag (a floor under every horizon):
-    cheaper than a tag at a time, and as true, since raising a horizon is always safe;
-    it costs a look-up only for a fix older than a whole generation's newest, a late
-    one."""
+    a process has met in the last `ttl_s` seconds, kept by the tags' numbers (`codes`,
+    shared with the process's TagDirectory; their own if not given; when the numbers
+    are dropped, so is everything here), and `keys` keys a generation (two kept, about
+    60 bytes a key). A generation must outlast the fixes in flight at once (32 requests
+    of 2,000 in the benchmark), or requests that overtake others are looked up. Folding
+    a generation raises every tag's horizon to the newest time among its keys,
+    whichever the tag (a floor under every horizon): cheaper than a tag at a time, and
+    as true, since raising a horizon is always safe; it costs a look-up only for a fix
+    older than a whole generation's newest, a late one."""
 
-    def __init__(self, ttl_s: float, max_tags: int = 100_000, keys: int = 50_000) -> None:
+    def __init__(
+        self,
+        ttl_s: float,
+        max_tags: int = 100_000,
+        keys: int = 50_000,
+        codes: TagCodes | None = None,
+    ) -> None:
         self.ttl_s = ttl_s
-        self.max_tags = max_tags
         self.keys = keys
+        self.codes = TagCodes(max_tags) if codes is None else codes
         self.forget()
 
     def forget(self) -> None:
-        self._horizon: dict[str, float] = {}
+        self._epoch = self.codes.epoch
+        # By tag number: NaN for a tag not met.
+        self._horizon = np.full(len(self.codes), np.nan)
         self._highest = -np.inf  # of the horizons above
         self._floor = -np.inf
         # The two generations of keys, each with the newest time among them.
@@ -88,6 +97,18 @@ class FixHorizons:
         self._newer: set[Key] = set()
         self._newer_newest = -np.inf
         self._since = time.monotonic()
+
+    def _numbers(self, tags: list[str]) -> npt.NDArray[np.int64]:
+        """The tags' numbers, with a horizon for each (NaN until met); everything is
+        forgotten if the numbers have been dropped since."""
+        codes = self.codes.of(tags)
+        if self.codes.epoch != self._epoch:
+            self.forget()
+        if len(self._horizon) < len(self.codes):
+            grown = np.full(max(len(self.codes), 2 * len(self._horizon), 1024), np.nan)
+            grown[: len(self._horizon)] = self._horizon
+            self._horizon = grown
+        return codes
 
     def _fold(self) -> None:
         """The older generation into the floor; the newer becomes the older."""
@@ -98,33 +119,33 @@ class FixHorizons:
     async def unsure(self, conn: asyncpg.Connection, batch: FixBatch) -> npt.NDArray[np.bool_]:
         """Which of the batch's fixes may be stored already, the batch being about to go
         on the bus: every fix's key is remembered."""
-        if time.monotonic() - self._since >= self.ttl_s or len(self._horizon) > self.max_tags:
+        if time.monotonic() - self._since >= self.ttl_s:
             self.forget()
-        used = np.unique(batch.tag).tolist()
-        names = [batch.tags[i] for i in used]
-        unmet = [i for i, name in zip(used, names, strict=True) if name not in self._horizon]
+        codes = self._numbers(batch.tags)
+        unmet = np.flatnonzero(np.isnan(self._horizon[codes])).tolist()
         if unmet:
             newest = np.full(len(batch.tags), -np.inf)
             np.maximum.at(newest, batch.tag, batch.ts)
             after = newest[unmet].tolist()
             tags = [batch.tags[i] for i in unmet]
             stored = await repository.newest_after(conn, tags, after)
-            for tag, first in zip(tags, after, strict=True):
+            # (Numbered again after the look-up: another request may have forgotten them.)
+            codes = self._numbers(batch.tags)
+            for i, tag, first in zip(unmet, tags, after, strict=True):
                 # Its fixes here are at or before it, so every one is looked up.
-                t = max(self._horizon.get(tag, -np.inf), stored.get(tag, first))
-                self._horizon[tag] = t
+                t = np.fmax(self._horizon[codes[i]], stored.get(tag, first))
+                self._horizon[codes[i]] = t
                 self._highest = max(self._highest, t)
         # From here to the end nothing is awaited: the look-up and remembering the keys
         # are one step for every other request.
         if self._highest > self._floor:
-            # (Read again after the look-up: another request may have forgotten them.)
-            get = self._horizon.get
-            horizon = np.full(len(batch.tags), np.inf)
-            horizon[used] = np.maximum([get(name, np.inf) for name in names], self._floor)
+            # (A tag forgotten during the look-up has no horizon: all its fixes are unsure.)
+            horizon = np.maximum(self._horizon[codes], self._floor)
+            horizon[np.isnan(horizon)] = np.inf
             unsure = batch.ts <= horizon[batch.tag]
         else:
             unsure = batch.ts <= self._floor
-        keys = keys_of(batch)
+        keys = keys_of(codes[batch.tag], batch.ts)
         seen = self._newer.intersection(keys) | self._older.intersection(keys)
         if seen:
             unsure |= np.fromiter((k in seen for k in keys), dtype=bool, count=len(keys))

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import asyncpg
 import numpy as np
@@ -38,7 +38,7 @@ from services.ingest.schemas import (
     Rejection,
     StreamedFix,
 )
-from services.registry.service import TagDirectory, TagInfo
+from services.registry.service import TagCodes, TagDirectory, TagInfo
 from services.topics import DEVICE_EVENTS, POINTS
 
 
@@ -59,6 +59,12 @@ class IngestMemory:
 
     tags: TagDirectory
     horizons: FixHorizons
+
+    @classmethod
+    def new(cls, horizon_ttl_s: float) -> IngestMemory:
+        """Nothing met yet; the two kept by the same numbers of the tags."""
+        codes = TagCodes()
+        return cls(TagDirectory(codes=codes), FixHorizons(horizon_ttl_s, codes=codes))
 
 
 # Stands in for a stream line that was not JSON, so it is rejected in its place.
@@ -319,34 +325,6 @@ def plain_times(texts: list[str]) -> npt.NDArray[np.float64] | None:
     return np.array(seconds, dtype=np.float64)
 
 
-def _wearers(
-    known: dict[str, TagInfo],
-    supplier: Principal,
-    tag_list: list[str],
-    tag: npt.NDArray[np.int64],
-    ts: npt.NDArray[np.float64],
-) -> list[uuid.UUID] | None:
-    """The subject wearing each of these tags (of this supplier's) throughout the
-    request's fixes of it; None if a tag is unknown, another supplier's, or worn by no
-    one, or by more than one subject in turn, at some time of them."""
-    first = np.full(len(tag_list), np.inf)
-    last = np.full(len(tag_list), -np.inf)
-    np.minimum.at(first, tag, ts)
-    np.maximum.at(last, tag, ts)
-    try:
-        infos = [known[t] for t in tag_list]
-    except KeyError:
-        return None
-    if {info.supplier_id for info in infos} != {supplier.id}:
-        return None
-    wearers = [
-        info.worn_throughout(a, b)
-        for info, a, b in zip(infos, first.tolist(), last.tolist(), strict=True)
-    ]
-    # (A UUID is always true: `all` asks no one's __eq__, as `None in` would.)
-    return cast(list[uuid.UUID], wearers) if all(wearers) else None
-
-
 async def admit_clean(
     conn: asyncpg.Connection,
     tags: TagDirectory,
@@ -376,10 +354,18 @@ async def admit_clean(
     bounds = Bounds.at(now, settings)
     if not _between(ts, bounds.earliest.timestamp(), bounds.latest.timestamp()):
         return None
-    tag_list, tag = codes_of(tag_ids)
-    wearers = _wearers(await tags.resolve(conn, tag_list), supplier, tag_list, tag, ts)
+    codes = await tags.read(conn, tag_ids)
+    # (Nothing is awaited from here on: the directory answers for these numbers.)
+    used, tag = np.unique(codes, return_inverse=True)
+    first = np.full(len(used), np.inf)
+    last = np.full(len(used), -np.inf)
+    np.minimum.at(first, tag, ts)
+    np.maximum.at(last, tag, ts)
+    wearers = tags.wearers(used, supplier.id, first, last)
     if wearers is None:
         return None
+    names = tags.codes.names
+    tag_list = [names[c] for c in used.tolist()]
     lat = _numbers([raw.get("lat") for raw in raws], _NUMBERS)
     lon = _numbers([raw.get("lon") for raw in raws], _NUMBERS)
     accuracy = _numbers([raw.get("accuracy_m") for raw in raws], _NUMBERS)

@@ -7,9 +7,12 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from typing import NamedTuple
 
 import asyncpg
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -106,6 +109,40 @@ async def resolve_tags(conn: asyncpg.Connection, tag_ids: Sequence[str]) -> dict
     return infos
 
 
+class TagCodes:
+    """A number for each tag id a process has met, 0, 1, 2, ... in the order met, so that
+    what it keeps of its tags (who wears each, each one's horizon) is kept in arrays by
+    number, and a request's 2,000 tags are read from them at once. Asked of each tag one
+    step after another (the directory, each wearer, the horizons, a hash for each key),
+    a request cost ingest about 1.1 µs a fix (docs/benchmarks.md, twenty-sixth
+    session). At most `max_tags` are kept: past that, every number is dropped when more
+    are next asked for, and `epoch` counts the times, so that whatever was kept by
+    number is dropped as well."""
+
+    def __init__(self, max_tags: int = 100_000) -> None:
+        self.max_tags = max_tags
+        self.epoch = 0
+        self._codes: dict[str, int] = {}
+        # Each number's tag id.
+        self.names: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def of(self, tag_ids: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Each tag id's number, numbering those not met before."""
+        if len(self.names) > self.max_tags:
+            self._codes, self.names = {}, []
+            self.epoch += 1
+        codes = self._codes
+        met = len(codes)
+        found = [codes.setdefault(t, len(codes)) for t in tag_ids]
+        if len(codes) > met:
+            # The new ones are the dict's last (it keeps insertion order).
+            self.names.extend(reversed(list(islice(reversed(codes), len(codes) - met))))
+        return np.array(found, dtype=np.int64)
+
+
 class TagDirectory:
     """The tags a process has met and who wears them, as of the registry's generation (a
     number a trigger moves with every committed change to tags or their wearers): ingest
@@ -113,25 +150,113 @@ class TagDirectory:
     (2,000 rows a request of the benchmark), the tags only when the number has moved or
     a tag is new to it. A change that commits while a request is admitted is seen by
     the next request, as it would be had the request read the tags a moment sooner.
-    Unknown tags are asked after every time. At most `max_tags` are kept."""
+    Unknown tags are asked after every time. Kept by the tags' numbers (TagCodes, at
+    most `max_tags` of them), with each tag's latest wearing as columns, so that whom
+    a request's tags were worn by is answered for all of them at once (`wearers`)."""
 
-    def __init__(self, max_tags: int = 100_000) -> None:
-        self.max_tags = max_tags
+    def __init__(self, max_tags: int = 100_000, codes: TagCodes | None = None) -> None:
+        self.codes = TagCodes(max_tags) if codes is None else codes
         self._generation: int | None = None
-        self._tags: dict[str, TagInfo] = {}
+        # Moves with every drop: a read that a drop overtook while it waited is read again.
+        self._drops = 0
+        self._drop()
+
+    def _drop(self) -> None:
+        """Forgets every tag read (the registry has moved on, or the numbers have)."""
+        self._epoch = self.codes.epoch
+        self._drops += 1
+        self._suppliers: dict[uuid.UUID, int] = {}
+        self._infos: list[TagInfo | None] = []
+        # By number: read since the drop and enrolled; its supplier's number; its latest
+        # wearing, from and to (seconds since 1970; from infinite if never worn, to while
+        # it is worn), and by whom.
+        self._known = np.zeros(0, dtype=bool)
+        self._supplier = np.zeros(0, dtype=np.int64)
+        self._from = np.zeros(0)
+        self._to = np.zeros(0)
+        self._subject = np.zeros(0, dtype=object)
+
+    def _grow(self, size: int) -> None:
+        have = len(self._known)
+        if size <= have:
+            return
+        more = max(size, 2 * have, 1024) - have
+        self._infos.extend([None] * more)
+        self._known = np.concatenate([self._known, np.zeros(more, dtype=bool)])
+        self._supplier = np.concatenate([self._supplier, np.full(more, -1, dtype=np.int64)])
+        self._from = np.concatenate([self._from, np.full(more, math.inf)])
+        self._to = np.concatenate([self._to, np.full(more, math.inf)])
+        self._subject = np.concatenate([self._subject, np.full(more, None, dtype=object)])
+
+    def _keep(self, code: int, info: TagInfo) -> None:
+        self._infos[code] = info
+        self._known[code] = True
+        self._supplier[code] = self._suppliers.setdefault(info.supplier_id, len(self._suppliers))
+        spans = info.spans()
+        if spans:
+            self._from[code], self._to[code], self._subject[code] = spans[0]
+
+    async def read(self, conn: asyncpg.Connection, tag_ids: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Each tag id's number, with every one of these tags that is enrolled read as of
+        the registry's generation; until the next await, `wearers` and `resolve` answer
+        for them."""
+        while True:
+            # The number first: tags read after it are at least as new as it says.
+            generation = await repository.tag_generation(conn)
+            if generation != self._generation:
+                self._generation = generation
+                self._drop()
+            codes = self.codes.of(tag_ids)
+            if self.codes.epoch != self._epoch:
+                self._drop()
+            self._grow(len(self.codes))
+            unread = codes[~self._known[codes]]
+            if not len(unread):
+                return codes
+            missing = sorted(set(unread.tolist()))
+            drops = self._drops
+            infos = await resolve_tags(conn, [self.codes.names[c] for c in missing])
+            if self._drops != drops or self.codes.epoch != self._epoch:
+                continue  # the registry or the numbers moved meanwhile: read again
+            for c in missing:
+                info = infos.get(self.codes.names[c])
+                if info is not None:
+                    self._keep(c, info)
+            return codes
 
     async def resolve(self, conn: asyncpg.Connection, tag_ids: Sequence[str]) -> dict[str, TagInfo]:
         """As resolve_tags: the tags among these that exist, each with who wears it when."""
-        # The number first: tags read after it are at least as new as it says.
-        generation = await repository.tag_generation(conn)
-        if generation != self._generation or len(self._tags) > self.max_tags:
-            self._tags = {}
-            self._generation = generation
-        known = self._tags
-        missing = [t for t in set(tag_ids) if t not in known]
-        if missing:
-            known.update(await resolve_tags(conn, missing))
-        return {t: known[t] for t in tag_ids if t in known}
+        codes = (await self.read(conn, tag_ids)).tolist()
+        infos = self._infos
+        return {t: info for t, c in zip(tag_ids, codes, strict=True) if (info := infos[c])}
+
+    def wearers(
+        self,
+        codes: npt.NDArray[np.int64],
+        supplier_id: uuid.UUID,
+        first: npt.NDArray[np.float64],
+        last: npt.NDArray[np.float64],
+    ) -> list[uuid.UUID] | None:
+        """The subject wearing each of these tags (by number, as `read` has just given
+        them, each of this supplier's) from its `first` to its `last` (seconds since
+        1970); None if one is not enrolled, another supplier's, or worn by no one, or
+        by more than one subject in turn, at some time between. Nearly always the
+        latest wearing of every tag, answered as columns; a tag worn by someone else
+        before is asked of its wearings (`TagInfo.worn_throughout`) only when its fixes
+        come from before its latest wearing."""
+        supplier = self._suppliers.get(supplier_id)
+        if supplier is None or not (self._known[codes] & (self._supplier[codes] == supplier)).all():
+            return None
+        subjects = self._subject[codes]
+        latest = (self._from[codes] <= first) & (last < self._to[codes])
+        for i in np.flatnonzero(~latest).tolist():
+            info = self._infos[int(codes[i])]
+            assert info is not None
+            subjects[i] = info.worn_throughout(float(first[i]), float(last[i]))
+            if subjects[i] is None:
+                return None
+        wearers: list[uuid.UUID] = subjects.tolist()
+        return wearers
 
 
 async def list_subjects(session: AsyncSession, limit: int, offset: int) -> Sequence[Subject]:
