@@ -29,6 +29,8 @@ from services.ingest.service import (
     Item,
     admit,
     admit_clean,
+    plain_times,
+    utc_times,
     validate,
     validate_all,
 )
@@ -411,6 +413,74 @@ def _written(rng: random.Random, ts: datetime) -> str:
         if offset.utcoffset(None) == timedelta(0) and rng.random() < 0.5
         else local.strftime("%z")[:3] + ":" + local.strftime("%z")[3:]
     )
+
+
+def test_times_read_at_once_are_read_as_the_standard_library_reads_them() -> None:
+    """utc_times reads a request's UTC times as columns of characters: to the bit what
+    `datetime.fromisoformat(...).timestamp()` gives, over five centuries' calendar
+    (1900 no leap year, 2000 one), and every length of fraction; and it reads no list
+    with one time written otherwise or that is no time, which plain_times then reads
+    one by one, as before."""
+    rng = random.Random(11)
+    for k in range(40):
+        # Half the lists written alike (each time as long as the others), half not.
+        alike = k % 2 == 0
+        digits, suffix = rng.choice([0, 1, 2, 3, 4, 5, 6]), rng.choice(["Z", "+00:00"])
+        texts = []
+        for _ in range(rng.randint(1, 300)):
+            # (Within 285 years of 1970: there a time in µs is a float exactly.)
+            t = datetime(1700, 1, 1, tzinfo=UTC) + timedelta(
+                days=rng.randrange(200_000), microseconds=rng.randrange(86_400 * 10**6)
+            )
+            if not alike:
+                digits, suffix = rng.choice([0, 1, 2, 3, 4, 5, 6]), rng.choice(["Z", "+00:00"])
+            # (Not strftime: its %Y writes year 999 with three digits.)
+            text = f"{t.year:04d}-{t:%m-%dT%H:%M:%S}"
+            if digits:
+                text += "." + f"{t.microsecond:06d}"[:digits]
+            texts.append(text + suffix)
+        seconds = utc_times(texts)
+        assert seconds is not None
+        expected = [datetime.fromisoformat(t).timestamp() for t in texts]
+        assert seconds.tolist() == expected
+    good = "2024-02-29T23:59:59.123456Z"
+    for case in [
+        "2023-02-29T10:00:00Z",  # no leap day that year
+        "2024-04-31T10:00:00Z",
+        "2024-13-01T10:00:00Z",
+        "2024-00-10T10:00:00Z",
+        "2024-01-00T10:00:00Z",
+        "0000-01-01T10:00:00Z",
+        "2024-01-01T24:00:00Z",
+        "2024-01-01T10:60:00Z",
+        "2024-01-01T10:00:60Z",
+        "2024-01-01T10:00:00.Z",
+        "2024-01-01T10:00:00.1234567Z",
+        "2024-01-01T10:00:00,5Z",
+        "2024-01-01t10:00:00Z",
+        "2024-01-01T10:00:00z",
+        "2024-01-01 10:00:00Z",
+        "2024-01-01T10:00Z",
+        "2024-1-01T10:00:00Z",
+        "2024-01-01T10:00:00-00:00",
+        "2024-01-01T10:00:00+01:00",
+        "2024-01-01T10:00:00+0000",
+        "2024-01-01T1\uff10:00:00Z",  # a full-width digit
+        "2024-01-01T10:00:0/Z",
+        f"{good}\n{good}",
+        "",
+    ]:
+        texts = [good, case, good]
+        assert utc_times(texts) is None, case
+        one_by_one = []
+        for text in texts:
+            try:
+                one_by_one.append(datetime.fromisoformat(text).timestamp())
+            except ValueError:
+                break
+        read = plain_times(texts)
+        if read is not None:
+            assert read.tolist() == one_by_one, case
 
 
 @pytest.mark.parametrize("max_tags", [100_000, 1], ids=["kept", "numbers dropped"])
