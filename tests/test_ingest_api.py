@@ -18,15 +18,16 @@ from services.common.auth import Principal, Role, hash_token
 from services.common.database import Database
 from services.common.settings import Settings
 from services.common.timeutil import from_epoch, utcnow
-from services.ingest.api import stream_items
 from services.ingest.batch import FixBatch
 from services.ingest.horizons import FixHorizons
+from services.ingest.ndjson import Stream, stream_items
 from services.ingest.repository import Partitions, store_fixes
 from services.ingest.schemas import FixMessage, FixSource, Rejection, StreamedFix
 from services.ingest.service import (
     NOT_JSON,
     Bounds,
     Item,
+    RequestColumns,
     admit,
     admit_clean,
     plain_times,
@@ -413,6 +414,84 @@ def _written(rng: random.Random, ts: datetime) -> str:
         if offset.utcoffset(None) == timedelta(0) and rng.random() < 0.5
         else local.strftime("%z")[:3] + ":" + local.strftime("%z")[3:]
     )
+
+
+def _same_columns(a: RequestColumns, b: RequestColumns) -> bool:
+    """Column for column, to the bit (a NaN a NaN, -0.0 not 0.0)."""
+    return all(
+        (x.dtype == y.dtype and x.tobytes() == y.tobytes()) if isinstance(x, np.ndarray) else x == y
+        for x, y in ((getattr(a, f), getattr(b, f)) for f in RequestColumns.__slots__)
+    )
+
+
+def test_a_stream_is_read_into_the_columns_its_lines_values_make() -> None:
+    """A stream read at once by msgspec (Stream.columns) gives, to the bit, the columns
+    its lines parsed one by one (orjson) and read from their values give; and whatever
+    line would not be read plainly from its value leaves the whole stream to the full
+    path: a value of another JSON kind, a blank or broken line among the others, a line
+    that holds two fixes or none."""
+    rng = random.Random(5)
+
+    def number() -> float | int:
+        return rng.choice(
+            [rng.uniform(-90, 90), rng.randint(-90, 90), -0.0, 0, 1e-7, 51.123456789012345]
+        )
+
+    for _ in range(40):
+        values = []
+        for _ in range(rng.randint(1, 60)):
+            raw: dict[str, Any] = {
+                "tag_id": rng.choice(["T-1", "T-2", "é" * 64, "x"]),
+                "ts": rng.choice(["2026-11-29T08:00:00Z", "2026-11-29T08:00:00.5+00:00"]),
+                "lat": number(),
+                "lon": number(),
+                "accuracy_m": rng.choice([8, 12.5, 1e3]),
+            }
+            for name, value in [
+                ("speed_mps", number()),
+                ("heading_deg", number()),
+                ("hdop", number()),
+                ("sats", rng.randint(0, 64)),
+                ("source", rng.choice(["gps", "wifi", "cell", "rf"])),
+                ("extra", {"nested": [1, "two", None]}),
+            ]:
+                if rng.random() < 0.4:
+                    raw[name] = value if rng.random() < 0.8 or name == "source" else None
+            values.append(raw)
+        lines = [orjson.dumps(v) for v in values]
+        if rng.random() < 0.3:  # a key given twice: its last value counts
+            lines[0] = lines[0][:-1] + b',"lat":-12.5}'
+        ending = rng.choice([b"\n", b"\r\n"])
+        body = ending.join(lines) + rng.choice([ending, b""])
+        read = Stream(body.split(b"\n")).columns()
+        parsed = RequestColumns.of_values([item.raw for item in stream_items(body.split(b"\n"))])
+        assert read is not None and parsed is not None
+        assert _same_columns(read, parsed)
+    good = orjson.dumps(fix("2026-11-29T08:00:00Z", tag_id="T-1"))
+    for case, line in [
+        ("lat true", good.replace(b'"lat":52.5725', b'"lat":true')),
+        ("lat as text", good.replace(b'"lat":52.5725', b'"lat":"52.5"')),
+        ("lat null", good.replace(b'"lat":52.5725', b'"lat":null')),
+        ("lat missing", good.replace(b'"lat":52.5725,', b"")),
+        ("tag id empty", good.replace(b'"tag_id":"T-1"', b'"tag_id":""')),
+        ("tag id a number", good.replace(b'"tag_id":"T-1"', b'"tag_id":7')),
+        ("tag id of 65 characters", good.replace(b'"T-1"', b'"' + b"T" * 65 + b'"')),
+        ("ts a number", good.replace(b'"2026-11-29T08:00:00Z"', b"1764403200")),
+        ("sats 7.0", good[:-1] + b',"sats":7.0}'),
+        ("sats 65", good[:-1] + b',"sats":65}'),
+        ("source null", good[:-1] + b',"source":null}'),
+        ("source unknown", good[:-1] + b',"source":"psychic"}'),
+        ("an array", b"[" + good + b"]"),
+        ("null", b"null"),
+        ("not JSON", good[:-1]),
+        ("two fixes on a line", good + b"," + good),
+        ("a blank line", b"  "),
+    ]:
+        body = b"\n".join([good, line, good]) + b"\n"
+        assert Stream(body.split(b"\n")).columns() is None, case
+    # Two fixes on a line and a line of none: as many items as lines, still refused.
+    assert Stream([good + b"," + good, b""]).columns() is None
+    assert Stream([b""]).columns() is None
 
 
 def test_times_read_at_once_are_read_as_the_standard_library_reads_them() -> None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import numpy as np
@@ -223,14 +223,21 @@ async def ingest(
     bus: Bus,
     memory: IngestMemory,
     supplier: Principal,
-    items: Sequence[Item],
+    fixes: Sequence[Item] | Fixes,
     now: datetime,
     settings: IngestSettings,
 ) -> IngestResult:
+    """Admits a request's fixes (the clean path if it can, else the full path) and puts
+    the accepted ones on the bus."""
+    incoming: Fixes = Values(fixes) if isinstance(fixes, Sequence) else fixes
     async with db.pool.acquire() as conn:
-        batch = await admit_clean(conn, memory.tags, supplier, items, now, settings)
+        columns = incoming.columns()
+        batch = None
+        if columns is not None:
+            batch = await admit_columns(conn, memory.tags, supplier, columns, now, settings)
         rejected: list[Rejection] = []
         if batch is None:
+            items = incoming.items()
             admitted, rejected = await admit(
                 conn, memory.tags, supplier, items, now, settings, StreamedFix
             )
@@ -280,7 +287,7 @@ _MONTH_DAYS = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 _NUMBERS: frozenset[type] = frozenset({float, int})
 _OPTIONAL_NUMBERS: frozenset[type] = frozenset({float, int, type(None)})
 _OPTIONAL_INTS: frozenset[type] = frozenset({int, type(None)})
-_SOURCE_CODES = {s.value: i for i, s in enumerate(SOURCES)}
+SOURCE_CODES = {s.value: i for i, s in enumerate(SOURCES)}
 
 
 def _numbers(values: list[Any], kinds: frozenset[type]) -> npt.NDArray[np.float64] | None:
@@ -390,6 +397,88 @@ def plain_times(texts: list[str]) -> npt.NDArray[np.float64] | None:
     return np.array(seconds, dtype=np.float64)
 
 
+@dataclass(frozen=True, slots=True)
+class RequestColumns:
+    """A request's fixes as columns, each value plainly of its JSON kind (a number a
+    number and not true or false, a string a string), as the clean path reads them:
+    `tag_ids` each 1 to 64 characters, `texts` the times as written; a speed, heading or
+    HDOP left out or null is NaN; satellites 0 to 64, or -1 if left out or null;
+    sources as codes (SOURCES). Otherwise not yet checked against any bound."""
+
+    tag_ids: list[str]
+    texts: list[str]
+    lat: npt.NDArray[np.float64]
+    lon: npt.NDArray[np.float64]
+    accuracy_m: npt.NDArray[np.float64]
+    speed_mps: npt.NDArray[np.float64]
+    heading_deg: npt.NDArray[np.float64]
+    hdop: npt.NDArray[np.float64]
+    sats: npt.NDArray[np.int64]
+    source: npt.NDArray[np.int64]
+
+    @classmethod
+    def of_values(cls, raws: Sequence[Any]) -> RequestColumns | None:
+        """The columns of fixes as JSON values (dicts), or None if one is not a dict or
+        holds a value not plainly of its kind."""
+        if not raws or set(map(type, raws)) != {dict}:
+            return None
+        tag_ids = [raw.get("tag_id") for raw in raws]
+        texts = [raw.get("ts") for raw in raws]
+        if set(map(type, tag_ids)) != {str} or set(map(type, texts)) != {str}:
+            return None
+        if not all(1 <= len(t) <= 64 for t in tag_ids):
+            return None
+        lat = _numbers([raw.get("lat") for raw in raws], _NUMBERS)
+        lon = _numbers([raw.get("lon") for raw in raws], _NUMBERS)
+        accuracy = _numbers([raw.get("accuracy_m") for raw in raws], _NUMBERS)
+        speed = _numbers([raw.get("speed_mps") for raw in raws], _OPTIONAL_NUMBERS)
+        heading = _numbers([raw.get("heading_deg") for raw in raws], _OPTIONAL_NUMBERS)
+        hdop = _numbers([raw.get("hdop") for raw in raws], _OPTIONAL_NUMBERS)
+        if lat is None or lon is None or accuracy is None:
+            return None
+        if speed is None or heading is None or hdop is None:
+            return None
+        n = len(raws)
+        # Satellites and source are nearly always left out: then no pass a fix.
+        sats = np.full(n, -1, dtype=np.int64)
+        if any("sats" in raw for raw in raws):
+            given = [raw.get("sats") for raw in raws]
+            if not set(map(type, given)) <= _OPTIONAL_INTS:
+                return None
+            if not all(v is None or 0 <= v <= 64 for v in given):
+                return None
+            sats = np.array([-1 if v is None else v for v in given], dtype=np.int64)
+        source = np.zeros(n, dtype=np.int64)
+        if any("source" in raw for raw in raws):
+            named = [SOURCE_CODES.get(raw.get("source", "gps"), -1) for raw in raws]
+            if -1 in named:
+                return None
+            source = np.array(named, dtype=np.int64)
+        return cls(tag_ids, texts, lat, lon, accuracy, speed, heading, hdop, sats, source)
+
+
+class Fixes(Protocol):
+    """A request's fixes, read either way: as columns for the clean path (None if they
+    are not plainly so), and as items for the full path."""
+
+    def columns(self) -> RequestColumns | None: ...
+
+    def items(self) -> Sequence[Item]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Values:
+    """Fixes as JSON values, already parsed (a JSON batch's)."""
+
+    listed: Sequence[Item]
+
+    def columns(self) -> RequestColumns | None:
+        return RequestColumns.of_values([item.raw for item in self.listed])
+
+    def items(self) -> Sequence[Item]:
+        return self.listed
+
+
 async def admit_clean(
     conn: asyncpg.Connection,
     tags: TagDirectory,
@@ -398,28 +487,44 @@ async def admit_clean(
     now: datetime,
     settings: IngestSettings,
 ) -> FixBatch | None:
-    """A request's fixes as a batch when every one of them would be admitted, each value
-    plainly of its JSON kind and each time plainly written, checked column by column;
-    otherwise None, and `admit` says which are rejected and why. Nearly every request
-    from a supplier's platform is clean; the full path validates each fix with pydantic,
-    attributes it, then makes the message, several times the work (docs/benchmarks.md,
-    eighth and tenth sessions). Whatever this path admits, that one admits the same."""
-    raws = [item.raw for item in items]
-    if not raws or set(map(type, raws)) != {dict}:
+    """admit_columns, of the items' JSON values."""
+    columns = RequestColumns.of_values([item.raw for item in items])
+    if columns is None:
         return None
-    tag_ids = [raw.get("tag_id") for raw in raws]
-    texts = [raw.get("ts") for raw in raws]
-    if set(map(type, tag_ids)) != {str} or set(map(type, texts)) != {str}:
-        return None
-    if not all(1 <= len(t) <= 64 for t in tag_ids):
-        return None
-    ts = plain_times(texts)
+    return await admit_columns(conn, tags, supplier, columns, now, settings)
+
+
+async def admit_columns(
+    conn: asyncpg.Connection,
+    tags: TagDirectory,
+    supplier: Principal,
+    columns: RequestColumns,
+    now: datetime,
+    settings: IngestSettings,
+) -> FixBatch | None:
+    """A request's fixes as a batch when every one of them would be admitted, each time
+    plainly written, checked column by column; otherwise None, and `admit` says which
+    are rejected and why. Nearly every request from a supplier's platform is clean; the
+    full path validates each fix with pydantic, attributes it, then makes the message,
+    several times the work (docs/benchmarks.md, eighth and tenth sessions). Whatever
+    this path admits, that one admits the same."""
+    ts = plain_times(columns.texts)
     if ts is None:
         return None
     bounds = Bounds.at(now, settings)
     if not _between(ts, bounds.earliest.timestamp(), bounds.latest.timestamp()):
         return None
-    codes = await tags.read(conn, tag_ids)
+    c = columns
+    if not (
+        _between(c.lat, -90, 90)
+        and _between(c.lon, -180, 180)
+        and _between(c.accuracy_m, 0, bounds.max_accuracy_m, open_lo=True)
+        and _between(c.speed_mps, 0, 150)
+        and _between(c.heading_deg, 0, 360, open_hi=True)
+        and _between(c.hdop, 0, 100)
+    ):
+        return None
+    codes = await tags.read(conn, c.tag_ids)
     # (Nothing is awaited from here on: the directory answers for these numbers.)
     used, tag = np.unique(codes, return_inverse=True)
     first = np.full(len(used), np.inf)
@@ -431,41 +536,6 @@ async def admit_clean(
         return None
     names = tags.codes.names
     tag_list = [names[c] for c in used.tolist()]
-    lat = _numbers([raw.get("lat") for raw in raws], _NUMBERS)
-    lon = _numbers([raw.get("lon") for raw in raws], _NUMBERS)
-    accuracy = _numbers([raw.get("accuracy_m") for raw in raws], _NUMBERS)
-    speed = _numbers([raw.get("speed_mps") for raw in raws], _OPTIONAL_NUMBERS)
-    heading = _numbers([raw.get("heading_deg") for raw in raws], _OPTIONAL_NUMBERS)
-    hdop = _numbers([raw.get("hdop") for raw in raws], _OPTIONAL_NUMBERS)
-    if lat is None or lon is None or accuracy is None:
-        return None
-    if speed is None or heading is None or hdop is None:
-        return None
-    n = len(raws)
-    # Satellites and source are nearly always left out: then no pass a fix.
-    sats = np.full(n, -1, dtype=np.int64)
-    if any("sats" in raw for raw in raws):
-        given = [raw.get("sats") for raw in raws]
-        if not set(map(type, given)) <= _OPTIONAL_INTS:
-            return None
-        if not all(v is None or 0 <= v <= 64 for v in given):
-            return None
-        sats = np.array([-1 if v is None else v for v in given], dtype=np.int64)
-    source = np.zeros(n, dtype=np.int64)
-    if any("source" in raw for raw in raws):
-        named = [_SOURCE_CODES.get(raw.get("source", "gps"), -1) for raw in raws]
-        if -1 in named:
-            return None
-        source = np.array(named, dtype=np.int64)
-    if not (
-        _between(lat, -90, 90)
-        and _between(lon, -180, 180)
-        and _between(accuracy, 0, bounds.max_accuracy_m, open_lo=True)
-        and _between(speed, 0, 150)
-        and _between(heading, 0, 360, open_hi=True)
-        and _between(hdop, 0, 100)
-    ):
-        return None
     # A subject a tag here: their codes by the tags'. (Nearly all distinct: by value, as
     # asyncpg's UUIDs hash in C, not by identity first.)
     subject_list, tag_subject = codes_of(wearers)
@@ -476,14 +546,14 @@ async def admit_clean(
         subject=tag_subject[tag],
         ts=ts,
         received_at=np.full(len(ts), now.timestamp()),
-        lat=lat,
-        lon=lon,
-        accuracy_m=accuracy,
-        speed_mps=speed,
-        heading_deg=heading,
-        source=source,
-        sats=sats,
-        hdop=hdop,
+        lat=c.lat,
+        lon=c.lon,
+        accuracy_m=c.accuracy_m,
+        speed_mps=c.speed_mps,
+        heading_deg=c.heading_deg,
+        source=c.source,
+        sats=c.sats,
+        hdop=c.hdop,
     )
 
 
