@@ -27,7 +27,7 @@ from services.common.geo import WGS84
 from services.common.metrics import FIXES_UNBOXED
 from services.common.settings import DatabaseSettings, Settings
 from services.ingest.batch import FixBatch
-from services.ingest.pgcopy import HEADER, TRAIL_COLUMNS, TRAILER, chunks, encode
+from services.ingest.pgcopy import HEADER, TRAIL_COLUMNS, TRAILER, chunks, encode, key_order
 from services.ingest.repository import (
     BOX_BUCKET,
     BOX_MAX_GAP,
@@ -508,6 +508,25 @@ async def test_rows_encoded_from_columns_are_those_asyncpg_writes_value_by_value
         )
     assert tuple(counts) == (600, 600, 0, 0, counts[4]) and counts[4] > 10
     assert encode(FixBatch.of([]).rows()) == HEADER + TRAILER
+
+
+def test_rows_are_ordered_by_one_key_as_by_two() -> None:
+    """key_order sorts a batch by tag and time in one key when its times span under
+    2^40 µs, and by two (lexsort) otherwise: either way the primary key's order, rows of
+    the same tag and time in the order given."""
+    rng = np.random.default_rng(40)
+    for span in (1, 3_600 * 10**6, 1 << 40, (1 << 40) + 1, 1 << 45, 10**17):
+        tags = np.array([b"T-%d" % k for k in rng.permutation(300)], dtype=np.bytes_)
+        tag = rng.integers(0, len(tags), 5_000)
+        ts = 8 * 10**17 + rng.integers(0, span, 5_000)
+        ts[:50] = ts[50:100]  # some (tag, time) given twice
+        tag[:50] = tag[50:100]
+        by_two = np.lexsort((ts, np.argsort(np.argsort(tags, kind="stable"))[tag]))
+        assert np.array_equal(key_order(tags, tag, ts), by_two), span
+    assert (
+        len(key_order(np.array([], dtype=np.bytes_), np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        == 0
+    )
 
 
 async def test_copy_writes_a_layouts_rows_in_the_primary_keys_order(db: Database) -> None:

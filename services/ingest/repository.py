@@ -25,7 +25,7 @@ from services.common.geo import degree_margin
 from services.common.timeutil import from_epoch
 from services.common.trail import Reaches, TrailFix
 from services.ingest.batch import FixBatch, codes_of
-from services.ingest.pgcopy import STAGING_COLUMNS, TRAIL_COLUMNS, chunks, encode
+from services.ingest.pgcopy import STAGING_COLUMNS, TRAIL_COLUMNS, chunks, distinct, encode
 from services.ingest.schemas import DeviceEvent, FixMessage
 
 
@@ -536,7 +536,7 @@ class StoreResult:
 
 def days_of(ts: npt.NDArray[np.int64]) -> set[date]:
     """The UTC days of these times (microseconds since 2000-01-01 UTC, as TrailRows)."""
-    return {PG_EPOCH_DAY + timedelta(days=d) for d in np.unique(ts // DAY_US).tolist()}
+    return {PG_EPOCH_DAY + timedelta(days=d) for d in distinct(ts // DAY_US).tolist()}
 
 
 async def store_fixes(
