@@ -11,9 +11,11 @@ requests as the simulator posts them (2,000 fixes each, late bursts out of order
 request's fixes a batch as ingest makes it, split as a publish splits it: a message a
 partition of the points topic (TAGTRAIL_KAFKA_PARTITIONS, by the bus's own partitioner),
 at most 2,000 fixes each. Each checkout's code, in a process of its own (its directory
-first on the path), encodes every message (`FixBatch.encode`) and decodes every payload
-(`FixBatch.decode`), and prints its own CPU time (user and system) a fix for each, and
-the bytes a fix on the wire. No database and no broker: what is measured is the
+first on the path), encodes every message (`FixBatch.encode`), decodes every payload
+(`FixBatch.decode`) and joins the decoded messages as a consumer's handler takes them
+(`FixBatch.concat`, runs of up to 32,000 fixes; since the twenty-sixth session), and
+prints its own CPU time (user and system) a fix for each, and the bytes a fix on the
+wire. No database and no broker: what is measured is the
 encoding alone, which end to end is a few per cent of the pipeline and lost in the
 machine's drift (docs/benchmarks.md, twenty-first session).
 """
@@ -35,6 +37,8 @@ import numpy as np
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
+# A handler's batch on Kafka (TAGTRAIL_BUS_MAX_BATCH's default there).
+JOIN_FIXES = 32_000
 
 
 def _child(saved: str) -> None:
@@ -52,6 +56,17 @@ def _child(saved: str) -> None:
     c1 = time.process_time()
     decoded = [FixBatch.decode(p) for p in payloads]
     c2 = time.process_time()
+    # Joined as a consumer's handler takes them: runs of messages of up to JOIN_FIXES.
+    run: list[Any] = []
+    size = 0
+    for batch in decoded:
+        if run and size + len(batch) > JOIN_FIXES:
+            FixBatch.concat(run)
+            run, size = [], 0
+        run.append(batch)
+        size += len(batch)
+    FixBatch.concat(run)
+    c3 = time.process_time()
     same = all(
         np.array_equal(a.lat, b.lat) and a.tag_ids() == b.tag_ids()
         for a, b in zip(batches, decoded, strict=True)
@@ -64,6 +79,7 @@ def _child(saved: str) -> None:
                 "bytes": sum(map(len, payloads)),
                 "encode": c1 - c0,
                 "decode": c2 - c1,
+                "join": c3 - c2,
                 "same": same,
             }
         ).decode()
@@ -160,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         for code, runs in figures.items():
             enc = float(np.median([r["encode"] / r["fixes"] * 1e6 for r in runs]))
             dec = float(np.median([r["decode"] / r["fixes"] * 1e6 for r in runs]))
-            print(f"  {code}: encode {enc:.3f}, decode {dec:.3f}")
+            join = float(np.median([r.get("join", np.nan) / r["fixes"] * 1e6 for r in runs]))
+            print(f"  {code}: encode {enc:.3f}, decode {dec:.3f}, join {join:.3f}")
     return 0 if all(r["same"] for rs in figures.values() for r in rs) else 1
 
 
@@ -168,7 +185,8 @@ def line(f: dict[str, Any]) -> str:
     n = f["fixes"]
     return (
         f"{n:,} fixes in {f['messages']:,} messages, {f['bytes'] / n:.0f} bytes a fix:"
-        f" encode {f['encode'] / n * 1e6:.3f} µs a fix, decode {f['decode'] / n * 1e6:.3f}"
+        f" encode {f['encode'] / n * 1e6:.3f} µs a fix, decode {f['decode'] / n * 1e6:.3f},"
+        f" join {f.get('join', np.nan) / n * 1e6:.3f}"
         + ("" if f["same"] else "; DECODED FIXES DIFFER")
     )
 

@@ -18,7 +18,7 @@ from services.common.auth import Principal, Role, hash_token
 from services.common.database import Database
 from services.common.settings import Settings
 from services.common.timeutil import from_epoch, utcnow
-from services.ingest.batch import FixBatch
+from services.ingest.batch import FixBatch, _uuid_codes, codes_of
 from services.ingest.horizons import FixHorizons
 from services.ingest.ndjson import Stream, stream_items
 from services.ingest.repository import Partitions, store_fixes
@@ -699,6 +699,19 @@ async def test_a_tag_worn_by_two_subjects_in_turn_is_attributed_as_the_full_path
             before,
             after,
         ]
+
+
+def test_batches_joined_number_their_subjects_as_by_value() -> None:
+    """Joined batches number their subjects by each UUID's 128-bit number
+    (`_uuid_codes`), as numbering them by value does: the same subjects in the same
+    order, the same codes, whichever objects (each message decoded makes its own)."""
+    rng = random.Random(12)
+    pool = [uuid.UUID(int=rng.getrandbits(128)) for _ in range(30)]
+    for _ in range(50):
+        values = [uuid.UUID(int=rng.choice(pool).int) for _ in range(rng.randint(1, 200))]
+        by_number, codes = _uuid_codes(values)
+        by_value, expected = codes_of(values)
+        assert by_number == by_value and codes.tolist() == expected.tolist()
 
 
 def test_a_batch_grouped_by_subject_keeps_each_ones_fixes_in_order_and_their_span() -> None:

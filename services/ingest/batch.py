@@ -282,10 +282,27 @@ def _floats(values: Iterable[float | None]) -> FloatArray:
     return np.array(list(values), dtype=np.float64)
 
 
-def _merged(lists: Sequence[list[Any]], codes: Sequence[IntArray]) -> tuple[list[Any], IntArray]:
-    """Several batches' value lists made one, and their codes into it, joined."""
+def _uuid_codes(values: list[Any]) -> tuple[list[Any], IntArray]:
+    """codes_of for UUIDs, by their 128-bit numbers: a Python UUID hashes in a method of
+    its own (0.11 µs a value to number them by it, against 0.045 by the number), and a
+    consumer numbers a subject for nearly every fix it is handed, in the messages it
+    joins (docs/benchmarks.md, twenty-sixth session). Equal UUIDs, equal numbers."""
+    index: dict[int, int] = {}
+    codes = np.array([index.setdefault(v.int, len(index)) for v in values], dtype=np.int64)
+    # Numbered in order of first appearance: a value's first appearance is where the
+    # highest number so far rises.
+    rises = np.flatnonzero(np.diff(np.maximum.accumulate(codes), prepend=-1) > 0)
+    return [values[i] for i in rises.tolist()], codes
+
+
+def _merged(
+    lists: Sequence[list[Any]], codes: Sequence[IntArray], *, uuids: bool = False
+) -> tuple[list[Any], IntArray]:
+    """Several batches' value lists made one, and their codes into it, joined (`uuids`:
+    the values are UUIDs)."""
     offsets = np.cumsum([0, *map(len, lists)])[:-1].tolist()
-    distinct, remap = codes_of([v for values in lists for v in values])
+    values = [v for values in lists for v in values]
+    distinct, remap = _uuid_codes(values) if uuids else codes_of(values)
     return distinct, remap[np.concatenate([c + o for c, o in zip(codes, offsets, strict=True)])]
 
 
@@ -363,7 +380,9 @@ class FixBatch:
         if len(batches) == 1:
             return batches[0]
         tags, tag = _merged([b.tags for b in batches], [b.tag for b in batches])
-        subjects, subject = _merged([b.subjects for b in batches], [b.subject for b in batches])
+        subjects, subject = _merged(
+            [b.subjects for b in batches], [b.subject for b in batches], uuids=True
+        )
         return cls(
             tags=tags,
             tag=tag,
