@@ -314,6 +314,29 @@ async def test_ndjson_stream_for_many_tags(
     assert await stored(db) == 2
 
 
+async def test_a_stream_with_a_value_nested_deep_is_answered_line_by_line(
+    client: httpx.AsyncClient, world: World, db: Database
+) -> None:
+    """An extra field nested a thousand deep, which the stream's one-call reading gives
+    up on, goes the full way: the fix is kept (orjson reads it); nested deeper than JSON
+    is read anywhere here, the line is rejected as not JSON, its neighbours kept."""
+    good = fix(now_minus(60), tag_id=world.tags[0])
+    lines = [
+        orjson.dumps(good)[:-1] + b',"x":' + b"[" * 1000 + b"]" * 1000 + b"}",
+        orjson.dumps({**good, "ts": now_minus(30).isoformat()})[:-1]
+        + b',"x":'
+        + b"[" * 10**5
+        + b"]" * 10**5
+        + b"}",
+        orjson.dumps({**good, "ts": now_minus(20).isoformat()}),
+    ]
+    r = await client.post("/v1/fixes/stream", content=b"\n".join(lines), headers=world.supplier)
+    assert r.status_code == 202, r.text
+    assert r.json()["accepted"] == 2
+    assert [(x["index"], x["field"]) for x in r.json()["rejected"]] == [(1, "line")]
+    assert await stored(db) == 2
+
+
 @pytest.mark.parametrize(
     ("lines", "expected"),
     [
@@ -486,6 +509,8 @@ def test_a_stream_is_read_into_the_columns_its_lines_values_make() -> None:
         ("not JSON", good[:-1]),
         ("two fixes on a line", good + b"," + good),
         ("a blank line", b"  "),
+        ("an extra field nested deep", good[:-1] + b',"x":' + b"[" * 1000 + b"]" * 1000 + b"}"),
+        ("too deep for JSON", good[:-1] + b',"x":' + b"[" * 10**5 + b"]" * 10**5 + b"}"),
     ]:
         body = b"\n".join([good, line, good]) + b"\n"
         assert Stream(body.split(b"\n")).columns() is None, case

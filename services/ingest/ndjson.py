@@ -82,7 +82,9 @@ class Stream:
             # A JSON string holds no line break, so the lines are exactly the array's
             # items: one that held two (a comma between) would leave another empty.
             read = _LINES.decode(b"[" + b",".join(lines) + b"]")
-        except msgspec.DecodeError:  # (a ValidationError is one)
+        # (A ValidationError is a DecodeError. msgspec recurses into a value it skips, and
+        # gives up on one nested a thousand deep, where orjson reads up to 1,024.)
+        except (msgspec.DecodeError, RecursionError):
             return None
         if len(read) != len(lines):
             return None
