@@ -8,8 +8,10 @@ whole stream into typed records in one call, checking each value's JSON kind as 
 goes, and their fields into columns, in about 0.5 (docs/benchmarks.md, twenty-sixth
 session). What it reads is what the dicts would have held: a key given twice counts
 its last value, as in orjson's dicts, and any line it cannot read as a plain fix (a
-blank line, a value of another kind, a line that is not JSON) leaves the whole stream
-to the full path, which says what is wrong with which line."""
+blank line, a value of another kind, a field StreamedFix does not have, a line that is
+not JSON) leaves the whole stream to the full path, which says what is wrong with which
+line. A randomized test mutates streams byte by byte and holds the two readings to
+each other."""
 
 from __future__ import annotations
 
@@ -23,10 +25,13 @@ import orjson
 from services.ingest.service import NOT_JSON, SOURCE_CODES, Item, RequestColumns
 
 
-class _Line(msgspec.Struct):
+class _Line(msgspec.Struct, forbid_unknown_fields=True):
     """A line as the clean path takes it: each field of StreamedFix plainly of its JSON
     kind (a float field takes an integer, as in JSON, but not true or false), bounds
-    aside. A source, if given, must be a string; satellites an integer or null."""
+    aside. A source, if given, must be a string; satellites an integer or null. No
+    other field: msgspec skips an unknown field's value without reading it as JSON
+    (bytes that are not UTF-8 in it, say, which orjson refuses), so a line with one
+    goes the full path, which reads every line whole."""
 
     tag_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     ts: str
@@ -82,9 +87,9 @@ class Stream:
             # A JSON string holds no line break, so the lines are exactly the array's
             # items: one that held two (a comma between) would leave another empty.
             read = _LINES.decode(b"[" + b",".join(lines) + b"]")
-        # (A ValidationError is a DecodeError. msgspec recurses into a value it skips, and
-        # gives up on one nested a thousand deep, where orjson reads up to 1,024.)
-        except (msgspec.DecodeError, RecursionError):
+        # (A ValidationError is a DecodeError; a string that is not UTF-8 raises
+        # UnicodeDecodeError, a ValueError; a value nested too deep, RecursionError.)
+        except (ValueError, RecursionError):
             return None
         if len(read) != len(lines):
             return None
