@@ -448,11 +448,12 @@ def _same_columns(a: RequestColumns, b: RequestColumns) -> bool:
 
 
 def test_a_stream_is_read_into_the_columns_its_lines_values_make() -> None:
-    """A stream read at once by msgspec (Stream.columns) gives, to the bit, the columns
+    """A stream read at once by msgspec (Stream.at_once) gives, to the bit, the columns
     its lines parsed one by one (orjson) and read from their values give; and whatever
-    line would not be read plainly from its value leaves the whole stream to the full
-    path: a value of another JSON kind, a field a fix does not have, a blank or broken
-    line among the others, a line that holds two fixes or none."""
+    line it would not read plainly leaves the whole stream to be read a line at a time:
+    a value of another JSON kind, a field a fix does not have (a stream of which the
+    clean path still reads from its lines' values), a blank or broken line among the
+    others, a line that holds two fixes or none."""
     rng = random.Random(5)
 
     def number() -> float | int:
@@ -486,13 +487,16 @@ def test_a_stream_is_read_into_the_columns_its_lines_values_make() -> None:
             lines[0] = lines[0][:-1] + b',"lat":-12.5}'
         ending = rng.choice([b"\n", b"\r\n"])
         body = ending.join(lines) + rng.choice([ending, b""])
-        read = Stream(body.split(b"\n")).columns()
+        stream = Stream(body.split(b"\n"))
         parsed = RequestColumns.of_values([item.raw for item in stream_items(body.split(b"\n"))])
         assert parsed is not None
+        read = stream.at_once()
         if any("extra" in v for v in values):  # a field a fix does not have
             assert read is None
         else:
             assert read is not None and _same_columns(read, parsed)
+        columns = stream.columns()
+        assert columns is not None and _same_columns(columns, parsed)
     good = orjson.dumps(fix("2026-11-29T08:00:00Z", tag_id="T-1"))
     for case, line in [
         ("lat true", good.replace(b'"lat":52.5725', b'"lat":true')),
@@ -518,19 +522,27 @@ def test_a_stream_is_read_into_the_columns_its_lines_values_make() -> None:
         ("an extra field nested deep", good[:-1] + b',"x":' + b"[" * 1000 + b"]" * 1000 + b"}"),
         ("too deep for JSON", good[:-1] + b',"x":' + b"[" * 10**5 + b"]" * 10**5 + b"}"),
     ]:
-        body = b"\n".join([good, line, good]) + b"\n"
-        assert Stream(body.split(b"\n")).columns() is None, case
+        lines = (b"\n".join([good, line, good]) + b"\n").split(b"\n")
+        assert Stream(lines).at_once() is None, case
+        # Read a line at a time instead, as the values make them (if they do).
+        parsed = RequestColumns.of_values([item.raw for item in stream_items(lines)])
+        columns = Stream(lines).columns()
+        assert (columns is None and parsed is None) or (
+            columns is not None and parsed is not None and _same_columns(columns, parsed)
+        ), case
     # Two fixes on a line and a line of none: as many items as lines, still refused.
-    assert Stream([good + b"," + good, b""]).columns() is None
+    assert Stream([good + b"," + good, b""]).at_once() is None
+    assert Stream([b""]).at_once() is None
     assert Stream([b""]).columns() is None
 
 
 def test_a_stream_mutated_byte_by_byte_is_read_as_its_lines_values_read() -> None:
     """Streams of fixes mutated a byte at a time (inserted, replaced, deleted: JSON's
     punctuation, digits, letters, control characters, bytes that are not UTF-8):
-    Stream.columns never raises, and whatever it reads, its lines' values read the same,
-    to the bit. (It found that msgspec skipped an unknown field's bytes unread, taking
-    lines orjson refuses, and raised on a string not UTF-8.)"""
+    Stream.at_once never raises, and whatever it reads, its lines' values read the same,
+    to the bit; Stream.columns reads exactly what they read. (It found that msgspec
+    skipped an unknown field's bytes unread, taking lines orjson refuses, and raised on
+    a string not UTF-8.)"""
     rng = random.Random(21)
     goods = [
         orjson.dumps(fix("2026-11-29T08:00:00Z", tag_id="T-1", speed_mps=None, sats=3)),
@@ -552,11 +564,13 @@ def test_a_stream_mutated_byte_by_byte_is_read_as_its_lines_values_read() -> Non
             elif line:
                 del line[min(k, len(line) - 1)]
         lines = (bytes(line) + b"\n" + goods[0]).split(b"\n")
-        columns = Stream(lines).columns()
-        if columns is not None:
+        parsed = RequestColumns.of_values([item.raw for item in stream_items(lines)])
+        at_once = Stream(lines).at_once()
+        if at_once is not None:
             read += 1
-            parsed = RequestColumns.of_values([item.raw for item in stream_items(lines)])
-            assert parsed is not None and _same_columns(columns, parsed), bytes(line)
+            assert parsed is not None and _same_columns(at_once, parsed), bytes(line)
+        columns = Stream(lines).columns()
+        assert (columns is None) == (parsed is None), bytes(line)
     assert read > 100
 
 

@@ -7,15 +7,15 @@ the type of each value checked, cost the API about 1.1 µs a fix; msgspec reads 
 whole stream into typed records in one call, checking each value's JSON kind as it
 goes, and their fields into columns, in about 0.5 (docs/benchmarks.md, twenty-sixth
 session). What it reads is what the dicts would have held: a key given twice counts
-its last value, as in orjson's dicts, and any line it cannot read as a plain fix (a
-blank line, a value of another kind, a field StreamedFix does not have, a line that is
-not JSON) leaves the whole stream to the full path, which says what is wrong with which
-line. A randomized test mutates streams byte by byte and holds the two readings to
-each other."""
+its last value, as in orjson's dicts. A stream with any line it cannot read as a plain
+fix (a blank line, a value of another kind, a field StreamedFix does not have, a line
+that is not JSON) is read a line at a time, as before: the clean path may still take it
+from the lines' values (a line with a field of a supplier's own, say), and otherwise
+the full path says what is wrong with which line. A randomized test mutates streams
+byte by byte and holds the readings to each other."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 import msgspec
@@ -73,13 +73,30 @@ def stream_items(lines: list[bytes]) -> list[Item]:
     return items
 
 
-@dataclass(frozen=True, slots=True)
 class Stream:
     """A stream's body, split into its lines."""
 
-    lines: list[bytes]
+    def __init__(self, lines: list[bytes]) -> None:
+        self.lines = lines
+        self._items: list[Item] | None = None
 
     def columns(self) -> RequestColumns | None:
+        """The lines as the clean path reads them: all at once (`at_once`), or else, a line
+        at a time, from their values (as every stream was read before msgspec, and as a
+        JSON batch's fixes are), or None."""
+        at_once = self.at_once()
+        if at_once is not None:
+            return at_once
+        return RequestColumns.of_values([item.raw for item in self.items()])
+
+    def items(self) -> list[Item]:
+        """The lines as the full path reads them (parsed once, whichever asks first)."""
+        if self._items is None:
+            self._items = stream_items(self.lines)
+        return self._items
+
+    def at_once(self) -> RequestColumns | None:
+        """Every line read in one call, if each is a plain fix of the fields a fix has."""
         lines = self.lines[:-1] if self.lines and not self.lines[-1].strip() else self.lines
         if not lines:
             return None
@@ -109,6 +126,3 @@ class Stream:
             sats=np.array([-1 if v is None else v for v in sats], dtype=np.int64),
             source=np.array(named, dtype=np.int64),
         )
-
-    def items(self) -> list[Item]:
-        return stream_items(self.lines)
