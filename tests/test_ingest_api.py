@@ -16,7 +16,7 @@ import pytest
 
 from services.common.auth import Principal, Role, hash_token
 from services.common.database import Database
-from services.common.settings import Settings
+from services.common.settings import IngestSettings, Settings
 from services.common.timeutil import from_epoch, utcnow
 from services.ingest.batch import FixBatch, _uuid_codes, codes_of
 from services.ingest.horizons import FixHorizons
@@ -29,7 +29,7 @@ from services.ingest.service import (
     Item,
     RequestColumns,
     admit,
-    admit_clean,
+    admit_columns,
     plain_times,
     utc_times,
     validate,
@@ -421,6 +421,21 @@ async def _admitted_fix_by_fix(
         FixMessage.model_validate({**item.raw, "subject_id": subject, "received_at": now})
         for item, _, subject in admitted
     ]
+
+
+async def admit_clean(
+    conn: asyncpg.Connection,
+    tags: TagDirectory,
+    supplier: Principal,
+    items: list[Item],
+    now: datetime,
+    settings: IngestSettings,
+) -> FixBatch | None:
+    """The clean path of the items' JSON values, as ingest takes a JSON batch's fixes."""
+    columns = RequestColumns.of_values([item.raw for item in items])
+    if columns is None:
+        return None
+    return await admit_columns(conn, tags, supplier, columns, now, settings)
 
 
 def _written(rng: random.Random, ts: datetime) -> str:

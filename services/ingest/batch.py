@@ -49,7 +49,8 @@ from services.ingest.schemas import (
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-_SOURCE_CODE = {s: i for i, s in enumerate(SOURCES)}
+# Each source's code, by its name (a FixSource is its name).
+SOURCE_CODES: dict[str, int] = {s.value: i for i, s in enumerate(SOURCES)}
 _SOURCE_NAMES = np.array([s.value for s in SOURCES], dtype=object)
 # The first second a fix may be stamped with, and one past the last: a time outside
 # them is no fix's (and no datetime's).
@@ -369,7 +370,7 @@ class FixBatch:
             accuracy_m=np.array([f.accuracy_m for f in fixes], dtype=np.float64),
             speed_mps=_floats(f.speed_mps for f in fixes),
             heading_deg=_floats(f.heading_deg for f in fixes),
-            source=np.array([_SOURCE_CODE[f.source] for f in fixes], dtype=np.int64),
+            source=np.array([SOURCE_CODES[f.source] for f in fixes], dtype=np.int64),
             sats=np.array([-1 if f.sats is None else f.sats for f in fixes], dtype=np.int64),
             hdop=_floats(f.hdop for f in fixes),
         )
@@ -562,7 +563,7 @@ class FixBatch:
 
     @classmethod
     def from_columns(cls, m: FixColumnsMessage) -> FixBatch:
-        sources = np.array([_SOURCE_CODE[s] for s in m.sources], dtype=np.int64)
+        sources = np.array([SOURCE_CODES[s] for s in m.sources], dtype=np.int64)
         return cls(
             tags=list(m.tags),
             tag=np.frombuffer(m.tag, "<i4").astype(np.int64),
@@ -587,7 +588,7 @@ class FixBatch:
             accuracy_m=np.array(m.accuracy_m, dtype=np.float64),
             speed_mps=_floats(m.speed_mps),
             heading_deg=_floats(m.heading_deg),
-            source=np.array([_SOURCE_CODE[s] for s in m.source], dtype=np.int64),
+            source=np.array([SOURCE_CODES[s] for s in m.source], dtype=np.int64),
             sats=np.array([-1 if s is None else s for s in m.sats], dtype=np.int64),
             hdop=_floats(m.hdop),
         )

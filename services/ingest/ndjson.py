@@ -22,7 +22,8 @@ import msgspec
 import numpy as np
 import orjson
 
-from services.ingest.service import NOT_JSON, SOURCE_CODES, Item, RequestColumns
+from services.ingest.batch import SOURCE_CODES
+from services.ingest.service import NOT_JSON, Item, RequestColumns
 
 
 class _Line(msgspec.Struct, forbid_unknown_fields=True):

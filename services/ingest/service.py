@@ -26,9 +26,8 @@ from services.common.metrics import (
 )
 from services.common.settings import IngestSettings
 from services.ingest import repository
-from services.ingest.batch import FixBatch, codes_of
+from services.ingest.batch import SOURCE_CODES, FixBatch, codes_of
 from services.ingest.horizons import FixHorizons
-from services.ingest.pgcopy import SOURCES
 from services.ingest.schemas import (
     DeviceEvent,
     DeviceEventIn,
@@ -287,7 +286,6 @@ _MONTH_DAYS = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 _NUMBERS: frozenset[type] = frozenset({float, int})
 _OPTIONAL_NUMBERS: frozenset[type] = frozenset({float, int, type(None)})
 _OPTIONAL_INTS: frozenset[type] = frozenset({int, type(None)})
-SOURCE_CODES = {s.value: i for i, s in enumerate(SOURCES)}
 
 
 def _numbers(values: list[Any], kinds: frozenset[type]) -> npt.NDArray[np.float64] | None:
@@ -477,21 +475,6 @@ class Values:
 
     def items(self) -> Sequence[Item]:
         return self.listed
-
-
-async def admit_clean(
-    conn: asyncpg.Connection,
-    tags: TagDirectory,
-    supplier: Principal,
-    items: Sequence[Item],
-    now: datetime,
-    settings: IngestSettings,
-) -> FixBatch | None:
-    """admit_columns, of the items' JSON values."""
-    columns = RequestColumns.of_values([item.raw for item in items])
-    if columns is None:
-        return None
-    return await admit_columns(conn, tags, supplier, columns, now, settings)
 
 
 async def admit_columns(

@@ -178,6 +178,11 @@ class Subscription:
     after: str | None = None
 
 
+def standing_for(topic: Topic[Any]) -> BatchTopic | None:
+    """The topic this one stands for, if it stands for one (BatchTopic.stands_for)."""
+    return topic.stands_for if isinstance(topic, BatchTopic) else None
+
+
 def is_transient(exc: BaseException) -> bool:
     """Failures of the machinery around a handler, which a retry can cure."""
     if isinstance(exc, DBAPIError):
@@ -227,8 +232,9 @@ class Bus(ABC):
     ) -> None:
         """Registers a handler; call before start(). `after`: the group that publishes
         the topic, which a topic that stands for another needs (BatchTopic)."""
-        if isinstance(topic, BatchTopic) and topic.stands_for is not None and after is None:
-            raise ValueError(f"{topic.name} stands for {topic.stands_for.name}: name its publisher")
+        other = standing_for(topic)
+        if other is not None and after is None:
+            raise ValueError(f"{topic.name} stands for {other.name}: name its publisher")
         self.subscriptions.append(Subscription(group, topic, handler, max_batch, after))
 
     @abstractmethod

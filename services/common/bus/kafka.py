@@ -27,6 +27,7 @@ from services.common.bus.base import (
     Subscription,
     Topic,
     sized,
+    standing_for,
 )
 from services.common.metrics import CONSUMER_LAG
 from services.common.settings import KafkaSettings
@@ -236,9 +237,7 @@ class KafkaBus(Bus):
     def physical(self, topic: Topic[Any]) -> str:
         """The topic's name on the broker: for a topic that stands for another, the
         other's (see BatchTopic)."""
-        if isinstance(topic, BatchTopic) and topic.stands_for is not None:
-            topic = topic.stands_for
-        return self.settings.topic_prefix + topic.name
+        return self.settings.topic_prefix + (standing_for(topic) or topic).name
 
     async def ensure_topics(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap)
@@ -348,8 +347,9 @@ class KafkaBus(Bus):
     async def publish_raw(self, topic: Topic[Any], envelopes: Sequence[Envelope]) -> None:
         if self._producer is None:
             raise RuntimeError("the Kafka bus is not started")
-        if isinstance(topic, BatchTopic) and topic.stands_for is not None:
-            raise TypeError(f"{topic.name} stands for {topic.stands_for.name}: it is not written")
+        other = standing_for(topic)
+        if other is not None:
+            raise TypeError(f"{topic.name} stands for {other.name}: it is not written")
         name = self.physical(topic)
         producer = self._producer
         try:
