@@ -61,6 +61,13 @@ def keys_of(codes: npt.NDArray[np.int64], ts: npt.NDArray[np.float64]) -> list[K
     return keys
 
 
+def _grown(a: npt.NDArray[np.float64], size: int) -> npt.NDArray[np.float64]:
+    """The array lengthened to `size`, NaN after its values."""
+    grown = np.full(size, np.nan)
+    grown[: len(a)] = a
+    return grown
+
+
 class FixHorizons:
     """Each met tag's horizon (seconds since 1970) and the keys taken since, for the tags
     a process has met in the last `ttl_s` seconds, kept by the tags' numbers (`codes`,
@@ -89,6 +96,9 @@ class FixHorizons:
         self._epoch = self.codes.epoch
         # By tag number: NaN for a tag not met.
         self._horizon = np.full(len(self.codes), np.nan)
+        # By tag number, the newest time among the keys remembered of the tag (or of
+        # those since folded; NaN for none): a fix after it cannot be a key remembered.
+        self._taken = np.full(len(self.codes), np.nan)
         self._highest = -np.inf  # of the horizons above
         self._floor = -np.inf
         # The two generations of keys, each with the newest time among them.
@@ -105,9 +115,8 @@ class FixHorizons:
         if self.codes.epoch != self._epoch:
             self.forget()
         if len(self._horizon) < len(self.codes):
-            grown = np.full(max(len(self.codes), 2 * len(self._horizon), 1024), np.nan)
-            grown[: len(self._horizon)] = self._horizon
-            self._horizon = grown
+            size = max(len(self.codes), 2 * len(self._horizon), 1024)
+            self._horizon, self._taken = (_grown(a, size) for a in (self._horizon, self._taken))
         return codes
 
     def _fold(self) -> None:
@@ -122,10 +131,11 @@ class FixHorizons:
         if time.monotonic() - self._since >= self.ttl_s:
             self.forget()
         codes = self._numbers(batch.tags)
+        # Each of the batch's tags' newest fix here.
+        newest = np.full(len(batch.tags), -np.inf)
+        np.maximum.at(newest, batch.tag, batch.ts)
         unmet = np.flatnonzero(np.isnan(self._horizon[codes])).tolist()
         if unmet:
-            newest = np.full(len(batch.tags), -np.inf)
-            np.maximum.at(newest, batch.tag, batch.ts)
             after = newest[unmet].tolist()
             tags = [batch.tags[i] for i in unmet]
             stored = await repository.newest_after(conn, tags, after)
@@ -146,10 +156,17 @@ class FixHorizons:
         else:
             unsure = batch.ts <= self._floor
         keys = keys_of(codes[batch.tag], batch.ts)
-        seen = self._newer.intersection(keys) | self._older.intersection(keys)
-        if seen:
-            unsure |= np.fromiter((k in seen for k in keys), dtype=bool, count=len(keys))
+        # Only a fix at or before its tag's newest key can be one remembered: nearly
+        # always none (a tag's fixes come in order, but for late ones), and the others
+        # are not looked for (two of the three set operations a fix, most of this).
+        maybe = np.flatnonzero((batch.ts <= self._taken[codes][batch.tag]) & ~unsure).tolist()
+        if maybe:
+            asked = [keys[i] for i in maybe]
+            seen = self._newer.intersection(asked) | self._older.intersection(asked)
+            if seen:
+                unsure[maybe] |= np.fromiter((k in seen for k in asked), bool, len(asked))
         self._newer.update(keys)
+        self._taken[codes] = np.fmax(self._taken[codes], newest)
         if len(batch):
             self._newer_newest = max(self._newer_newest, float(batch.ts.max()))
         if len(self._newer) > self.keys:

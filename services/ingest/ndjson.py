@@ -26,7 +26,7 @@ from services.ingest.batch import SOURCE_CODES
 from services.ingest.service import NOT_JSON, Item, RequestColumns
 
 
-class _Line(msgspec.Struct, forbid_unknown_fields=True):
+class _Line(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """A line as the clean path takes it: each field of StreamedFix plainly of its JSON
     kind (a float field takes an integer, as in JSON, but not true or false), bounds
     aside. A source, if given, must be a string; satellites an integer or null. No

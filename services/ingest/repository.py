@@ -185,20 +185,27 @@ def box_points(
     firsts = [np.flatnonzero(new)]
     seconds = [firsts[0]]
     # Fixes k apart: a pair if the later is more accurate than the k - 1 between, whose
-    # least accuracy `between` carries from one k to the next.
-    between = np.full(n, np.inf)
+    # least accuracy `between` carries from one k to the next. Only the fixes `i` with
+    # one of their own (and within BOX_MAX_GAP) k - 1 on are looked at k on: the fixes
+    # are in order, so none of the others has one further on either (the box keeper
+    # spent a third less on this than looking at every fix for every k).
+    i = np.arange(n - 1)
+    between = np.full(n - 1, np.inf)
     for k in range(1, n):
-        i = np.arange(n - k)
+        end = int(np.searchsorted(i, n - k))
+        if end < len(i):
+            i, between = i[:end], between[:end]
         j = i + k
         near = (owner[j] == owner[i]) & (ts[j] - ts[i] <= gap)
-        if not near.any():
-            break
+        if not near.all():
+            i, j, between = i[near], j[near], between[near]
+            if not len(i):
+                break
         if k > 1:
-            between[: n - k] = np.minimum(between[: n - k], accuracy_m[i + k - 1])
+            np.minimum(between, accuracy_m[j - 1], out=between)
         # A pair within one bucket adds nothing: every fix goes in its own bucket's box
         # as a new one (the new ones here; the others went in when they were new).
-        pair = near & (accuracy_m[j] < between[: n - k]) & (new[i] | new[j])
-        pair &= bucket[j] != bucket[i]
+        pair = (accuracy_m[j] < between) & (new[i] | new[j]) & (bucket[j] != bucket[i])
         firsts.append(i[pair])
         seconds.append(j[pair])
     first = np.concatenate(firsts)
@@ -375,9 +382,13 @@ async def widen_boxes(conn: asyncpg.Connection, unboxed: Unboxed) -> None:
     row = await conn.fetchrow(NEIGHBOURS_SQL, entry_subjects, los, his, min(los), max(his))
     entry = ints(row[0])
     ts, lat, lon, accuracy_m = (floats(v) for v in row[1:])
-    order = np.lexsort((ts, entry))
-    entry = entry[order]
-    ts, lat, lon, accuracy_m = (a[order] for a in (ts, lat, lon, accuracy_m))
+    # The rows come as the scans went, nearly always an entry at a time in time order;
+    # sorted (stably, as lexsort) only if not.
+    step, later = np.diff(entry), np.diff(ts)
+    if not ((step > 0) | ((step == 0) & (later >= 0))).all():
+        order = np.lexsort((ts, entry))
+        entry = entry[order]
+        ts, lat, lon, accuracy_m = (a[order] for a in (ts, lat, lon, accuracy_m))
     # Stored fixes amid the new ones count as new too: a superset, and boxes only grow.
     new = (ts >= unboxed.first[entry]) & (ts <= unboxed.last[entry])
     points = box_points(entry, ts, lat, lon, accuracy_m, new)
