@@ -3,16 +3,26 @@ every role it is not for. A new endpoint fails this test until its roles are dec
 
 from __future__ import annotations
 
+import inspect
 import re
 import uuid
+from typing import Any
 
 import httpx
 import pytest
+from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import get_dependant
+from fastapi.routing import APIRoute
 
+from services.alerts.api import router as alerts_router
 from services.app import create_app
 from services.common.auth import Role
 from services.common.database import Database
+from services.ingest.api import router as ingest_router
 from services.pipeline import Pipeline
+from services.registry.api import router as registry_router
+from services.trails.api import router as trails_router
+from services.zones.api import router as zones_router
 from tests.conftest import enrol, token_for
 
 SUPPLIER = {Role.supplier}
@@ -65,6 +75,7 @@ ALLOWED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/v1/audit"): AUDITOR,
     ("GET", "/metrics"): ADMIN,
 }
+ROUTERS = (ingest_router, registry_router, zones_router, alerts_router, trails_router)
 # Orchestrators probe these without credentials; they say only up or down.
 OPEN = {("GET", "/healthz"), ("GET", "/readyz")}
 
@@ -104,6 +115,43 @@ async def test_every_role_on_every_endpoint(
             assert r.status_code == 403, (method, path, role, r.status_code, r.text)
             checked += 1
     assert checked > 180
+
+
+def _runs_on_the_loop(call: Any) -> bool:
+    """Whether FastAPI awaits this endpoint or dependency on the event loop, rather than
+    running it in its thread pool."""
+    function = call if inspect.isroutine(call) else type(call).__call__
+    return inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
+
+
+async def test_no_endpoint_waits_for_a_thread(memory_pipeline: Pipeline) -> None:
+    """Every endpoint, and every dependency of each, is a coroutine or an async generator.
+    FastAPI runs a plain function (or generator) in its thread pool: a thread woken and
+    the GIL handed over and back for every request. `get_runtime` was one, on every
+    request, until the twenty-seventh session (docs/benchmarks.md)."""
+    app = create_app(memory_pipeline, manage=False)
+    threaded: list[tuple[str, str]] = []
+    checked = 0
+
+    def visit(dependant: Dependant, path: str) -> None:
+        nonlocal checked
+        if dependant.call is not None:
+            checked += 1
+            if not _runs_on_the_loop(dependant.call):
+                threaded.append((path, getattr(dependant.call, "__name__", repr(dependant.call))))
+        for inner in dependant.dependencies:
+            visit(inner, path)
+
+    # The application's own routes, and each service's router's, with the dependencies
+    # a router gives all its routes.
+    for router in (app.router, *ROUTERS):
+        for route in router.routes:
+            if isinstance(route, APIRoute):
+                visit(route.dependant, route.path)
+        for depends in router.dependencies:
+            visit(get_dependant(path="", call=depends.dependency), router.prefix)
+    assert not threaded
+    assert checked > 150
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz"])

@@ -16,7 +16,10 @@ from services.common.runtime import Runtime
 _bearer = HTTPBearer(auto_error=False)
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # A coroutine, though it awaits nothing: FastAPI runs a plain function dependency in
+    # its thread pool, a thread's wake-up and the GIL handed over twice for every
+    # request (seen in the API's profile, docs/benchmarks.md, twenty-seventh session).
     runtime: Runtime = request.app.state.runtime
     return runtime
 
