@@ -566,6 +566,12 @@ def test_fixes_placed_for_many_pairs_at_once_are_placed_as_one_pair_at_a_time(
             ts = T0 + timedelta(minutes=i)
             trail.append(TrailFix("T", ts, ts, lat, lon, rng.choice([3.0, 20.0, 60.0, 400.0])))
         pairs.append((z, uuid.UUID(int=k % 5), trail))
+    # One subject's trail handed to several zones, the same list each time, as the zone
+    # checker hands it; and another trail of that subject's between them.
+    shared = pairs[0][2]
+    pairs += [(z, uuid.UUID(int=99), shared) for z in zones[1:4]]
+    pairs += [(zones[4], uuid.UUID(int=99), pairs[4][2])]
+    pairs += [(z, uuid.UUID(int=99), shared) for z in zones[5:8]]
     kept = Placements()
     for z, subject, trail in pairs[::2]:
         kept.place(z, subject, trail[: len(trail) // 2])  # some placed before
