@@ -266,6 +266,19 @@ def _used(codes: IntArray, size: int) -> tuple[IntArray, IntArray]:
     return used, index[codes]
 
 
+def _picked(values: list[Any], indices: IntArray) -> list[Any]:
+    return list(map(values.__getitem__, indices.tolist()))
+
+
+def _uuid_text(value: object) -> str:
+    """What orjson writes for a value it cannot write itself: a UUID of a kind other
+    than uuid.UUID's own (asyncpg's, a subclass), as its text. orjson writes a uuid.UUID
+    itself, as str() would but in a tenth of the time."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not written on the wire")
+
+
 def _b64(values: npt.NDArray[Any], dtype: str) -> str:
     return base64.urlsafe_b64encode(values.astype(dtype).tobytes()).decode("ascii")
 
@@ -509,14 +522,15 @@ class FixBatch:
         source_used, source = _used(self.source, len(SOURCES))
         return orjson.dumps(
             {
-                "tags": [self.tags[i] for i in tag_used.tolist()],
-                "subjects": self._subject_texts(subject_used),
+                "tags": _picked(self.tags, tag_used),
+                "subjects": _picked(self.subjects, subject_used),
                 "sources": [SOURCES[i].value for i in source_used.tolist()],
                 "tag": _b64(tag, "<i4"),
                 "subject": _b64(subject, "<i4"),
                 "source": _b64(source, "u1"),
                 **{name: _b64(getattr(self, name), _WIRE_COLUMNS[name][0]) for name in _PLAIN},
-            }
+            },
+            default=_uuid_text,
         )
 
     def readable(self) -> bytes:
@@ -528,9 +542,9 @@ class FixBatch:
         sats[self.sats < 0] = None
         return orjson.dumps(
             {
-                "tags": [self.tags[i] for i in tag_used.tolist()],
+                "tags": _picked(self.tags, tag_used),
                 "tag": tag,
-                "subjects": self._subject_texts(subject_used),
+                "subjects": _picked(self.subjects, subject_used),
                 "subject": subject,
                 "ts": self.ts,
                 "received_at": self.received_at,
@@ -544,15 +558,9 @@ class FixBatch:
                 "sats": sats.tolist(),
                 "hdop": self.hdop,
             },
+            default=_uuid_text,
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
-
-    def _subject_texts(self, used: IntArray) -> list[Any]:
-        # orjson writes a uuid.UUID itself, as str() would but in a tenth of the time;
-        # asyncpg's kind (a subclass) it does not take, and its str() is quick.
-        return [
-            s if type(s) is uuid.UUID else str(s) for s in (self.subjects[i] for i in used.tolist())
-        ]
 
     @classmethod
     def decode(cls, payload: bytes) -> FixBatch:
