@@ -834,14 +834,22 @@ def test_a_batch_grouped_by_subject_keeps_each_ones_fixes_in_order_and_their_spa
         for _ in range(300)
     ]
     batch = FixBatch.of(fixes)
-    groups = {s: [fixes[i] for i in rows.tolist()] for s, rows in batch.groups().items()}
+    runs = batch.runs()
+    groups = {s: [fixes[i] for i in runs.rows(k).tolist()] for k, s in enumerate(runs.subjects)}
     assert groups == {s: [f for f in fixes if f.subject_id == s] for s in subjects}
     spans = {s: [min(f.ts for f in fs), max(f.ts for f in fs)] for s, fs in groups.items()}
     subjects_of, first, last = batch.first_last()
+    assert subjects_of == runs.subjects
     assert {
         s: [from_epoch(a), from_epoch(b)]
         for s, a, b in zip(subjects_of, first.tolist(), last.tolist(), strict=True)
     } == spans
+    # Of some rows alone, as of a batch of those rows.
+    some = np.array([i for i, f in enumerate(fixes) if f.accuracy_m < 5_000])
+    assert [a.tolist() for a in batch.first_last(some)[1:]] == [
+        a.tolist() for a in batch.take(some).first_last()[1:]
+    ]
+    assert batch.first_last(some)[0] == batch.take(some).first_last()[0]
     assert batch.messages() == fixes
     assert FixBatch.decode(batch.encode()).messages() == fixes
     halves = [batch.take(np.arange(0, 150)), batch.take(np.arange(150, 300))]

@@ -13,7 +13,6 @@ import base64
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Annotated, Any, get_args
 
 import numpy as np
@@ -351,6 +350,41 @@ _ROWS = (
 _VALUES = _ROWS[2:]
 
 
+@dataclass(frozen=True, slots=True)
+class SubjectRuns:
+    """A batch's subjects, each once (in the order of their codes), with each one's first
+    and last fix time, and its rows: subject i's are `order[bounds[i]:bounds[i + 1]]`, in
+    batch order. Only the rows asked for are sliced: a zone checker's batch holds about
+    2,000 subjects, and it reads the rows of the few it checks."""
+
+    subjects: list[uuid.UUID]
+    first: FloatArray
+    last: FloatArray
+    order: IntArray
+    bounds: IntArray
+
+    @classmethod
+    def of(cls, subjects: list[uuid.UUID], subject: IntArray, ts: FloatArray) -> SubjectRuns:
+        """The runs of fixes whose subjects are `subjects[subject[i]]`, at times `ts`."""
+        if len(ts) == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return cls([], np.zeros(0), np.zeros(0), empty, np.zeros(1, dtype=np.int64))
+        order = np.argsort(subject, kind="stable")
+        codes, ts = subject[order], ts[order]
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        return cls(
+            [subjects[c] for c in codes[starts].tolist()],
+            np.minimum.reduceat(ts, starts),
+            np.maximum.reduceat(ts, starts),
+            order,
+            np.r_[starts, len(order)],
+        )
+
+    def rows(self, i: int) -> IntArray:
+        """Subject i's rows, in batch order."""
+        return self.order[self.bounds[i] : self.bounds[i + 1]]
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class FixBatch:
     """Fixes as columns. Fix i is tag `tags[tag[i]]`'s, worn by subject
@@ -469,28 +503,20 @@ class FixBatch:
             )
         ]
 
-    def groups(self) -> dict[uuid.UUID, npt.NDArray[np.int64]]:
-        """Each subject's rows, in batch order."""
-        order = np.argsort(self.subject, kind="stable")
-        codes = self.subject[order]
-        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else order
-        bounds = [*starts.tolist(), len(codes)]
-        return {self.subjects[int(codes[a])]: order[a:b] for a, b in pairwise(bounds)}
-
     def first_last(
         self, rows: npt.NDArray[Any] | None = None
     ) -> tuple[list[uuid.UUID], FloatArray, FloatArray]:
         """The subjects of these rows (all, if not given), and each one's first and last
         fix time."""
-        subject = self.subject if rows is None else self.subject[rows]
-        ts = self.ts if rows is None else self.ts[rows]
-        if len(ts) == 0:
-            return [], np.zeros(0), np.zeros(0)
-        order = np.argsort(subject, kind="stable")
-        codes, ts = subject[order], ts[order]
-        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-        subjects = [self.subjects[c] for c in codes[starts].tolist()]
-        return subjects, np.minimum.reduceat(ts, starts), np.maximum.reduceat(ts, starts)
+        if rows is None:
+            runs = self.runs()
+        else:
+            runs = SubjectRuns.of(self.subjects, self.subject[rows], self.ts[rows])
+        return runs.subjects, runs.first, runs.last
+
+    def runs(self) -> SubjectRuns:
+        """The batch's fixes a subject at a time."""
+        return SubjectRuns.of(self.subjects, self.subject, self.ts)
 
     def rows(self) -> TrailRows:
         """The fixes as trail_points rows, for COPY."""

@@ -220,19 +220,18 @@ class ZoneChecker:
 
     async def handle(self, batches: list[FixBatch]) -> None:
         fixes = FixBatch.concat(batches)
-        batch = fixes.groups()
         # Each subject's first and last new fix, as seconds since 1970: made datetimes
         # only for the few subjects that need them (a datetime each is dear, for every
-        # subject of every batch).
-        subjects, first, last = fixes.first_last()
-        firsts = dict(zip(subjects, first.tolist(), strict=True))
-        lasts = dict(zip(subjects, last.tolist(), strict=True))
+        # subject of every batch); and its rows, sliced only for those checked.
+        runs = fixes.runs()
+        subjects, first, last = runs.subjects, runs.first, runs.last
+        place = {s: i for i, s in enumerate(subjects)}
         first_new: dict[uuid.UUID, datetime] = {}
 
         def first_of(s: uuid.UUID) -> datetime:
             """The subject's first new fix."""
             if s not in first_new:
-                first_new[s] = from_epoch(firsts[s])
+                first_new[s] = from_epoch(float(first[place[s]]))
             return first_new[s]
 
         # The statements that do not wait on each other go side by side, each on a
@@ -287,7 +286,7 @@ class ZoneChecker:
 
         def marks_of(s: uuid.UUID) -> list[datetime]:
             """Where the subject's open runs are kept for the batches to come."""
-            last_new = from_epoch(lasts[s])
+            last_new = from_epoch(float(last[place[s]]))
             return [last_new - lag for lag in CHECKPOINT_LAGS]
 
         reported: dict[tuple[uuid.UUID, uuid.UUID], dict[uuid.UUID, Reported]] = defaultdict(dict)
@@ -352,7 +351,7 @@ class ZoneChecker:
             rows: list[dict[str, Any]] = []
             for subject_id, subject_zones in checks.items():
                 trail = trails.get(subject_id, [])
-                mine = fixes.trail_fixes(batch[subject_id])
+                mine = fixes.trail_fixes(runs.rows(place[subject_id]))
                 new = {(f.tag_id, f.ts) for f in mine}
                 seen_before = max(
                     (f.ts for f in trail if (f.tag_id, f.ts) not in new), default=None
