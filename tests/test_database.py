@@ -47,6 +47,7 @@ from services.ingest.repository import (
     TrailBoxes,
     Unboxed,
     _staged,
+    box_points,
     boxes_near,
     claim_unboxed,
     days_of,
@@ -710,6 +711,16 @@ def test_the_days_of_a_batch_are_those_of_its_times_in_utc() -> None:
         date(1999, 12, 31),
         date(2026, 11, 20),
     }
+
+
+def test_no_stored_fix_or_one_makes_only_its_own_box_point() -> None:
+    """The box keeper's round over subjects with no fix stored within reach (every one
+    vaguer than boxes take, or dropped since) finds no points, and a lone fix only its
+    own."""
+    for n in (0, 1):
+        at = np.zeros(n)
+        points = box_points(np.zeros(n, dtype=np.int64), at, at, at, at + 5.0, at == 0)
+        assert len(points.owner) == n
 
 
 async def test_trail_boxes_hold_every_path_whatever_order_fixes_arrive_in(db: Database) -> None:

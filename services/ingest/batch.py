@@ -218,7 +218,7 @@ class FixColumnsMessage(BaseModel):
     @model_validator(mode="after")
     def _columns_hold_fixes(self) -> FixColumnsMessage:
         # A few numpy calls a check: a message holds a few hundred fixes, and a call on
-        # so few costs about what its work does (34 µs a message before, 15 after;
+        # so few costs about what its work does (34 µs a message before, 18.5 after;
         # docs/benchmarks.md, twenty-seventh session).
         n = None
         for name, size in _SIZES.items():

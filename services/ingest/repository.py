@@ -189,8 +189,8 @@ def box_points(
     # one of their own (and within BOX_MAX_GAP) k - 1 on are looked at k on: the fixes
     # are in order, so none of the others has one further on either (the box keeper
     # spent a third less on this than looking at every fix for every k).
-    i = np.arange(n - 1)
-    between = np.full(n - 1, np.inf)
+    i = np.arange(max(n - 1, 0))
+    between = np.full(len(i), np.inf)
     for k in range(1, n):
         end = int(np.searchsorted(i, n - k))
         if end < len(i):
