@@ -19,6 +19,9 @@ from services.registry.api import router as registry_router
 from services.trails.api import router as trails_router
 from services.zones.api import router as zones_router
 
+# Every service's routes.
+ROUTERS = (ingest_router, registry_router, zones_router, alerts_router, trails_router)
+
 
 def create_app(pipeline: Pipeline, *, manage: bool = True) -> FastAPI:
     """An app over a pipeline; with manage=False the caller starts and stops it."""
@@ -47,7 +50,7 @@ def create_app(pipeline: Pipeline, *, manage: bool = True) -> FastAPI:
         default_bytes=pipeline.settings.app.max_body_bytes,
         own_limit_paths=("/v1/fixes", "/v1/device-events", "/v1/crimes/batches"),
     )
-    for router in (ingest_router, registry_router, zones_router, alerts_router, trails_router):
+    for router in ROUTERS:
         app.include_router(router)
 
     # Health and readiness are open, as orchestrators probe them without credentials;

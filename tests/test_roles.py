@@ -14,15 +14,10 @@ from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import get_dependant
 from fastapi.routing import APIRoute
 
-from services.alerts.api import router as alerts_router
-from services.app import create_app
+from services.app import ROUTERS, create_app
 from services.common.auth import Role
 from services.common.database import Database
-from services.ingest.api import router as ingest_router
 from services.pipeline import Pipeline
-from services.registry.api import router as registry_router
-from services.trails.api import router as trails_router
-from services.zones.api import router as zones_router
 from tests.conftest import enrol, token_for
 
 SUPPLIER = {Role.supplier}
@@ -75,7 +70,6 @@ ALLOWED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/v1/audit"): AUDITOR,
     ("GET", "/metrics"): ADMIN,
 }
-ROUTERS = (ingest_router, registry_router, zones_router, alerts_router, trails_router)
 # Orchestrators probe these without credentials; they say only up or down.
 OPEN = {("GET", "/healthz"), ("GET", "/readyz")}
 
