@@ -949,17 +949,17 @@ def _fixes(tag: str, subject: uuid.UUID, times: list[datetime]) -> FixBatch:
 
 
 @pytest.mark.parametrize(
-    ("generation", "max_tags"),
-    [(100_000, 100_000), (8, 100_000), (100_000, 2)],
-    ids=["one generation", "folding", "numbers dropped"],
+    ("per_tag", "max_tags"),
+    [(1_000, 100_000), (2, 100_000), (1_000, 2)],
+    ids=["every time kept", "times pushed out", "numbers dropped"],
 )
 async def test_only_fixes_ingest_cannot_vouch_for_are_looked_up(
-    db: Database, generation: int, max_tags: int
+    db: Database, per_tag: int, max_tags: int
 ) -> None:
     """Random requests for a few tags, each of fixes in order, late (out of order, new), or
     re-sends of stored ones, each request stored after it is judged: every fix already in
     the trail is among those looked up (the only ones a re-send can be found among). While
-    no generation of keys has been folded into the horizons, a new fix of a tag met
+    no tag's times have been pushed out of what is kept of it, a new fix of a tag met
     before is not looked up, however late, if it is after the tag's horizon when met. A
     tag whose trail holds later fixes than the process has seen (stored through another
     process) gets its horizon from the trail. When the tags' numbers are dropped (two
@@ -967,8 +967,8 @@ async def test_only_fixes_ingest_cannot_vouch_for_are_looked_up(
     rng = random.Random(7)
     start = utcnow().replace(microsecond=0) - timedelta(hours=3)
     tags = {f"HZ-{i}": uuid.uuid4() for i in range(4)}
-    horizons = FixHorizons(ttl_s=3600, keys=generation, max_tags=max_tags)
-    trusting = generation > 1000 and max_tags > len(tags)
+    horizons = FixHorizons(ttl_s=3600, per_tag=per_tag, max_tags=max_tags)
+    trusting = per_tag > 100 and max_tags > len(tags)
     stored_keys: set[tuple[str, float]] = set()
     met: dict[str, float] = {}  # each tag's horizon when met
     newest: dict[str, float] = {}
@@ -1014,6 +1014,54 @@ async def test_only_fixes_ingest_cannot_vouch_for_are_looked_up(
             newest[tag] = max(newest.get(tag, -1.0), *times)
     assert skipped > 10
     assert met["HZ-0"] == (start + timedelta(hours=2)).timestamp()
+
+
+@pytest.mark.parametrize("per_tag", [1, 3, 1_000])
+async def test_a_fix_taken_before_is_looked_up_whatever_the_requests_hold(
+    db: Database, per_tag: int
+) -> None:
+    """Requests of several tags at once, their fixes interleaved and shuffled, some tags
+    with more fixes in one request than ingest keeps a tag, some fixes taken before
+    (re-sends, within a request's tags or alone): every fix taken before is looked up.
+    Keeping more than any tag is sent, no fix new to a met tag is looked up, however
+    far it overtakes others."""
+    rng = random.Random(11)
+    start = utcnow().replace(microsecond=0) - timedelta(hours=3)
+    tags = [f"HR-{i}" for i in range(5)]
+    subject = uuid.uuid4()
+    horizons = FixHorizons(ttl_s=3600, per_tag=per_tag)
+    taken: set[tuple[str, float]] = set()
+    fresh_looked_up = 0
+    async with db.pool.acquire() as conn:
+        # Every tag met first, with nothing stored: its horizon the request's newest fix.
+        for tag in tags:
+            await horizons.unsure(conn, _fixes(tag, subject, [start]))
+            taken.add((tag, start.timestamp()))
+        for _ in range(40):
+            sent: list[tuple[str, float]] = []
+            for tag in rng.sample(tags, rng.randint(1, len(tags))):
+                new = {
+                    start.timestamp() + 60 * rng.randint(1, 500) + 0.5
+                    for _ in range(rng.randint(1, 6))
+                }
+                sent += [(tag, t) for t in sorted(new) if (tag, t) not in taken]
+                again = sorted(t for g, t in taken if g == tag)
+                sent += [(tag, t) for t in rng.sample(again, min(len(again), rng.randint(0, 2)))]
+            rng.shuffle(sent)
+            batch = FixBatch.concat(
+                [_fixes(g, subject, [datetime.fromtimestamp(t, UTC)]) for g, t in sent]
+            )
+            unsure = (await horizons.unsure(conn, batch)).tolist()
+            for key, u in zip(sent, unsure, strict=True):
+                if key in taken:
+                    assert u, key
+                elif u:
+                    fresh_looked_up += 1
+            taken.update(sent)
+    if per_tag == 1_000:
+        assert fresh_looked_up == 0
+    else:
+        assert fresh_looked_up > 0  # times were pushed out, horizons raised
 
 
 async def test_a_tag_forgotten_while_a_request_looks_up_another_is_looked_up(

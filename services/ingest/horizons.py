@@ -9,15 +9,15 @@ ingest has seen every fix stored since it met the tag: only the fixes it cannot 
 for need looking up.
 
 For each tag met, a *horizon*: a time at or before which the tag's stored fixes are not
-known, and after it, the fixes ingest has put on the bus since (their keys, tag and
-time, in two generations: the newer holds at most `keys` keys, and when it is full
-the older is folded into a floor under every horizon and dropped). A fix is looked up if it is at or
-before its tag's horizon, or its key is remembered (a re-send); any other fix of a met
-tag cannot be stored. Out of order is fine: requests overtake each other, and a fix
-older than one already taken is still new unless its own key is remembered.
+known, and after it, the times of the latest fixes ingest has put on the bus since (up
+to `per_tag` of them; when one more comes, the oldest of them is dropped and the horizon
+raised to its time). A fix is looked up if it is at or before its tag's horizon, or its
+time is among those remembered (a re-send); any other fix of a met tag cannot be
+stored. Out of order is fine: requests overtake each other, and a fix older than one
+already taken is still new unless its own time is remembered.
 
 How this stays true: fixes reach the trail only through ingest, which remembers every
-fix's key before putting it on the bus (remembering a key or raising a horizon is
+fix's time before putting it on the bus (remembering a time or raising a horizon is
 always safe: it only makes more fixes looked up). A tag new to the process gets its
 horizon from the trail itself, its newest stored fix after the request's newest fix
 (a probe of the primary key a day's partition from then on), or that fix; its fixes in
@@ -42,53 +42,43 @@ from services.ingest import repository
 from services.ingest.batch import FixBatch
 from services.registry.service import TagCodes
 
-# A fix's tag and time as one number (keys_of).
-Key = int
-
-# Mixes a tag's number into a key (2^64 / the golden ratio, odd: every tag a different
-# multiple).
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-
-
-def keys_of(codes: npt.NDArray[np.int64], ts: npt.NDArray[np.float64]) -> list[Key]:
-    """Each fix's key, its tag's number (`codes`, a fix) and its time, as one number:
-    the same for the same tag and time in any batch while the tags' numbers last. Two
-    keys may share a number (about one pair in 2^64), which costs a look-up, never a
-    fix: a shared number only makes a fix unsure. A number hashes and compares at
-    once; a (tag, time) tuple hashed its parts every time it was met, three times a
-    fix, and was made a fix (docs/benchmarks.md, twentieth session)."""
-    keys: list[Key] = (codes.astype(np.uint64) * _MIX + ts.view(np.uint64)).tolist()
-    return keys
-
 
 def _grown(a: npt.NDArray[np.float64], size: int) -> npt.NDArray[np.float64]:
-    """The array lengthened to `size`, NaN after its values."""
-    grown = np.full(size, np.nan)
+    """The array lengthened to `size` rows, NaN after its values."""
+    grown = np.full((size, *a.shape[1:]), np.nan)
     grown[: len(a)] = a
     return grown
 
 
 class FixHorizons:
-    """Each met tag's horizon (seconds since 1970) and the keys taken since, for the tags
-    a process has met in the last `ttl_s` seconds, kept by the tags' numbers (`codes`,
-    shared with the process's TagDirectory; their own if not given; when the numbers
-    are dropped, so is everything here), and `keys` keys a generation (two kept, about
-    60 bytes a key). A generation must outlast the fixes in flight at once (32 requests
-    of 2,000 in the benchmark), or requests that overtake others are looked up. Folding
-    a generation raises every tag's horizon to the newest time among its keys,
-    whichever the tag (a floor under every horizon): cheaper than a tag at a time, and
-    as true, since raising a horizon is always safe; it costs a look-up only for a fix
-    older than a whole generation's newest, a late one."""
+    """Each met tag's horizon (seconds since 1970) and the times of its latest fixes taken
+    since, for the tags a process has met in the last `ttl_s` seconds, kept by the
+    tags' numbers (`codes`, shared with the process's TagDirectory; their own if not
+    given; when the numbers are dropped, so is everything here), in arrays: `per_tag`
+    times a tag (8 bytes each, 256 a tag by default: 25.6 MB for 100,000 tags).
+
+    A tag's times must outlast its fixes in flight at once (32 requests of 2,000 in the
+    benchmark, a fix of each tag in each), or requests that overtake others are looked
+    up. A re-send older than a tag's remembered times is looked up too, as it should
+    be: the horizon stands at or after it.
+
+    Until the twenty-eighth session the keys (tag and time as one number) were kept in
+    two Python sets of 50,000 a generation, each generation folded into one floor under
+    every horizon: overtaken requests made half a request's fixes look in the sets,
+    and the look-ups and remembering cost the API about 9 % of its time. Here every step
+    is a few numpy calls a request (docs/benchmarks.md, twenty-eighth session)."""
 
     def __init__(
         self,
         ttl_s: float,
         max_tags: int = 100_000,
-        keys: int = 50_000,
+        per_tag: int = 32,
         codes: TagCodes | None = None,
     ) -> None:
+        if per_tag < 1:
+            raise ValueError("per_tag must be at least 1")
         self.ttl_s = ttl_s
-        self.keys = keys
+        self.per_tag = per_tag
         self.codes = TagCodes(max_tags) if codes is None else codes
         self.forget()
 
@@ -96,16 +86,10 @@ class FixHorizons:
         self._epoch = self.codes.epoch
         # By tag number: NaN for a tag not met.
         self._horizon = np.full(len(self.codes), np.nan)
-        # By tag number, the newest time among the keys remembered of the tag (or of
-        # those since folded; NaN for none): a fix after it cannot be a key remembered.
-        self._taken = np.full(len(self.codes), np.nan)
-        self._highest = -np.inf  # of the horizons above
-        self._floor = -np.inf
-        # The two generations of keys, each with the newest time among them.
-        self._older: set[Key] = set()
-        self._older_newest = -np.inf
-        self._newer: set[Key] = set()
-        self._newer_newest = -np.inf
+        # By tag number, the times of the tag's latest fixes taken (NaN where none), a
+        # ring: the next is written at `_written % per_tag`.
+        self._times = np.full((len(self.codes), self.per_tag), np.nan)
+        self._written = np.zeros(len(self.codes), dtype=np.int64)
         self._since = time.monotonic()
 
     def _numbers(self, tags: list[str]) -> npt.NDArray[np.int64]:
@@ -116,26 +100,23 @@ class FixHorizons:
             self.forget()
         if len(self._horizon) < len(self.codes):
             size = max(len(self.codes), 2 * len(self._horizon), 1024)
-            self._horizon, self._taken = (_grown(a, size) for a in (self._horizon, self._taken))
+            self._horizon, self._times = (_grown(a, size) for a in (self._horizon, self._times))
+            written = np.zeros(size, dtype=np.int64)
+            written[: len(self._written)] = self._written
+            self._written = written
         return codes
-
-    def _fold(self) -> None:
-        """The older generation into the floor; the newer becomes the older."""
-        self._floor = max(self._floor, self._older_newest)
-        self._older, self._older_newest = self._newer, self._newer_newest
-        self._newer, self._newer_newest = set(), -np.inf
 
     async def unsure(self, conn: asyncpg.Connection, batch: FixBatch) -> npt.NDArray[np.bool_]:
         """Which of the batch's fixes may be stored already, the batch being about to go
-        on the bus: every fix's key is remembered."""
+        on the bus: every fix's time is remembered."""
         if time.monotonic() - self._since >= self.ttl_s:
             self.forget()
         codes = self._numbers(batch.tags)
-        # Each of the batch's tags' newest fix here.
-        newest = np.full(len(batch.tags), -np.inf)
-        np.maximum.at(newest, batch.tag, batch.ts)
         unmet = np.flatnonzero(np.isnan(self._horizon[codes])).tolist()
         if unmet:
+            # Each of those tags' newest fix here.
+            newest = np.full(len(batch.tags), -np.inf)
+            np.maximum.at(newest, batch.tag, batch.ts)
             after = newest[unmet].tolist()
             tags = [batch.tags[i] for i in unmet]
             stored = await repository.newest_after(conn, tags, after)
@@ -143,32 +124,41 @@ class FixHorizons:
             codes = self._numbers(batch.tags)
             for i, tag, first in zip(unmet, tags, after, strict=True):
                 # Its fixes here are at or before it, so every one is looked up.
-                t = np.fmax(self._horizon[codes[i]], stored.get(tag, first))
-                self._horizon[codes[i]] = t
-                self._highest = max(self._highest, t)
-        # From here to the end nothing is awaited: the look-up and remembering the keys
+                self._horizon[codes[i]] = np.fmax(self._horizon[codes[i]], stored.get(tag, first))
+        # From here to the end nothing is awaited: the look-up and remembering the times
         # are one step for every other request.
-        if self._highest > self._floor:
-            # (A tag forgotten during the look-up has no horizon: all its fixes are unsure.)
-            horizon = np.maximum(self._horizon[codes], self._floor)
-            horizon[np.isnan(horizon)] = np.inf
-            unsure = batch.ts <= horizon[batch.tag]
-        else:
-            unsure = batch.ts <= self._floor
-        keys = keys_of(codes[batch.tag], batch.ts)
-        # Only a fix at or before its tag's newest key can be one remembered: nearly
-        # always none (a tag's fixes come in order, but for late ones), and the others
-        # are not looked for (two of the three set operations a fix, most of this).
-        maybe = np.flatnonzero((batch.ts <= self._taken[codes][batch.tag]) & ~unsure).tolist()
-        if maybe:
-            asked = [keys[i] for i in maybe]
-            seen = self._newer.intersection(asked) | self._older.intersection(asked)
-            if seen:
-                unsure[maybe] |= np.fromiter((k in seen for k in asked), bool, len(asked))
-        self._newer.update(keys)
-        self._taken[codes] = np.fmax(self._taken[codes], newest)
-        if len(batch):
-            self._newer_newest = max(self._newer_newest, float(batch.ts.max()))
-        if len(self._newer) > self.keys:
-            self._fold()
+        of = codes[batch.tag]
+        # (A tag forgotten during the look-up has no horizon, NaN: all its fixes are
+        # unsure, as every comparison with NaN is false.)
+        unsure = ~(batch.ts > self._horizon[of])
+        unsure |= (self._times[of] == batch.ts[:, None]).any(axis=1)
+        self._remember(of, batch.ts)
         return unsure
+
+    def _remember(self, of: npt.NDArray[np.int64], ts: npt.NDArray[np.float64]) -> None:
+        """Each fix's time among its tag's (`of`: each fix's tag number), in batch order:
+        a time pushed out, by these or by a tag's more than `per_tag` fixes here, raises
+        the tag's horizon to it. A horizon not known (NaN) stays unknown."""
+        n, size = len(ts), self.per_tag
+        if not n:
+            return
+        order = np.argsort(of, kind="stable")
+        tag, t = of[order], ts[order]
+        starts = np.flatnonzero(np.concatenate(([True], tag[1:] != tag[:-1])))
+        counts = np.diff(np.append(starts, n))
+        met = tag[starts]
+        rank = np.arange(n) - np.repeat(starts, counts)
+        # A tag's last `size` fixes here go in its ring; any before them are pushed out
+        # at once.
+        kept = rank >= np.repeat(counts, counts) - size
+        if not kept.all():
+            np.maximum.at(self._horizon, tag[~kept], t[~kept])
+            tag, t, rank = tag[kept], t[kept], rank[kept]
+        # (Distinct places in a tag's ring: at most `size` of its fixes are kept.)
+        slot = (self._written[tag] + rank) % size
+        pushed = self._times[tag, slot]
+        gone = ~np.isnan(pushed)
+        if gone.any():
+            np.maximum.at(self._horizon, tag[gone], pushed[gone])
+        self._times[tag, slot] = t
+        self._written[met] += counts
