@@ -93,6 +93,8 @@ def requests_as_parts(
     listed once, a subject a tag), split a message a partition as a publish splits it;
     the parts as FixBatch's fields (plain lists and numpy arrays, which every checkout's
     FixBatch takes)."""
+    from asyncpg.pgproto.pgproto import UUID as PgUUID
+
     from services.common.bus.base import lane_parts
     from services.common.bus.kafka import KeyPartitioner
     from services.ingest.pgcopy import SOURCES
@@ -111,7 +113,9 @@ def requests_as_parts(
         columns = {
             "tags": tags,
             "tag": tag,
-            "subjects": [uuid.uuid5(uuid.NAMESPACE_URL, t) for t in tags],
+            # As ingest holds them: asyncpg's UUIDs, read from the registry (until the
+            # twenty-eighth session, uuid.UUID's, which ingest never holds).
+            "subjects": [PgUUID(uuid.uuid5(uuid.NAMESPACE_URL, t).bytes) for t in tags],
             "subject": tag,
             "ts": np.array([datetime.fromisoformat(f["ts"]).timestamp() for f in fixes]),
             "received_at": np.full(len(fixes), received),

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from services.alerts.schemas import AlertFeedMessage, AlertMessage
 from services.common.bus.messages import DeadLetter
-from services.ingest.batch import FixBatchMessage, FixColumnsMessage
+from services.ingest.batch import FixBatchMessage, FixColumnsMessage, FixPackedMessage
 from services.ingest.schemas import (
     DeviceEvent,
     DeviceEventIn,
@@ -39,9 +39,13 @@ WIRE: dict[str, type[BaseModel]] = {
     # A batch of fixes as columns of JSON values: what the points topics carried from
     # the tenth session to the twentieth, still read; and how a dead letter shows one.
     "points-batch-message": FixBatchMessage,
-    # What the points and stored-points topics carry: a batch of fixes as columns of
-    # bytes (twenty-first session).
+    # A batch of fixes as columns of bytes, its subjects a list of UUIDs: what the
+    # points topics carried from the twenty-first session to the twenty-eighth, still
+    # read.
     "points-columns-message": FixColumnsMessage,
+    # What the points and stored-points topics carry: a batch of fixes as columns of
+    # bytes, its subjects' UUIDs too (twenty-eighth session).
+    "points-packed-message": FixPackedMessage,
     "device-events-message": DeviceEvent,
     "crimes-message": CrimeMessage,
     "alerts-message": AlertMessage,

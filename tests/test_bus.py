@@ -29,7 +29,7 @@ from services.common.bus.messages import DeadLetter
 from services.common.database import Database
 from services.common.settings import BusSettings, Settings
 from services.common.timeutil import utcnow
-from services.ingest.batch import FixBatch, FixColumnsMessage
+from services.ingest.batch import FixBatch, FixPackedMessage
 from services.ingest.schemas import FixMessage
 from services.pipeline import Pipeline
 from tests.conftest import enrol, eventually, fix, kafka_settings, square
@@ -384,7 +384,7 @@ def test_packs_hold_every_message_in_order_and_fit_a_record() -> None:
 
 # A topic of fix batches, as the points topics are, with small messages so that a
 # publish is split many ways.
-FIX_BATCHES = BatchTopic("fix-batches", FixColumnsMessage, decoder=FixBatch.decode, max_rows=30)
+FIX_BATCHES = BatchTopic("fix-batches", FixPackedMessage, decoder=FixBatch.decode, max_rows=30)
 
 
 def _fix_batch(rows: list[tuple[str, int]]) -> FixBatch:
@@ -732,7 +732,7 @@ async def test_kafka_consumers_of_fixes_under_load_fetch_on_for_more(settings: S
 # What the store publishes once it has stored fixes: on Kafka, the fix batches
 # themselves, read as the publishing group commits them.
 DONE_BATCHES = BatchTopic(
-    "done-batches", FixColumnsMessage, decoder=FixBatch.decode, stands_for=FIX_BATCHES
+    "done-batches", FixPackedMessage, decoder=FixBatch.decode, stands_for=FIX_BATCHES
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import random
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +17,8 @@ from asyncpg.pgproto.pgproto import UUID as PgUUID
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
-from services.ingest.batch import FixBatch
+from services.ingest import batch as batch_module
+from services.ingest.batch import FixBatch, SubjectTable
 from services.ingest.schemas import FixMessage, FixSource
 from services.wire import WIRE, render, schema_path
 
@@ -84,9 +86,26 @@ def test_a_points_batch_validates_against_its_schema() -> None:
     values, satisfies its schema and decodes to the same fixes."""
     fixes = _lacking()
     payload = FixBatch.of(fixes).encode()
-    schema = json.loads(schema_path("points-columns-message").read_text())
+    schema = json.loads(schema_path("points-packed-message").read_text())
     Draft202012Validator(schema).validate(json.loads(payload))
     assert FixBatch.decode(payload).messages() == fixes
+
+
+def test_a_points_batch_with_its_subjects_as_text_still_decodes() -> None:
+    """What the points topics carried until the twenty-eighth session (the subjects a
+    list of UUIDs' text, the older schema) still decodes to the same fixes."""
+    fixes = _lacking()
+    wire = json.loads(FixBatch.of(fixes).encode())
+    wire["subjects"] = [str(uuid.UUID(bytes=raw)) for raw in _subjects_of(wire)]
+    schema = json.loads(schema_path("points-columns-message").read_text())
+    Draft202012Validator(schema).validate(wire)
+    assert FixBatch.decode(orjson.dumps(wire)).messages() == fixes
+
+
+def _subjects_of(wire: dict[str, Any]) -> list[bytes]:
+    """A packed message's subjects, each its UUID's 16 bytes."""
+    packed = base64.urlsafe_b64decode(wire["subjects"])
+    return [packed[i : i + 16] for i in range(0, len(packed), 16)]
 
 
 def test_a_batch_as_a_dead_letter_shows_it_is_readable_and_still_decodes() -> None:
@@ -174,6 +193,13 @@ def test_a_column_of_a_broken_length_is_refused() -> None:
         FixBatch.decode(orjson.dumps(wire))
 
 
+def test_subjects_of_a_broken_length_are_refused() -> None:
+    wire = _columns([_fix(k, "T0", uuid.uuid4()) for k in range(3)])
+    wire["subjects"] = base64.urlsafe_b64encode(b"\1" * 17).decode()
+    with pytest.raises(ValidationError, match="subjects must hold 16 bytes a subject"):
+        FixBatch.decode(orjson.dumps(wire))
+
+
 def test_a_part_of_a_batch_carries_only_its_own_tags_and_subjects() -> None:
     """A lane's part of a request's batch shares the request's lists; on the wire it
     names only the tags and subjects of its own fixes, and decodes to the same fixes."""
@@ -183,15 +209,73 @@ def test_a_part_of_a_batch_carries_only_its_own_tags_and_subjects() -> None:
     part = FixBatch.of(fixes).take(np.array(rows))
     wire = json.loads(part.encode())
     assert sorted(wire["tags"]) == ["T1", "T3"]
-    assert sorted(wire["subjects"]) == sorted({str(subjects[k % 4]) for k in rows})
+    assert sorted(_subjects_of(wire)) == sorted({subjects[k % 4].bytes for k in rows})
     assert FixBatch.decode(part.encode()).messages() == [fixes[k] for k in rows]
 
 
 def test_a_batch_names_its_subjects_alike_whichever_kind_of_uuid_holds_them() -> None:
     """Subjects come as asyncpg's UUIDs from the database and as uuid.UUID from the bus;
-    on the wire both are the same canonical text."""
+    on the wire both are the same 16 bytes."""
     fixes = [_fix(k, f"T{k}", uuid.uuid4()) for k in range(3)]
     batch = FixBatch.of(fixes)
     theirs = dataclasses.replace(batch, subjects=[PgUUID(s.bytes) for s in batch.subjects])
     assert theirs.encode() == batch.encode()
-    assert json.loads(batch.encode())["subjects"] == [str(f.subject_id) for f in fixes]
+    assert _subjects_of(json.loads(batch.encode())) == [f.subject_id.bytes for f in fixes]
+
+
+def _sharing_first_halves(n: int) -> list[uuid.UUID]:
+    """UUIDs in pairs alike in their first 8 bytes, apart in their last."""
+    return [uuid.UUID(int=((k // 2 + 1) << 64) | (k % 2 + 1)) for k in range(n)]
+
+
+def test_the_subjects_table_numbers_each_subject_once_whatever_its_bytes_share() -> None:
+    """A subject met again, in any message, has its first number; subjects alike in the
+    bytes the table sorts by are told apart; each number names its own subject's one
+    UUID object."""
+    table = SubjectTable()
+    subjects = [*_sharing_first_halves(6), *(uuid.uuid4() for _ in range(4))]
+    rng = random.Random(3)
+    seen: dict[uuid.UUID, int] = {}
+    for _ in range(30):
+        picked = rng.sample(subjects, rng.randint(0, len(subjects)))
+        numbers = table.ids(b"".join(s.bytes for s in picked)).tolist()
+        for s, number in zip(picked, numbers, strict=True):
+            assert seen.setdefault(s, number) == number
+            assert table.uuids[number] == s
+    assert len(table.uuids) == len(seen) == len(subjects)
+    assert table.packed(table.uuids).tobytes() == b"".join(s.bytes for s in table.uuids)
+
+
+def test_the_subjects_table_starts_afresh_when_full_and_batches_keep_their_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past its size the table starts a new list; batches decoded before still name
+    theirs, and joined with later ones they name the same subjects."""
+    table = SubjectTable(max_subjects=4)
+    monkeypatch.setattr(batch_module, "SUBJECTS", table)
+    first = [_fix(k, "T0", s) for k, s in enumerate(_sharing_first_halves(3))]
+    later = [_fix(k, "T1", uuid.uuid4()) for k in range(3)]
+    before, after = (FixBatch.decode(FixBatch.of(fixes).encode()) for fixes in (first, later))
+    assert before.subjects is not after.subjects is table.uuids
+    assert len(before.subjects) == 3
+    assert before.messages() == first and after.messages() == later
+    assert FixBatch.concat([before, after]).messages() == first + later
+
+
+def test_decoded_batches_join_by_their_codes_and_store_their_subjects_bytes() -> None:
+    """Batches read off the wire name the process's subjects table, and joined they keep
+    it; joined with a batch made otherwise (an older record), they are merged by value.
+    Either way each fix keeps its subject, and its COPY row has the subject's bytes."""
+    subjects = [uuid.uuid4() for _ in range(5)]
+    parts = [[_fix(k, f"T{k % 3}", subjects[(k + j) % 5]) for k in range(7)] for j in range(3)]
+    decoded = [FixBatch.decode(FixBatch.of(p).encode()) for p in parts]
+    joined = FixBatch.concat(decoded)
+    assert joined.subjects is decoded[0].subjects
+    mixed = FixBatch.concat([*decoded, FixBatch.of(parts[0])])
+    for batch, fixes in (
+        (joined, parts[0] + parts[1] + parts[2]),
+        (mixed, [*joined.messages(), *parts[0]]),
+    ):
+        assert batch.messages() == fixes
+        rows = batch.rows()
+        assert [bytes(v) for v in rows.subject_id.tolist()] == [f.subject_id.bytes for f in fixes]

@@ -26,6 +26,7 @@ from pydantic import (
     PrivateAttr,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -181,22 +182,15 @@ _CODED_UNSIGNED = {
 }
 
 
-class FixColumnsMessage(BaseModel):
-    """A batch of validated fixes on the points (and stored-points) topic, each column
-    its values' bytes (base64url; little-endian): fix i is tag `tags[tag[i]]`'s, worn
-    by subject `subjects[subject[i]]`, at `ts[i]` (seconds since 1970 UTC, exact to the
-    microsecond), from source `sources[source[i]]`, received at `received_at[i]`. Every
-    fix is held to a device fix's bounds. One batch's fixes all fall in one partition."""
-
-    # What the points topics carry since the twenty-first session. A column of 2,000
-    # floats as JSON numbers (FixBatchMessage) made every reader build 2,000 Python
-    # floats to put them in one array: about 1 µs a fix for each of the store and the
-    # zone checker. As bytes, a column is one array at once (docs/benchmarks.md).
+class _FixColumns(BaseModel):
+    """What the points messages of columns of bytes share: every column but the
+    subjects' list, and the checks that hold them to fixes."""
 
     model_config = ConfigDict(frozen=True, val_json_bytes="base64", ser_json_bytes="base64")
 
     tags: list[TagId]
-    subjects: list[uuid.UUID]
+    # (Declared here for its place among the fields; each message says what it is.)
+    subjects: Any
     sources: list[FixSource]
     tag: bytes = _column("tag")
     subject: bytes = _column("subject")
@@ -215,8 +209,12 @@ class FixColumnsMessage(BaseModel):
     # checked them.
     _floats: npt.NDArray[np.float64] = PrivateAttr()
 
+    def _listed(self, name: str) -> int:
+        """How many values the list `name` holds."""
+        return len(getattr(self, name))
+
     @model_validator(mode="after")
-    def _columns_hold_fixes(self) -> FixColumnsMessage:
+    def _columns_hold_fixes(self) -> _FixColumns:
         # A few numpy calls a check: a message holds a few hundred fixes, and a call on
         # so few costs about what its work does (34 µs a message before, 18.5 after;
         # docs/benchmarks.md, twenty-seventh session).
@@ -231,7 +229,7 @@ class FixColumnsMessage(BaseModel):
         for name, (listed, unsigned) in _CODED_UNSIGNED.items():
             # As unsigned, a negative code is past any list's end.
             codes = np.frombuffer(getattr(self, name), unsigned)
-            if len(codes) and codes.max() >= len(getattr(self, listed)):
+            if len(codes) and codes.max() >= self._listed(listed):
                 raise ValueError(f"{name} must index {listed}")
         # A NaN fails both comparisons: no value, allowed only where the column is optional.
         # (Joined as a bytearray: its array is writable, as a batch's columns are.)
@@ -249,6 +247,51 @@ class FixColumnsMessage(BaseModel):
             _refuse("sats", i, int(sats.view("i1")[i]))
         self._floats = floats
         return self
+
+
+class FixColumnsMessage(_FixColumns):
+    """A batch of validated fixes on the points (and stored-points) topic, each column
+    its values' bytes (base64url; little-endian): fix i is tag `tags[tag[i]]`'s, worn
+    by subject `subjects[subject[i]]`, at `ts[i]` (seconds since 1970 UTC, exact to the
+    microsecond), from source `sources[source[i]]`, received at `received_at[i]`. Every
+    fix is held to a device fix's bounds. One batch's fixes all fall in one partition."""
+
+    # What the points topics carried from the twenty-first session to the
+    # twenty-eighth (FixPackedMessage since), still read. A column of 2,000 floats as
+    # JSON numbers (FixBatchMessage) made every reader build 2,000 Python floats to put
+    # them in one array: about 1 µs a fix for each of the store and the zone checker.
+    # As bytes, a column is one array at once (docs/benchmarks.md).
+
+    subjects: list[uuid.UUID]
+
+
+class FixPackedMessage(_FixColumns):
+    """A batch of validated fixes on the points (and stored-points) topic, each column
+    its values' bytes (base64url; little-endian), the subjects too: fix i is tag
+    `tags[tag[i]]`'s, worn by the subject whose UUID is the 16 bytes at
+    `16 * subject[i]` of `subjects`, at `ts[i]` (seconds since 1970 UTC, exact to the
+    microsecond), from source `sources[source[i]]`, received at `received_at[i]`. Every
+    fix is held to a device fix's bounds. One batch's fixes all fall in one partition."""
+
+    # What the points topics carry since the twenty-eighth session. As a list of UUIDs'
+    # text, every reader made a UUID object a subject of every message, and a message
+    # holds nearly as many subjects as fixes: a subject's bytes are found among those
+    # met before in a few numpy calls a message instead (SubjectTable;
+    # docs/benchmarks.md, twenty-eighth session).
+
+    subjects: bytes = Field(
+        description="base64url of each subject's UUID, its 16 bytes as RFC 9562 writes them"
+    )
+
+    @field_validator("subjects")
+    @classmethod
+    def _whole_uuids(cls, value: bytes) -> bytes:
+        if len(value) % 16:
+            raise ValueError("subjects must hold 16 bytes a subject")
+        return value
+
+    def _listed(self, name: str) -> int:
+        return len(self.subjects) // 16 if name == "subjects" else len(getattr(self, name))
 
 
 def _refuse(name: str, i: int, value: object) -> None:
@@ -350,6 +393,70 @@ _ROWS = (
 _VALUES = _ROWS[2:]
 
 
+class SubjectTable:
+    """The subjects a process has read off the wire, each a number, found by their 16
+    bytes a message at a time in a few numpy calls: by the first 8 bytes, in a sorted
+    array, every find then held to all 16 (a dict keeps the truth, for the rare one
+    that is not found so). Each subject is one UUID object, made once, in `uuids`:
+    every batch decoded lists its subjects as that list, so that joining them joins
+    only their codes. When it holds `max_subjects`, the table starts afresh (batches
+    made before keep the list they name)."""
+
+    def __init__(self, max_subjects: int = 100_000) -> None:
+        self.max_subjects = max_subjects
+        self._start()
+
+    def _start(self) -> None:
+        self.uuids: list[uuid.UUID] = []
+        self._number: dict[bytes, int] = {}
+        # Each subject's 16 bytes as two unsigned 64-bit numbers, as many rows as
+        # subjects (grown by doubling: `_halves[: len(uuids)]`).
+        self._halves = np.zeros((1024, 2), dtype="<u8")
+        self._keys = np.zeros(0, dtype="<u8")  # the first halves, sorted
+        self._by_key = np.zeros(0, dtype=np.int64)  # each sorted key's subject
+
+    def ids(self, packed: bytes) -> IntArray:
+        """The number of each subject whose UUID's 16 bytes are in `packed`."""
+        n = len(packed) // 16
+        if len(self.uuids) + n > self.max_subjects:
+            self._start()
+        halves = np.frombuffer(packed, "<u8")
+        # (As few numpy calls as can be: a message holds a few hundred subjects, and a
+        # call on so few costs about what its work does.)
+        if len(self._keys):
+            at = self._keys.searchsorted(halves[::2])
+            ids = self._by_key.take(at, mode="clip")
+            if (self._halves.take(ids, axis=0).reshape(-1) == halves).all():
+                return ids
+        ids = np.zeros(n, dtype=np.int64)
+        for i in range(n):
+            ids[i] = self._numbered(packed[16 * i : 16 * i + 16])
+        count = len(self.uuids)
+        self._by_key = np.argsort(self._halves[:count, 0], kind="stable")
+        self._keys = self._halves[self._by_key, 0]
+        return ids
+
+    def _numbered(self, raw: bytes) -> int:
+        number = self._number.get(raw)
+        if number is None:
+            number = self._number[raw] = len(self.uuids)
+            self.uuids.append(uuid.UUID(bytes=raw))
+            if number == len(self._halves):
+                self._halves = np.concatenate([self._halves, np.zeros_like(self._halves)])
+            self._halves[number] = np.frombuffer(raw, "<u8")
+        return number
+
+    def packed(self, subjects: Sequence[uuid.UUID]) -> npt.NDArray[np.void]:
+        """Each of these subjects' 16 bytes, as one array: this table's at once."""
+        if subjects is self.uuids:
+            return self._halves[: len(subjects)].view("V16").reshape(-1)
+        return np.frombuffer(b"".join(s.bytes for s in subjects), dtype="V16")
+
+
+# The subjects this process has read off the points topics.
+SUBJECTS = SubjectTable()
+
+
 @dataclass(frozen=True, slots=True)
 class SubjectRuns:
     """A batch's subjects, each once (in the order of their codes), with each one's first
@@ -441,9 +548,14 @@ class FixBatch:
         if len(batches) == 1:
             return batches[0]
         tags, tag = _merged([b.tags for b in batches], [b.tag for b in batches])
-        subjects, subject = _merged(
-            [b.subjects for b in batches], [b.subject for b in batches], uuids=True
-        )
+        subjects = batches[0].subjects
+        if all(b.subjects is subjects for b in batches):
+            # Decoded batches name the subjects table's list (SubjectTable).
+            subject = np.concatenate([b.subject for b in batches])
+        else:
+            subjects, subject = _merged(
+                [b.subjects for b in batches], [b.subject for b in batches], uuids=True
+            )
         return cls(
             tags=tags,
             tag=tag,
@@ -520,7 +632,7 @@ class FixBatch:
 
     def rows(self) -> TrailRows:
         """The fixes as trail_points rows, for COPY."""
-        subject_bytes = np.frombuffer(b"".join(s.bytes for s in self.subjects), dtype="V16")
+        subject_bytes = SUBJECTS.packed(self.subjects)
         return TrailRows(
             tags=[t.encode() for t in self.tags],
             tag=self.tag,
@@ -539,7 +651,7 @@ class FixBatch:
         )
 
     def encode(self) -> bytes:
-        """The batch as a FixColumnsMessage's JSON, with only the tags, subjects and
+        """The batch as a FixPackedMessage's JSON, with only the tags, subjects and
         sources its fixes name. A lane's part of a request's batch shares the request's
         lists (`take`); written whole, each tag and subject would travel, and be parsed,
         once a partition (docs/benchmarks.md, eighteenth session)."""
@@ -549,14 +661,15 @@ class FixBatch:
         return orjson.dumps(
             {
                 "tags": _picked(self.tags, tag_used),
-                "subjects": _picked(self.subjects, subject_used),
+                "subjects": base64.urlsafe_b64encode(
+                    b"".join([s.bytes for s in _picked(self.subjects, subject_used)])
+                ).decode("ascii"),
                 "sources": [SOURCES[i].value for i in source_used.tolist()],
                 "tag": _b64(tag, "<i4"),
                 "subject": _b64(subject, "<i4"),
                 "source": _b64(source, "u1"),
                 **{name: _b64(getattr(self, name), _WIRE_COLUMNS[name][0]) for name in _PLAIN},
-            },
-            default=_uuid_text,
+            }
         )
 
     def readable(self) -> bytes:
@@ -590,13 +703,17 @@ class FixBatch:
 
     @classmethod
     def decode(cls, payload: bytes) -> FixBatch:
-        """A FixColumnsMessage's JSON as a batch, or a record written before the points
-        topics carried them (a FixBatchMessage, one fix message, or a pack of [key,
-        message] pairs); pydantic.ValidationError if it is none of them (the error is
-        the FixColumnsMessage's)."""
+        """A FixPackedMessage's JSON as a batch, or a record written before the points
+        topics carried them (a FixColumnsMessage, a FixBatchMessage, one fix message,
+        or a pack of [key, message] pairs); pydantic.ValidationError if it is none of
+        them (the error is the FixPackedMessage's)."""
         try:
-            return cls.from_columns(FixColumnsMessage.model_validate_json(payload))
+            return cls.from_packed(FixPackedMessage.model_validate_json(payload))
         except ValidationError as exc:
+            try:
+                return cls.from_columns(FixColumnsMessage.model_validate_json(payload))
+            except ValidationError:
+                pass
             try:
                 return cls.from_message(FixBatchMessage.model_validate_json(payload))
             except ValidationError:
@@ -609,13 +726,29 @@ class FixBatch:
             raise exc
 
     @classmethod
+    def from_packed(cls, m: FixPackedMessage) -> FixBatch:
+        # The subjects as the table's, their codes its numbers (found first: the table
+        # may start afresh, with a new list).
+        numbers = SUBJECTS.ids(m.subjects)
+        return cls._of_columns(m, SUBJECTS.uuids, numbers)
+
+    @classmethod
     def from_columns(cls, m: FixColumnsMessage) -> FixBatch:
+        return cls._of_columns(m, list(m.subjects), None)
+
+    @classmethod
+    def _of_columns(
+        cls, m: _FixColumns, subjects: list[uuid.UUID], numbers: IntArray | None
+    ) -> FixBatch:
+        """A message's columns as a batch, its subjects these (`numbers`: each of the
+        message's subjects' place among them, if not in the same order)."""
         sources = np.array([SOURCE_CODES[s] for s in m.sources], dtype=np.int64)
+        subject = np.frombuffer(m.subject, "<i4")
         return cls(
             tags=list(m.tags),
             tag=np.frombuffer(m.tag, "<i4").astype(np.int64),
-            subjects=list(m.subjects),
-            subject=np.frombuffer(m.subject, "<i4").astype(np.int64),
+            subjects=subjects,
+            subject=subject.astype(np.int64) if numbers is None else numbers[subject],
             source=sources[np.frombuffer(m.source, "u1")],
             sats=np.frombuffer(m.sats, "i1").astype(np.int64),
             **dict(zip(_FLOATS, m._floats, strict=True)),
