@@ -71,7 +71,7 @@ async def subscriptions_for(
             Subscription.active.is_(True),
             or_(
                 Subscription.owner_role == "admin",
-                Subscription.owner_id.in_([*managers, *teams]),
+                any_of(Subscription.owner_id, [*managers, *teams]),
             ),
         )
     )

@@ -164,7 +164,7 @@ async def supervisors_of(
 ) -> list[uuid.UUID]:
     rows = await session.scalars(
         select(User.supervisor_id).where(
-            User.id.in_(list(manager_ids)), User.supervisor_id.is_not(None)
+            any_of(User.id, manager_ids), User.supervisor_id.is_not(None)
         )
     )
     return [s for s in rows.all() if s is not None]

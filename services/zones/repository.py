@@ -88,7 +88,7 @@ async def get_zone(session: AsyncSession, zone_id: uuid.UUID) -> ZoneRow | None:
 async def zones_for_subjects(
     session: AsyncSession, subject_ids: Sequence[uuid.UUID]
 ) -> list[ZoneRow]:
-    applies = select(ZoneSubject.zone_id).where(ZoneSubject.subject_id.in_(subject_ids))
+    applies = select(ZoneSubject.zone_id).where(any_of(ZoneSubject.subject_id, subject_ids))
     return await _zone_rows(session, [Zone.id.in_(applies)])
 
 
