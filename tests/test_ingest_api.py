@@ -596,15 +596,17 @@ def test_times_read_at_once_are_read_as_the_standard_library_reads_them() -> Non
     with one time written otherwise or that is no time, which plain_times then reads
     one by one, as before."""
     rng = random.Random(11)
-    for k in range(40):
-        # Half the lists written alike (each time as long as the others), half not.
-        alike = k % 2 == 0
+    for k in range(60):
+        # Half the lists written alike (each time as long as the others), half not; a
+        # third of them on one day, as a request's nearly always are.
+        alike, one_day = k % 2 == 0, rng.randrange(200_000) if k % 3 == 0 else None
         digits, suffix = rng.choice([0, 1, 2, 3, 4, 5, 6]), rng.choice(["Z", "+00:00"])
         texts = []
         for _ in range(rng.randint(1, 300)):
             # (Within 285 years of 1970: there a time in µs is a float exactly.)
             t = datetime(1700, 1, 1, tzinfo=UTC) + timedelta(
-                days=rng.randrange(200_000), microseconds=rng.randrange(86_400 * 10**6)
+                days=rng.randrange(200_000) if one_day is None else one_day,
+                microseconds=rng.randrange(86_400 * 10**6),
             )
             if not alike:
                 digits, suffix = rng.choice([0, 1, 2, 3, 4, 5, 6]), rng.choice(["Z", "+00:00"])
@@ -644,17 +646,18 @@ def test_times_read_at_once_are_read_as_the_standard_library_reads_them() -> Non
         f"{good}\n{good}",
         "",
     ]:
-        texts = [good, case, good]
-        assert utc_times(texts) is None, case
-        one_by_one = []
-        for text in texts:
-            try:
-                one_by_one.append(datetime.fromisoformat(text).timestamp())
-            except ValueError:
-                break
-        read = plain_times(texts)
-        if read is not None:
-            assert read.tolist() == one_by_one, case
+        # Among others written otherwise, and alone or twice (every time alike).
+        for texts in ([good, case, good], [case], [case, case]):
+            assert utc_times(texts) is None, case
+            one_by_one = []
+            for text in texts:
+                try:
+                    one_by_one.append(datetime.fromisoformat(text).timestamp())
+                except ValueError:
+                    break
+            read = plain_times(texts)
+            if read is not None:
+                assert read.tolist() == one_by_one, case
 
 
 @pytest.mark.parametrize("max_tags", [100_000, 1], ids=["kept", "numbers dropped"])
