@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Collection, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
@@ -135,6 +136,10 @@ class TagCodes:
             self._codes, self.names = {}, []
             self.epoch += 1
         codes = self._codes
+        # Nearly always every one has been met: looked up in C, half the time of
+        # numbering each (67 µs against 128 for 2,000; twenty-eighth session).
+        with suppress(KeyError):
+            return np.fromiter(map(codes.__getitem__, tag_ids), np.int64, len(tag_ids))
         met = len(codes)
         found = [codes.setdefault(t, len(codes)) for t in tag_ids]
         if len(codes) > met:
