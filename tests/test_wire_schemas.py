@@ -249,13 +249,18 @@ def test_the_subjects_table_numbers_each_subject_once_whatever_its_bytes_share()
 def test_the_subjects_table_starts_afresh_when_full_and_batches_keep_their_list(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Past its size the table starts a new list; batches decoded before still name
-    theirs, and joined with later ones they name the same subjects."""
+    """Past its size the table starts a new list (only when more must be added: those
+    it holds are found in it); batches decoded before still name theirs, and joined
+    with later ones they name the same subjects."""
     table = SubjectTable(max_subjects=4)
     monkeypatch.setattr(batch_module, "SUBJECTS", table)
     first = [_fix(k, "T0", s) for k, s in enumerate(_sharing_first_halves(3))]
     later = [_fix(k, "T1", uuid.uuid4()) for k in range(3)]
-    before, after = (FixBatch.decode(FixBatch.of(fixes).encode()) for fixes in (first, later))
+    before, again, after = (
+        FixBatch.decode(FixBatch.of(fixes).encode()) for fixes in (first, first, later)
+    )
+    # (Subjects met before are found in a table too full for more.)
+    assert again.subjects is before.subjects
     assert before.subjects is not after.subjects is table.uuids
     assert len(before.subjects) == 3
     assert before.messages() == first and after.messages() == later

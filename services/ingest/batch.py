@@ -418,8 +418,6 @@ class SubjectTable:
     def ids(self, packed: bytes) -> IntArray:
         """The number of each subject whose UUID's 16 bytes are in `packed`."""
         n = len(packed) // 16
-        if len(self.uuids) + n > self.max_subjects:
-            self._start()
         halves = np.frombuffer(packed, "<u8")
         # (As few numpy calls as can be: a message holds a few hundred subjects, and a
         # call on so few costs about what its work does.)
@@ -428,12 +426,17 @@ class SubjectTable:
             ids = self._by_key.take(at, mode="clip")
             if (self._halves.take(ids, axis=0).reshape(-1) == halves).all():
                 return ids
-        ids = np.zeros(n, dtype=np.int64)
-        for i in range(n):
-            ids[i] = self._numbered(packed[16 * i : 16 * i + 16])
-        count = len(self.uuids)
-        self._by_key = np.argsort(self._halves[:count, 0], kind="stable")
-        self._keys = self._halves[self._by_key, 0]
+        # Some are new (or alike in their first 8 bytes): each found by all 16, and
+        # numbered if new, in a table started afresh if the new might not fit.
+        raws = [packed[16 * i : 16 * i + 16] for i in range(n)]
+        new = sum(raw not in self._number for raw in raws)
+        if len(self.uuids) + new > self.max_subjects:
+            self._start()
+        ids = np.array([self._numbered(raw) for raw in raws], dtype=np.int64)
+        if new:
+            count = len(self.uuids)
+            self._by_key = np.argsort(self._halves[:count, 0], kind="stable")
+            self._keys = self._halves[self._by_key, 0]
         return ids
 
     def _numbered(self, raw: bytes) -> int:
@@ -499,7 +502,9 @@ class FixBatch:
     microsecond: `datetime.timestamp` and `fromtimestamp` go to and fro unchanged);
     NaN marks a speed, heading or HDOP that is not there, -1 a satellite count;
     `source[i]` indexes pgcopy.SOURCES. The lists may hold values no fix uses (after
-    `take`). Not changed once made: on the in-process bus every group shares it."""
+    `take`; and a decoded batch's subjects are its process's SubjectTable list, which
+    grows, only ever at its end, as more subjects are read). Not changed once made: on
+    the in-process bus every group shares it."""
 
     tags: list[str]
     tag: IntArray
