@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+from asyncpg.pgproto.pgproto import UUID as PgUUID
 
 from services.common.auth import Principal, Role, hash_token
 from services.common.database import Database
@@ -802,11 +803,19 @@ async def test_a_tag_worn_by_two_subjects_in_turn_is_attributed_as_the_full_path
 def test_batches_joined_number_their_subjects_as_by_value() -> None:
     """Joined batches number their subjects by each UUID's 128-bit number
     (`_uuid_codes`), as numbering them by value does: the same subjects in the same
-    order, the same codes, whichever objects (each message decoded makes its own)."""
+    order, the same codes, whichever objects (each message decoded makes its own), and
+    whichever kind of UUID (asyncpg's, as ingest holds them, or the standard one),
+    mixed in any order."""
     rng = random.Random(12)
     pool = [uuid.UUID(int=rng.getrandbits(128)) for _ in range(30)]
-    for _ in range(50):
-        values = [uuid.UUID(int=rng.choice(pool).int) for _ in range(rng.randint(1, 200))]
+    kinds = [lambda u: uuid.UUID(int=u.int), lambda u: PgUUID(u.bytes)]
+    for k in range(60):
+        mixed = k % 3 == 0
+        kind = rng.choice(kinds)
+        values = [
+            (rng.choice(kinds) if mixed else kind)(rng.choice(pool))
+            for _ in range(rng.randint(1, 200))
+        ]
         by_number, codes = _uuid_codes(values)
         by_value, expected = codes_of(values)
         assert by_number == by_value and codes.tolist() == expected.tolist()
