@@ -27,7 +27,7 @@ from services.common.metrics import (
 )
 from services.common.settings import IngestSettings
 from services.ingest import repository
-from services.ingest.batch import SOURCE_CODES, FixBatch, codes_of
+from services.ingest.batch import SOURCE_CODES, FixBatch
 from services.ingest.horizons import FixHorizons
 from services.ingest.schemas import (
     DeviceEvent,
@@ -620,9 +620,8 @@ async def admit_columns(
         return None
     names = tags.codes.names
     tag_list = [names[c] for c in used.tolist()]
-    # A subject a tag here: their codes by the tags'. (Nearly all distinct: by value, as
-    # asyncpg's UUIDs hash in C, not by identity first.)
-    subject_list, tag_subject = codes_of(wearers)
+    # A subject a tag here: their codes by the tags'.
+    subject_list, tag_subject = wearers
     return FixBatch(
         tags=tag_list,
         tag=tag,

@@ -179,7 +179,11 @@ class TagDirectory:
         self._supplier = np.zeros(0, dtype=np.int64)
         self._from = np.zeros(0)
         self._to = np.zeros(0)
-        self._subject = np.zeros(0, dtype=object)
+        # By number, its latest wearer's number (below; -1 if never worn); and each
+        # wearer met since the drop, by number, and its number.
+        self._subject_no = np.zeros(0, dtype=np.int64)
+        self._subjects: list[uuid.UUID] = []
+        self._subject_numbers: dict[uuid.UUID, int] = {}
 
     def _grow(self, size: int) -> None:
         have = len(self._known)
@@ -191,7 +195,7 @@ class TagDirectory:
         self._supplier = np.concatenate([self._supplier, np.full(more, -1, dtype=np.int64)])
         self._from = np.concatenate([self._from, np.full(more, math.inf)])
         self._to = np.concatenate([self._to, np.full(more, math.inf)])
-        self._subject = np.concatenate([self._subject, np.full(more, None, dtype=object)])
+        self._subject_no = np.concatenate([self._subject_no, np.full(more, -1, dtype=np.int64)])
 
     def _keep(self, code: int, info: TagInfo) -> None:
         self._infos[code] = info
@@ -199,7 +203,8 @@ class TagDirectory:
         self._supplier[code] = self._suppliers.setdefault(info.supplier_id, len(self._suppliers))
         spans = info.spans()
         if spans:
-            self._from[code], self._to[code], self._subject[code] = spans[0]
+            self._from[code], self._to[code], subject = spans[0]
+            self._subject_no[code] = self._subject_number(subject)
 
     async def read(self, conn: asyncpg.Connection, tag_ids: Sequence[str]) -> npt.NDArray[np.int64]:
         """Each tag id's number, with every one of these tags that is enrolled read as of
@@ -241,27 +246,43 @@ class TagDirectory:
         supplier_id: uuid.UUID,
         first: npt.NDArray[np.float64],
         last: npt.NDArray[np.float64],
-    ) -> list[uuid.UUID] | None:
-        """The subject wearing each of these tags (by number, as `read` has just given
-        them, each of this supplier's) from its `first` to its `last` (seconds since
-        1970); None if one is not enrolled, another supplier's, or worn by no one, or
-        by more than one subject in turn, at some time between. Nearly always the
-        latest wearing of every tag, answered as columns; a tag worn by someone else
-        before is asked of its wearings (`TagInfo.worn_throughout`) only when its fixes
-        come from before its latest wearing."""
+    ) -> tuple[list[uuid.UUID], npt.NDArray[np.int64]] | None:
+        """The subjects wearing these tags (by number, as `read` has just given them,
+        each of this supplier's) from each one's `first` to its `last` (seconds since
+        1970), each subject once, and each tag's wearer's place among them; None if one
+        is not enrolled, another supplier's, or worn by no one, or by more than one
+        subject in turn, at some time between. Nearly always the latest wearing of
+        every tag, answered as columns; a tag worn by someone else before is asked of
+        its wearings (`TagInfo.worn_throughout`) only when its fixes come from before
+        its latest wearing. The subjects are told apart by the numbers the directory
+        gives them, not by their UUIDs: 2,000 tags' subjects each once took 157 µs by a
+        dict of their UUIDs, a request (twenty-eighth session)."""
         supplier = self._suppliers.get(supplier_id)
         if supplier is None or not (self._known[codes] & (self._supplier[codes] == supplier)).all():
             return None
-        subjects = self._subject[codes]
+        numbers = self._subject_no[codes]
         latest = (self._from[codes] <= first) & (last < self._to[codes])
         for i in np.flatnonzero(~latest).tolist():
             info = self._infos[int(codes[i])]
             assert info is not None
-            subjects[i] = info.worn_throughout(float(first[i]), float(last[i]))
-            if subjects[i] is None:
+            subject = info.worn_throughout(float(first[i]), float(last[i]))
+            if subject is None:
                 return None
-        wearers: list[uuid.UUID] = subjects.tolist()
-        return wearers
+            numbers[i] = self._subject_number(subject)
+        present = np.zeros(len(self._subjects), dtype=bool)
+        present[numbers] = True
+        used = np.flatnonzero(present)
+        place = np.zeros(len(present), dtype=np.int64)
+        place[used] = np.arange(len(used))
+        return [self._subjects[n] for n in used.tolist()], place[numbers]
+
+    def _subject_number(self, subject: uuid.UUID) -> int:
+        """The subject's number here (given on first meeting)."""
+        number = self._subject_numbers.get(subject)
+        if number is None:
+            number = self._subject_numbers[subject] = len(self._subjects)
+            self._subjects.append(subject)
+        return number
 
 
 async def list_subjects(session: AsyncSession, limit: int, offset: int) -> Sequence[Subject]:
