@@ -620,6 +620,10 @@ def test_times_read_at_once_are_read_as_the_standard_library_reads_them() -> Non
         assert seconds is not None
         expected = [datetime.fromisoformat(t).timestamp() for t in texts]
         assert seconds.tolist() == expected
+    # Alike in length but not in layout (Z after a fraction, +00:00 without one).
+    mixed = ["2024-02-29T23:59:59.1234Z", "2024-02-29T23:59:58+00:00"]
+    assert (seconds := utc_times(mixed)) is not None
+    assert seconds.tolist() == [datetime.fromisoformat(t).timestamp() for t in mixed]
     good = "2024-02-29T23:59:59.123456Z"
     for case in [
         "2023-02-29T10:00:00Z",  # no leap day that year

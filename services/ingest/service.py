@@ -279,7 +279,9 @@ _PLAIN_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z
 # the digits are read as one matrix product and the day once: 0.049 µs a time against
 # 0.185 (2,000 times, best of 300; twenty-eighth session).
 # In any other offset, or written any other way, a time is read one by one.
-_HEAD = np.frombuffer(b"0000-00-00T00:00:00", dtype=np.uint8)
+# A time's first 19 characters, a digit where "0" is.
+_HEAD_TEXT = "0000-00-00T00:00:00"
+_HEAD = np.frombuffer(_HEAD_TEXT.encode("ascii"), dtype=np.uint8)
 _HEAD_DIGIT = _HEAD == ord("0")
 _UTC_SUFFIX = np.frombuffer(b"+00:00", dtype=np.uint8)
 # Each of a time's six places after the point, and what a digit there is worth in µs.
@@ -346,9 +348,12 @@ def utc_times(texts: list[str]) -> npt.NDArray[np.float64] | None:
     uniform = not rest and bool((chars[width - 1 :: width] == ord("\n")).all())
     if uniform:
         # And nearly always every one is written alike, as the first is: read at once.
+        # (Otherwise, as when they mix Z and +00:00 at one length, as below.)
         layout = _layout(width - 1, bool(chars[width - 2] == ord("Z")))
         if layout is not None:
-            return layout.seconds(chars.reshape(len(texts), width))
+            seconds = layout.seconds(chars.reshape(len(texts), width))
+            if seconds is not None:
+                return seconds
     if uniform:
         starts = np.arange(0, len(chars), width)
         ends = starts + (width - 1)
@@ -459,7 +464,7 @@ def _layout(length: int, z: bool) -> _Layout | None:
     places = length - 19 - len(suffix)
     if places != 0 and not 2 <= places <= 7:
         return None
-    text = "0000-00-00T00:00:00" + ("." + "0" * (places - 1) if places else "") + suffix
+    text = _HEAD_TEXT + ("." + "0" * (places - 1) if places else "") + suffix
     digits = [i for i, c in enumerate(text[: len(text) - len(suffix)]) if c == "0"]
     fixed = [i for i in range(len(text)) if i not in digits]
     # Seven values (year, month, day, hour, minute, second, microsecond), then the day
