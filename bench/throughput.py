@@ -5,6 +5,9 @@ against raw COPY into the same trail table as the ceiling, measured in the same 
                                               # 1,000 crimes
     python -m bench.throughput --bus kafka    # the same on Kafka, one process per role
     python -m bench.throughput --smoke        # a few of each: proves it still works
+    python -m bench.throughput --bus kafka --without-checks
+                                              # each stretch also with ingest and
+                                              # storage alone, for their own ratio
 
 On the in-process bus it starts `tagtrail run` (the whole pipeline in one process, where
 a 202 means stored and checked); on Kafka, `tagtrail api` and one `tagtrail worker` per
@@ -30,7 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -79,7 +82,10 @@ async def boxed(conn: asyncpg.Connection) -> None:
         await asyncio.sleep(0.05)
 
 
-async def kafka_committed(bootstrap: str, prefix: str) -> dict[tuple[str, TopicPartition], int]:
+Offsets = dict[tuple[str, TopicPartition], int]
+
+
+async def kafka_committed(bootstrap: str, prefix: str) -> Offsets:
     """Every consumer group's committed offset on each partition of our topics."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -96,13 +102,16 @@ async def kafka_committed(bootstrap: str, prefix: str) -> dict[tuple[str, TopicP
 
 
 async def kafka_caught_up(
-    bootstrap: str, prefix: str, since: dict[tuple[str, TopicPartition], int] | None = None
+    bootstrap: str,
+    prefix: str,
+    since: Offsets | None = None,
+    groups: int = FIX_GROUPS,
 ) -> bool:
-    """Whether every consumer group on our topics has committed up to the end. Given the
-    offsets at the start of a stretch (`since`), only groups that have committed on a
-    topic since count for it: another checkout's workers can have left a group's
-    offsets on a topic this checkout's do not read (ninth session on: the crime
-    matcher's on stored-points)."""
+    """Whether every consumer group on our topics has committed up to the end, and at
+    least `groups` of them on the fixes' topics. Given the offsets at the start of a
+    stretch (`since`), only groups that have committed on a topic since count for it:
+    another checkout's workers can have left a group's offsets on a topic this
+    checkout's do not read (ninth session on: the crime matcher's on stored-points)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
@@ -118,7 +127,7 @@ async def kafka_caught_up(
             if (group, tp.topic) in moved:
                 committed[tp] = min(committed.get(tp, offset), offset)
                 groups_on.setdefault(tp.topic.removeprefix(prefix), set()).add(group)
-        if sum(len(groups_on.get(t, ())) for t in FIX_TOPICS) < FIX_GROUPS:
+        if sum(len(groups_on.get(t, ())) for t in FIX_TOPICS) < groups:
             return False
         ends = await consumer.end_offsets(list(committed))
         return all(committed[tp] >= end for tp, end in ends.items())
@@ -485,6 +494,25 @@ class Stretch:
     server_us: float  # tagtrail's CPU a fix, every process of it
     postgres_us: float
     ok: bool  # every request answered, every accepted fix stored, no dead letter
+    peaks: dict[str, float]  # each process's peak resident memory (MiB) since it started
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Who serves a stretch: a checkout's code, at an offered load (requests in flight),
+    with the checks or with ingest and storage alone (`--without-checks`)."""
+
+    code: Path
+    load: int
+    checks: bool = True
+
+    def describe(self, loads: list[int], both: bool) -> str:
+        """The stretch's checkout, and what else varies between the run's stretches."""
+        return (
+            f"{self.code}"
+            + (f", {self.load} requests in flight" if len(loads) > 1 else "")
+            + ("" if not both else ", with checks" if self.checks else ", without checks")
+        )
 
 
 async def measure(
@@ -499,9 +527,11 @@ async def measure(
     profile: Path | None,
     label: str,
     concurrency: int,
+    checks: bool = True,
 ) -> Stretch:
     """Posts a stretch of fleet time from `start` to the running service, as fast as it
-    takes it (or at --rate), and prints what it came to."""
+    takes it (or at --rate), and prints what it came to. Without `checks`, only the API
+    and the store serve it (on Kafka): done when the store is."""
     async with db.pool.acquire() as conn:
         history_fixes = await conn.fetchval("select count(*) from trail_points")
     bodies = list(batches(fleet, start, args.minutes, args.batch, lag=lag))
@@ -524,15 +554,17 @@ async def measure(
         # Kafka's offsets first, the count of the trail (a scan of all of it, which
         # cost PostgreSQL 4 to 12 µs a fix of the stretch when it ran every poll, tenth
         # session) only once every group has caught up.
+        groups = FIX_GROUPS if checks else 1
         while args.bus == "kafka":
-            if await kafka_caught_up(args.kafka_bootstrap, args.topic_prefix, since):
+            if await kafka_caught_up(args.kafka_bootstrap, args.topic_prefix, since, groups):
                 stored = await conn.fetchval("select count(*) from trail_points")
                 if stored - history_fixes >= sent.accepted:
                     break
             await asyncio.sleep(0.25)
         # The box keeper's work (boxes and the crime trigger, behind the store) is the
         # stretch's too.
-        await boxed(conn)
+        if checks:
+            await boxed(conn)
         took = time.perf_counter() - t0
         backends1: dict[int, float] = {}
         cpu1 = cpu_seconds(pids, backends1)
@@ -634,12 +666,22 @@ async def measure(
         server_us=server / sent.fixes * 1e6,
         postgres_us=used["PostgreSQL"] / sent.fixes * 1e6,
         ok=sent.failures == 0 and stored == sent.accepted and dead == 0,
+        peaks={c: peak_rss_mib(p.pid) for c, p in procs.items()},
     )
 
 
-def describe(code: Path, load: int, loads: list[int]) -> str:
-    """A stretch's checkout, and its offered load when several are compared."""
-    return f"{code}, {load} requests in flight" if len(loads) > 1 else str(code)
+async def catch_up(db: Database, args: argparse.Namespace, since: Offsets) -> float:
+    """After a stretch served without the checks, the checks' processes (started again)
+    through its fixes, unmeasured, as through the history: the zone checker's group on
+    from where it stopped (`since`: every group's offsets when the stretch was done) and
+    the box keeper's backlog. Seconds it took."""
+    t0 = time.perf_counter()
+    async with db.pool.acquire() as conn:
+        # A poll, as `boxed`: the workers are other processes.
+        while not await kafka_caught_up(args.kafka_bootstrap, args.topic_prefix, since, 1):  # noqa: ASYNC110
+            await asyncio.sleep(0.25)
+        await boxed(conn)
+    return time.perf_counter() - t0
 
 
 async def main(argv: list[str] | None = None) -> int:
@@ -689,11 +731,22 @@ async def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the run's database (and on Kafka its topics) afterwards, to look into",
     )
+    parser.add_argument(
+        "--without-checks",
+        action="store_true",
+        help="on Kafka, each checkout also serves stretches with the API and the store"
+        " alone (no zone checker, box keeper, crime matcher or dispatcher), for the"
+        " ratio of ingest and storage on their own; the checks then go through those"
+        " fixes unmeasured before the next stretch",
+    )
     parser.add_argument("--smoke", action="store_true", help="20 tags, 10 minutes, 50 zones")
     args = parser.parse_args(argv)
+    if args.without_checks and args.bus != "kafka":
+        parser.error("--without-checks needs --bus kafka (in one process, a 202 is checked)")
     codes: list[Path] = [c.absolute() for c in args.code or [ROOT]]
     loads: list[int] = args.concurrency or [32]
-    variants = [(c, n) for c in codes for n in loads]
+    both = (True, False) if args.without_checks else (True,)
+    variants = [Turn(c, n, checks) for c in codes for n in loads for checks in both]
     # Round r runs the variants (checkout and offered load) in order, or reversed when r
     # is odd, so that a machine getting faster or slower through the run favours none.
     turns = [v for r in range(args.rounds) for v in (variants if r % 2 == 0 else variants[::-1])]
@@ -728,13 +781,15 @@ async def main(argv: list[str] | None = None) -> int:
         else [["api"], *(["worker", role] for role in ("store", "zones", "crimes", "dispatch"))]
     )
 
-    async def launch(code: Path = codes[0]) -> dict[str, asyncio.subprocess.Process]:
+    async def launch(
+        code: Path = codes[0], checks: bool = True
+    ) -> dict[str, asyncio.subprocess.Process]:
         # Another checkout's code, through this one's environment: its directory comes
         # first on the path, and it is told where this one's local services run (it may
         # have no .local of its own). The checkouts must share the database schema.
         here = {**local_services(), **env, "PYTHONPATH": str(code)} if code != ROOT else env
         procs = {}
-        for c in commands:
+        for c in commands if checks else commands[:2]:
             # Each process's log, kept for a run's life (a stretch's processes append).
             with (args.logs / f"{'-'.join(c)}.log").open("ab") as log:
                 procs[" ".join(c)] = await asyncio.create_subprocess_exec(
@@ -802,14 +857,29 @@ async def main(argv: list[str] | None = None) -> int:
                     await asyncio.sleep(0.25)
                 await boxed(conn)
         figures: list[Stretch] = []
-        for k, (code, load) in enumerate(turns):
+        checked = True  # whether the checks have been through every stored fix
+
+        async def restart(turn: Turn) -> dict[str, asyncio.subprocess.Process]:
+            """The turn's processes, and before it measures, the checks caught up."""
+            nonlocal checked
             await stop(procs)
-            procs = await launch(code)
-            await wait_ready(url, next(iter(procs.values())))
+            # Taken with nothing running: the store's group is at the end and stays
+            # there, so only the zone checker's moves until caught up.
+            since = await kafka_committed(args.kafka_bootstrap, prefix) if not checked else None
+            started = await launch(turn.code, turn.checks)
+            await wait_ready(url, next(iter(started.values())))
+            if since is not None and turn.checks:
+                took = await catch_up(db, args, since)
+                print(f"the checks through the stretch without them: {took:.1f} s, unmeasured")
+            checked = turn.checks
+            return started
+
+        for k, turn in enumerate(turns):
+            procs = await restart(turn)
             label = (
                 ""
                 if len(turns) == 1
-                else f" [stretch {k + 1} of {len(turns)}: {describe(code, load, loads)}]"
+                else f" [stretch {k + 1} of {len(turns)}: {turn.describe(loads, len(both) > 1)}]"
             )
             profile = args.profile / f"stretch{k + 1}" if args.profile and k else args.profile
             figures.append(
@@ -824,14 +894,18 @@ async def main(argv: list[str] | None = None) -> int:
                     args,
                     profile,
                     label,
-                    load,
+                    turn.load,
+                    turn.checks,
                 )
             )
+        if not checked:
+            # The run's checks below need every fix checked.
+            procs = await restart(replace(turns[-1], checks=True))
         if len(variants) > 1:
-            for code, load in variants:
-                theirs = [f for f, v in zip(figures, turns, strict=True) if v == (code, load)]
+            for v in variants:
+                theirs = [f for f, t in zip(figures, turns, strict=True) if t == v]
                 print(
-                    f"{describe(code, load, loads)}: fixes/s "
+                    f"{v.describe(loads, len(both) > 1)}: fixes/s "
                     + ", ".join(f"{f.rate:,.0f}" for f in theirs)
                     + f" (median {np.median([f.rate for f in theirs]):,.0f}); tagtrail's CPU a"
                     f" fix {np.median([f.server_us for f in theirs]):.1f} µs, PostgreSQL's"
@@ -850,7 +924,9 @@ async def main(argv: list[str] | None = None) -> int:
         ceiling = await copy_ceiling(db, figures[0].fixes, args.tags)
         ratios = ", ".join(f"{f.rate / ceiling:.3f}" for f in figures)
         print(f"raw COPY into trail_points: {ceiling:,.0f} fixes/s; ratio {ratios}")
-        peaks = ", ".join(f"tagtrail {c} {peak_rss_mib(p.pid):.0f} MiB" for c, p in procs.items())
+        # Each process's, as the last stretch with the checks ended.
+        last = next(f for f, t in zip(figures[::-1], turns[::-1], strict=True) if t.checks)
+        peaks = ", ".join(f"tagtrail {c} {mib:.0f} MiB" for c, mib in last.peaks.items())
         mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak memory: {peaks}, this benchmark {mine:.0f} MiB")
         ok = all(f.ok for f in figures) and wrong == 0 and differ == 0

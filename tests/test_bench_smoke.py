@@ -151,6 +151,39 @@ async def test_the_throughput_benchmark_measures_checkouts_in_turn(
     )
 
 
+async def test_the_throughput_benchmark_serves_stretches_without_the_checks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A stretch served by the API and the store alone, for the ratio of ingest and
+    # storage on their own; the run's last, so the checks go through its fixes after it,
+    # unmeasured, before the run's own checks. The database and topics are kept, to see.
+    before = await _bench_topics()
+    assert await throughput.main(["--smoke", "--bus", "kafka", "--without-checks", "--keep"]) == 0
+    out = capsys.readouterr().out
+    name = re.search(r"database kept: (\S+)", out)[1]  # type: ignore[index]
+    prefix = {t.split(".")[0] + "." for t in await _bench_topics() - before}.pop()
+    settings = Settings()
+    try:
+        stretches = [x for x in out.splitlines() if x.startswith("end to end: ")]
+        assert [x.rsplit(", ", 1)[1] for x in stretches] == ["with checks]", "without checks]"]
+        cpu = [x for x in out.splitlines() if x.startswith("CPU while fixes flowed")]
+        assert "worker zones" in cpu[0] and "worker store" in cpu[1], cpu
+        assert "worker zones" not in cpu[1] and "worker crimes" not in cpu[1], cpu
+        assert "the checks through the stretch without them: " in out.split(stretches[1])[1]
+        # Every fix went through the zone checker's group and the box keeper.
+        assert await throughput.kafka_caught_up(settings.kafka.bootstrap, prefix)
+        db = await Database.connect(settings.db, name, name="test")
+        try:
+            async with db.pool.acquire() as conn:
+                assert await conn.fetchval("select count(*) from trail_unboxed") == 0
+        finally:
+            await db.close()
+        assert "ratio 0." in out and "peak memory: tagtrail api " in out
+    finally:
+        await throughput.drop_database(settings, name)
+        await throughput.drop_topics(settings.kafka.bootstrap, prefix)
+
+
 async def test_the_simulator_enrols_a_fleet_and_posts_it(
     memory_pipeline: Pipeline, db: Database, capsys: pytest.CaptureFixture[str]
 ) -> None:
