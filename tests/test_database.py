@@ -1085,6 +1085,40 @@ async def test_the_box_keeper_keeps_a_batch_until_its_crime_trigger_has_run(
     assert await db.pool.fetchval(boxes, subjects) == 6
 
 
+async def test_a_round_of_the_box_keeper_takes_stored_batches_up_to_a_number_of_fixes(
+    db: Database,
+) -> None:
+    """A claim takes the oldest stored batches as far as they hold fewer fixes than its
+    cap before each, the first whatever its size; the rest wait, unlocked at the end of
+    the round, for the next. Whether more may be waiting is `full`: as many batches as
+    it might, or fixes enough to stop at."""
+    subjects = await _stored_batches(db, "CAP", 5)  # five fixes each
+    rounds = []
+    async with db.pool.acquire() as conn:
+        for limit, max_fixes in [(10, 10), (10, 1), (1, 100), (10, 100), (10, 100)]:
+            async with conn.transaction():
+                unboxed = await claim_unboxed(conn, limit, max_fixes=max_fixes)
+                await finish_unboxed(conn, unboxed)
+            rounds.append((sorted(unboxed.spans()), unboxed.full))
+    assert rounds == [
+        (sorted(subjects[:2]), True),  # 0 and 5 fixes before them, 10 before the third
+        ([subjects[2]], True),  # the first whatever its size
+        ([subjects[3]], True),  # as many as the limit
+        ([subjects[4]], False),  # all there were
+        ([], False),
+    ]
+    # Two at once: one round holds its own batches claimed, kept or not.
+    await _stored_batches(db, "CAP2", 3)
+    async with db.pool.acquire() as one, db.pool.acquire() as other:
+        async with one.transaction(), other.transaction():
+            first = await claim_unboxed(one, 2, max_fixes=1)
+            second = await claim_unboxed(other, 10, max_fixes=100)
+    assert (len(first.ids), first.full) == (1, True) and (len(second.ids), second.full) == (
+        1,
+        False,
+    )
+
+
 async def test_a_stored_batch_the_keeper_cannot_do_is_set_aside_and_holds_up_no_other(
     db: Database, settings: Settings
 ) -> None:

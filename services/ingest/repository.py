@@ -274,12 +274,27 @@ insert into trail_unboxed (first_ts, last_ts, subjects, firsts, lasts, fixes)
 values (to_timestamp($1), to_timestamp($2), $3, $4, $5, $6)
 """
 
-# The oldest rows no other keeper holds. Locked until the keeper's transaction ends,
-# after the boxes are committed and the crime trigger has run.
+# The oldest rows no other keeper holds ($1 at most), locked until the keeper's
+# transaction ends, after the boxes are committed and the crime trigger has run; of
+# those, the rows before $3 fixes are reached (the first whatever its size), each with
+# how many were claimed. The rest are left for the next round: a round's memory goes
+# by its fixes, and a backlog (the keeper down while the store went on) holds stored
+# batches of up to a handler's whole batch each (docs/benchmarks.md, twenty-ninth
+# session).
 CLAIM_SQL = """
-select id, subjects, firsts, lasts from trail_unboxed
-where failed_at is null and ($2::bigint is null or id = $2)
-order by id limit $1 for update skip locked
+with claimed as materialized (
+    select id, fixes from trail_unboxed
+    where failed_at is null and ($2::bigint is null or id = $2)
+    order by id limit $1 for update skip locked
+)
+select u.id, u.subjects, u.firsts, u.lasts, c.claimed
+from (
+    select id, sum(fixes) over (order by id) - fixes as before, count(*) over () as claimed
+    from claimed
+) c
+join trail_unboxed u using (id)
+where c.before < $3
+order by u.id
 """
 
 SET_ASIDE_SQL = "update trail_unboxed set failed_at = now(), error = $2 where id = $1"
@@ -315,6 +330,9 @@ class Unboxed:
     code: npt.NDArray[np.int64]
     first: npt.NDArray[np.float64]
     last: npt.NDArray[np.float64]
+    # Whether the claim took all it might (as many rows as it could, or as many fixes):
+    # more may be waiting.
+    full: bool = False
 
     @classmethod
     def merged(
@@ -323,12 +341,13 @@ class Unboxed:
         subjects: Sequence[uuid.UUID],
         first: npt.NDArray[np.float64],
         last: npt.NDArray[np.float64],
+        full: bool = False,
     ) -> Unboxed:
         """One entry for each run of a subject's spans (in any order, overlapping or
         not) less than twice BOX_MAX_GAP apart. Pure."""
         distinct, code = codes_of(subjects)
         if not len(code):
-            return cls(ids, distinct, code, first, last)
+            return cls(ids, distinct, code, first, last, full)
         order = np.lexsort((first, code))
         code, first, last = code[order], first[order], last[order]
         # The latest end so far within each subject: its ends shifted past every earlier
@@ -341,7 +360,9 @@ class Unboxed:
         apart = first[1:] > reach[:-1] + 2 * BOX_MAX_GAP.total_seconds()
         starts = np.flatnonzero(np.r_[True, (code[1:] != code[:-1]) | apart])
         # The runs' own ends, exactly: which fixes are new goes by them.
-        return cls(ids, distinct, code[starts], first[starts], np.maximum.reduceat(last, starts))
+        return cls(
+            ids, distinct, code[starts], first[starts], np.maximum.reduceat(last, starts), full
+        )
 
     def spans(self) -> dict[uuid.UUID, list[datetime]]:
         """Each subject's first and last fix time over all its entries."""
@@ -355,15 +376,20 @@ class Unboxed:
         return out
 
 
-async def claim_unboxed(conn: asyncpg.Connection, limit: int, only: int | None = None) -> Unboxed:
+async def claim_unboxed(
+    conn: asyncpg.Connection, limit: int, only: int | None = None, max_fixes: int = 250_000
+) -> Unboxed:
     """The oldest trail_unboxed rows (up to `limit`; or row `only`, if it is still
     waiting) that no other transaction holds and none has set aside, locked by this
-    connection's transaction."""
-    rows = await conn.fetch(CLAIM_SQL, limit, only)
+    connection's transaction, as far as they hold fewer than `max_fixes` fixes before
+    each (the first whatever its size)."""
+    rows = await conn.fetch(CLAIM_SQL, limit, only, max_fixes)
     subjects = [s for r in rows for s in r["subjects"]]
     first = np.array([t for r in rows for t in r["firsts"]], dtype=np.float64)
     last = np.array([t for r in rows for t in r["lasts"]], dtype=np.float64)
-    return Unboxed.merged([r["id"] for r in rows], subjects, first, last)
+    claimed = rows[0]["claimed"] if rows else 0
+    full = claimed == limit or len(rows) < claimed
+    return Unboxed.merged([r["id"] for r in rows], subjects, first, last, full)
 
 
 async def unboxed_backlog(conn: asyncpg.Connection) -> int:

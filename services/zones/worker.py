@@ -784,7 +784,9 @@ class CrimeMatcher:
         self._claimed = []
         async with self.db.pool.acquire() as claim, claim.transaction():
             FIXES_UNBOXED.set(await trail_store.unboxed_backlog(claim))
-            unboxed = await trail_store.claim_unboxed(claim, limit, only)
+            unboxed = await trail_store.claim_unboxed(
+                claim, limit, only, self.settings.box_claim_fixes
+            )
             if not unboxed.ids:
                 return False
             self._claimed = unboxed.ids
@@ -795,7 +797,7 @@ class CrimeMatcher:
             await trail_store.finish_unboxed(claim, unboxed)
         self._claimed = []
         BATCHES_BOXED.inc(len(unboxed.ids))
-        return len(unboxed.ids) == limit
+        return unboxed.full
 
     async def trigger(self, unboxed: trail_store.Unboxed) -> None:
         """Re-runs the matching of open crimes near these fixes, for their subjects."""
