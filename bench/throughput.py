@@ -870,7 +870,12 @@ async def main(argv: list[str] | None = None) -> int:
             await wait_ready(url, next(iter(started.values())))
             if since is not None and turn.checks:
                 took = await catch_up(db, args, since)
-                print(f"the checks through the stretch without them: {took:.1f} s, unmeasured")
+                # A backlog, as after an outage of the checks: what it costs in memory.
+                peaks = ", ".join(f"{c} {peak_rss_mib(p.pid):.0f} MiB" for c, p in started.items())
+                print(
+                    f"the checks through the stretch without them: {took:.1f} s, unmeasured;"
+                    f" peak memory: {peaks}"
+                )
             checked = turn.checks
             return started
 
@@ -924,7 +929,8 @@ async def main(argv: list[str] | None = None) -> int:
         ceiling = await copy_ceiling(db, figures[0].fixes, args.tags)
         ratios = ", ".join(f"{f.rate / ceiling:.3f}" for f in figures)
         print(f"raw COPY into trail_points: {ceiling:,.0f} fixes/s; ratio {ratios}")
-        # Each process's, as the last stretch with the checks ended.
+        # Each process's, as the last stretch with the checks ended (after a catch-up,
+        # the same processes', so the catch-up's too).
         last = next(f for f, t in zip(figures[::-1], turns[::-1], strict=True) if t.checks)
         peaks = ", ".join(f"tagtrail {c} {mib:.0f} MiB" for c, mib in last.peaks.items())
         mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
