@@ -356,6 +356,38 @@ class Note(BaseModel):
     text: str
 
 
+async def test_kafka_records_up_to_the_largest_are_read_and_a_larger_one_is_refused(
+    settings: Settings,
+) -> None:
+    """Consumers fetch a partition a little at a time (which bounds what one behind
+    holds), yet a record as large as tagtrail writes is read, beside small ones in every
+    partition. A message larger than a record may be is refused before it is sent."""
+    topic = Topic("notes", Note)
+    bus = KafkaBus(kafka_settings(settings).kafka, DEAD, [topic, DEAD], lanes=2)
+    seen: list[Note] = []
+
+    async def handle(notes: list[Note]) -> None:
+        seen.extend(notes)
+
+    bus.subscribe("test-notes", topic, handle)
+    await bus.start()
+    try:
+        # Its JSON, {"key":"big","text":"..."}, a few bytes under the largest record.
+        big = Note(key="big", text="x" * (kafka.MAX_RECORD_BYTES - 64))
+        small = [Note(key=f"k{i}", text="y" * 200_000) for i in range(24)]
+        await bus.publish(topic, [(n.key, n) for n in [*small[:12], big, *small[12:]]])
+        too_big = Note(key="big", text="x" * kafka.MAX_RECORD_BYTES)
+        with pytest.raises(BusUnavailable, match="larger than a record may be"):
+            await bus.publish(topic, [("too-big", too_big)])
+        await eventually(lambda: _value(len(seen)), lambda n: n == 25)
+        assert sorted(n.key for n in seen) == sorted(["big", *(n.key for n in small)])
+        assert next(n for n in seen if n.key == "big") == big
+        await asyncio.sleep(1)
+        assert len(seen) == 25  # the refused one was never sent
+    finally:
+        await bus.stop()
+
+
 def test_packs_hold_every_message_in_order_and_fit_a_record() -> None:
     """Messages of very different sizes (and some encoded already, as a raw publish
     gives them) pack into records of at most PACK_BYTES, one too large for that alone,

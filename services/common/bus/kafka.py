@@ -34,8 +34,18 @@ from services.common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
-# Large enough for a full ingest batch of fixes in one request.
-MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# The largest record tagtrail writes: under the broker's default limit on a record
+# batch (message.max.bytes, 1 MiB with the batch's own bytes), which its records keep
+# well under (packs of PACK_BYTES; a lone points message, a lane's part of a batch,
+# about 350 kB at its 2,000 rows). A larger one is refused before it is sent.
+MAX_RECORD_BYTES = 1_000_000
+# What a consumer fetches of a partition at a time: room for the largest record batch,
+# as aiokafka asks (one larger than this may not be fetched). A consumer holds a fetch
+# of each of its partitions until handed over, twice over (the response, and each
+# partition's part of it), so this bounds what a consumer behind holds: at 16 MiB a
+# partition the zone checker took 514 MiB working through a backlog (docs/benchmarks.md,
+# twenty-ninth session).
+PARTITION_FETCH_BYTES = 2 * MAX_RECORD_BYTES
 
 
 class KeyPartitioner:
@@ -264,7 +274,7 @@ class KafkaBus(Bus):
             acks="all",
             linger_ms=2,
             partitioner=self._partitioner,
-            max_request_size=MAX_REQUEST_BYTES,
+            max_request_size=MAX_RECORD_BYTES,
             request_timeout_ms=int(self.settings.request_timeout_s * 1000),
         )
         await self._producer.start()
@@ -283,8 +293,8 @@ class KafkaBus(Bus):
                     group_id=group_id(sub.group, sub.topic),
                     enable_auto_commit=False,
                     auto_offset_reset="earliest",
-                    max_partition_fetch_bytes=MAX_REQUEST_BYTES,
-                    fetch_max_bytes=4 * MAX_REQUEST_BYTES,
+                    max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
+                    fetch_max_bytes=4 * PARTITION_FETCH_BYTES,
                     # A group's lanes join together; a member that missed a rebalance
                     # hears of it at its next heartbeat.
                     heartbeat_interval_ms=1000,
@@ -385,6 +395,10 @@ class KafkaBus(Bus):
                         pack(topic, group) if topic.packed else ((e.key, e.value) for e in group)
                     )
                     for key, value in records:
+                        if len(value) > MAX_RECORD_BYTES:
+                            raise BusUnavailable(
+                                f"a message of {len(value)} bytes is larger than a record may be"
+                            )
                         if batch.append(key=key, value=value, timestamp=None, headers=headers):
                             continue
                         sends.append(await producer.send_batch(batch, name, partition=p))
