@@ -1119,6 +1119,24 @@ async def test_a_round_of_the_box_keeper_takes_stored_batches_up_to_a_number_of_
     )
 
 
+async def test_the_box_keeper_goes_again_at_once_after_a_round_cut_short_by_fixes(
+    db: Database, settings: Settings
+) -> None:
+    """A round stops at TAGTRAIL_CHECK_BOX_CLAIM_FIXES, says more may be waiting, and
+    the next takes the rest."""
+    subjects = await _stored_batches(db, "CUT", 3)  # five fixes each
+    check = settings.check.model_copy(update={"box_claim": 10, "box_claim_fixes": 6})
+    keeper = CrimeMatcher(db, MemoryBus(DEAD_LETTER), check)
+    triggered: list[list[uuid.UUID]] = []
+
+    async def trigger(unboxed: Unboxed) -> None:
+        triggered.append(sorted(unboxed.spans()))
+
+    keeper.trigger = trigger  # type: ignore[method-assign]
+    assert [await keeper.keep_boxes() for _ in range(3)] == [True, False, False]
+    assert triggered == [sorted(subjects[:2]), [subjects[2]]]
+
+
 async def test_a_stored_batch_the_keeper_cannot_do_is_set_aside_and_holds_up_no_other(
     db: Database, settings: Settings
 ) -> None:
