@@ -857,18 +857,18 @@ async def main(argv: list[str] | None = None) -> int:
                     await asyncio.sleep(0.25)
                 await boxed(conn)
         figures: list[Stretch] = []
-        checked = True  # whether the checks have been through every stored fix
 
-        async def restart(turn: Turn) -> dict[str, asyncio.subprocess.Process]:
-            """The turn's processes, and before it measures, the checks caught up."""
-            nonlocal checked
+        async def restart(turn: Turn, behind: bool) -> dict[str, asyncio.subprocess.Process]:
+            """The turn's processes; and if the checks are `behind` (the turn before went
+            without them; each with them catches up), before it measures, the checks
+            caught up."""
             await stop(procs)
             # Taken with nothing running: the store's group is at the end and stays
             # there, so only the zone checker's moves until caught up.
-            since = await kafka_committed(args.kafka_bootstrap, prefix) if not checked else None
+            since = await kafka_committed(args.kafka_bootstrap, prefix) if behind else None
             started = await launch(turn.code, turn.checks)
             await wait_ready(url, next(iter(started.values())))
-            if since is not None and turn.checks:
+            if since is not None:
                 took = await catch_up(db, args, since)
                 # A backlog, as after an outage of the checks: what it costs in memory.
                 peaks = ", ".join(f"{c} {peak_rss_mib(p.pid):.0f} MiB" for c, p in started.items())
@@ -876,11 +876,10 @@ async def main(argv: list[str] | None = None) -> int:
                     f"the checks through the stretch without them: {took:.1f} s, unmeasured;"
                     f" peak memory: {peaks}"
                 )
-            checked = turn.checks
             return started
 
         for k, turn in enumerate(turns):
-            procs = await restart(turn)
+            procs = await restart(turn, turn.checks and k > 0 and not turns[k - 1].checks)
             label = (
                 ""
                 if len(turns) == 1
@@ -903,9 +902,9 @@ async def main(argv: list[str] | None = None) -> int:
                     turn.checks,
                 )
             )
-        if not checked:
+        if not turns[-1].checks:
             # The run's checks below need every fix checked.
-            procs = await restart(replace(turns[-1], checks=True))
+            procs = await restart(replace(turns[-1], checks=True), behind=True)
         if len(variants) > 1:
             for v in variants:
                 theirs = [f for f, t in zip(figures, turns, strict=True) if t == v]
