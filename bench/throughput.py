@@ -36,6 +36,7 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from statistics import mean
 
 import asyncpg
 import httpx
@@ -50,7 +51,7 @@ from bench.simulate import batches, post, take, window
 from services.common.auth import Role
 from services.common.database import Database
 from services.common.settings import LOCAL_ENV_FILE, Settings
-from services.ingest.repository import Partitions
+from services.ingest.repository import PARTITIONED, Partitions, partition_name
 from services.registry import service as registry
 from services.registry.schemas import SupplierIn
 from services.zones.worker import check_params, episodes_afresh
@@ -345,29 +346,76 @@ async def verify_zones(db: Database, settings: Settings, start: datetime) -> tup
     return len(standing), len(standing ^ derived)
 
 
-async def copy_ceiling(db: Database, fixes: int, tags: int) -> float:
-    """Raw binary COPY of `fixes` fixes into trail_points (its indexes, no checks, no
-    boxes): rows a second. Another fleet, on a day of its own, so nothing collides."""
-    fleet = Fleet(FleetSpec(tags=tags, seed=9))
-    day = datetime.now(UTC).date() - timedelta(days=40)
-    d = fleet.day(day)
-    n = min(fixes, len(d))
-    keep = np.zeros(len(d), dtype=bool)
-    keep[:n] = True
-    part = take(d, keep)
-    data = encode(
-        part,
-        [fleet.spec.tag_id(i) for i in range(tags)],
-        [fleet.spec.subject_id(i) for i in range(tags)],
-        upload_delays(np.random.default_rng(1), n),
-    )
-    async with db.pool.acquire() as conn:
-        await Partitions().ensure(conn, [day])
-        t0 = time.perf_counter()
-        await conn.copy_to_table(
-            "trail_points", source=chunks(data), columns=list(COLUMNS), format="binary"
+class Ceiling:
+    """Raw binary COPY of a stretch's worth of fixes into trail_points (its indexes, no
+    checks, no boxes): rows a second. Another fleet, on a day of its own, made into the
+    COPY stream once; each measurement makes the day's partitions, COPYs into them and
+    drops them again, so every one meets the same table, and leaves no rows behind for
+    autovacuum to visit during the next stretch.
+
+    Measured just before and just after each stretch, on the machine as it is then:
+    measured once after the run's checks, minutes from the stretches, it swung by a
+    third and more between runs of the same code (docs/benchmarks.md, thirtieth
+    session), and the ratio with it."""
+
+    def __init__(self, fixes: int, tags: int) -> None:
+        fleet = Fleet(FleetSpec(tags=tags, seed=9))
+        self.day = datetime.now(UTC).date() - timedelta(days=40)
+        d = fleet.day(self.day)
+        self.fixes = min(fixes, len(d))
+        keep = np.zeros(len(d), dtype=bool)
+        keep[: self.fixes] = True
+        self._data = encode(
+            take(d, keep),
+            [fleet.spec.tag_id(i) for i in range(tags)],
+            [fleet.spec.subject_id(i) for i in range(tags)],
+            upload_delays(np.random.default_rng(1), self.fixes),
         )
-        return n / (time.perf_counter() - t0)
+
+    async def measure(self, db: Database) -> float:
+        # Partitions.ensure makes the day before too (a fix's boxes can reach back).
+        days = [self.day - timedelta(days=1), self.day]
+        tables = [partition_name(day, table) for day in days for table in PARTITIONED]
+        async with db.pool.acquire() as conn:
+            for table in tables:
+                if await conn.fetchval("select to_regclass($1)", table) is not None:
+                    raise RuntimeError(f"{table} exists: the ceiling's day must be its own")
+            await Partitions().ensure(conn, [self.day])
+            try:
+                t0 = time.perf_counter()
+                await conn.copy_to_table(
+                    "trail_points",
+                    source=chunks(self._data),
+                    columns=list(COLUMNS),
+                    format="binary",
+                )
+                return self.fixes / (time.perf_counter() - t0)
+            finally:
+                for table in tables:
+                    await conn.execute(f"drop table {table}")
+
+
+# Before each measurement the machine is given time to settle (the workers preparing
+# their zones after a restart, autovacuum after a stretch's rows): until the tagtrail
+# processes, PostgreSQL and Kafka together use less than QUIET_CORE of a core over a
+# second, or SETTLE_S go by. Idle, the broker alone uses 0.1 to 0.2 of a core (its
+# compilers still at work minutes after it starts; thirtieth session).
+QUIET_CORE = 0.3
+SETTLE_S = 30.0
+
+
+async def settle(procs: dict[str, asyncio.subprocess.Process]) -> None:
+    pids = {c: p.pid for c, p in procs.items()}
+    watched = [*pids, "PostgreSQL", "Kafka"]
+    deadline = time.perf_counter() + SETTLE_S
+    before = cpu_seconds(pids)
+    while time.perf_counter() < deadline:
+        await asyncio.sleep(1.0)
+        now = cpu_seconds(pids)
+        if sum(now[k] - before.get(k, 0.0) for k in watched) < QUIET_CORE:
+            return
+        before = now
+    print(f"(the machine was still busy after {SETTLE_S:.0f} s; measuring anyway)")
 
 
 async def spy(folder: Path, name: str, pid: int) -> asyncio.subprocess.Process:
@@ -878,8 +926,14 @@ async def main(argv: list[str] | None = None) -> int:
                 )
             return started
 
+        # As many fixes as the first stretch posts (the others post about as many).
+        ceiling = Ceiling(len(window(fleet, start, start + stretch, lag).ts), args.tags)
+        ceilings: list[tuple[float, float]] = []
         for k, turn in enumerate(turns):
             procs = await restart(turn, turn.checks and k > 0 and not turns[k - 1].checks)
+            await settle(procs)
+            before_it = await ceiling.measure(db)
+            await settle(procs)
             label = (
                 ""
                 if len(turns) == 1
@@ -902,18 +956,29 @@ async def main(argv: list[str] | None = None) -> int:
                     turn.checks,
                 )
             )
+            await settle(procs)
+            after_it = await ceiling.measure(db)
+            ceilings.append((before_it, after_it))
+            print(
+                f"raw COPY into trail_points just before and after it: {before_it:,.0f} and"
+                f" {after_it:,.0f} fixes/s; ratio"
+                f" {figures[-1].rate / mean((before_it, after_it)):.3f} (of their mean){label}"
+            )
         if not turns[-1].checks:
             # The run's checks below need every fix checked.
             procs = await restart(replace(turns[-1], checks=True), behind=True)
+        ratios = [f.rate / mean(c) for f, c in zip(figures, ceilings, strict=True)]
         if len(variants) > 1:
             for v in variants:
                 theirs = [f for f, t in zip(figures, turns, strict=True) if t == v]
+                their_ratios = [r for r, t in zip(ratios, turns, strict=True) if t == v]
                 print(
                     f"{v.describe(loads, len(both) > 1)}: fixes/s "
                     + ", ".join(f"{f.rate:,.0f}" for f in theirs)
                     + f" (median {np.median([f.rate for f in theirs]):,.0f}); tagtrail's CPU a"
                     f" fix {np.median([f.server_us for f in theirs]):.1f} µs, PostgreSQL's"
-                    f" {np.median([f.postgres_us for f in theirs]):.1f} µs (medians)"
+                    f" {np.median([f.postgres_us for f in theirs]):.1f} µs (medians);"
+                    f" ratio {np.median(their_ratios):.3f} (median)"
                 )
         found, wrong = await verify_matches(url, admin, db, start)
         print(
@@ -925,9 +990,12 @@ async def main(argv: list[str] | None = None) -> int:
             f"zone episodes standing (history and stretch): {episodes}; derived afresh"
             f" from the whole stored trail, they differ on {differ}"
         )
-        ceiling = await copy_ceiling(db, figures[0].fixes, args.tags)
-        ratios = ", ".join(f"{f.rate / ceiling:.3f}" for f in figures)
-        print(f"raw COPY into trail_points: {ceiling:,.0f} fixes/s; ratio {ratios}")
+        copies = [c for pair in ceilings for c in pair]
+        print(
+            f"raw COPY into trail_points ({ceiling.fixes:,} fixes, just before and after each"
+            f" stretch): {min(copies):,.0f} to {max(copies):,.0f} fixes/s; ratio of each"
+            f" stretch to their mean: {', '.join(f'{r:.3f}' for r in ratios)}"
+        )
         # Each process's, as the last stretch with the checks ended (after a catch-up,
         # the same processes', so the catch-up's too).
         last = next(f for f, t in zip(figures[::-1], turns[::-1], strict=True) if t.checks)

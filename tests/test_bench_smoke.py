@@ -21,6 +21,7 @@ from bench.fleet import Fleet, FleetSpec
 from services.common.auth import Role
 from services.common.database import Database
 from services.common.settings import Settings
+from services.ingest.repository import PARTITIONED, partition_name
 from services.pipeline import Pipeline
 from tests.conftest import serve, serve_app, token_for
 
@@ -176,9 +177,21 @@ async def test_the_throughput_benchmark_serves_stretches_without_the_checks(
         try:
             async with db.pool.acquire() as conn:
                 assert await conn.fetchval("select count(*) from trail_unboxed") == 0
+                # The raw COPYs around each stretch left nothing behind: their day's
+                # partitions are gone, and with them their rows.
+                day = datetime.now(UTC).date() - timedelta(days=40)
+                for d in (day - timedelta(days=1), day):
+                    for table in PARTITIONED:
+                        assert (
+                            await conn.fetchval("select to_regclass($1)", partition_name(d, table))
+                            is None
+                        )
         finally:
             await db.close()
-        assert "ratio 0." in out and "peak memory: tagtrail api " in out
+        # Each stretch's ratio, against the raw COPY just before and after it.
+        around = [x for x in out.splitlines() if x.startswith("raw COPY into trail_points just")]
+        assert len(around) == 2 and all("; ratio 0." in x for x in around), around
+        assert "peak memory: tagtrail api " in out
     finally:
         await throughput.drop_database(settings, name)
         await throughput.drop_topics(settings.kafka.bootstrap, prefix)
