@@ -933,7 +933,7 @@ async def main(argv: list[str] | None = None) -> int:
         ceiling = Ceiling(len(window(fleet, start, start + stretch, lag).ts), args.tags)
         ceilings: list[tuple[float, float]] = []
         # A smoke run's figures mean nothing: it waits for nobody (at least a second a
-        # wait, three waits a stretch, would add a third to the smoke tests' time).
+        # wait, three waits a stretch, added a quarter to the smoke tests' time).
         patience = 0.0 if args.smoke else 30.0
         for k, turn in enumerate(turns):
             procs = await restart(turn, turn.checks and k > 0 and not turns[k - 1].checks)
