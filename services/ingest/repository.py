@@ -276,11 +276,11 @@ values (to_timestamp($1), to_timestamp($2), $3, $4, $5, $6)
 
 # The oldest rows no other keeper holds ($1 at most), locked until the keeper's
 # transaction ends, after the boxes are committed and the crime trigger has run; of
-# those, the rows before $3 fixes are reached (the first whatever its size), each with
-# how many were claimed. The rest are left for the next round: a round's memory goes
-# by its fixes, and a backlog (the keeper down while the store went on) holds stored
-# batches of up to a handler's whole batch each (docs/benchmarks.md, twenty-ninth
-# session).
+# those, the rows before $3 fixes are reached (the first whatever its size; all if $3
+# is null), each with how many were claimed. The rest are left for the next round: a
+# round's memory goes by its fixes, and a backlog (the keeper down while the store went
+# on) holds stored batches of up to a handler's whole batch each (docs/benchmarks.md,
+# twenty-ninth session).
 CLAIM_SQL = """
 with claimed as materialized (
     select id, fixes from trail_unboxed
@@ -293,7 +293,7 @@ from (
     from claimed
 ) c
 join trail_unboxed u using (id)
-where c.before < $3
+where $3::bigint is null or c.before < $3
 order by u.id
 """
 
@@ -377,12 +377,12 @@ class Unboxed:
 
 
 async def claim_unboxed(
-    conn: asyncpg.Connection, limit: int, only: int | None = None, max_fixes: int = 250_000
+    conn: asyncpg.Connection, limit: int, only: int | None = None, max_fixes: int | None = None
 ) -> Unboxed:
     """The oldest trail_unboxed rows (up to `limit`; or row `only`, if it is still
     waiting) that no other transaction holds and none has set aside, locked by this
     connection's transaction, as far as they hold fewer than `max_fixes` fixes before
-    each (the first whatever its size)."""
+    each (the first whatever its size; None: no cap, the keeper's setting is the cap)."""
     rows = await conn.fetch(CLAIM_SQL, limit, only, max_fixes)
     subjects = [s for r in rows for s in r["subjects"]]
     first = np.array([t for r in rows for t in r["firsts"]], dtype=np.float64)
