@@ -544,6 +544,10 @@ class Stretch:
     rate: float  # fixes a second, end to end
     server_us: float  # tagtrail's CPU a fix, every process of it
     postgres_us: float
+    # The CPU a fix of everything measured (tagtrail, PostgreSQL, the broker, this
+    # benchmark), and the share of the cores it kept busy.
+    total_us: float
+    busy: float
     ok: bool  # every request answered, every accepted fix stored, no dead letter
     peaks: dict[str, float]  # each process's peak resident memory (MiB) since it started
 
@@ -711,13 +715,30 @@ async def measure(
         )
 
     server = sum(v for k, v in used.items() if k in procs)
+    everything = sum(v for k, v in used.items() if not k.startswith("PostgreSQL: "))
     return Stretch(
         fixes=sent.fixes,
         rate=rate,
         server_us=server / sent.fixes * 1e6,
         postgres_us=used["PostgreSQL"] / sent.fixes * 1e6,
+        total_us=everything / sent.fixes * 1e6,
+        busy=everything / (took * (os.cpu_count() or 1)),
         ok=sent.failures == 0 and stored == sent.accepted and dead == 0,
         peaks={c: peak_rss_mib(p.pid) for c, p in procs.items()},
+    )
+
+
+def budget(figures: Stretch, ceiling: float, target: float = 0.5) -> str:
+    """What the target ratio would leave for each fix: the CPU time a fix that the
+    machine's cores could spend at `target` times the ceiling, kept as busy as in this
+    stretch (and wholly busy), against what the stretch spent."""
+    cores = os.cpu_count() or 1
+    rate = target * ceiling
+    return (
+        f"at {target} of that ceiling ({rate:,.0f} fixes/s) the {cores} cores allow"
+        f" {cores * figures.busy / rate * 1e6:.1f} µs of CPU a fix in all, kept"
+        f" {figures.busy:.0%} busy as here ({cores / rate * 1e6:.1f} wholly busy);"
+        f" this stretch spent {figures.total_us:.1f}"
     )
 
 
@@ -970,6 +991,7 @@ async def main(argv: list[str] | None = None) -> int:
                 f" {after_it:,.0f} fixes/s; ratio"
                 f" {figures[-1].rate / mean((before_it, after_it)):.3f} (of their mean){label}"
             )
+            print(budget(figures[-1], mean((before_it, after_it))))
         if not turns[-1].checks:
             # The run's checks below need every fix checked.
             procs = await restart(replace(turns[-1], checks=True), behind=True)

@@ -114,6 +114,9 @@ async def test_throughput_benchmark_runs(bus: str, capsys: pytest.CaptureFixture
     accepted = int(re.search(r"accepted ([\d,]+)", line)[1].replace(",", ""))  # type: ignore[index]
     assert 150 <= accepted <= 200 and f"stored {accepted:,}" in line, line
     assert "raw COPY into trail_points" in out and "peak memory: tagtrail " in out
+    # What 0.5 of the ceiling would leave for each fix, against what the stretch spent.
+    after = out.split("raw COPY into trail_points just")[1].splitlines()[1]
+    assert after.startswith("at 0.5 of that ceiling (") and " this stretch spent " in after, after
     # The stretch's own statements (the local cluster loads pg_stat_statements), the
     # store's COPY among them.
     costliest = out.split("PostgreSQL's costliest statements meanwhile")[1].split("\ncrime")[0]
@@ -125,6 +128,28 @@ async def test_throughput_benchmark_runs(bus: str, capsys: pytest.CaptureFixture
     # And its connections' by the process they serve (their application_name).
     clients = next(x for x in out.splitlines() if x.startswith("PostgreSQL's connections by"))
     assert ("tagtrail run " if bus == "memory" else "tagtrail worker store ") in clients, clients
+
+
+def test_the_throughput_benchmark_prints_what_the_target_ratio_leaves_a_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 0.5 of a 250,000-a-second ceiling is 125,000 fixes a second: two cores wholly
+    # busy give each fix 16 µs, and 14.4 kept 90 % busy.
+    monkeypatch.setattr(throughput.os, "cpu_count", lambda: 2)
+    stretch = throughput.Stretch(
+        fixes=1000,
+        rate=60_000,
+        server_us=9,
+        postgres_us=8,
+        total_us=21.5,
+        busy=0.9,
+        ok=True,
+        peaks={},
+    )
+    assert throughput.budget(stretch, 250_000) == (
+        "at 0.5 of that ceiling (125,000 fixes/s) the 2 cores allow 14.4 µs of CPU a fix"
+        " in all, kept 90% busy as here (16.0 wholly busy); this stretch spent 21.5"
+    )
 
 
 async def test_the_throughput_benchmark_measures_checkouts_in_turn(
