@@ -991,7 +991,8 @@ async def main(argv: list[str] | None = None) -> int:
                 f" {after_it:,.0f} fixes/s; ratio"
                 f" {figures[-1].rate / mean((before_it, after_it)):.3f} (of their mean){label}"
             )
-            print(budget(figures[-1], mean((before_it, after_it))))
+            if not args.rate:  # (posted at a set rate, the cores' use says nothing)
+                print(budget(figures[-1], mean((before_it, after_it))))
         if not turns[-1].checks:
             # The run's checks below need every fix checked.
             procs = await restart(replace(turns[-1], checks=True), behind=True)
