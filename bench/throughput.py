@@ -399,9 +399,11 @@ class Ceiling:
 # Before each measurement the machine is given time to settle (the workers preparing
 # their zones after a restart, autovacuum after a stretch's rows): until the tagtrail
 # processes and PostgreSQL together use less than QUIET_CORE of a core over a second,
-# or `patience` seconds go by. Idle, the five processes on Kafka use about 0.04 of a
-# core, `tagtrail run` 0.17. Kafka's broker is not waited for: idle, it uses 0.1 to
-# 0.25 of a core whatever is done (thirtieth session).
+# or `patience` seconds go by. Idle on a quiet machine, the five processes on Kafka use
+# about 0.05 of a core, `tagtrail run` 0.01 to 0.02 (thirty-first session; four to five
+# times that right after a run, and `tagtrail run` 0.17 at such a moment in the
+# thirtieth). Kafka's broker is not waited for: idle, it uses 0.04 to 0.25 of a core
+# whatever is done (thirtieth and thirty-first sessions).
 QUIET_CORE = 0.3
 
 
