@@ -220,6 +220,8 @@ async def test_the_throughput_benchmark_serves_stretches_without_the_checks(
     finally:
         await throughput.drop_database(settings, name)
         await throughput.drop_topics(settings.kafka.bootstrap, prefix)
+        # And the servers' logs, kept with the rest.
+        shutil.rmtree(re.search(r"servers' logs kept: (\S+)", out)[1])  # type: ignore[index]
 
 
 async def test_the_simulator_enrols_a_fleet_and_posts_it(
