@@ -346,6 +346,10 @@ async def verify_zones(db: Database, settings: Settings, start: datetime) -> tup
     return len(standing), len(standing ^ derived)
 
 
+# How far back the ceiling's day lies: a day of its own, which no stretch reaches.
+CEILING_AGE = timedelta(days=40)
+
+
 class Ceiling:
     """Raw binary COPY of a stretch's worth of fixes into trail_points (its indexes, no
     checks, no boxes): rows a second. Another fleet, on a day of its own, made into the
@@ -360,7 +364,7 @@ class Ceiling:
 
     def __init__(self, fixes: int, tags: int) -> None:
         fleet = Fleet(FleetSpec(tags=tags, seed=9))
-        self.day = datetime.now(UTC).date() - timedelta(days=40)
+        self.day = datetime.now(UTC).date() - CEILING_AGE
         d = fleet.day(self.day)
         self.fixes = min(fixes, len(d))
         keep = np.zeros(len(d), dtype=bool)
@@ -730,7 +734,7 @@ async def measure(
     )
 
 
-def budget(figures: Stretch, ceiling: float, target: float = 0.5) -> str:
+def budget(stretch: Stretch, ceiling: float, target: float = 0.5) -> str:
     """What the target ratio would leave for each fix: the CPU time a fix that the
     machine's cores could spend at `target` times the ceiling, kept as busy as in this
     stretch (and wholly busy), against what the stretch spent."""
@@ -738,9 +742,9 @@ def budget(figures: Stretch, ceiling: float, target: float = 0.5) -> str:
     rate = target * ceiling
     return (
         f"at {target} of that ceiling ({rate:,.0f} fixes/s) the {cores} cores allow"
-        f" {cores * figures.busy / rate * 1e6:.1f} µs of CPU a fix in all, kept"
-        f" {figures.busy:.0%} busy as here ({cores / rate * 1e6:.1f} wholly busy);"
-        f" this stretch spent {figures.total_us:.1f}"
+        f" {cores * stretch.busy / rate * 1e6:.1f} µs of CPU a fix in all, kept"
+        f" {stretch.busy:.0%} busy as here ({cores / rate * 1e6:.1f} wholly busy);"
+        f" this stretch spent {stretch.total_us:.1f}"
     )
 
 
@@ -988,13 +992,14 @@ async def main(argv: list[str] | None = None) -> int:
             await settle(procs, patience)
             after_it = await ceiling.measure(db)
             ceilings.append((before_it, after_it))
+            around = mean((before_it, after_it))
             print(
                 f"raw COPY into trail_points just before and after it: {before_it:,.0f} and"
-                f" {after_it:,.0f} fixes/s; ratio"
-                f" {figures[-1].rate / mean((before_it, after_it)):.3f} (of their mean){label}"
+                f" {after_it:,.0f} fixes/s; ratio {figures[-1].rate / around:.3f} (of their"
+                f" mean){label}"
             )
             if not args.rate:  # (posted at a set rate, the cores' use says nothing)
-                print(budget(figures[-1], mean((before_it, after_it))))
+                print(budget(figures[-1], around))
         if not turns[-1].checks:
             # The run's checks below need every fix checked.
             procs = await restart(replace(turns[-1], checks=True), behind=True)

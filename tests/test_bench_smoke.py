@@ -187,6 +187,7 @@ async def test_the_throughput_benchmark_serves_stretches_without_the_checks(
     assert await throughput.main(["--smoke", "--bus", "kafka", "--without-checks", "--keep"]) == 0
     out = capsys.readouterr().out
     name = re.search(r"database kept: (\S+)", out)[1]  # type: ignore[index]
+    logs = re.search(r"servers' logs kept: (\S+)", out)[1]  # type: ignore[index]
     prefix = {t.split(".")[0] + "." for t in await _bench_topics() - before}.pop()
     settings = Settings()
     try:
@@ -204,7 +205,7 @@ async def test_the_throughput_benchmark_serves_stretches_without_the_checks(
                 assert await conn.fetchval("select count(*) from trail_unboxed") == 0
                 # The raw COPYs around each stretch left nothing behind: their day's
                 # partitions are gone, and with them their rows.
-                day = datetime.now(UTC).date() - timedelta(days=40)
+                day = datetime.now(UTC).date() - throughput.CEILING_AGE
                 for d in (day - timedelta(days=1), day):
                     for table in PARTITIONED:
                         assert (
@@ -220,8 +221,7 @@ async def test_the_throughput_benchmark_serves_stretches_without_the_checks(
     finally:
         await throughput.drop_database(settings, name)
         await throughput.drop_topics(settings.kafka.bootstrap, prefix)
-        # And the servers' logs, kept with the rest.
-        shutil.rmtree(re.search(r"servers' logs kept: (\S+)", out)[1])  # type: ignore[index]
+        shutil.rmtree(logs)  # kept with the rest
 
 
 async def test_the_simulator_enrols_a_fleet_and_posts_it(
